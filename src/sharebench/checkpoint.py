@@ -1,0 +1,149 @@
+"""Saving and loading models: the suite's safetensors checkpoints and Hugging Face BERT checkpoints.
+
+A suite checkpoint is a folder (a finished run's folder) with `model.safetensors`, which stores every shared
+tensor once, and `model.json`, which says how to rebuild the model (its shape and its sharing scheme).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from safetensors.torch import load_file, load_model, save_model
+
+from sharebench.errors import ConfigError
+from sharebench.model import LanguageModel, ModelConfig
+from sharebench.paths import atomic_write_json
+
+WEIGHTS_NAME = "model.safetensors"
+SPEC_NAME = "model.json"
+
+
+def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str, Any], ratio: float | None) -> int:
+    """Write the checkpoint; returns the bytes of the weights file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{WEIGHTS_NAME}.tmp"
+    save_model(model, str(temporary))
+    temporary.replace(folder / WEIGHTS_NAME)
+    spec = {"model": model.config.to_dict(), "sharing": sharing, "ratio": ratio, "sharing_name": model.sharing_name}
+    atomic_write_json(folder / SPEC_NAME, spec)
+    return (folder / WEIGHTS_NAME).stat().st_size
+
+
+def load_pretrained(path: str | Path) -> LanguageModel:
+    """The model of a finished run (or any suite checkpoint folder), or of a Hugging Face BERT checkpoint folder
+    (`BertModel` or `BertForMaskedLM`), in eval mode."""
+    folder = Path(path).expanduser()
+    if (folder / SPEC_NAME).is_file():
+        model = _load_suite(folder)
+    elif (folder / "config.json").is_file():
+        model = _load_hugging_face(folder)
+    else:
+        raise ConfigError(
+            f"pretrained: {folder} is neither a sharebench checkpoint ({SPEC_NAME} + {WEIGHTS_NAME}) "
+            f"nor a Hugging Face BERT folder (config.json + model.safetensors or pytorch_model.bin)"
+        )
+    return model.eval()
+
+
+def _load_suite(folder: Path) -> LanguageModel:
+    spec = json.loads((folder / SPEC_NAME).read_text())
+    sharing = instantiate(spec["sharing"], ratio=spec["ratio"])
+    model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""))
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    except RuntimeError as error:
+        raise ConfigError(f"pretrained: {folder / WEIGHTS_NAME} does not match {SPEC_NAME}: {error}") from error
+    if missing or unexpected:
+        raise ConfigError(
+            f"pretrained: {folder / WEIGHTS_NAME} does not match {SPEC_NAME}; "
+            f"missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]}"
+        )
+    return model
+
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+# Hugging Face BERT parameter names (without the "bert." prefix) → this suite's, per layer where {i} appears.
+HF_NAMES = {
+    "embeddings.word_embeddings": "transformer.embeddings.tokens",
+    "embeddings.position_embeddings": "transformer.embeddings.positions",
+    "embeddings.token_type_embeddings": "transformer.embeddings.token_types",
+    "embeddings.LayerNorm": "transformer.embeddings.norm",
+    "encoder.layer.{i}.attention.output.dense": "transformer.blocks.{i}.attn.out",
+    "encoder.layer.{i}.attention.output.LayerNorm": "transformer.blocks.{i}.attn_norm",
+    "encoder.layer.{i}.intermediate.dense": "transformer.blocks.{i}.ffn.up",
+    "encoder.layer.{i}.output.dense": "transformer.blocks.{i}.ffn.down",
+    "encoder.layer.{i}.output.LayerNorm": "transformer.blocks.{i}.ffn_norm",
+    "pooler.dense": "pooler.dense",
+    "cls.predictions.transform.dense": "head.transform.0",
+    "cls.predictions.transform.LayerNorm": "head.transform.2",
+    "cls.predictions.decoder": "head.decoder",
+}
+
+
+def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").is_file():
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ConfigError(f"pretrained: {folder} has config.json but no model.safetensors or pytorch_model.bin")
+    return {name.removeprefix("bert."): tensor for name, tensor in state.items()}
+
+
+def _hf_rename(name: str) -> str | None:
+    if name == "cls.predictions.bias":
+        return "head.decoder.bias"
+    module, _, leaf = name.rpartition(".")
+    layer = re.search(r"\.layer\.(\d+)\.", module)
+    pattern = module.replace(f".layer.{layer.group(1)}.", ".layer.{i}.") if layer else module
+    target = HF_NAMES.get(pattern)
+    if target is None:
+        return None
+    return target.replace("{i}", layer.group(1) if layer else "") + "." + leaf
+
+
+def _load_hugging_face(folder: Path) -> LanguageModel:
+    hf = json.loads((folder / "config.json").read_text())
+    if hf.get("model_type") != "bert":
+        raise ConfigError(f"pretrained: {folder} holds a {hf.get('model_type')!r} model; only BERT checkpoints load")
+    state = _hf_state(folder)
+    cfg = ModelConfig(
+        vocab_size=hf["vocab_size"],
+        n_layers=hf["num_hidden_layers"],
+        dim=hf["hidden_size"],
+        n_heads=hf["num_attention_heads"],
+        ffn_dim=hf["intermediate_size"],
+        max_positions=hf["max_position_embeddings"],
+        activation=HF_ACTIVATIONS.get(hf.get("hidden_act", "gelu"), "gelu"),
+        dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        pooler="pooler.dense.weight" in state,
+    )
+    sharing = {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}
+    model = LanguageModel(cfg, instantiate(sharing), "none")
+    converted: dict[str, torch.Tensor] = {}
+    for i in range(cfg.n_layers):
+        parts = [f"encoder.layer.{i}.attention.self.{role}" for role in ("query", "key", "value")]
+        for leaf in ("weight", "bias"):
+            converted[f"transformer.blocks.{i}.attn.qkv.proj.{leaf}"] = torch.cat([state[f"{p}.{leaf}"] for p in parts])
+    for name, tensor in state.items():
+        target = _hf_rename(name)
+        if target is not None:
+            converted[target] = tensor
+    if cfg.tie_embeddings:
+        converted.pop("head.decoder.weight", None)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    missing = [m for m in missing if not m.startswith("head.")]  # BertModel has no masked-LM head
+    if missing or unexpected:
+        raise ConfigError(f"pretrained: {folder} does not map onto BERT; missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model

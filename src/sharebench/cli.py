@@ -1,0 +1,121 @@
+"""The `sharebench` command: parameter accounting without training, and run comparisons.
+
+    sharebench params arch=bert size=bert-base sharing=shared_qkv
+    sharebench compare outputs/runs/*/seed=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sharebench.errors import ConfigError
+
+# Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
+@contextlib.contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """Bad input ends with one line naming the problem and exit status 2 (SHAREBENCH_DEBUG=1: the traceback)."""
+    try:
+        yield
+    except ConfigError as error:
+        if os.environ.get("SHAREBENCH_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def task_overrides(argv: Sequence[str]) -> list[str]:
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in HYDRA_VALUE_FLAGS
+        elif not arg.startswith(("hydra.", "hydra/", "+hydra")):
+            overrides.append(arg)
+    return overrides
+
+
+def preflight(argv: Sequence[str]) -> None:
+    """Validate every run a command line describes (each combination of a sweep) before any starts."""
+    from sharebench.config import check_overrides, compose, validate
+
+    if any(arg in ("--help", "-h", "--hydra-help") for arg in argv):
+        return
+    with exit_on_config_error():
+        for overrides in check_overrides(task_overrides(argv)):
+            validate(compose(overrides))
+
+
+def params(overrides: Sequence[str]) -> dict:
+    """Parameter accounting and FLOPs of a configuration, built on the meta device (no memory, no data)."""
+    import torch
+
+    from sharebench.config import build_model, check_overrides, compose, predicted_fraction, validate
+    from sharebench.data import tokenizer_vocab_size
+
+    runs = check_overrides(overrides)
+    if len(runs) != 1:
+        raise ConfigError("params takes one configuration, not a sweep (no comma-separated values)")
+    cfg = compose(runs[0])
+    validate(cfg)
+    vocab_size = tokenizer_vocab_size(cfg.data, cfg.arch.objective)
+    with torch.device("meta"):
+        model = build_model(cfg, vocab_size)
+    return {
+        **model.parameter_counts().to_dict(),
+        "flops_per_token": model.flops_per_token(cfg.data.seq_len, predicted_fraction(cfg)),
+        "vocab_size": vocab_size,
+        "sharing": model.sharing_name,
+    }
+
+
+def compare(run_dirs: Sequence[str]) -> str:
+    """A Markdown table of finished runs: unique parameters, validation loss and speed, one row per run."""
+    from sharebench.record import read_record
+
+    lines = [
+        "| run | status | sharing | ratio | unique params | val loss | val ppl | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run_dir in run_dirs:
+        try:
+            record = read_record(run_dir)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"compare: {run_dir} has no readable run.json ({error})") from error
+        metrics, speed = record.get("metrics", {}), record.get("speed", {})
+        sharing = record.get("sharing", {})
+
+        def cell(value: object, spec: str = "") -> str:
+            return "—" if value is None else format(value, spec)
+
+        lines.append(
+            f"| {run_dir} | {record['status']} | {sharing.get('name')} | {cell(sharing.get('ratio'), 'g')} "
+            f"| {cell(record.get('parameters', {}).get('unique'), ',')} | {cell(metrics.get('val_loss'), '.4f')} "
+            f"| {cell(metrics.get('val_ppl'), '.2f')} | {cell(speed.get('tokens_per_second'), ',.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sharebench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    params_parser = commands.add_parser("params", help="parameter accounting of a configuration, as JSON")
+    params_parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
+    compare_parser = commands.add_parser("compare", help="a Markdown table comparing finished runs")
+    compare_parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding run.json)")
+    args = parser.parse_args(argv)
+    with exit_on_config_error():
+        if args.command == "params":
+            print(json.dumps(params(args.overrides), indent=2))
+        else:
+            print(compare([str(r) for r in args.runs]))

@@ -1,0 +1,145 @@
+"""From a composed Hydra config to a model: validation first, then construction.
+
+`validate` runs before any data is read or model built, and raises one `ConfigError` naming the problem and the
+valid choices. Group choices that do not exist (an unknown scheme or size) are caught even earlier, from the
+command line, by `check_overrides`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sharebench.errors import ConfigError
+from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
+from sharebench.paths import CONFIG_DIR
+from sharebench.sharing import AttentionSharing
+
+OBJECTIVES = ("mlm", "causal")
+NORM_POSITIONS = ("post", "pre")
+GROUPS = ("arch", "size", "sharing", "data", "trainer", "logger")
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """Reject unknown group choices on the command line, and expand sweeps (`a=1,2`) into one override list
+    per run, so that every run of a sweep is validated before the first starts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as error:
+        raise ConfigError(f"cannot parse the overrides: {error}".splitlines()[0]) from error
+    per_override = []
+    for override in parsed:
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        if values is None:
+            values = [override.get_value_element_as_str()] if not override.is_delete() else [""]
+        key = override.key_or_group
+        if key in GROUPS:
+            for value in values:
+                if value not in group_choices(key):
+                    raise ConfigError(f"unknown {key} {value!r}; valid choices: {', '.join(group_choices(key))}")
+        prefix = override.get_key_element()
+        if override.is_delete():
+            per_override.append([override.input_line])
+        else:
+            per_override.append([f"{prefix}={value}" for value in values])
+    return [list(combination) for combination in itertools.product(*per_override)]
+
+
+def sharing_class(cfg: DictConfig) -> type[AttentionSharing]:
+    return get_class(cfg.sharing._target_)
+
+
+def validate(cfg: DictConfig) -> float | None:
+    """Check a composed config; returns the share ratio the scheme will use."""
+    size, arch = cfg.size, cfg.arch
+    for key in ("n_layers", "dim", "n_heads", "ffn_dim"):
+        if not isinstance(size[key], int) or size[key] < 1:
+            raise ConfigError(f"size.{key} must be a positive integer; got {size[key]!r}")
+    if size.dim % size.n_heads:
+        divisors = [h for h in range(1, size.dim + 1) if size.dim % h == 0]
+        raise ConfigError(
+            f"size: hidden size {size.dim} is not divisible by {size.n_heads} heads; "
+            f"valid size.n_heads for dim={size.dim}: {', '.join(map(str, divisors))}"
+        )
+    if arch.objective not in OBJECTIVES:
+        raise ConfigError(f"arch.objective={arch.objective!r} is unknown; valid: {', '.join(OBJECTIVES)}")
+    if arch.norm_position not in NORM_POSITIONS:
+        raise ConfigError(f"arch.norm_position={arch.norm_position!r} is unknown; valid: {', '.join(NORM_POSITIONS)}")
+    if arch.activation not in ACTIVATIONS:
+        raise ConfigError(f"arch.activation={arch.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer; got {cfg.seed!r}")
+    if cfg.data.seq_len > arch.max_positions:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds arch.max_positions={arch.max_positions}")
+    if cfg.data.seq_len < 3:
+        raise ConfigError(f"data.seq_len must be at least 3; got {cfg.data.seq_len}")
+    return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
+
+
+def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
+    arch, size = cfg.arch, cfg.size
+    return ModelConfig(
+        vocab_size=vocab_size,
+        n_layers=size.n_layers,
+        dim=size.dim,
+        n_heads=size.n_heads,
+        ffn_dim=size.ffn_dim,
+        max_positions=arch.max_positions,
+        objective=arch.objective,
+        norm_position=arch.norm_position,
+        activation=arch.activation,
+        dropout=arch.dropout,
+        attention_dropout=arch.attention_dropout,
+        bias=arch.bias,
+        qkv_bias=arch.qkv_bias,
+        type_vocab_size=arch.type_vocab_size,
+        layer_norm_eps=arch.layer_norm_eps,
+        tie_embeddings=cfg.tie_embeddings,
+        pooler=arch.pooler,
+    )
+
+
+def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
+    validate(cfg)
+    sharing = instantiate(cfg.sharing, ratio=cfg.ratio)
+    return LanguageModel(model_config(cfg, vocab_size), sharing, sharing_class(cfg).name)
+
+
+def predicted_fraction(cfg: DictConfig) -> float:
+    """The share of tokens the LM head runs on: the masked share for MLM, every token for causal LM."""
+    return float(cfg.arch.mlm.probability) if cfg.arch.objective == "mlm" else 1.0
+
+
+def run_name(override_dirname: str) -> str:
+    """A run's folder name from its overrides: '/' would nest folders, and no overrides means the defaults."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python train.py <overrides>` would run, composed with Hydra's compose API."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except Exception as error:  # Hydra's and OmegaConf's errors carry the useful line at the end of the chain
+        while error.__cause__ is not None:
+            error = error.__cause__
+        raise ConfigError(f"cannot compose {' '.join(overrides) or 'the defaults'}: {error}".splitlines()[0]) from error
+    return cfg

@@ -1,0 +1,413 @@
+"""Pretraining data: text through `datasets`, a tokenizer, and packed token blocks cached on disk.
+
+A source is a local file or folder (parquet, json, csv or text; a folder's files name their split, as in the
+hub's layout), a URL of a text file, or a hub dataset name. Documents are read in order up to a character cap,
+tokenised once, joined with a separator token into one stream per split, and cached as a .npy file keyed by a
+hash of everything that produced it, so a second run does not tokenise again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from sharebench.errors import ConfigError
+from sharebench.paths import atomic_write_bytes, resolve_path
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
+LOCAL_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text"}
+
+
+# ---- reading documents ------------------------------------------------------------------------------------
+
+
+def is_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or Path(source).exists()
+
+
+def local_source(source: str) -> Path:
+    path = resolve_path(source)
+    if not path.exists():
+        raise ConfigError(
+            f"data.source: {path} does not exist; point SHAREBENCH_DATA at the data root "
+            f"(for example SHAREBENCH_DATA=../shared/data) or set data.source to a local file or folder "
+            f"({', '.join(sorted(LOCAL_FORMATS))}) or a hub dataset name"
+        )
+    return path
+
+
+def local_files(path: Path) -> list[Path]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in LOCAL_FORMATS)
+    if not files:
+        raise ConfigError(f"data.source: {path} holds no data files; valid kinds: {', '.join(sorted(LOCAL_FORMATS))}")
+    return files
+
+
+def source_identity(data: DictConfig) -> dict[str, Any]:
+    """What the cached tokens depend on: the files (path, size, modification time) or the hub name."""
+    if not is_local(data.source):
+        return {"hub": data.source, "config": data.hub_config}
+    files = local_files(local_source(data.source))
+    return {"files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
+    import datasets
+
+    if is_local(data.source):
+        path = local_source(data.source)
+        files = local_files(path)
+        builder = LOCAL_FORMATS[files[0].suffix]
+        if path.is_file():
+            data_files = {split: str(path)}
+        else:
+            data_files = {split: [str(f) for f in files if f.name.startswith(split) or f.parent.name == split]}
+            if not data_files[split]:
+                found = sorted({f.name.split("-")[0].split(".")[0] for f in files})
+                raise ConfigError(f"data: split {split!r} not found in {path}; splits there: {', '.join(found)}")
+        kwargs = {"sample_by": "document"} if builder == "text" else {}
+        stream = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True, **kwargs)
+    elif data.source.startswith(("http://", "https://")):
+        stream = datasets.load_dataset(
+            "text", data_files={split: data.source}, split=split, streaming=True, sample_by="document"
+        )
+    else:
+        stream = datasets.load_dataset(data.source, data.hub_config, split=split, streaming=True)
+    try:
+        for row in stream:
+            if data.text_column not in row:
+                raise ConfigError(
+                    f"data.text_column={data.text_column!r} is not a column of {data.source}; "
+                    f"columns: {', '.join(row)}"
+                )
+            yield row[data.text_column]
+    except ConfigError:
+        raise
+    except Exception as error:  # a truncated parquet file, a malformed json line, ...
+        raise ConfigError(f"data: cannot read {data.source} ({split}): {type(error).__name__}: {error}") from error
+
+
+def read_capped(data: DictConfig, split: str, max_chars: int | None) -> list[str]:
+    documents, chars = [], 0
+    for text in _stream_split(data, split):
+        if not text:
+            continue
+        if max_chars is not None and chars + len(text) > max_chars:
+            documents.append(text[: max_chars - chars])
+            break
+        documents.append(text)
+        chars += len(text)
+    return documents
+
+
+def read_documents(data: DictConfig) -> dict[str, list[str]]:
+    """Train and validation documents. Without a validation split, the last `validation_fraction` is held
+    out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents."""
+    if data.validation_split is not None:
+        return {
+            "train": read_capped(data, data.train_split, data.max_train_chars),
+            "validation": read_capped(data, data.validation_split, data.max_validation_chars),
+        }
+    if data.validation_fraction is None or not 0 < data.validation_fraction < 1:
+        raise ConfigError(
+            f"data: without a validation_split, validation_fraction must lie in (0, 1); got {data.validation_fraction}"
+        )
+    documents = read_capped(data, data.train_split, None)
+    if len(documents) == 1:
+        text = documents[0]
+        cut = int(len(text) * (1 - data.validation_fraction))
+        train, validation = [text[:cut]], [text[cut:]]
+    else:
+        cut = int(len(documents) * (1 - data.validation_fraction))
+        train, validation = documents[:cut], documents[cut:]
+    return {"train": _cap(train, data.max_train_chars), "validation": _cap(validation, data.max_validation_chars)}
+
+
+def _cap(documents: list[str], max_chars: int | None) -> list[str]:
+    if max_chars is None:
+        return documents
+    capped, chars = [], 0
+    for text in documents:
+        if chars + len(text) >= max_chars:
+            capped.append(text[: max_chars - chars])
+            break
+        capped.append(text)
+        chars += len(text)
+    return capped
+
+
+# ---- tokenizers ---------------------------------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """Characters as tokens, vocabulary sorted as in nanoGPT; special tokens follow when the objective needs them."""
+
+    def __init__(self, chars: str, special_tokens: tuple[str, ...]) -> None:
+        self.chars = chars
+        self.vocab = {c: i for i, c in enumerate(chars)}
+        self.vocab.update({t: len(chars) + i for i, t in enumerate(special_tokens)})
+        self.vocab_size = len(self.vocab)
+
+    def token_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [[self.vocab[c] for c in text] for text in texts]
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.vocab, sort_keys=True)
+
+
+class WordPieceTokenizer:
+    """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+
+    def token_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def fingerprint(self) -> str:
+        return self.tokenizer.to_str()
+
+
+def _wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def vocab_file_path(spec: DictConfig) -> Path:
+    path = resolve_path(spec.path) if spec.path else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"data.tokenizer.path: vocabulary file {path} not found; a WordPiece vocab.txt is needed")
+    return path
+
+
+def build_tokenizer(
+    data: DictConfig, objective: str, train_documents: Callable[[], list[str]], cache_dir: Path
+) -> Any:
+    """The configured tokenizer; `train_documents` is called only when the vocabulary must be learnt."""
+    spec = data.tokenizer
+    if spec.kind == "char":
+        chars = "".join(sorted(set("".join(train_documents()))))
+        return CharTokenizer(chars, SPECIAL_TOKENS if objective == "mlm" else ())
+    from tokenizers.models import WordPiece
+
+    if spec.kind == "vocab_file":
+        path = vocab_file_path(spec)
+        model = WordPiece.from_file(str(path), unk_token="[UNK]")
+        return WordPieceTokenizer(_wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
+    if spec.kind != "wordpiece":
+        raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
+    from tokenizers import Tokenizer, trainers
+
+    key = _hash(source_identity(data), spec.vocab_size, spec.train_chars, spec.lowercase, data.max_train_chars)
+    path = cache_dir / "tokenizers" / f"wordpiece-{key}.json"
+    if path.exists():
+        return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
+    tokenizer = _wordpiece_pipeline(WordPiece(unk_token="[UNK]"), spec.lowercase)
+    trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIAL_TOKENS))
+    tokenizer.train_from_iterator(_cap(train_documents(), spec.train_chars), trainer=trainer)
+    atomic_write_bytes(path, tokenizer.to_str().encode())
+    return WordPieceTokenizer(tokenizer, spec.vocab_size)
+
+
+def tokenizer_vocab_size(data: DictConfig, objective: str) -> int:
+    """The embedding size a configuration needs, without tokenising (a trained WordPiece vocabulary is padded
+    to its configured size, so the size is known before training it)."""
+    spec = data.tokenizer
+    if spec.kind == "wordpiece":
+        return int(spec.vocab_size)
+    if spec.kind == "vocab_file":
+        return sum(1 for _ in vocab_file_path(spec).open())
+    if spec.kind == "char":
+        return build_tokenizer(data, objective, lambda: read_documents(data)["train"], Path()).vocab_size
+    raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- token streams and blocks -----------------------------------------------------------------------------
+
+
+def tokenize_stream(tokenizer: Any, documents: list[str], separator: int | None) -> np.ndarray:
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    pieces = []
+    for start in range(0, len(documents), 1000):
+        for ids in tokenizer.encode_batch(documents[start : start + 1000]):
+            pieces.append(np.asarray(ids, dtype=dtype))
+            if separator is not None:
+                pieces.append(np.asarray([separator], dtype=dtype))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+
+
+class BlockDataset(Dataset):
+    """Non-overlapping blocks of a token stream, shaped for the objective.
+
+    MLM: [CLS] + seq_len − 2 tokens + [SEP], with `mlm.probability` of the inner tokens chosen for prediction
+    (of those 80 % become [MASK], 10 % a random token, 10 % stay). With `fixed_masks` each block's masks are drawn
+    from its own seed (validation is then the same every time); otherwise from the global RNG (dynamic masking).
+    Causal: seq_len + 1 tokens, inputs and next-token labels.
+    """
+
+    def __init__(
+        self,
+        stream: np.ndarray,
+        seq_len: int,
+        objective: str,
+        special_ids: dict[str, int],
+        vocab_size: int,
+        mlm: DictConfig | None = None,
+        fixed_masks: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.objective = objective
+        self.block_len = seq_len - 2 if objective == "mlm" else seq_len + 1
+        self.special_ids = special_ids
+        self.vocab_size = vocab_size
+        self.mlm = mlm
+        self.fixed_masks = fixed_masks
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.block_len
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        block = torch.from_numpy(self.stream[index * self.block_len : (index + 1) * self.block_len].astype(np.int64))
+        if self.objective == "causal":
+            return {"input_ids": block[:-1], "labels": block[1:]}
+        cls, sep = torch.tensor([self.special_ids["[CLS]"]]), torch.tensor([self.special_ids["[SEP]"]])
+        generator = torch.Generator().manual_seed(index) if self.fixed_masks else None
+        input_ids, labels = mask_tokens(block, self.mlm, self.special_ids["[MASK]"], self.vocab_size, generator)
+        ignore = torch.tensor([-100])
+        return {"input_ids": torch.cat([cls, input_ids, sep]), "labels": torch.cat([ignore, labels, ignore])}
+
+
+def mask_tokens(
+    tokens: torch.Tensor, mlm: DictConfig, mask_id: int, vocab_size: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: inputs with the chosen positions corrupted, and labels (-100 where nothing is predicted)."""
+    draws = torch.rand(tokens.shape + (2,), generator=generator)
+    chosen = draws[..., 0] < mlm.probability
+    if not chosen.any():  # every sequence predicts at least one token, so its loss is defined
+        chosen[torch.randint(len(tokens), (1,), generator=generator)] = True
+    labels = torch.where(chosen, tokens, torch.full_like(tokens, -100))
+    to_mask = chosen & (draws[..., 1] < mlm.mask)
+    to_random = chosen & ~to_mask & (draws[..., 1] < mlm.mask + mlm.random)
+    random_tokens = torch.randint(vocab_size, tokens.shape, generator=generator)
+    inputs = torch.where(to_mask, torch.full_like(tokens, mask_id), tokens)
+    inputs = torch.where(to_random, random_tokens, inputs)
+    return inputs, labels
+
+
+class PretrainData(L.LightningDataModule):
+    """Reads, tokenises (cached) and serves the blocks of one pretraining configuration."""
+
+    def __init__(self, data: DictConfig, objective: str, cache_dir: str | Path, mlm: DictConfig | None = None) -> None:
+        super().__init__()
+        self.data = data
+        self.objective = objective
+        self.mlm = mlm
+        self.cache_dir = resolve_path(str(cache_dir))
+        self.tokenizer: Any = None
+        self.streams: dict[str, np.ndarray] = {}
+
+    def prepare(self) -> None:
+        """Tokenise both splits, or load them from the cache."""
+        if self.streams:
+            return
+        key = _hash(
+            source_identity(self.data),
+            {k: self.data[k] for k in ("train_split", "validation_split", "validation_fraction", "text_column")},
+            self.data.max_train_chars,
+            self.data.max_validation_chars,
+            dict(self.data.tokenizer),
+            self.objective,
+        )
+        folder = self.cache_dir / "tokens" / f"{self.data.name}-{key}"
+        documents = functools.cache(lambda: read_documents(self.data))
+        self.tokenizer = build_tokenizer(self.data, self.objective, lambda: documents()["train"], self.cache_dir)
+        for split in ("train", "validation"):
+            path = folder / f"{split}.npy"
+            if not path.exists():
+                _atomic_save_npy(path, tokenize_stream(self.tokenizer, documents()[split], self.separator_id))
+            self.streams[split] = np.load(path, mmap_mode="r")
+        for split, stream in self.streams.items():
+            if len(stream) < self.block_len():
+                raise ConfigError(
+                    f"data: the {split} split has {len(stream)} tokens, fewer than one block of "
+                    f"{self.block_len()}; lower data.seq_len or raise data.max_{split}_chars"
+                )
+
+    def block_len(self) -> int:
+        return self.data.seq_len - 2 if self.objective == "mlm" else self.data.seq_len + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {t: self.tokenizer.token_id(t) for t in SPECIAL_TOKENS if self.tokenizer.token_id(t) is not None}
+
+    @property
+    def separator_id(self) -> int | None:
+        return self.tokenizer.token_id("[SEP]")
+
+    def dataset(self, split: str) -> BlockDataset:
+        self.prepare()
+        return BlockDataset(
+            self.streams[split],
+            self.data.seq_len,
+            self.objective,
+            self.special_ids,
+            self.vocab_size,
+            self.mlm,
+            fixed_masks=split == "validation",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        return DataLoader(
+            dataset,
+            batch_size=min(self.data.batch_size, len(dataset)),
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.data.num_workers,
+            persistent_workers=self.data.num_workers > 0,
+        )
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(temporary, array)
+    os.replace(temporary, path)

@@ -1,0 +1,5 @@
+"""The one exception type for bad input: raised before any data is read or model built."""
+
+
+class ConfigError(ValueError):
+    """A configuration, data or checkpoint problem, with a message naming the valid choices."""

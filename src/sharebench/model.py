@@ -1,0 +1,317 @@
+"""The sharebench transformer: a BERT-style encoder and a GPT-style decoder in one file.
+
+Read top to bottom: configuration, embeddings, attention (whose query/key/value projection is the pluggable
+sharing scheme from `sharebench.sharing`), feed-forward, block, the stack, the heads, and finally the
+accounting that every run records (unique parameters by component, FLOPs per token, MFU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharebench.sharing import AttentionSharing
+
+SharingFactory = Callable[..., AttentionSharing]
+COMPONENTS = ("embeddings", "attention_qkv", "attention_out", "ffn", "norms", "heads")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    n_layers: int
+    dim: int
+    n_heads: int
+    ffn_dim: int
+    max_positions: int
+    objective: str = "mlm"  # "mlm": bidirectional encoder + masked-LM head; "causal": decoder + next-token head
+    norm_position: str = "post"  # "post" as in BERT, "pre" as in GPT-2/nanoGPT
+    activation: str = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    bias: bool = True
+    qkv_bias: bool = True
+    type_vocab_size: int = 2  # 0: no token-type embeddings
+    layer_norm_eps: float = 1e-12
+    tie_embeddings: bool = True
+    pooler: bool = True
+
+    @property
+    def causal(self) -> bool:
+        return self.objective == "causal"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # the exact erf form, as in BERT
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class Embeddings(nn.Module):
+    component = "embeddings"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
+        # Post-LN models (BERT) normalise the embeddings; pre-LN models normalise at the start of each block.
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "post" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)
+        if self.token_types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_types(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class Attention(nn.Module):
+    component = "attention_out"
+
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+        super().__init__()
+        self.qkv = sharing(dim=cfg.dim, n_heads=cfg.n_heads, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.causal = cfg.causal
+        self.attention_dropout = cfg.attention_dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=key_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=self.causal and key_mask is None,
+            enable_gqa=k.size(1) != q.size(1),
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class FeedForward(nn.Module):
+    component = "ffn"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.bias)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.bias)
+        self.activation = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.activation(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+        super().__init__()
+        self.attn = Attention(cfg, sharing)
+        self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm_position == "pre"
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), key_mask))
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, key_mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Transformer(nn.Module):
+    """Embeddings and the stack of blocks: maps token ids to final hidden states (batch, tokens, D)."""
+
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+        super().__init__()
+        self.embeddings = Embeddings(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, sharing) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "pre" else None
+        self.causal = cfg.causal
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.embeddings(input_ids, token_type_ids)
+        # A boolean (batch, 1, 1, keys) mask: padded keys are never attended to; None when nothing is padded.
+        key_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_mask = attention_mask[:, None, None, :].bool()
+            if self.causal:
+                tokens = input_ids.size(1)
+                key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class LMHead(nn.Module):
+    """Token predictions. Masked LM (BERT): dense + activation + LayerNorm, then the decoder with its own bias.
+    Causal LM (GPT): the decoder alone. The decoder is tied to the token embeddings unless asked otherwise."""
+
+    component = "heads"
+
+    def __init__(self, cfg: ModelConfig, token_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = None
+        if cfg.objective == "mlm":
+            self.transform = nn.Sequential(
+                nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+            )
+        self.decoder = nn.Linear(cfg.dim, cfg.vocab_size, bias=cfg.objective == "mlm")
+        if cfg.tie_embeddings:
+            self.decoder.weight = token_embeddings.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            hidden = self.transform(hidden)
+        return self.decoder(hidden)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(hidden state of the first token)), the input of sentence-level task heads."""
+
+    component = "heads"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class LMOutput(NamedTuple):
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class ParameterCounts(NamedTuple):
+    total: int  # a shared tensor counted once per use
+    unique: int  # a shared tensor counted once, as stored
+    by_component: dict[str, int]  # unique parameters; sums to `unique`
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "unique": self.unique, "by_component": dict(self.by_component)}
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory, sharing_name: str = "") -> None:
+        super().__init__()
+        self.config = cfg
+        self.sharing_name = sharing_name
+        self.transformer = Transformer(cfg, sharing)
+        self.head = LMHead(cfg, self.transformer.embeddings.tokens)
+        self.pooler = Pooler(cfg) if cfg.pooler else None
+        self.apply(_init_weights)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (batch, tokens, D)."""
+        return self.transformer(input_ids, attention_mask, token_type_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """Masked LM: logits only at positions whose label is not -100 (flattened). Causal LM: at every position."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        if self.config.objective == "mlm" and labels is not None:
+            predicted = labels != IGNORE_INDEX
+            logits = self.head(hidden[predicted])
+            return LMOutput(F.cross_entropy(logits, labels[predicted]), logits)
+        logits = self.head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return LMOutput(loss, logits)
+
+    # ---- accounting -------------------------------------------------------------------------------------
+
+    def parameter_counts(self) -> ParameterCounts:
+        """Exact counts from how parameters are stored: `unique` counts each tensor once, `total` once per use
+        (a module reused by several layers, a tied decoder, a projection block serving several roles)."""
+        unique: dict[int, tuple[int, str]] = {}
+        total = 0
+
+        def visit(module: nn.Module, component: str) -> None:
+            nonlocal total
+            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", component)
+            if isinstance(module, AttentionSharing):
+                total += module.used_numel()
+                for p in module.parameters():
+                    unique.setdefault(id(p), (p.numel(), component))
+                return
+            for p in module._parameters.values():
+                if p is not None:
+                    total += p.numel()
+                    unique.setdefault(id(p), (p.numel(), component))
+            for child in module._modules.values():  # every occurrence, also of a module reused elsewhere
+                if child is not None:
+                    visit(child, component)
+
+        visit(self, "heads")
+        by_component = dict.fromkeys(COMPONENTS, 0)
+        for numel, component in unique.values():
+            by_component[component] += numel
+        return ParameterCounts(total, sum(by_component.values()), by_component)
+
+    def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> int:
+        """Training FLOPs (forward + backward = 3 × forward) per input token, nanoGPT's convention:
+        2 FLOPs per multiply-accumulate of every matmul a token goes through, plus attention's QKᵀ and AV.
+        A projection shared by several roles is computed once and counted once. The LM head runs on
+        `predicted_fraction` of the tokens (the masked share for MLM)."""
+
+        def linear_macs(module: nn.Module) -> int:
+            if isinstance(module, nn.Linear):
+                return module.in_features * module.out_features
+            return sum(linear_macs(child) for child in module._modules.values() if child is not None)
+
+        cfg = self.config
+        attention_macs = 2 * cfg.n_layers * seq_len * cfg.dim
+        forward_macs = linear_macs(self.transformer) + attention_macs + predicted_fraction * linear_macs(self.head)
+        return int(round(3 * 2 * forward_macs))
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: int, predicted_fraction: float) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
+        return self.flops_per_token(seq_len, predicted_fraction) * tokens_per_second / peak_flops
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,36 @@
+"""Project paths and atomic file writes (a temporary file in the same folder, then a rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A user path: `~` expanded, relative paths taken from the project root (not the working directory)."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else (PROJECT_ROOT / expanded).resolve()
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, content: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(content, indent=2, default=str) + "\n").encode())

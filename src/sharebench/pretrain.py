@@ -1,0 +1,200 @@
+"""Pretraining with Lightning: masked LM for encoders, causal LM for decoders, and the run that records it."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from sharebench.checkpoint import save_pretrained
+from sharebench.config import build_model, predicted_fraction, sharing_class, validate
+from sharebench.data import PretrainData
+from sharebench.model import LanguageModel, perplexity
+from sharebench.record import RunRecord, measure_matmul_peak, read_record
+
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
+    """Linear warmup, then linear or cosine decay to `min_ratio` of the peak at `max_steps` (or constant)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * decay
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, model: LanguageModel, optim: DictConfig, max_steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.max_steps = max_steps
+        self.validation_history: list[dict[str, float]] = []
+        self._validation_losses: list[torch.Tensor] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._validation_losses.append(self.model(**batch).loss.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = torch.stack(self._validation_losses).mean()
+        self._validation_losses.clear()
+        if self.trainer.world_size > 1:
+            loss = self.all_gather(loss).mean()
+        self.log_dict({"val/loss": loss, "val/ppl": perplexity(loss.item())}, prog_bar=True, sync_dist=False)
+        self.validation_history.append({"step": self.global_step, "val_loss": loss.item()})
+
+    def configure_optimizers(self) -> Any:
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+            eps=self.optim.eps,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: learning_rate_factor(
+                step, self.optim.warmup_steps, self.max_steps, self.optim.schedule, self.optim.min_lr_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class Throughput(L.Callback):
+    """Training tokens per second over the steps after the first `skip` (compilation, caches), and the share
+    of that time spent waiting for data. Time spent in validation is excluded."""
+
+    def __init__(self, skip: int = 2) -> None:
+        self.skip = skip
+        self.steps = 0
+        self.tokens = 0
+        self.compute_s = 0.0
+        self.wait_s = 0.0
+        self._batch_start = 0.0
+        self._last_end: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+        if self._last_end is not None and self.steps >= self.skip:
+            self.wait_s += self._batch_start - self._last_end
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self._last_end = time.perf_counter()
+        if self.steps >= self.skip:
+            self.compute_s += self._last_end - self._batch_start
+            self.tokens += batch["input_ids"].numel()
+        self.steps += 1
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._last_end = None
+
+    def summary(self) -> dict[str, float | None]:
+        total = self.compute_s + self.wait_s
+        return {
+            "tokens_per_second": self.tokens / total if total else None,
+            "data_wait_fraction": self.wait_s / total if total else None,
+            "measured_steps": max(0, self.steps - self.skip),
+        }
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Pretrain one configuration into `run_dir` and return its run record (also written as run.json).
+
+    A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it."""
+    ratio = validate(cfg)
+    run_dir = Path(run_dir)
+    if (run_dir / "run.json").exists():
+        previous = read_record(run_dir)
+        if previous.get("status") == "completed":
+            print(f"{run_dir} already completed; nothing to do (delete the folder to run it again)")
+            return previous
+    record = RunRecord(cfg, run_dir)
+    record.update(sharing={"name": sharing_class(cfg).name, "ratio": ratio})
+    try:
+        _train(cfg, run_dir, ratio, record)
+    except BaseException as error:
+        record.finish(error)
+        raise
+    record.finish()
+    return record.data
+
+
+def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecord) -> None:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    mlm = cfg.arch.get("mlm")
+    data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
+    data.prepare()
+    model = build_model(cfg, data.vocab_size)
+    counts = model.parameter_counts()
+    fraction = predicted_fraction(cfg)
+    flops = model.flops_per_token(cfg.data.seq_len, fraction)
+    record.update(
+        vocab_size=data.vocab_size,
+        parameters=counts.to_dict(),
+        flops_per_token=flops,
+        tokens={split: len(stream) for split, stream in data.streams.items()},
+    )
+    record.write()
+
+    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps)
+    throughput = Throughput()
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    logger = instantiate(cfg.logger, save_dir=str(run_dir))
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=[throughput, checkpoints],
+    )
+    resume = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)
+
+    speed = throughput.summary()
+    device = trainer.strategy.root_device
+    peak = measure_matmul_peak(device)
+    tokens_per_second = speed["tokens_per_second"]
+    weights_bytes = save_pretrained(
+        model, run_dir, OmegaConf.to_container(cfg.sharing, resolve=True), ratio
+    )
+    train_loss = trainer.callback_metrics.get("train/loss")
+    final = module.validation_history[-1]
+    record.update(
+        metrics={
+            "train_loss": float(train_loss) if train_loss is not None else None,
+            "val_loss": final["val_loss"],
+            "val_ppl": perplexity(final["val_loss"]),
+            "val_history": module.validation_history,
+            "steps": trainer.global_step,
+        },
+        speed={
+            **speed,
+            "device": str(device),
+            "peak_matmul_flops": peak,
+            "mfu": model.estimate_mfu(tokens_per_second, peak, cfg.data.seq_len, fraction)
+            if tokens_per_second
+            else None,
+        },
+        checkpoint={"path": str(run_dir / "model.safetensors"), "bytes": weights_bytes},
+    )

@@ -1,0 +1,130 @@
+"""The run record (SPEC §4): one JSON file per run, written atomically, also when the run fails."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sharebench.paths import PROJECT_ROOT, atomic_write_json
+
+RECORD_NAME = "run.json"
+PACKAGES = ("sharebench", "torch", "lightning", "hydra-core", "datasets", "tokenizers", "safetensors", "numpy")
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": torch.multiprocessing.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def peak_memory() -> dict[str, int | None]:
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return {"rss_bytes": rss, "cuda_max_allocated_bytes": cuda}
+
+
+class RunRecord:
+    """Collects a run's facts and writes them to <run>/run.json; `write` is safe to call at any point."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.path = Path(run_dir) / RECORD_NAME
+        self.started = time.time()
+        self.data: dict[str, Any] = {
+            "status": "running",
+            "run_dir": str(Path(run_dir).resolve()),
+            "seed": cfg.seed,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "git": git_commit(),
+            "packages": package_versions(),
+            "hardware": hardware(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+        }
+
+    def update(self, **facts: Any) -> None:
+        self.data.update(facts)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self.data["status"] = "completed"
+        else:
+            self.data["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.data["error"] = f"{type(error).__name__}: {error}"
+            self.data["traceback"] = "".join(traceback.format_exception(error))
+        self.data["wall_time_s"] = round(time.time() - self.started, 3)
+        self.data["peak_memory"] = peak_memory()
+        self.write()
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(run_dir) / RECORD_NAME).read_text())
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
+    """The machine's achievable matmul FLOP/s, measured on square matrices (the MFU denominator)."""
+    size = 2048 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    iterations, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        iterations += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds:
+            return 2 * size**3 * iterations / elapsed

@@ -1,0 +1,75 @@
+"""The contract every within-layer sharing scheme fulfils.
+
+A scheme maps hidden states (batch, tokens, D) to queries (batch, H, tokens, d) and keys and values
+(batch, G, tokens, d), where G is the number of key/value heads (G = H except for grouped-query schemes).
+Everything after that (scores, softmax, output projection) is common and lives in `sharebench.model`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from sharebench.errors import ConfigError
+
+
+def format_ratio(value: float) -> str:
+    return f"{value:.4g}"
+
+
+class AttentionSharing(nn.Module):
+    """Base class of the query/key/value projections.
+
+    Subclasses set `ratio_range` to the closed interval of valid share ratios, or leave it None when the
+    scheme takes no ratio, and `default_ratio` to the ratio used when the user gives none. A scheme that
+    takes no ratio may still stand for a fixed one (`symmetric` is `partial_qk` at 1): `fixed_ratio`.
+    """
+
+    name: ClassVar[str] = ""
+    component: ClassVar[str] = "attention_qkv"
+    ratio_range: ClassVar[tuple[float, float] | None] = None
+    default_ratio: ClassVar[float | None] = None
+    ratio_meaning: ClassVar[str] = ""
+    fixed_ratio: ClassVar[float | None] = None
+
+    def __init__(self, dim: int, n_heads: int, bias: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.n_kv_heads = n_heads
+
+    @classmethod
+    def resolve_ratio(cls, ratio: float | None, dim: int, n_heads: int) -> float | None:
+        """The ratio the scheme will use, or a ConfigError naming the valid choices."""
+        if cls.ratio_range is None:
+            if ratio is not None:
+                raise ConfigError(
+                    f"sharing={cls.name} takes no ratio (got ratio={ratio}); "
+                    f"leave ratio unset (ratio=null) or choose a scheme that takes one: {ratio_schemes()}"
+                )
+            return cls.fixed_ratio
+        if ratio is None:
+            ratio = cls.default_ratio
+        low, high = cls.ratio_range
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not low <= ratio <= high:
+            raise ConfigError(
+                f"sharing={cls.name}: ratio={ratio} is out of range; valid: "
+                f"{format_ratio(low)} <= ratio <= {format_ratio(high)} ({cls.ratio_meaning})"
+            )
+        return float(ratio)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def used_numel(self) -> int:
+        """Parameters counted once per use: a block that serves several roles or heads counts once for each."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def ratio_schemes() -> str:
+    from sharebench.sharing import SCHEMES
+
+    return ", ".join(name for name, scheme in sorted(SCHEMES.items()) if scheme.ratio_range is not None)

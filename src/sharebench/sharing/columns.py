@@ -1,0 +1,62 @@
+"""Query/key/value projections whose leading columns come from one shared projection.
+
+One fused weight holds, row by row: the shared block, then the columns each role owns. One matrix multiply
+computes all of them, so the shared block is computed once however many roles use it. With `split="head"`
+the first s = round(r·d) columns of every head are shared; with `split="matrix"` the first round(r·D) columns
+of the whole D-wide projection are.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from sharebench.errors import ConfigError
+from sharebench.sharing.base import AttentionSharing
+
+ROLES = ("q", "k", "v")
+SPLITS = ("head", "matrix")
+
+
+class ColumnSharing(AttentionSharing):
+    shared_roles: ClassVar[tuple[str, ...]] = ()
+    # Roles whose shared columns are rescaled by a learnable vector initialised to 1.
+    scaled_roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, dim: int, n_heads: int, bias: bool, ratio: float | None = None, split: str = "head"):
+        super().__init__(dim, n_heads, bias)
+        if split not in SPLITS:
+            raise ConfigError(f"sharing={self.name}: split={split!r} is unknown; valid: {', '.join(SPLITS)}")
+        ratio = self.resolve_ratio(ratio, dim, n_heads)
+        self.groups = n_heads if split == "head" else 1
+        group_width = dim // self.groups
+        self.shared_width = round(ratio * group_width)
+        own_width = group_width - self.shared_width
+        self.role_widths = {r: (own_width if r in self.shared_roles else group_width) for r in ROLES}
+        rows = self.groups * (self.shared_width + sum(self.role_widths.values()))
+        self.proj = nn.Linear(dim, rows, bias=bias)
+        self.scales = nn.ParameterDict(
+            {r: nn.Parameter(torch.ones(self.groups * self.shared_width)) for r in self.scaled_roles}
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens, _ = x.shape
+        sizes = [self.groups * self.shared_width] + [self.groups * self.role_widths[r] for r in ROLES]
+        shared, *owned = self.proj(x).split(sizes, dim=-1)
+        outputs = []
+        for role, own in zip(ROLES, owned):
+            if role in self.shared_roles and self.shared_width:
+                lead = shared * self.scales[role] if role in self.scales else shared
+                own = torch.cat(
+                    [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)], dim=-1
+                )
+            outputs.append(own.reshape(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2))
+        return outputs[0], outputs[1], outputs[2]
+
+    def used_numel(self) -> int:
+        shared_rows = self.groups * self.shared_width
+        per_row = self.dim + (1 if self.proj.bias is not None else 0)
+        extra_uses = max(len(self.shared_roles) - 1, 0)
+        return super().used_numel() + extra_uses * shared_rows * per_row

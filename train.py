@@ -1,0 +1,35 @@
+"""Pretrain one configuration, or a sweep with -m:
+
+    python train.py sharing=partial_qk ratio=0.9
+    python train.py -m sharing=none,partial_qk ratio=0.5,0.9
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from sharebench.cli import exit_on_config_error, preflight
+from sharebench.errors import ConfigError
+from sharebench.pretrain import run
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    try:
+        run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except ConfigError as error:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the run's record says failed; the sweep goes on
+            print(f"error: {error}", file=sys.stderr)
+            return
+        with exit_on_config_error():
+            raise
+
+
+if __name__ == "__main__":
+    preflight(sys.argv[1:])
+    main()
