@@ -1,7 +1,7 @@
 """Pretrain one configuration, or a sweep with -m:
 
-    python train.py sharing=partial_qk ratio=0.9
-    python train.py -m sharing=none,partial_qk ratio=0.5,0.9
+python train.py sharing=partial_qk ratio=0.9
+python train.py -m sharing=none,partial_qk ratio=0.5,0.9
 """
 
 import sys
@@ -10,16 +10,25 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from sharebench.cli import exit_on_config_error, preflight
+from sharebench.cli import exit_on_config_error, preflight, run_key, sweep_baseline
 from sharebench.errors import ConfigError
-from sharebench.pretrain import run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from sharebench.pretrain import run  # Lightning loads only once the command line has been checked
+
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        baseline = sweep_baseline(hydra_cfg.overrides.task)
+        if baseline is not None and baseline != run_key(hydra_cfg.overrides.task):
+            print(f"skipped: sharing={hydra_cfg.runtime.choices.sharing} takes no ratio; trained once as {baseline}")
+            return
+        if baseline is not None:
+            with open_dict(cfg):
+                cfg.ratio = None
     try:
         run(cfg, Path(hydra_cfg.runtime.output_dir))
     except ConfigError as error:

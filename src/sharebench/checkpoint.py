@@ -30,7 +30,12 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
     temporary = folder / f".{WEIGHTS_NAME}.tmp"
     save_model(model, str(temporary))
     temporary.replace(folder / WEIGHTS_NAME)
-    spec = {"model": model.config.to_dict(), "sharing": sharing, "ratio": ratio, "sharing_name": model.sharing_name}
+    spec = {
+        "model": model.config.to_dict(),
+        "sharing": sharing,
+        "ratio": ratio,
+        "sharing_name": model.sharing_name,
+    }
     atomic_write_json(folder / SPEC_NAME, spec)
     return (folder / WEIGHTS_NAME).stat().st_size
 
@@ -145,5 +150,7 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
     missing, unexpected = model.load_state_dict(converted, strict=False)
     missing = [m for m in missing if not m.startswith("head.")]  # BertModel has no masked-LM head
     if missing or unexpected:
-        raise ConfigError(f"pretrained: {folder} does not map onto BERT; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ConfigError(
+            f"pretrained: {folder} does not map onto BERT; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model

@@ -1,7 +1,7 @@
 """The `sharebench` command: parameter accounting without training, and run comparisons.
 
-    sharebench params arch=bert size=bert-base sharing=shared_qkv
-    sharebench compare outputs/runs/*/seed=0
+sharebench params arch=bert size=bert-base sharing=shared_qkv
+sharebench compare outputs/runs/*/seed=0
 """
 
 from __future__ import annotations
@@ -14,11 +14,26 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sharebench.errors import ConfigError
+from sharebench.errors import ConfigError, RatioNotTaken
+
+SWEEP_BASELINES_ENV = "SHAREBENCH_SWEEP_BASELINES"
 
 # Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
-HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+HYDRA_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
 
 
 @contextlib.contextmanager
@@ -45,15 +60,40 @@ def task_overrides(argv: Sequence[str]) -> list[str]:
     return overrides
 
 
+def run_key(overrides: Sequence[str]) -> str:
+    return ",".join(sorted(overrides))
+
+
 def preflight(argv: Sequence[str]) -> None:
-    """Validate every run a command line describes (each combination of a sweep) before any starts."""
+    """Validate every run a command line describes (each combination of a sweep) before any starts.
+
+    In a sweep such as `sharing=none,partial_qk ratio=0.5,0.9`, a scheme that takes no ratio meets ratios it
+    cannot use: its runs differ only in a ratio it ignores, so the first trains (without a ratio) and the
+    others are skipped. Which run stands for which is handed to the jobs in SWEEP_BASELINES_ENV."""
     from sharebench.config import check_overrides, compose, validate
 
     if any(arg in ("--help", "-h", "--hydra-help") for arg in argv):
         return
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    baselines: dict[str, str] = {}
+    first_of_group: dict[str, str] = {}
     with exit_on_config_error():
         for overrides in check_overrides(task_overrides(argv)):
-            validate(compose(overrides))
+            try:
+                validate(compose(overrides))
+            except RatioNotTaken:
+                if not multirun:
+                    raise
+                without_ratio = [o for o in overrides if not o.startswith("ratio=")]
+                validate(compose(without_ratio))
+                representative = first_of_group.setdefault(run_key(without_ratio), run_key(overrides))
+                baselines[run_key(overrides)] = representative
+    os.environ[SWEEP_BASELINES_ENV] = json.dumps(baselines)
+
+
+def sweep_baseline(job_overrides: Sequence[str]) -> str | None:
+    """For a sweep job whose scheme takes no ratio: the key of the job that trains that baseline."""
+    return json.loads(os.environ.get(SWEEP_BASELINES_ENV, "{}")).get(run_key(job_overrides))
 
 
 def params(overrides: Sequence[str]) -> dict:
@@ -80,14 +120,17 @@ def params(overrides: Sequence[str]) -> dict:
 
 
 def compare(run_dirs: Sequence[str]) -> str:
-    """A Markdown table of finished runs: unique parameters, validation loss and speed, one row per run."""
-    from sharebench.record import read_record
+    """A Markdown table of the runs found under the given folders: unique parameters, validation loss and speed."""
+    from sharebench.record import RECORD_NAME, read_record
 
+    records = sorted({(p.parent, Path(folder)) for folder in run_dirs for p in Path(folder).rglob(RECORD_NAME)})
+    if not records:
+        raise ConfigError(f"compare: no {RECORD_NAME} found under {', '.join(map(str, run_dirs))}")
     lines = [
         "| run | status | sharing | ratio | unique params | val loss | val ppl | tokens/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for run_dir in run_dirs:
+    for run_dir, folder in records:
         try:
             record = read_record(run_dir)
         except (OSError, json.JSONDecodeError) as error:
@@ -98,8 +141,9 @@ def compare(run_dirs: Sequence[str]) -> str:
         def cell(value: object, spec: str = "") -> str:
             return "—" if value is None else format(value, spec)
 
+        name = run_dir.relative_to(folder) if run_dir != folder else run_dir
         lines.append(
-            f"| {run_dir} | {record['status']} | {sharing.get('name')} | {cell(sharing.get('ratio'), 'g')} "
+            f"| {name} | {record['status']} | {sharing.get('name')} | {cell(sharing.get('ratio'), 'g')} "
             f"| {cell(record.get('parameters', {}).get('unique'), ',')} | {cell(metrics.get('val_loss'), '.4f')} "
             f"| {cell(metrics.get('val_ppl'), '.2f')} | {cell(speed.get('tokens_per_second'), ',.0f')} |"
         )
@@ -112,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params_parser = commands.add_parser("params", help="parameter accounting of a configuration, as JSON")
     params_parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     compare_parser = commands.add_parser("compare", help="a Markdown table comparing finished runs")
-    compare_parser.add_argument("runs", nargs="+", type=Path, help="run folders (holding run.json)")
+    compare_parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding runs")
     args = parser.parse_args(argv)
     with exit_on_config_error():
         if args.command == "params":

@@ -7,12 +7,15 @@ command line, by `check_overrides`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
 
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sharebench.data import check_source
 from sharebench.errors import ConfigError
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR
@@ -82,6 +85,9 @@ def validate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds arch.max_positions={arch.max_positions}")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len must be at least 3; got {cfg.data.seq_len}")
+    check_source(cfg.data)
+    with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
+        instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
     return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
 
 
@@ -119,9 +125,35 @@ def predicted_fraction(cfg: DictConfig) -> float:
     return float(cfg.arch.mlm.probability) if cfg.arch.objective == "mlm" else 1.0
 
 
-def run_name(override_dirname: str) -> str:
-    """A run's folder name from its overrides: '/' would nest folders, and no overrides means the defaults."""
-    return override_dirname.replace("/", "_") or "default"
+MAX_RUN_NAME = 200  # file systems refuse names over 255 bytes
+# Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.
+NOT_IN_RUN_NAME = {
+    "seed",
+    "output_root",
+    "data_root",
+    "cache_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+}
+RUN_NAME_FIRST = ("experiment", "arch", "size", "sharing", "ratio")
+
+
+def run_name(task_overrides: Sequence[str]) -> str:
+    """A run's folder name: its overrides, the ones that tell runs apart first ('/' would nest folders);
+    no overrides means the defaults. A name too long for the file system keeps its start and ends in a hash
+    of the whole (the run's .hydra/overrides.yaml and run.json keep every override)."""
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    kept = [o for o in task_overrides if key(o) not in NOT_IN_RUN_NAME]
+    rank = {name: i for i, name in enumerate(RUN_NAME_FIRST)}
+    kept.sort(key=lambda o: (rank.get(key(o), len(rank)), key(o), o))
+    name = ",".join(kept).replace("/", "_") or "default"
+    if len(name.encode()) > MAX_RUN_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = name.encode()[: MAX_RUN_NAME - 16].decode(errors="ignore") + "...+" + digest
+    return name
 
 
 OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -63,7 +62,7 @@ def source_identity(data: DictConfig) -> dict[str, Any]:
     return {"files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
 
 
-def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
+def _open_split(data: DictConfig, split: str) -> Any:
     import datasets
 
     if is_local(data.source):
@@ -78,25 +77,39 @@ def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
                 found = sorted({f.name.split("-")[0].split(".")[0] for f in files})
                 raise ConfigError(f"data: split {split!r} not found in {path}; splits there: {', '.join(found)}")
         kwargs = {"sample_by": "document"} if builder == "text" else {}
-        stream = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True, **kwargs)
-    elif data.source.startswith(("http://", "https://")):
-        stream = datasets.load_dataset(
+        return datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True, **kwargs)
+    if data.source.startswith(("http://", "https://")):
+        return datasets.load_dataset(
             "text", data_files={split: data.source}, split=split, streaming=True, sample_by="document"
         )
-    else:
-        stream = datasets.load_dataset(data.source, data.hub_config, split=split, streaming=True)
+    return datasets.load_dataset(data.source, data.hub_config, split=split, streaming=True)
+
+
+def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
     try:
-        for row in stream:
+        for row in _open_split(data, split):
             if data.text_column not in row:
                 raise ConfigError(
-                    f"data.text_column={data.text_column!r} is not a column of {data.source}; "
-                    f"columns: {', '.join(row)}"
+                    f"data.text_column={data.text_column!r} is not a column of {data.source}; columns: {', '.join(row)}"
                 )
             yield row[data.text_column]
     except ConfigError:
         raise
-    except Exception as error:  # a truncated parquet file, a malformed json line, ...
-        raise ConfigError(f"data: cannot read {data.source} ({split}): {type(error).__name__}: {error}") from error
+    except Exception as error:  # a truncated parquet file, a malformed json line, an unreachable hub, ...
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise ConfigError(f"data: cannot read {data.source} ({split}): {message}") from error
+
+
+def check_source(data: DictConfig) -> None:
+    """The cheap checks of a data configuration: local files exist, the vocabulary file too."""
+    if is_local(data.source):
+        local_files(local_source(data.source))
+    if data.tokenizer.kind not in TOKENIZER_KINDS:
+        raise ConfigError(
+            f"data.tokenizer.kind={data.tokenizer.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}"
+        )
+    if data.tokenizer.kind == "vocab_file":
+        vocab_file_path(data.tokenizer)
 
 
 def read_capped(data: DictConfig, split: str, max_chars: int | None) -> list[str]:
@@ -132,7 +145,10 @@ def read_documents(data: DictConfig) -> dict[str, list[str]]:
     else:
         cut = int(len(documents) * (1 - data.validation_fraction))
         train, validation = documents[:cut], documents[cut:]
-    return {"train": _cap(train, data.max_train_chars), "validation": _cap(validation, data.max_validation_chars)}
+    return {
+        "train": _cap(train, data.max_train_chars),
+        "validation": _cap(validation, data.max_validation_chars),
+    }
 
 
 def _cap(documents: list[str], max_chars: int | None) -> list[str]:
@@ -204,9 +220,7 @@ def vocab_file_path(spec: DictConfig) -> Path:
     return path
 
 
-def build_tokenizer(
-    data: DictConfig, objective: str, train_documents: Callable[[], list[str]], cache_dir: Path
-) -> Any:
+def build_tokenizer(data: DictConfig, objective: str, train_documents: Callable[[], list[str]], cache_dir: Path) -> Any:
     """The configured tokenizer; `train_documents` is called only when the vocabulary must be learnt."""
     spec = data.tokenizer
     if spec.kind == "char":
@@ -306,7 +320,11 @@ class BlockDataset(Dataset):
 
 
 def mask_tokens(
-    tokens: torch.Tensor, mlm: DictConfig, mask_id: int, vocab_size: int, generator: torch.Generator | None = None
+    tokens: torch.Tensor,
+    mlm: DictConfig,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: inputs with the chosen positions corrupted, and labels (-100 where nothing is predicted)."""
     draws = torch.rand(tokens.shape + (2,), generator=generator)
@@ -322,11 +340,10 @@ def mask_tokens(
     return inputs, labels
 
 
-class PretrainData(L.LightningDataModule):
+class PretrainData:
     """Reads, tokenises (cached) and serves the blocks of one pretraining configuration."""
 
     def __init__(self, data: DictConfig, objective: str, cache_dir: str | Path, mlm: DictConfig | None = None) -> None:
-        super().__init__()
         self.data = data
         self.objective = objective
         self.mlm = mlm

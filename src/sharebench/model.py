@@ -301,7 +301,9 @@ class LanguageModel(nn.Module):
         forward_macs = linear_macs(self.transformer) + attention_macs + predicted_fraction * linear_macs(self.head)
         return int(round(3 * 2 * forward_macs))
 
-    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, seq_len: int, predicted_fraction: float) -> float:
+    def estimate_mfu(
+        self, tokens_per_second: float, peak_flops: float, seq_len: int, predicted_fraction: float
+    ) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
         return self.flops_per_token(seq_len, predicted_fraction) * tokens_per_second / peak_flops
 

@@ -62,7 +62,10 @@ class PretrainModule(L.LightningModule):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
             eps=self.optim.eps,
@@ -167,17 +170,16 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         callbacks=[throughput, checkpoints],
     )
     resume = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    validation = data.val_dataloader()
+    trainer.fit(module, data.train_dataloader(), validation, ckpt_path=str(resume) if resume.exists() else None)
     if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)
+        trainer.validate(module, validation, verbose=False)
 
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
-    weights_bytes = save_pretrained(
-        model, run_dir, OmegaConf.to_container(cfg.sharing, resolve=True), ratio
-    )
+    weights_bytes = save_pretrained(model, run_dir, OmegaConf.to_container(cfg.sharing, resolve=True), ratio)
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(

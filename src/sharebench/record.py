@@ -18,7 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
 RECORD_NAME = "run.json"
-PACKAGES = ("sharebench", "torch", "lightning", "hydra-core", "datasets", "tokenizers", "safetensors", "numpy")
+PACKAGES = (
+    "sharebench",
+    "torch",
+    "lightning",
+    "hydra-core",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+)
 
 
 def git_commit() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from sharebench.errors import ConfigError
+from sharebench.errors import ConfigError, RatioNotTaken
 
 
 def format_ratio(value: float) -> str:
@@ -46,7 +46,7 @@ class AttentionSharing(nn.Module):
         """The ratio the scheme will use, or a ConfigError naming the valid choices."""
         if cls.ratio_range is None:
             if ratio is not None:
-                raise ConfigError(
+                raise RatioNotTaken(
                     f"sharing={cls.name} takes no ratio (got ratio={ratio}); "
                     f"leave ratio unset (ratio=null) or choose a scheme that takes one: {ratio_schemes()}"
                 )

@@ -46,11 +46,12 @@ class ColumnSharing(AttentionSharing):
         sizes = [self.groups * self.shared_width] + [self.groups * self.role_widths[r] for r in ROLES]
         shared, *owned = self.proj(x).split(sizes, dim=-1)
         outputs = []
-        for role, own in zip(ROLES, owned):
+        for role, own in zip(ROLES, owned, strict=True):
             if role in self.shared_roles and self.shared_width:
                 lead = shared * self.scales[role] if role in self.scales else shared
                 own = torch.cat(
-                    [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)], dim=-1
+                    [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)],
+                    dim=-1,
                 )
             outputs.append(own.reshape(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2))
         return outputs[0], outputs[1], outputs[2]

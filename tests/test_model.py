@@ -1,0 +1,114 @@
+"""The sharing schemes compute what their definitions say, and the model's two architectures behave."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharebench.sharing import SCHEMES
+
+DIM, HEADS = 64, 4
+HEAD_DIM = DIM // HEADS
+
+
+def projections(name: str, **options):
+    torch.manual_seed(0)
+    scheme = SCHEMES[name](DIM, HEADS, True, **options)
+    with torch.no_grad():
+        for p in scheme.parameters():
+            p.normal_()
+    return scheme, scheme(torch.randn(2, 5, DIM))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.9])
+def test_partial_qk_shares_leading_columns_of_each_head(ratio):
+    _, (q, k, v) = projections("partial_qk", ratio=ratio)
+    shared = round(ratio * HEAD_DIM)
+    assert torch.equal(q[..., :shared], k[..., :shared])
+    assert not torch.allclose(q[..., shared:], k[..., shared:])
+    assert q.shape == k.shape == v.shape == (2, HEADS, 5, HEAD_DIM)
+
+
+def test_partial_qk_matrix_split_shares_leading_columns_of_the_matrix():
+    _, (q, k, _) = projections("partial_qk", ratio=0.5, split="matrix")
+    flat_q, flat_k = q.transpose(1, 2).flatten(2), k.transpose(1, 2).flatten(2)
+    assert torch.equal(flat_q[..., : DIM // 2], flat_k[..., : DIM // 2])
+    assert not torch.allclose(flat_q[..., DIM // 2 :], flat_k[..., DIM // 2 :])
+
+
+def test_symmetric_queries_are_keys_and_scores_are_symmetric():
+    _, (q, k, _) = projections("symmetric")
+    assert torch.equal(q, k)
+    scores = q @ k.transpose(-1, -2)
+    assert torch.allclose(scores, scores.transpose(-1, -2))
+
+
+def test_pairwise_keys_are_queries_times_a_per_head_coefficient():
+    scheme, (q, k, _) = projections("pairwise")
+    coefficient = scheme.scales["k"].view(HEADS, 1, HEAD_DIM)
+    assert torch.allclose(k, q * coefficient)
+
+
+def test_shared_qkv_roles_are_one_projection_rescaled():
+    scheme, (q, k, v) = projections("shared_qkv")
+    assert scheme.proj.out_features == DIM  # one projection: the matmul for the other two roles is gone
+    scales = {r: scheme.scales[r].view(HEADS, 1, HEAD_DIM) for r in "qkv"}
+    assert torch.allclose(q / scales["q"], k / scales["k"], atol=1e-5)
+    assert torch.allclose(q / scales["q"], v / scales["v"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name,combine", [("mhe_add", torch.add), ("mhe_mul", torch.mul)])
+def test_mhe_heads_are_one_projection_combined_with_head_embeddings(name, combine):
+    scheme, (q, _, _) = projections(name)
+    x = torch.randn(2, 5, DIM)
+    torch.manual_seed(0)
+    q, _, _ = scheme(x)
+    single = scheme.proj(x)[..., :HEAD_DIM]
+    for head in range(HEADS):
+        assert torch.allclose(q[:, head], combine(single, scheme.head_embeddings[0, head]), atol=1e-6)
+
+
+def test_gqa_has_fewer_key_value_heads():
+    _, (q, k, v) = projections("gqa", ratio=0.75)
+    assert q.shape[1] == HEADS and k.shape[1] == v.shape[1] == 1
+
+
+def test_causal_model_does_not_look_ahead(nano_cfg):
+    from sharebench.config import build_model
+
+    model = build_model(nano_cfg("arch=gpt", "sharing=partial_qk"), 50).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 50
+    assert torch.allclose(model.encode(ids)[:, :8], model.encode(changed)[:, :8], atol=1e-6)
+    assert not torch.allclose(model.encode(ids)[:, 8:], model.encode(changed)[:, 8:])
+
+
+def test_padding_does_not_change_the_other_tokens(nano_cfg):
+    from sharebench.config import build_model
+
+    model = build_model(nano_cfg(), 50).eval()
+    ids = torch.randint(5, 50, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 4)], dim=1).long()
+    assert torch.allclose(model.encode(ids), model.encode(padded, mask)[:, :10], atol=1e-5)
+
+
+def test_masked_lm_predicts_only_masked_positions(nano_cfg):
+    from sharebench.config import build_model
+
+    model = build_model(nano_cfg(), 50)
+    ids = torch.randint(5, 50, (2, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7] = 11, 12
+    output = model(ids, labels)
+    assert output.logits.shape == (2, 50)
+    assert torch.isfinite(output.loss)
+
+
+def test_pre_ln_option(nano_cfg):
+    from sharebench.config import build_model
+
+    model = build_model(nano_cfg("arch.norm_position=pre"), 50)
+    assert model.transformer.final_norm is not None and model.transformer.embeddings.norm is None
+    assert model(torch.randint(0, 50, (2, 6))).logits.shape == (2, 6, 50)
