@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; on a GPU machine use e.g. `make install TORCH=torch` for the CUDA build.
 TORCH ?= torch==2.13.0
 export SHAREBENCH_DATA ?= ../shared/data
-DEMO_STEPS ?= 400
+DEMO_STEPS ?= 300
 DEMO = output_root=outputs/demo size=bert-mini trainer.max_steps=$(DEMO_STEPS) trainer.val_check_interval=100 trainer.enable_progress_bar=false
 
 .PHONY: install test lint demo clean
