@@ -18,7 +18,7 @@ from sharebench.errors import ConfigError
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from sharebench.pretrain import run  # Lightning loads only once the command line has been checked
+    from sharebench.tasks import run_task  # Lightning loads only once the command line has been checked
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
             with open_dict(cfg):
                 cfg.ratio = None
     try:
-        run(cfg, Path(hydra_cfg.runtime.output_dir))
+        run_task(cfg, Path(hydra_cfg.runtime.output_dir))
     except ConfigError as error:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the run's record says failed; the sweep goes on
             print(f"error: {error}", file=sys.stderr)

@@ -18,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from sharebench.data import check_source
 from sharebench.errors import ConfigError
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
-from sharebench.paths import CONFIG_DIR
+from sharebench.paths import CONFIG_DIR, resolve_path
 from sharebench.sharing import AttentionSharing
 
 OBJECTIVES = ("mlm", "causal")
 NORM_POSITIONS = ("post", "pre")
-GROUPS = ("arch", "size", "sharing", "data", "trainer", "logger")
+GROUPS = ("arch", "size", "sharing", "data", "trainer", "logger", "glue")
+TASKS = ("pretrain", "glue", "pretrain_glue")
 
 
 def group_choices(group: str) -> list[str]:
@@ -85,10 +86,32 @@ def validate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds arch.max_positions={arch.max_positions}")
     if cfg.data.seq_len < 3:
         raise ConfigError(f"data.seq_len must be at least 3; got {cfg.data.seq_len}")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
+    if cfg.task != "pretrain":
+        from sharebench.finetune import check_glue
+
+        check_glue(cfg)
+    if cfg.task == "glue":
+        check_pretrained(cfg.pretrained)
+        return None
+    if cfg.task == "pretrain_glue" and arch.objective != "mlm":
+        raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
     check_source(cfg.data)
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
     return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
+
+
+def check_pretrained(pretrained: str | None) -> None:
+    from sharebench.checkpoint import SPEC_NAME
+
+    path = resolve_path(pretrained) if pretrained else None
+    if path is None or not ((path / SPEC_NAME).is_file() or (path / "config.json").is_file()):
+        raise ConfigError(
+            f"pretrained={pretrained}: task=glue needs pretrained=<a finished run's folder or a Hugging Face BERT "
+            f"folder>; {path} is neither"
+        )
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
@@ -135,7 +158,7 @@ NOT_IN_RUN_NAME = {
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 }
-RUN_NAME_FIRST = ("experiment", "arch", "size", "sharing", "ratio")
+RUN_NAME_FIRST = ("experiment", "task", "arch", "size", "sharing", "ratio", "pretrained")
 
 
 def run_name(task_overrides: Sequence[str]) -> str:

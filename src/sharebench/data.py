@@ -202,6 +202,9 @@ class WordPieceTokenizer:
     def fingerprint(self) -> str:
         return self.tokenizer.to_str()
 
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(path, self.fingerprint().encode())
+
 
 def _wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers

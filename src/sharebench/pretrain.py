@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sharebench.checkpoint import save_pretrained
 from sharebench.config import build_model, predicted_fraction, sharing_class, validate
-from sharebench.data import PretrainData
+from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.model import LanguageModel, perplexity
 from sharebench.record import RunRecord, measure_matmul_peak, read_record
 
@@ -158,6 +158,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         tokens={split: len(stream) for split, stream in data.streams.items()},
     )
     record.write()
+    if isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
+        data.tokenizer.save(run_dir / "tokenizer.json")
 
     module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps)
     throughput = Throughput()

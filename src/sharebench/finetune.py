@@ -1,0 +1,336 @@
+"""GLUE fine-tuning of a pretrained model (a run of the suite or a Hugging Face BERT folder), sharing intact.
+
+One run record per task and seed in <run>/glue/<task>/seed=<seed>/, a summary over tasks and seeds in
+<run>/glue_summary.json and .md, and test-set predictions in the GLUE submission format in
+<run>/glue_submission/seed=<seed>/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sharebench import glue
+from sharebench.checkpoint import load_pretrained
+from sharebench.errors import ConfigError
+from sharebench.model import LanguageModel
+from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
+from sharebench.pretrain import learning_rate_factor
+from sharebench.record import RunRecord, read_record
+
+
+class SequenceClassifier(nn.Module):
+    """The encoder's [CLS] pooler, dropout and a linear head: class logits, or one score for regression."""
+
+    def __init__(self, encoder: LanguageModel, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        if encoder.pooler is None:
+            raise ConfigError("GLUE fine-tuning needs an encoder with a [CLS] pooler (arch=bert)")
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.dim, num_labels)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.encoder.encode(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(self.encoder.pooler(hidden)))
+
+
+# ---- tokenising ---------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(folder: Path, max_length: int, vocab_size: int) -> Any:
+    """The pretrained model's WordPiece tokenizer, adding [CLS] a [SEP] (b [SEP]) with token types, truncated."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.txt").is_file():
+        from tokenizers.models import WordPiece
+
+        from sharebench.data import _wordpiece_pipeline
+
+        settings = folder / "tokenizer_config.json"
+        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+        tokenizer = _wordpiece_pipeline(WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"), lowercase)
+    else:
+        raise ConfigError(
+            f"pretrained: {folder} has no tokenizer.json or vocab.txt (a character-level run cannot do GLUE)"
+        )
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ConfigError(
+            f"pretrained: the tokenizer in {folder} has {tokenizer.get_vocab_size()} tokens, "
+            f"more than the model's {vocab_size} embeddings"
+        )
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls is None or sep is None:
+        raise ConfigError(f"pretrained: the tokenizer in {folder} has no [CLS]/[SEP] tokens")
+    tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def encode(tokenizer: Any, split: dict[str, list], regression: bool) -> list[dict[str, torch.Tensor]]:
+    texts = split["text_a"] if split["text_b"] is None else list(zip(split["text_a"], split["text_b"], strict=True))
+    encodings = tokenizer.encode_batch(texts)
+    label_type = torch.float if regression else torch.long
+    return [
+        {
+            "input_ids": torch.tensor(e.ids),
+            "token_type_ids": torch.tensor(e.type_ids),
+            "labels": torch.tensor(label, dtype=label_type),
+        }
+        for e, label in zip(encodings, split["label"], strict=True)
+    ]
+
+
+def pad_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Dynamic padding: to the longest sequence of the batch."""
+    length = max(len(e["input_ids"]) for e in examples)
+    batch = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
+    for e in examples:
+        pad = length - len(e["input_ids"])
+        batch["input_ids"].append(F.pad(e["input_ids"], (0, pad)))
+        batch["token_type_ids"].append(F.pad(e["token_type_ids"], (0, pad)))
+        batch["attention_mask"].append(F.pad(torch.ones_like(e["input_ids"]), (0, pad)))
+    stacked = {k: torch.stack(v) for k, v in batch.items()}
+    stacked["labels"] = torch.stack([e["labels"] for e in examples])
+    return stacked
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+
+
+class GlueModule(L.LightningModule):
+    """Fine-tunes on one task; after every epoch scores the validation split(s) and keeps the weights the
+    recipe selects (the last epoch's, or the best epoch's by validation score)."""
+
+    def __init__(self, classifier: SequenceClassifier, task: glue.Task, recipe: DictConfig, total_steps: int,
+                 validation: dict[str, list[dict[str, torch.Tensor]]]) -> None:  # fmt: skip
+        super().__init__()
+        self.classifier = classifier
+        self.task = task
+        self.recipe = recipe
+        self.total_steps = total_steps
+        self.validation = validation
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels)
+        return F.cross_entropy(logits, labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        labels = batch.pop("labels")
+        loss = self.loss(self.classifier(**batch), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        metrics = evaluate(self.classifier, self.task, self.validation, self.recipe.batch_size)
+        score = glue.main_score(self.task.name, metrics)
+        self.history.append({"epoch": self.current_epoch, "score": score, **metrics})
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()})
+        if self.recipe.select == "best" and (self.best is None or score > self.best[0]):
+            self.best = (score, copy.deepcopy(self.classifier.state_dict()))
+
+    def configure_optimizers(self) -> Any:
+        params = list(self.classifier.parameters())
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.recipe.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=self.recipe.lr,
+        )
+        warmup = int(self.recipe.warmup_ratio * self.total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: learning_rate_factor(step, warmup, self.total_steps, "linear", 0.0)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def predict(classifier: SequenceClassifier, examples: list[dict[str, torch.Tensor]], batch_size: int) -> list[float]:
+    was_training = classifier.training
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    outputs = []
+    for start in range(0, len(examples), batch_size):
+        batch = pad_batch(examples[start : start + batch_size])
+        batch.pop("labels")
+        logits = classifier(**{k: v.to(device) for k, v in batch.items()})
+        outputs.extend(logits.squeeze(-1).tolist() if logits.size(-1) == 1 else logits.argmax(-1).tolist())
+    classifier.train(was_training)
+    return outputs
+
+
+def evaluate(classifier: SequenceClassifier, task: glue.Task, validation: dict[str, list], batch_size: int) -> dict:
+    metrics: dict[str, float] = {}
+    for split, examples in validation.items():
+        result = glue.compute_metrics(
+            task.name, predict(classifier, examples, batch_size), [e["labels"] for e in examples]
+        )
+        suffix = split.removeprefix("validation")  # mnli: _matched / _mismatched
+        metrics.update({f"{k}{suffix}": v for k, v in result.items()})
+    return metrics
+
+
+def recipe_for(cfg: DictConfig, task_name: str) -> DictConfig:
+    per_task = cfg.glue.per_task.get(task_name) or {}
+    return OmegaConf.merge(cfg.glue.recipe, per_task)
+
+
+def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, root: Path) -> dict[str, Any]:
+    """Fine-tune one task with one seed; its record goes to <root>/glue/<task>/seed=<seed>/run.json (also when
+    it fails), its test predictions to <root>/glue_submission/seed=<seed>/."""
+    run_dir = root / "glue" / task_name / f"seed={seed}"
+    if (run_dir / "run.json").exists() and read_record(run_dir).get("status") == "completed":
+        return read_record(run_dir)
+    spec, recipe = glue.task(task_name), recipe_for(cfg, task_name)
+    record = RunRecord(cfg, run_dir)
+    record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
+    try:
+        L.seed_everything(seed, workers=True, verbose=False)
+        encoder = load_pretrained(pretrained).train()
+        classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
+        tokenizer = load_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)
+        regression = spec.num_labels == 1
+        train = encode(tokenizer, glue.load_split(cfg.glue.source, task_name, "train"), regression)
+        if recipe.max_train_examples is not None:
+            train = train[: recipe.max_train_examples]
+        validation = {
+            s: encode(tokenizer, glue.load_split(cfg.glue.source, task_name, s), regression)[: recipe.max_eval_examples]
+            for s in spec.validation_splits
+        }
+        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, collate_fn=pad_batch)
+        total_steps = len(loader) * recipe.epochs
+        module = GlueModule(classifier, spec, recipe, total_steps, validation)
+        trainer = L.Trainer(
+            **{**OmegaConf.to_container(cfg.trainer, resolve=True), "max_steps": -1, "val_check_interval": None,
+               "max_epochs": recipe.epochs, "enable_checkpointing": False},
+            logger=False, default_root_dir=str(run_dir),
+        )  # fmt: skip
+        started = time.perf_counter()
+        trainer.fit(module, loader)
+        seconds = time.perf_counter() - started
+        if module.best is not None:
+            classifier.load_state_dict(module.best[1])
+        metrics = evaluate(classifier, spec, validation, recipe.batch_size)
+        counts = encoder.parameter_counts()
+        head = sum(p.numel() for p in classifier.classifier.parameters())
+        record.update(
+            metrics={**metrics, "score": glue.main_score(task_name, metrics), "epochs": module.history},
+            parameters={"unique": counts.unique + head, "total": counts.total + head, "encoder": counts.to_dict()},
+            sharing={"name": encoder.sharing_name},
+            speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
+            examples={"train": len(train), **{s: len(v) for s, v in validation.items()}},
+        )
+        if cfg.glue.predict_test:
+            write_predictions(cfg, classifier, tokenizer, spec, recipe, root, seed)
+    except BaseException as error:
+        record.finish(error)
+        raise
+    record.finish()
+    return record.data
+
+
+def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer: Any, spec: glue.Task,
+                      recipe: DictConfig, root: Path, seed: int) -> None:  # fmt: skip
+    """Test-set predictions as GLUE submission files; the MNLI model also predicts the diagnostic set (AX.tsv)."""
+    folder = root / "glue_submission" / f"seed={seed}"
+    targets = [(spec, split) for split in spec.test_splits]
+    if spec.name == "mnli":
+        targets.append((glue.task("ax"), "test"))
+    for target, split in targets:
+        data = glue.load_split(cfg.glue.source, target.name, split)
+        predictions = predict(classifier, encode(tokenizer, data, spec.num_labels == 1), recipe.batch_size)
+        rows = glue.submission_rows(target.name, data["idx"], predictions)
+        atomic_write_bytes(folder / target.submission[split], ("\n".join(rows) + "\n").encode())
+
+
+def check_glue(cfg: DictConfig) -> None:
+    """The cheap checks of a GLUE configuration, before any model is loaded."""
+    for name in cfg.glue.tasks:
+        glue.task(name)
+        if name == "ax" and "mnli" not in cfg.glue.tasks:
+            raise ConfigError("glue.tasks: ax is predicted by the MNLI model; add mnli to glue.tasks")
+    if cfg.glue.recipe.select not in ("last", "best"):
+        raise ConfigError(f"glue.recipe.select={cfg.glue.recipe.select!r} is unknown; valid: last, best")
+    glue.layout(cfg.glue.source)
+
+
+def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str, Any]:
+    """Every task × seed; returns (and writes) the summary: per task the median and spread over seeds of each
+    metric, the GLUE score over the tasks run, and the model's unique parameters."""
+    check_glue(cfg)
+    pretrained = resolve_path(str(pretrained))
+    tasks = [t for t in cfg.glue.tasks if t != "ax"]
+    summary: dict[str, Any] = {"pretrained": str(pretrained), "tasks": {}, "failed": []}
+    for name in tasks:
+        results = []
+        for seed in cfg.glue.seeds:
+            try:
+                results.append(finetune_task(cfg, pretrained, name, seed, run_dir))
+            except ConfigError:
+                raise
+            except Exception as error:
+                summary["failed"].append({"task": name, "seed": seed, "error": f"{type(error).__name__}: {error}"})
+        if results:
+            summary["tasks"][name] = summarise(name, results)
+            summary["unique_parameters"] = results[0]["parameters"]["encoder"]["unique"]
+            summary["sharing"] = results[0]["sharing"]["name"]
+    scores = [t["score"]["median"] for t in summary["tasks"].values()]
+    summary["glue_score"] = sum(scores) / len(scores) if scores else None
+    atomic_write_json(run_dir / "glue_summary.json", summary)
+    atomic_write_bytes(run_dir / "glue_summary.md", summary_table(summary).encode())
+    print(summary_table(summary))
+    return summary
+
+
+def summarise(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [*glue.task(name).metrics, "score"]
+    return {
+        key: {
+            "median": statistics.median(r["metrics"][key] for r in results),
+            "min": min(r["metrics"][key] for r in results),
+            "max": max(r["metrics"][key] for r in results),
+            "stdev": statistics.stdev(r["metrics"][key] for r in results) if len(results) > 1 else 0.0,
+        }
+        for key in keys
+    } | {"seeds": [r["seed"] for r in results]}
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    lines = ["| task | metric | median | min | max | seeds |", "|---|---|---|---|---|---|"]
+    for name, result in summary["tasks"].items():
+        for metric in glue.task(name).metrics:
+            m = result[metric]
+            lines.append(
+                f"| {name} | {metric} | {m['median']:.4f} | {m['min']:.4f} | {m['max']:.4f} | {len(result['seeds'])} |"
+            )
+    for failure in summary["failed"]:
+        lines.append(f"| {failure['task']} | failed (seed {failure['seed']}) | {failure['error']} | | | |")
+    score = summary["glue_score"]
+    lines.append(f"\nGLUE score over {len(summary['tasks'])} tasks: {score:.4f}" if score is not None else "")
+    lines.append(f"unique parameters (encoder): {summary.get('unique_parameters', 0):,}")
+    return "\n".join(lines) + "\n"

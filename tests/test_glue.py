@@ -1,0 +1,211 @@
+"""GLUE: loaders in every layout, official metrics, fine-tuning every task, and the pretrain → GLUE pipeline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as sk
+
+from sharebench import glue
+from sharebench.config import compose
+from sharebench.errors import ConfigError
+from sharebench.finetune import run_glue
+from sharebench.pretrain import run
+from tests.conftest import SHARED_DATA, WORDS, needs_shared_data
+
+HUB_SPLITS = {"mnli": ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]}
+ROWS = 24
+
+
+def text(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+
+
+@pytest.fixture(scope="session")
+def glue_fixture(tmp_path_factory) -> Path:
+    """Every task and ax in the hub's parquet layout, ROWS rows per split, labels drawn at random."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("glue_hub")
+    rng = random.Random(0)
+    for name, spec in glue.TASKS.items():
+        splits = HUB_SPLITS.get(name, ["test"] if name == "ax" else ["train", "validation", "test"])
+        for split in splits:
+            columns = {c: [text(rng) for _ in range(ROWS)] for c in spec.hub_columns}
+            if split.startswith("test"):
+                columns["label"] = [-1.0 if not spec.labels else -1] * ROWS
+            elif spec.labels:
+                columns["label"] = [rng.randrange(len(spec.labels)) for _ in range(ROWS)]
+            else:
+                columns["label"] = [round(rng.uniform(0, 5), 2) for _ in range(ROWS)]
+            columns["idx"] = list(range(ROWS))
+            (root / name).mkdir(exist_ok=True)
+            datasets.Dataset.from_dict(columns).to_parquet(root / name / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def write_tsv(path: Path, header: list[str] | None, rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_classic_tsv_layout_of_the_tasks_missing_here(tmp_path):
+    mnli = ["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"]
+    write_tsv(
+        tmp_path / "MNLI/train.tsv",
+        mnli,
+        [
+            [0, 1, 2, "g", "A man.", "A person.", "x", "entailment"],
+            [1, 1, 2, "g", "A dog.", "A cat.", "x", "contradiction"],
+        ],
+    )
+    write_tsv(tmp_path / "MNLI/dev_mismatched.tsv", mnli, [[7, 1, 2, "g", "Rain.", "Wet?", "x", "neutral"]])
+    write_tsv(tmp_path / "MNLI/test_matched.tsv", mnli[:6], [[9, 1, 2, "g", "Sun.", "Hot."]])
+    write_tsv(
+        tmp_path / "QQP/train.tsv",
+        ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+        [[5, 1, 2, "How?", "Why?", 0], [6, 3, 4, "Who?", "Who is?", 1]],
+    )
+    write_tsv(tmp_path / "QQP/test.tsv", ["id", "question1", "question2"], [[11, "What?", "When?"]])
+    write_tsv(
+        tmp_path / "QNLI/train.tsv",
+        ["index", "question", "sentence", "label"],
+        [[0, "Where?", "Here.", "entailment"], [1, "When?", "Blue.", "not_entailment"]],
+    )
+    source = str(tmp_path)
+    assert glue.layout(source) == "tsv"
+    train = glue.load_split(source, "mnli", "train")
+    assert train == {"text_a": ["A man.", "A dog."], "text_b": ["A person.", "A cat."], "label": [0, 2], "idx": [0, 1]}
+    assert glue.load_split(source, "mnli", "validation_mismatched")["label"] == [1]
+    assert glue.load_split(source, "mnli", "test_matched")["label"] == [-1]
+    assert glue.load_split(source, "qqp", "train")["label"] == [0, 1]
+    assert glue.load_split(source, "qqp", "test")["idx"] == [11]
+    assert glue.load_split(source, "qnli", "train")["label"] == [0, 1]
+    with pytest.raises(ConfigError, match="dev_matched.tsv not found"):
+        glue.load_split(source, "mnli", "validation_matched")
+
+
+def test_hub_layout_fixture_of_every_task(glue_fixture):
+    for name, spec in glue.TASKS.items():
+        for split in HUB_SPLITS.get(name, ["test"] if name == "ax" else ["train", "validation", "test"]):
+            data = glue.load_split(str(glue_fixture), name, split)
+            assert len(data["text_a"]) == ROWS and data["idx"] == list(range(ROWS))
+            assert (data["text_b"] is None) == (len(spec.hub_columns) == 1)
+
+
+OFFICIAL_ROWS = {  # train / validation / test, from the GLUE distribution
+    "cola": (8551, 1043, 1063), "sst2": (67349, 872, 1821), "mrpc": (3668, 408, 1725),
+    "stsb": (5749, 1500, 1379), "rte": (2490, 277, 3000), "wnli": (635, 71, 146),
+}  # fmt: skip
+
+
+@needs_shared_data
+@pytest.mark.parametrize("name", OFFICIAL_ROWS)
+def test_real_local_data_in_both_layouts_agree(name):
+    hub, classic = str(SHARED_DATA / "glue"), str(SHARED_DATA / "glue_data")
+    for split, rows in zip(("train", "validation", "test"), OFFICIAL_ROWS[name], strict=True):
+        a, b = glue.load_split(hub, name, split), glue.load_split(classic, name, split)
+        assert len(a["text_a"]) == len(b["text_a"]) == rows
+        if split == "validation":
+            assert a["label"] == pytest.approx(b["label"])
+            assert [t.strip() for t in a["text_a"][:50]] == [t.strip() for t in b["text_a"][:50]]
+    assert len(glue.load_split(hub, "ax", "test")["text_a"]) == 1104
+    assert len(glue.load_split(classic, "ax", "test")["text_a"]) == 1104
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_scikit_learn_and_scipy(seed):
+    rng = np.random.default_rng(seed)
+    refs, preds = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    assert glue.compute_metrics("cola", preds, refs)["matthews_correlation"] == pytest.approx(
+        sk.matthews_corrcoef(refs, preds), abs=1e-6
+    )
+    mrpc = glue.compute_metrics("mrpc", preds, refs)
+    assert mrpc["f1"] == pytest.approx(sk.f1_score(refs, preds), abs=1e-6)
+    assert mrpc["accuracy"] == pytest.approx(sk.accuracy_score(refs, preds))
+    three = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    assert glue.compute_metrics("mnli", *three)["accuracy"] == pytest.approx(sk.accuracy_score(three[1], three[0]))
+    x, y = rng.normal(size=200), rng.normal(size=200)
+    stsb = glue.compute_metrics("stsb", x, y)
+    assert stsb["pearson"] == pytest.approx(stats.pearsonr(y, x)[0], abs=1e-6)
+    assert stsb["spearman"] == pytest.approx(stats.spearmanr(y, x)[0], abs=1e-6)
+
+
+@pytest.fixture(scope="session")
+def pretrained_nano(tmp_path_factory, corpus, cache_dir) -> Path:
+    folder = tmp_path_factory.mktemp("pretrained")
+    overrides = [
+        "size=nano", "sharing=partial_qk", "ratio=0.5", f"data.source={corpus}", "data.tokenizer.vocab_size=200",
+        "data.tokenizer.train_chars=null", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+        f"cache_dir={cache_dir}",
+    ]  # fmt: skip
+    run(compose(overrides), folder)
+    return folder
+
+
+def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture, tmp_path):
+    tasks = [t for t in glue.TASKS]  # ax comes with mnli
+    cfg = compose(
+        [f"glue.source={glue_fixture}", f"glue.tasks=[{','.join(tasks)}]", "glue.seeds=[0,1]",
+         "glue.recipe.epochs=1", "glue.recipe.batch_size=8", "trainer.enable_progress_bar=false",
+         "trainer.enable_model_summary=false"]
+    )  # fmt: skip
+    summary = run_glue(cfg, pretrained_nano, tmp_path)
+    assert not summary["failed"]
+    assert set(summary["tasks"]) == set(tasks) - {"ax"}
+    assert set(summary["tasks"]["mnli"]) >= {"accuracy_matched", "accuracy_mismatched", "score"}
+    assert summary["tasks"]["stsb"]["seeds"] == [0, 1]
+    assert summary["glue_score"] is not None
+    pretrained = json.loads((pretrained_nano / "run.json").read_text())["parameters"]
+    for name in summary["tasks"]:
+        for seed in (0, 1):
+            record = json.loads((tmp_path / "glue" / name / f"seed={seed}" / "run.json").read_text())
+            assert record["status"] == "completed" and record["sharing"]["name"] == "partial_qk"
+            assert record["parameters"]["encoder"]["unique"] == pretrained["unique"]
+    submission = tmp_path / "glue_submission" / "seed=0"
+    names = {"CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm", "QNLI", "RTE", "WNLI", "AX"}
+    assert {p.stem for p in submission.glob("*.tsv")} == names
+    rows = (submission / "MNLI-m.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == ROWS + 1
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"entailment", "neutral", "contradiction"}
+    assert (tmp_path / "glue_summary.md").read_text().count("| mnli |") == 2
+
+
+def test_glue_errors(pretrained_nano, tmp_path):
+    from sharebench.config import validate
+
+    with pytest.raises(ConfigError, match="unknown GLUE task 'colaa'"):
+        validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[colaa]"]))
+    with pytest.raises(ConfigError, match="add mnli"):
+        validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[ax]"]))
+    with pytest.raises(ConfigError, match="task=glue needs pretrained"):
+        validate(compose(["task=glue", f"pretrained={tmp_path}"]))
+
+
+def test_pretrain_then_glue_pipeline_command(project_root, nano_overrides, glue_fixture, tmp_path, cache_dir):
+    overrides = [o for o in nano_overrides if not o.startswith("output_root")]
+    result = subprocess.run(
+        [sys.executable, str(project_root / "train.py"), "task=pretrain_glue", "sharing=shared_qkv",
+         f"glue.source={glue_fixture}", "glue.tasks=[rte,stsb]", "glue.recipe.epochs=1", *overrides,
+         f"output_root={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=project_root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary_path,) = tmp_path.rglob("glue_summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert set(summary["tasks"]) == {"rte", "stsb"} and summary["sharing"] == "shared_qkv"
+    assert (summary_path.parent / "run.json").is_file() and (summary_path.parent / "model.safetensors").is_file()
+    assert "GLUE score over 2 tasks" in result.stdout
