@@ -4,6 +4,7 @@ python train.py sharing=partial_qk ratio=0.9
 python train.py -m sharing=none,partial_qk ratio=0.5,0.9
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from sharebench.cli import exit_on_config_error, preflight, run_key, sweep_baseline
-from sharebench.errors import ConfigError
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -29,14 +29,9 @@ def main(cfg: DictConfig) -> None:
         if baseline is not None:
             with open_dict(cfg):
                 cfg.ratio = None
-    try:
+    # In a sweep, a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero.
+    with exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else contextlib.nullcontext():
         run_task(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # the run's record says failed; the sweep goes on
-            print(f"error: {error}", file=sys.stderr)
-            return
-        with exit_on_config_error():
-            raise
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from sharebench import data as data_module
 from sharebench.config import compose
-from sharebench.data import PretrainData, mask_tokens, read_documents
+from sharebench.data import BlockSampler, PretrainData, mask_tokens, read_documents
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
@@ -30,20 +30,44 @@ def test_masking_follows_bert():
 def test_mlm_blocks_wrap_cls_and_sep_and_never_predict_them(nano_overrides):
     cfg = compose(nano_overrides)
     data = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
-    item = data.dataset("train")[0]
+    item = data.dataset("train")[0, 7]
     assert item["input_ids"].shape == (32,)
     assert item["input_ids"][0] == data.special_ids["[CLS]"] and item["input_ids"][-1] == data.special_ids["[SEP]"]
     assert item["labels"][0] == -100 and item["labels"][-1] == -100
-    validation = data.dataset("validation")
-    assert torch.equal(validation[1]["input_ids"], validation[1]["input_ids"])  # fixed masks for validation
+    train = data.dataset("train")
+    assert torch.equal(train[0, 7]["input_ids"], item["input_ids"])  # masks follow the item's mask seed
+    assert not torch.equal(train[0, 8]["labels"], item["labels"])
     assert data.vocab_size <= 200
 
 
 def test_causal_blocks_shift_labels(nano_overrides):
     cfg = compose([*nano_overrides, "arch=gpt"])
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
-    item = data.dataset("train")[3]
+    item = data.dataset("train")[3, 0]
     assert torch.equal(item["input_ids"][1:], item["labels"][:-1])
+
+
+def batches(sampler: BlockSampler) -> list[list[tuple[int, int]]]:
+    items = list(sampler)
+    return [items[i : i + sampler.batch_size] for i in range(0, len(items), sampler.batch_size)]
+
+
+def test_processes_share_global_batches_and_resume_part_way():
+    single = BlockSampler(50, 8, seed=3, shuffle=True)
+    halves = [BlockSampler(50, 4, seed=3, shuffle=True, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 1):
+        for sampler in (single, *halves):
+            sampler.set_epoch(epoch)
+        whole = batches(single)
+        assert len(whole) == 50 // 8
+        assert [a + b for a, b in zip(batches(halves[0]), batches(halves[1]), strict=True)] == whole
+    single.set_epoch(1)
+    single.skip_batches = 2
+    assert len(single) == len(whole[2:]) * 8
+    assert batches(single) == whole[2:]
+    assert len(list(single)) == len(whole) * 8  # skipping applies to one pass only
+    single.set_epoch(0)
+    assert batches(single) != whole  # a new permutation and new mask seeds every epoch
 
 
 def test_tokens_are_cached_and_not_tokenised_again(nano_overrides, tmp_path, monkeypatch):

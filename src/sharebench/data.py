@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, resolve_path
@@ -282,12 +282,12 @@ def tokenize_stream(tokenizer: Any, documents: list[str], separator: int | None)
 
 
 class BlockDataset(Dataset):
-    """Non-overlapping blocks of a token stream, shaped for the objective.
+    """Non-overlapping blocks of a token stream, shaped for the objective; items are (block, mask seed) pairs.
 
     MLM: [CLS] + seq_len − 2 tokens + [SEP], with `mlm.probability` of the inner tokens chosen for prediction
-    (of those 80 % become [MASK], 10 % a random token, 10 % stay). With `fixed_masks` each block's masks are drawn
-    from its own seed (validation is then the same every time); otherwise from the global RNG (dynamic masking).
-    Causal: seq_len + 1 tokens, inputs and next-token labels.
+    (of those 80 % become [MASK], 10 % a random token, 10 % stay), drawn from the item's mask seed: the same
+    block gets new masks every epoch in training, the same masks every time in validation, whatever the number
+    of processes and however often the run was resumed. Causal: seq_len + 1 tokens, inputs and next-token labels.
     """
 
     def __init__(
@@ -298,7 +298,6 @@ class BlockDataset(Dataset):
         special_ids: dict[str, int],
         vocab_size: int,
         mlm: DictConfig | None = None,
-        fixed_masks: bool = False,
     ) -> None:
         self.stream = stream
         self.objective = objective
@@ -306,20 +305,66 @@ class BlockDataset(Dataset):
         self.special_ids = special_ids
         self.vocab_size = vocab_size
         self.mlm = mlm
-        self.fixed_masks = fixed_masks
 
     def __len__(self) -> int:
         return len(self.stream) // self.block_len
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, mask_seed = item
         block = torch.from_numpy(self.stream[index * self.block_len : (index + 1) * self.block_len].astype(np.int64))
         if self.objective == "causal":
             return {"input_ids": block[:-1], "labels": block[1:]}
         cls, sep = torch.tensor([self.special_ids["[CLS]"]]), torch.tensor([self.special_ids["[SEP]"]])
-        generator = torch.Generator().manual_seed(index) if self.fixed_masks else None
+        generator = torch.Generator().manual_seed(mask_seed)
         input_ids, labels = mask_tokens(block, self.mlm, self.special_ids["[MASK]"], self.vocab_size, generator)
         ignore = torch.tensor([-100])
         return {"input_ids": torch.cat([cls, input_ids, sep]), "labels": torch.cat([ignore, labels, ignore])}
+
+
+class BlockSampler(Sampler):
+    """The order of blocks: one permutation per (seed, epoch), cut into global batches of which each of the
+    `world_size` processes takes its own slice, so any number of processes trains on the same global batches.
+    `skip_batches` resumes an epoch part-way. Yields (block index, mask seed)."""
+
+    def __init__(
+        self, blocks: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.blocks = blocks
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches_per_epoch(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        return self.blocks // global_batch if self.shuffle else -(-self.blocks // global_batch)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.skip_batches) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.blocks, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+        else:
+            order = torch.arange(self.blocks)
+        global_batch = self.batch_size * self.world_size
+        start, self.skip_batches = self.skip_batches, 0
+        for batch in range(start, self.batches_per_epoch()):
+            own = order[batch * global_batch : (batch + 1) * global_batch][
+                self.rank * self.batch_size : (self.rank + 1) * self.batch_size
+            ]
+            for index in own.tolist():
+                yield index, (_seed(self.seed, self.epoch, index) if self.shuffle else index)
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
 def mask_tokens(
@@ -399,30 +444,28 @@ class PretrainData:
     def dataset(self, split: str) -> BlockDataset:
         self.prepare()
         return BlockDataset(
-            self.streams[split],
-            self.data.seq_len,
-            self.objective,
-            self.special_ids,
-            self.vocab_size,
-            self.mlm,
-            fixed_masks=split == "validation",
+            self.streams[split], self.data.seq_len, self.objective, self.special_ids, self.vocab_size, self.mlm
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Training batches shuffled per epoch; validation in order, every process seeing all of it.
+        `data.batch_size` is the global batch: each of `world_size` processes takes an equal share."""
         dataset = self.dataset(split)
+        training = split == "train"
+        if training and self.data.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.data.batch_size} (the global batch) is not divisible by {world_size} processes"
+            )
+        batch_size = min(self.data.batch_size // world_size if training else self.data.batch_size, len(dataset))
+        sampler = BlockSampler(len(dataset), batch_size, seed, training, rank if training else 0,
+                               world_size if training else 1)  # fmt: skip
         return DataLoader(
             dataset,
-            batch_size=min(self.data.batch_size, len(dataset)),
-            shuffle=shuffle,
-            drop_last=shuffle,
+            batch_size=batch_size,
+            sampler=sampler,
             num_workers=self.data.num_workers,
             persistent_workers=self.data.num_workers > 0,
+            generator=torch.Generator(),  # drawing worker seeds must not move the global RNG (exact resume)
         )
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import save_pretrained
 from sharebench.config import build_model, predicted_fraction, sharing_class, validate
@@ -34,13 +38,38 @@ def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule:
 
 
 class PretrainModule(L.LightningModule):
-    def __init__(self, model: LanguageModel, optim: DictConfig, max_steps: int) -> None:
+    """Masked- or causal-LM training of a `LanguageModel`; serves its own data so each process gets its share."""
+
+    def __init__(self, model: LanguageModel, optim: DictConfig, max_steps: int, data: PretrainData, seed: int) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
+        self.data = data
+        self.seed = seed
         self.validation_history: list[dict[str, float]] = []
         self._validation_losses: list[torch.Tensor] = []
+
+    def train_dataloader(self) -> DataLoader:
+        return self.data.loader("train", self.seed, self.global_rank, self.trainer.world_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.data.loader("validation", self.seed)
+
+    def on_train_start(self) -> None:
+        # A resumed run continues its epoch where the checkpoint left it (Lightning restores the step count).
+        sampler = self.trainer.train_dataloader.sampler
+        batches_done = self.global_step * self.trainer.accumulate_grad_batches
+        sampler.skip_batches = batches_done % sampler.batches_per_epoch()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sharebench"] = {"validation_history": self.validation_history, "rng": _rng_states()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("sharebench", {})
+        self.validation_history = state.get("validation_history", [])
+        if "rng" in state:
+            _set_rng_states(state["rng"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
@@ -77,6 +106,24 @@ class PretrainModule(L.LightningModule):
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _rng_states() -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]  # loadable weights-only
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class Throughput(L.Callback):
@@ -158,12 +205,16 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         tokens={split: len(stream) for split, stream in data.streams.items()},
     )
     record.write()
-    if isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
+    main_process = rank_zero_only.rank == 0
+    if main_process and isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
         data.tokenizer.save(run_dir / "tokenizer.json")
 
-    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps)
+    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed)
     throughput = Throughput()
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    # After every validation, so a resumed run keeps the validation history up to its checkpoint.
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, save_on_train_epoch_end=False
+    )
     logger = instantiate(cfg.logger, save_dir=str(run_dir))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -172,16 +223,16 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         callbacks=[throughput, checkpoints],
     )
     resume = run_dir / "checkpoints" / "last.ckpt"
-    validation = data.val_dataloader()
-    trainer.fit(module, data.train_dataloader(), validation, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
     if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, validation, verbose=False)
+        trainer.validate(module, verbose=False)
 
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
-    weights_bytes = save_pretrained(model, run_dir, OmegaConf.to_container(cfg.sharing, resolve=True), ratio)
+    sharing = OmegaConf.to_container(cfg.sharing, resolve=True)
+    weights_bytes = save_pretrained(model, run_dir, sharing, ratio) if main_process else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(

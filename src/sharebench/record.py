@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
@@ -112,7 +113,8 @@ class RunRecord:
         self.write()
 
     def write(self) -> None:
-        atomic_write_json(self.path, self.data)
+        if rank_zero_only.rank == 0:  # under DDP every process runs the same code; one writes
+            atomic_write_json(self.path, self.data)
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
