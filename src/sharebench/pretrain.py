@@ -223,6 +223,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         callbacks=[throughput, checkpoints],
     )
     resume = run_dir / "checkpoints" / "last.ckpt"
+    if not resume.exists():  # the curve starts at the untrained model
+        trainer.validate(module, verbose=False)
     trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
     if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
         trainer.validate(module, verbose=False)
@@ -246,6 +248,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         speed={
             **speed,
             "device": str(device),
+            "world_size": trainer.world_size,
             "peak_matmul_flops": peak,
             "mfu": model.estimate_mfu(tokens_per_second, peak, cfg.data.seq_len, fraction)
             if tokens_per_second
