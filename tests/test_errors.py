@@ -23,6 +23,9 @@ CASES = {
         ["ratio=7 is out of range"],
     ),
     "bad split": (["sharing=partial_qk", "sharing.split=diagonal"], ["split='diagonal'", "head, matrix"]),
+    "unknown task": (["task=finetune"], ["task='finetune' is unknown", "pretrain, glue, pretrain_glue"]),
+    "unknown GLUE task": (["task=pretrain_glue", "glue.tasks=[colaa]"], ["unknown GLUE task 'colaa'", "sst2"]),
+    "GLUE without a pretrained model": (["task=glue"], ["task=glue needs pretrained="]),
 }
 
 
@@ -87,3 +90,31 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
         run(cfg, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "failed" and "cannot read" in record["error"]
+
+
+def test_resuming_a_checkpoint_of_another_shape_is_refused(nano_overrides, tmp_path):
+    from sharebench.config import compose
+    from sharebench.errors import ConfigError
+    from sharebench.pretrain import run
+
+    run(compose(nano_overrides), tmp_path)
+    (tmp_path / "run.json").unlink()  # as if killed before the end
+    with pytest.raises(ConfigError, match="does not fit this config: .*another size or sharing"):
+        run(compose([*nano_overrides, "sharing=shared_qkv"]), tmp_path)
+
+
+def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch):
+    import json
+    import shutil
+    from collections import namedtuple
+
+    from sharebench.config import compose
+    from sharebench.errors import ConfigError
+    from sharebench.pretrain import run
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ConfigError, match="no disk space for the checkpoints"):
+        run(compose(nano_overrides), tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists()

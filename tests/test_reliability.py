@@ -31,7 +31,9 @@ def record_of(output_root: Path) -> dict:
 
 
 def test_killed_run_resumes_to_the_same_result(project_root, nano_overrides, tmp_path):
-    reference = subprocess.run(command(project_root, nano_overrides, tmp_path / "whole"), capture_output=True, timeout=600)
+    reference = subprocess.run(
+        command(project_root, nano_overrides, tmp_path / "whole"), capture_output=True, timeout=600
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     interrupted = tmp_path / "interrupted"

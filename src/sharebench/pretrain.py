@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from sharebench.checkpoint import save_pretrained
 from sharebench.config import build_model, predicted_fraction, sharing_class, validate
 from sharebench.data import PretrainData, WordPieceTokenizer
+from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel, perplexity
 from sharebench.record import RunRecord, measure_matmul_peak, read_record
 
@@ -167,6 +169,34 @@ class Throughput(L.Callback):
         }
 
 
+def check_resumable(checkpoint: Path, module: L.LightningModule) -> None:
+    """A checkpoint left in the run's folder must fit the model the config builds."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    expected = module.state_dict()
+    for name in sorted(set(stored) | set(expected)):
+        if name not in stored or name not in expected or stored[name].shape != expected[name].shape:
+            found = tuple(stored[name].shape) if name in stored else "absent"
+            wanted = tuple(expected[name].shape) if name in expected else "absent"
+            raise ConfigError(
+                f"checkpoint {checkpoint} does not fit this config: {name} is {found} there, {wanted} here "
+                f"(another size or sharing?); move the folder away to start afresh"
+            )
+
+
+# last.ckpt holds the weights and AdamW's two moments, model.safetensors the weights again: 4 × 4 bytes.
+CHECKPOINT_BYTES_PER_PARAMETER = 4 * 4
+
+
+def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
+    needed = CHECKPOINT_BYTES_PER_PARAMETER * unique_parameters
+    free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    if free < needed:
+        raise ConfigError(
+            f"no disk space for the checkpoints: they need about {needed / 2**20:.1f} MiB in {run_dir}, "
+            f"{free / 2**20:.1f} MiB are free; set output_root to a larger disk"
+        )
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Pretrain one configuration into `run_dir` and return its run record (also written as run.json).
 
@@ -223,7 +253,10 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         callbacks=[throughput, checkpoints],
     )
     resume = run_dir / "checkpoints" / "last.ckpt"
-    if not resume.exists():  # the curve starts at the untrained model
+    if resume.exists():
+        check_resumable(resume, module)
+    else:  # the curve starts at the untrained model
+        check_disk_space(run_dir, counts.unique)
         trainer.validate(module, verbose=False)
     trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
     if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
