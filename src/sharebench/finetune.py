@@ -26,7 +26,7 @@ from sharebench.checkpoint import load_pretrained
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.pretrain import learning_rate_factor
+from sharebench.pretrain import adamw_with_schedule
 from sharebench.record import RunRecord, read_record
 
 
@@ -153,20 +153,11 @@ class GlueModule(L.LightningModule):
         if self.recipe.select == "best" and (self.best is None or score > self.best[0]):
             self.best = (score, copy.deepcopy(self.classifier.state_dict()))
 
-    def configure_optimizers(self) -> Any:
-        params = list(self.classifier.parameters())
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.recipe.weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-            ],
-            lr=self.recipe.lr,
-        )
+    def configure_optimizers(self) -> dict[str, Any]:
         warmup = int(self.recipe.warmup_ratio * self.total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: learning_rate_factor(step, warmup, self.total_steps, "linear", 0.0)
+        return adamw_with_schedule(
+            self.classifier, self.recipe.lr, self.recipe.weight_decay, warmup, self.total_steps, "linear", 0.0
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 @torch.no_grad()

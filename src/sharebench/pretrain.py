@@ -39,6 +39,33 @@ def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule:
     return min_ratio + (1 - min_ratio) * decay
 
 
+def adamw_with_schedule(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    max_steps: int,
+    schedule: str,
+    min_lr_ratio: float,
+    **adamw: Any,
+) -> dict[str, Any]:
+    """AdamW (no decay on biases, norms and other vectors) with a per-step warmup-then-decay schedule, as
+    Lightning's `configure_optimizers` returns it."""
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        **adamw,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, warmup_steps, max_steps, schedule, min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class PretrainModule(L.LightningModule):
     """Masked- or causal-LM training of a `LanguageModel`; serves its own data so each process gets its share."""
 
@@ -89,25 +116,12 @@ class PretrainModule(L.LightningModule):
         self.log_dict({"val/loss": loss, "val/ppl": perplexity(loss.item())}, prog_bar=True, sync_dist=False)
         self.validation_history.append({"step": self.global_step, "val_loss": loss.item()})
 
-    def configure_optimizers(self) -> Any:
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
-            eps=self.optim.eps,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: learning_rate_factor(
-                step, self.optim.warmup_steps, self.max_steps, self.optim.schedule, self.optim.min_lr_ratio
-            ),
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.optim
+        return adamw_with_schedule(
+            self.model, optim.lr, optim.weight_decay, optim.warmup_steps, self.max_steps, optim.schedule,
+            optim.min_lr_ratio, betas=tuple(optim.betas), eps=optim.eps,
+        )  # fmt: skip
 
 
 def _rng_states() -> dict[str, Any]:
