@@ -25,6 +25,7 @@ OBJECTIVES = ("mlm", "causal")
 NORM_POSITIONS = ("post", "pre")
 GROUPS = ("arch", "size", "sharing", "data", "trainer", "logger", "glue")
 TASKS = ("pretrain", "glue", "pretrain_glue")
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 def group_choices(group: str) -> list[str]:
@@ -80,6 +81,8 @@ def validate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"arch.norm_position={arch.norm_position!r} is unknown; valid: {', '.join(NORM_POSITIONS)}")
     if arch.activation not in ACTIVATIONS:
         raise ConfigError(f"arch.activation={arch.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} is unknown; valid: {', '.join(SCHEDULES)}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer; got {cfg.seed!r}")
     if cfg.data.seq_len > arch.max_positions:

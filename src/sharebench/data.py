@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,32 +112,19 @@ def check_source(data: DictConfig) -> None:
         vocab_file_path(data.tokenizer)
 
 
-def read_capped(data: DictConfig, split: str, max_chars: int | None) -> list[str]:
-    documents, chars = [], 0
-    for text in _stream_split(data, split):
-        if not text:
-            continue
-        if max_chars is not None and chars + len(text) > max_chars:
-            documents.append(text[: max_chars - chars])
-            break
-        documents.append(text)
-        chars += len(text)
-    return documents
-
-
 def read_documents(data: DictConfig) -> dict[str, list[str]]:
     """Train and validation documents. Without a validation split, the last `validation_fraction` is held
     out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents."""
     if data.validation_split is not None:
         return {
-            "train": read_capped(data, data.train_split, data.max_train_chars),
-            "validation": read_capped(data, data.validation_split, data.max_validation_chars),
+            "train": _cap(_stream_split(data, data.train_split), data.max_train_chars),
+            "validation": _cap(_stream_split(data, data.validation_split), data.max_validation_chars),
         }
     if data.validation_fraction is None or not 0 < data.validation_fraction < 1:
         raise ConfigError(
             f"data: without a validation_split, validation_fraction must lie in (0, 1); got {data.validation_fraction}"
         )
-    documents = read_capped(data, data.train_split, None)
+    documents = _cap(_stream_split(data, data.train_split), None)
     if len(documents) == 1:
         text = documents[0]
         cut = int(len(text) * (1 - data.validation_fraction))
@@ -151,12 +138,13 @@ def read_documents(data: DictConfig) -> dict[str, list[str]]:
     }
 
 
-def _cap(documents: list[str], max_chars: int | None) -> list[str]:
-    if max_chars is None:
-        return documents
+def _cap(documents: Iterable[str], max_chars: int | None) -> list[str]:
+    """Non-empty documents in order until `max_chars` characters (the last one cut); reads no further."""
     capped, chars = [], 0
     for text in documents:
-        if chars + len(text) >= max_chars:
+        if not text:
+            continue
+        if max_chars is not None and chars + len(text) >= max_chars:
             capped.append(text[: max_chars - chars])
             break
         capped.append(text)

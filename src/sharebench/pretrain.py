@@ -25,8 +25,6 @@ from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel, perplexity
 from sharebench.record import RunRecord, measure_matmul_peak, read_record
 
-SCHEDULES = ("linear", "cosine", "constant")
-
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
     """Linear warmup, then linear or cosine decay to `min_ratio` of the peak at `max_steps` (or constant)."""
