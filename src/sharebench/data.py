@@ -170,9 +170,6 @@ class CharTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [[self.vocab[c] for c in text] for text in texts]
 
-    def fingerprint(self) -> str:
-        return json.dumps(self.vocab, sort_keys=True)
-
 
 class WordPieceTokenizer:
     """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
@@ -187,14 +184,11 @@ class WordPieceTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def fingerprint(self) -> str:
-        return self.tokenizer.to_str()
-
     def save(self, path: Path) -> None:
-        atomic_write_bytes(path, self.fingerprint().encode())
+        atomic_write_bytes(path, self.tokenizer.to_str().encode())
 
 
-def _wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
+def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 
     tokenizer = Tokenizer(model)
@@ -222,7 +216,7 @@ def build_tokenizer(data: DictConfig, objective: str, train_documents: Callable[
     if spec.kind == "vocab_file":
         path = vocab_file_path(spec)
         model = WordPiece.from_file(str(path), unk_token="[UNK]")
-        return WordPieceTokenizer(_wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
+        return WordPieceTokenizer(wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
     if spec.kind != "wordpiece":
         raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
     from tokenizers import Tokenizer, trainers
@@ -231,7 +225,7 @@ def build_tokenizer(data: DictConfig, objective: str, train_documents: Callable[
     path = cache_dir / "tokenizers" / f"wordpiece-{key}.json"
     if path.exists():
         return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
-    tokenizer = _wordpiece_pipeline(WordPiece(unk_token="[UNK]"), spec.lowercase)
+    tokenizer = wordpiece_pipeline(WordPiece(unk_token="[UNK]"), spec.lowercase)
     trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIAL_TOKENS))
     tokenizer.train_from_iterator(_cap(train_documents(), spec.train_chars), trainer=trainer)
     atomic_write_bytes(path, tokenizer.to_str().encode())

@@ -63,11 +63,11 @@ def load_tokenizer(folder: Path, max_length: int, vocab_size: int) -> Any:
     elif (folder / "vocab.txt").is_file():
         from tokenizers.models import WordPiece
 
-        from sharebench.data import _wordpiece_pipeline
+        from sharebench.data import wordpiece_pipeline
 
         settings = folder / "tokenizer_config.json"
         lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
-        tokenizer = _wordpiece_pipeline(WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"), lowercase)
+        tokenizer = wordpiece_pipeline(WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"), lowercase)
     else:
         raise ConfigError(
             f"pretrained: {folder} has no tokenizer.json or vocab.txt (a character-level run cannot do GLUE)"
