@@ -15,6 +15,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sharebench import glue
 from sharebench.data import check_source
 from sharebench.errors import ConfigError
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
@@ -92,9 +93,7 @@ def validate(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     if cfg.task != "pretrain":
-        from sharebench.finetune import check_glue
-
-        check_glue(cfg)
+        glue.check(cfg.glue)
     if cfg.task == "glue":
         check_pretrained(cfg.pretrained)
         return None

@@ -259,21 +259,10 @@ def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer
         atomic_write_bytes(folder / target.submission[split], ("\n".join(rows) + "\n").encode())
 
 
-def check_glue(cfg: DictConfig) -> None:
-    """The cheap checks of a GLUE configuration, before any model is loaded."""
-    for name in cfg.glue.tasks:
-        glue.task(name)
-        if name == "ax" and "mnli" not in cfg.glue.tasks:
-            raise ConfigError("glue.tasks: ax is predicted by the MNLI model; add mnli to glue.tasks")
-    if cfg.glue.recipe.select not in ("last", "best"):
-        raise ConfigError(f"glue.recipe.select={cfg.glue.recipe.select!r} is unknown; valid: last, best")
-    glue.layout(cfg.glue.source)
-
-
 def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str, Any]:
     """Every task × seed; returns (and writes) the summary: per task the median and spread over seeds of each
     metric, the GLUE score over the tasks run, and the model's unique parameters."""
-    check_glue(cfg)
+    glue.check(cfg.glue)
     pretrained = resolve_path(str(pretrained))
     tasks = [t for t in cfg.glue.tasks if t != "ax"]
     summary: dict[str, Any] = {"pretrained": str(pretrained), "tasks": {}, "failed": []}

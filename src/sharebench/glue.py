@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchmetrics.functional as M
 
 from sharebench.errors import ConfigError
 from sharebench.paths import resolve_path
@@ -189,12 +188,25 @@ def _label(spec: Task, value: str) -> int | float:
         raise ConfigError(f"glue: {spec.name} label {value!r} is not one of {', '.join(spec.labels)}") from error
 
 
+def check(settings: Any) -> None:
+    """The cheap checks of the `glue` config group, before any model is loaded."""
+    for name in settings.tasks:
+        task(name)
+        if name == "ax" and "mnli" not in settings.tasks:
+            raise ConfigError("glue.tasks: ax is predicted by the MNLI model; add mnli to glue.tasks")
+    if settings.recipe.select not in ("last", "best"):
+        raise ConfigError(f"glue.recipe.select={settings.recipe.select!r} is unknown; valid: last, best")
+    layout(settings.source)
+
+
 # ---- metrics ------------------------------------------------------------------------------------------------
 
 
 def compute_metrics(name: str, predictions: Any, references: Any) -> dict[str, float]:
     """The official metrics of a task: class ids (floats for stsb) against references. For mnli the result is
     one accuracy; which validation set it was measured on is the caller's to name."""
+    import torchmetrics.functional as M
+
     spec = task(name)
     preds, refs = torch.as_tensor(predictions), torch.as_tensor(references)
     if not spec.labels:
