@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sharebench import load_pretrained
+
 RESUME_STEPS = 120
 
 
@@ -108,4 +110,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrid
         record = record_of(out)
         assert record["status"] == "completed" and record["speed"]["world_size"] == devices
         losses[devices] = record["metrics"]["val_loss"]
+        model = load_pretrained(Path(record["run_dir"]))
+        assert model.head.decoder.weight is model.transformer.embeddings.tokens.weight  # still one tensor
+        assert model.parameter_counts().unique == record["parameters"]["unique"]
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
