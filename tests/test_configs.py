@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from sharebench import load_pretrained
 from sharebench.config import GROUPS, compose, group_choices, validate
 from sharebench.pretrain import run
 from sharebench.sharing import SCHEMES
@@ -47,6 +48,9 @@ def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
     assert math.isfinite(record["metrics"]["val_loss"])
     assert record["parameters"]["unique"] <= record["parameters"]["total"]
     assert record["speed"]["tokens_per_second"] > 0
+    loaded = load_pretrained(tmp_path)
+    assert loaded.sharing_name == sharing
+    assert loaded.parameter_counts().to_dict() == record["parameters"]
     on_disk = json.loads((tmp_path / "run.json").read_text())
     assert on_disk["status"] == "completed"
     assert on_disk["checkpoint"]["bytes"] == (tmp_path / "model.safetensors").stat().st_size

@@ -279,7 +279,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
     sharing = OmegaConf.to_container(cfg.sharing, resolve=True)
-    weights_bytes = save_pretrained(model, run_dir, sharing, ratio) if main_process else None
+    stored_ratio = ratio if sharing_class(cfg).ratio_range is not None else None  # schemes without one refuse it
+    weights_bytes = save_pretrained(model, run_dir, sharing, stored_ratio) if main_process else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(
