@@ -27,7 +27,7 @@ from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.pretrain import adamw_with_schedule
-from sharebench.record import RunRecord, read_record
+from sharebench.record import RunRecord, completed_record
 
 
 class SequenceClassifier(nn.Module):
@@ -195,12 +195,11 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
     """Fine-tune one task with one seed; its record goes to <root>/glue/<task>/seed=<seed>/run.json (also when
     it fails), its test predictions to <root>/glue_submission/seed=<seed>/."""
     run_dir = root / "glue" / task_name / f"seed={seed}"
-    if (run_dir / "run.json").exists() and read_record(run_dir).get("status") == "completed":
-        return read_record(run_dir)
+    if previous := completed_record(run_dir):
+        return previous
     spec, recipe = glue.task(task_name), recipe_for(cfg, task_name)
-    record = RunRecord(cfg, run_dir)
-    record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
-    try:
+    with RunRecord(cfg, run_dir) as record:
+        record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
         L.seed_everything(seed, workers=True, verbose=False)
         encoder = load_pretrained(pretrained).train()
         classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
@@ -238,10 +237,6 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         )
         if cfg.glue.predict_test:
             write_predictions(cfg, classifier, tokenizer, spec, recipe, root, seed)
-    except BaseException as error:
-        record.finish(error)
-        raise
-    record.finish()
     return record.data
 
 

@@ -23,7 +23,7 @@ from sharebench.config import build_model, predicted_fraction, sharing_class, va
 from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel, perplexity
-from sharebench.record import RunRecord, measure_matmul_peak, read_record
+from sharebench.record import RunRecord, completed_record, measure_matmul_peak
 
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -215,19 +215,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it."""
     ratio = validate(cfg)
     run_dir = Path(run_dir)
-    if (run_dir / "run.json").exists():
-        previous = read_record(run_dir)
-        if previous.get("status") == "completed":
-            print(f"{run_dir} already completed; nothing to do (delete the folder to run it again)")
-            return previous
-    record = RunRecord(cfg, run_dir)
-    record.update(sharing={"name": sharing_class(cfg).name, "ratio": ratio})
-    try:
+    if previous := completed_record(run_dir):
+        return previous
+    with RunRecord(cfg, run_dir) as record:
+        record.update(sharing={"name": sharing_class(cfg).name, "ratio": ratio})
         _train(cfg, run_dir, ratio, record)
-    except BaseException as error:
-        record.finish(error)
-        raise
-    record.finish()
     return record.data
 
 

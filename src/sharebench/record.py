@@ -112,6 +112,13 @@ class RunRecord:
         self.data["peak_memory"] = peak_memory()
         self.write()
 
+    def __enter__(self) -> RunRecord:
+        self.write()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: Any) -> None:
+        self.finish(error)  # the error, if any, goes on after it is recorded
+
     def write(self) -> None:
         if rank_zero_only.rank == 0:  # under DDP every process runs the same code; one writes
             atomic_write_json(self.path, self.data)
@@ -121,6 +128,16 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
     import json
 
     return json.loads((Path(run_dir) / RECORD_NAME).read_text())
+
+
+def completed_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record of a run that already completed in `run_dir` (it is not run again), else None."""
+    if (run_dir / RECORD_NAME).exists():
+        previous = read_record(run_dir)
+        if previous.get("status") == "completed":
+            print(f"{run_dir} already completed; nothing to do (delete the folder to run it again)")
+            return previous
+    return None
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
