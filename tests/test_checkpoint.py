@@ -98,5 +98,6 @@ def test_all_minilm_l6_v2_gives_the_same_outputs():
     ours = load_pretrained(folder)
     theirs = transformers.BertModel.from_pretrained(folder).eval()
     assert compare_with_hugging_face(ours, theirs, 30522) <= 1e-5
-    counts = ours.parameter_counts()
+    counts = ours.parameter_counts(lm_head=False)
     assert counts.by_component["attention_qkv"] == 6 * 3 * (384 * 384 + 384)
+    assert counts.unique == sum(p.numel() for p in theirs.parameters())  # 22.7 M, pooler included

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from sharebench import glue
+from sharebench import glue, load_pretrained
 from sharebench.config import compose
 from sharebench.errors import ConfigError
 from sharebench.finetune import run_glue
@@ -170,11 +170,14 @@ def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture,
     assert summary["tasks"]["stsb"]["seeds"] == [0, 1]
     assert summary["glue_score"] is not None
     pretrained = json.loads((pretrained_nano / "run.json").read_text())["parameters"]
+    encoder_only = load_pretrained(pretrained_nano).parameter_counts(lm_head=False).unique
     for name in summary["tasks"]:
         for seed in (0, 1):
             record = json.loads((tmp_path / "glue" / name / f"seed={seed}" / "run.json").read_text())
             assert record["status"] == "completed" and record["sharing"]["name"] == "partial_qk"
-            assert record["parameters"]["encoder"]["unique"] == pretrained["unique"]
+            encoder = record["parameters"]["encoder"]
+            assert encoder["unique"] == encoder_only < pretrained["unique"]  # the unused MLM head is left out
+            assert encoder["by_component"]["attention_qkv"] == pretrained["by_component"]["attention_qkv"]
     submission = tmp_path / "glue_submission" / "seed=0"
     names = {"CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm", "QNLI", "RTE", "WNLI", "AX"}
     assert {p.stem for p in submission.glob("*.tsv")} == names

@@ -226,7 +226,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         if module.best is not None:
             classifier.load_state_dict(module.best[1])
         metrics = evaluate(classifier, spec, validation, recipe.batch_size)
-        counts = encoder.parameter_counts()
+        counts = encoder.parameter_counts(lm_head=False)
         head = sum(p.numel() for p in classifier.classifier.parameters())
         record.update(
             metrics={**metrics, "score": glue.main_score(task_name, metrics), "epochs": module.history},

@@ -257,9 +257,10 @@ class LanguageModel(nn.Module):
 
     # ---- accounting -------------------------------------------------------------------------------------
 
-    def parameter_counts(self) -> ParameterCounts:
+    def parameter_counts(self, lm_head: bool = True) -> ParameterCounts:
         """Exact counts from how parameters are stored: `unique` counts each tensor once, `total` once per use
-        (a module reused by several layers, a tied decoder, a projection block serving several roles)."""
+        (a module reused by several layers, a tied decoder, a projection block serving several roles).
+        `lm_head=False` leaves out the LM head, which fine-tuning does not use."""
         unique: dict[int, tuple[int, str]] = {}
         total = 0
 
@@ -276,7 +277,7 @@ class LanguageModel(nn.Module):
                     total += p.numel()
                     unique.setdefault(id(p), (p.numel(), component))
             for child in module._modules.values():  # every occurrence, also of a module reused elsewhere
-                if child is not None:
+                if child is not None and (lm_head or child is not self.head):
                     visit(child, component)
 
         visit(self, "heads")
