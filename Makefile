@@ -8,7 +8,7 @@ export SHAREBENCH_DATA ?= ../shared/data
 DEMO_STEPS ?= 300
 DEMO = output_root=outputs/demo size=bert-mini trainer.max_steps=$(DEMO_STEPS) trainer.val_check_interval=100 trainer.enable_progress_bar=false
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,16 @@ demo: install
 	$(PY) train.py $(DEMO) sharing=none
 	$(PY) train.py $(DEMO) sharing=partial_qk ratio=0.9
 	$(VENV)/bin/sharebench compare outputs/demo
+
+# One command per published result (experiments/<name>.yaml): make reproduce-yang24 [SCALE=cpu|paper].
+# Runs the recipe's sweep (completed runs are skipped, so an interrupted one resumes), then writes the table, the
+# plots and the run records to results/<name> (results/<name>-paper at paper scale). Failed runs are listed there.
+SCALE ?= cpu
+RESULTS = results/$*$(if $(filter paper,$(SCALE)),-paper)
+reproduce-%: install
+	$(PY) train.py -m +experiment=$* scale=$(SCALE) output_root=outputs/reproduce/$*-$(SCALE) \
+		trainer.enable_progress_bar=false; status=$$?; \
+	$(VENV)/bin/sharebench collect outputs/reproduce/$*-$(SCALE) --out $(RESULTS) && exit $$status
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -1,7 +1,8 @@
-"""The `sharebench` command: parameter accounting without training, and run comparisons.
+"""The `sharebench` command: parameter accounting without training, run comparisons and sweep tables.
 
 sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
+sharebench collect outputs/runs --out results/my_sweep
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def preflight(argv: Sequence[str]) -> None:
     baselines: dict[str, str] = {}
     first_of_group: dict[str, str] = {}
     with exit_on_config_error():
-        for overrides in check_overrides(task_overrides(argv)):
+        given = task_overrides(argv)
+        for overrides in check_overrides(add_sweeper_params(given) if multirun else given):
             try:
                 validate(compose(overrides))
             except RatioNotTaken:
@@ -150,6 +152,29 @@ def compare(run_dirs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def add_sweeper_params(overrides: list[str]) -> list[str]:
+    """The overrides plus the grid of `hydra.sweeper.params` that the composed config (an experiment or a
+    sweep file) defines; the command line wins over it, as in Hydra's basic sweeper."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from sharebench.config import check_overrides
+    from sharebench.paths import CONFIG_DIR
+
+    first = check_overrides(overrides)[0]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=first, return_hydra_config=True)
+    except Exception:  # validation composes again and names the problem
+        return overrides
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return overrides + [f"{key}={value}" for key, value in params.items() if key.lstrip("+~") not in given]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sharebench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,9 +182,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     params_parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     compare_parser = commands.add_parser("compare", help="a Markdown table comparing finished runs")
     compare_parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding runs")
+    collect_parser = commands.add_parser(
+        "collect", help="tables (Markdown, CSV, LaTeX) and plots of a folder of runs: mean and 95 %% CI over seeds"
+    )
+    collect_parser.add_argument("folders", nargs="+", type=Path, help="folders holding runs (searched recursively)")
+    collect_parser.add_argument("--out", type=Path, help="write table.md/.csv/.tex, plots and run records here")
+    collect_parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print")
+    collect_parser.add_argument(
+        "--iso", action="store_true", help="pair each shared configuration with the closest-sized unshared one"
+    )
+    collect_parser.add_argument("--no-plots", action="store_true", help="with --out: tables and records only")
     args = parser.parse_args(argv)
     with exit_on_config_error():
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))
-        else:
+        elif args.command == "compare":
             print(compare([str(r) for r in args.runs]))
+        else:
+            from sharebench import collect
+
+            report = collect.collect(args.folders, args.out, args.iso, plots=not args.no_plots)
+            if args.format == "md":
+                print(report, end="")
+            else:
+                header, rows = collect.table_rows(collect.find_configurations(args.folders), args.iso)
+                print(collect.csv_text(header, rows) if args.format == "csv" else collect.latex(header, rows), end="")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -21,6 +23,7 @@ from sharebench.errors import ConfigError
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, resolve_path
 from sharebench.sharing import AttentionSharing
+from sharebench.sharing.none import Separate
 
 OBJECTIVES = ("mlm", "causal")
 NORM_POSITIONS = ("post", "pre")
@@ -100,6 +103,8 @@ def validate(cfg: DictConfig) -> float | None:
     if cfg.task == "pretrain_glue" and arch.objective != "mlm":
         raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
     check_source(cfg.data)
+    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate:
+        raise ConfigError("iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing")
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
     return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
@@ -142,7 +147,33 @@ def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
 def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     validate(cfg)
     sharing = instantiate(cfg.sharing, ratio=cfg.ratio)
-    return LanguageModel(model_config(cfg, vocab_size), sharing, sharing_class(cfg).name)
+    shape = model_config(cfg, vocab_size)
+    if cfg.get("iso_baseline"):
+        return LanguageModel(replace(shape, ffn_dim=matched_ffn_dim(shape, sharing)), Separate, Separate.name)
+    return LanguageModel(shape, sharing, sharing_class(cfg).name)
+
+
+def matched_ffn_dim(shape: ModelConfig, sharing: Callable[..., AttentionSharing]) -> int:
+    """The FFN size at which a model with separate Q/K/V has as many unique parameters as `shape` with the
+    given sharing: the iso-parameter baseline that tells whether sharing beats simply using a smaller model."""
+
+    def unique(ffn_dim: int, scheme: Callable[..., AttentionSharing]) -> int:
+        with torch.device("meta"):
+            return LanguageModel(replace(shape, ffn_dim=ffn_dim), scheme).parameter_counts().unique
+
+    target = unique(shape.ffn_dim, sharing)
+    at_ffn_dim = unique(shape.ffn_dim, Separate)
+    per_unit = unique(shape.ffn_dim + 1, Separate) - at_ffn_dim
+    return max(1, shape.ffn_dim + round((target - at_ffn_dim) / per_unit))
+
+
+def run_sharing(cfg: DictConfig, ratio: float | None) -> dict[str, Any]:
+    """What a run records as its sharing: the scheme and ratio, or for an iso-parameter baseline, `none` and the
+    configuration it matches."""
+    name = sharing_class(cfg).name
+    if cfg.get("iso_baseline"):
+        return {"name": Separate.name, "ratio": None, "iso_baseline_of": {"name": name, "ratio": ratio}}
+    return {"name": name, "ratio": ratio}
 
 
 def predicted_fraction(cfg: DictConfig) -> float:

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import save_pretrained
-from sharebench.config import build_model, predicted_fraction, sharing_class, validate
+from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
 from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel, perplexity
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
+from sharebench.sharing.none import Separate
 
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -67,21 +71,34 @@ def adamw_with_schedule(
 class PretrainModule(L.LightningModule):
     """Masked- or causal-LM training of a `LanguageModel`; serves its own data so each process gets its share."""
 
-    def __init__(self, model: LanguageModel, optim: DictConfig, max_steps: int, data: PretrainData, seed: int) -> None:
+    def __init__(
+        self,
+        model: LanguageModel,
+        optim: DictConfig,
+        max_steps: int,
+        data: PretrainData,
+        seed: int,
+        eval_train_loss: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
         self.data = data
         self.seed = seed
+        self.eval_train_loss = eval_train_loss
         self.validation_history: list[dict[str, float]] = []
-        self._validation_losses: list[torch.Tensor] = []
+        self._eval_losses: dict[int, list[torch.Tensor]] = {}
 
     def train_dataloader(self) -> DataLoader:
         return self.data.loader("train", self.seed, self.global_rank, self.trainer.world_size)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.data.loader("validation", self.seed)
+    def val_dataloader(self) -> list[DataLoader]:
+        # With eval_train_loss, the same number of training batches is evaluated too (as nanoGPT's estimate_loss).
+        loaders = [self.data.loader("validation", self.seed)]
+        if self.eval_train_loss:
+            loaders.append(self.data.loader("train", self.seed))
+        return loaders
 
     def on_train_start(self) -> None:
         # A resumed run continues its epoch where the checkpoint left it (Lightning restores the step count).
@@ -103,16 +120,22 @@ class PretrainModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._validation_losses.append(self.model(**batch).loss.detach())
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_losses.setdefault(dataloader_idx, []).append(self.model(**batch).loss.detach())
 
     def on_validation_epoch_end(self) -> None:
-        loss = torch.stack(self._validation_losses).mean()
-        self._validation_losses.clear()
-        if self.trainer.world_size > 1:
-            loss = self.all_gather(loss).mean()
-        self.log_dict({"val/loss": loss, "val/ppl": perplexity(loss.item())}, prog_bar=True, sync_dist=False)
-        self.validation_history.append({"step": self.global_step, "val_loss": loss.item()})
+        entry: dict[str, float] = {"step": self.global_step}
+        for index, name in enumerate(("val_loss", "train_loss")[: len(self._eval_losses)]):
+            loss = torch.stack(self._eval_losses[index]).mean()
+            if self.trainer.world_size > 1:
+                loss = self.all_gather(loss).mean()
+            entry[name] = loss.item()
+        self._eval_losses.clear()
+        val_loss = entry["val_loss"]
+        self.log_dict({"val/loss": val_loss, "val/ppl": perplexity(val_loss)}, prog_bar=True, sync_dist=False)
+        if "train_loss" in entry:
+            self.log("train/eval_loss", entry["train_loss"], sync_dist=False)
+        self.validation_history.append(entry)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.optim
@@ -218,12 +241,45 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if previous := completed_record(run_dir):
         return previous
     with RunRecord(cfg, run_dir) as record:
-        record.update(sharing={"name": sharing_class(cfg).name, "ratio": ratio})
+        record.update(sharing=run_sharing(cfg, ratio))
         _train(cfg, run_dir, ratio, record)
     return record.data
 
 
+def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+    """The configured logger writing into the run's folder; a wandb run is named after the run's folder and
+    grouped by the sweep's output_root unless the config names them."""
+    extra: dict[str, Any] = {"save_dir": str(run_dir)}
+    if get_class(cfg.logger._target_) is WandbLogger:
+        extra["name"] = cfg.logger.get("name") or f"{run_dir.parent.name}/{run_dir.name}"
+        extra["group"] = cfg.logger.get("group") or str(cfg.output_root)
+    return instantiate(cfg.logger, **extra)
+
+
+@contextlib.contextmanager
+def finished_logger(logger: Logger) -> Iterator[None]:
+    """A wandb run ends with its job, marked failed if the job fails, so the next job of a sweep starts its own."""
+    try:
+        yield
+    except BaseException:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=1)
+        raise
+    if isinstance(logger, WandbLogger) and logger._experiment is not None:
+        logger.experiment.finish()
+
+
+def stored_sharing(cfg: DictConfig, ratio: float | None) -> tuple[dict[str, Any], float | None]:
+    """The scheme's config and ratio as the checkpoint stores them (schemes without a ratio refuse one)."""
+    if cfg.get("iso_baseline"):
+        return {"_target_": f"{Separate.__module__}.{Separate.__qualname__}", "_partial_": True}, None
+    stored_ratio = ratio if sharing_class(cfg).ratio_range is not None else None
+    return OmegaConf.to_container(cfg.sharing, resolve=True), stored_ratio
+
+
 def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecord) -> None:
+    # Small fp32 models produce denormal numbers that make CPU matrix multiplies several times slower.
+    torch.set_flush_denormal(True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     mlm = cfg.arch.get("mlm")
     data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
@@ -243,13 +299,13 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     if main_process and isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
         data.tokenizer.save(run_dir / "tokenizer.json")
 
-    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed)
+    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss)
     throughput = Throughput()
     # After every validation, so a resumed run keeps the validation history up to its checkpoint.
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, save_on_train_epoch_end=False
     )
-    logger = instantiate(cfg.logger, save_dir=str(run_dir))
+    logger = make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=str(run_dir),
@@ -257,27 +313,27 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         callbacks=[throughput, checkpoints],
     )
     resume = run_dir / "checkpoints" / "last.ckpt"
-    if resume.exists():
-        check_resumable(resume, module)
-    else:  # the curve starts at the untrained model
-        check_disk_space(run_dir, counts.unique)
-        trainer.validate(module, verbose=False)
-    trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
-    if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, verbose=False)
+    with finished_logger(logger):
+        if resume.exists():
+            check_resumable(resume, module)
+        else:  # the curve starts at the untrained model
+            check_disk_space(run_dir, counts.unique)
+            trainer.validate(module, verbose=False)
+        trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
+        if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
+            trainer.validate(module, verbose=False)
 
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
-    sharing = OmegaConf.to_container(cfg.sharing, resolve=True)
-    stored_ratio = ratio if sharing_class(cfg).ratio_range is not None else None  # schemes without one refuse it
-    weights_bytes = save_pretrained(model, run_dir, sharing, stored_ratio) if main_process else None
+    weights_bytes = save_pretrained(model, run_dir, *stored_sharing(cfg, ratio)) if main_process else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(
         metrics={
-            "train_loss": float(train_loss) if train_loss is not None else None,
+            # The eval-mode estimate when eval_train_loss is on, else the loss of the last training step.
+            "train_loss": final.get("train_loss", float(train_loss) if train_loss is not None else None),
             "val_loss": final["val_loss"],
             "val_ppl": perplexity(final["val_loss"]),
             "val_history": module.validation_history,

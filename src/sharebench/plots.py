@@ -1,0 +1,107 @@
+"""Plots of a collection of runs (matplotlib, no display needed): loss curves with confidence bands per
+configuration (as Yang et al.'s Fig. 2), the main metric against the share ratio, and against unique parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sharebench.collect import main_metric, mean_ci  # noqa: E402
+
+if TYPE_CHECKING:
+    from sharebench.collect import Configuration
+
+CURVES = ("train_loss", "val_loss")
+
+
+def label(configuration: Configuration) -> str:
+    ratio = configuration.ratio
+    return configuration.sharing if ratio is None else f"{configuration.sharing} r={ratio:g}"
+
+
+def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list[float], list[float]]:
+    """Steps, mean and CI half-width of one curve over the seeds that recorded every step."""
+    per_step: dict[int, list[float]] = {}
+    for record in configuration.records:
+        for entry in record.get("metrics", {}).get("val_history", []):
+            if key in entry:
+                per_step.setdefault(int(entry["step"]), []).append(float(entry[key]))
+    steps = sorted(per_step)
+    stats = [mean_ci(per_step[s]) for s in steps]
+    return steps, [m for m, _ in stats], [h or 0.0 for _, h in stats]
+
+
+def plot_curves(configurations: Sequence[Configuration], path: Path) -> bool:
+    keys = [k for k in CURVES if any(curve_bands(c, k)[0] for c in configurations)]
+    if not keys:
+        return False
+    figure, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for axis, key in zip(axes[0], keys, strict=True):
+        for configuration in configurations:
+            steps, mean, half = curve_bands(configuration, key)
+            if not steps:
+                continue
+            line = axis.plot(steps, mean, label=f"{label(configuration)} (n={len(configuration.records)})")[0]
+            low = [m - h for m, h in zip(mean, half, strict=True)]
+            high = [m + h for m, h in zip(mean, half, strict=True)]
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        axis.set_xlabel("iteration")
+        axis.set_ylabel(key.replace("_", " "))
+        axis.set_title(f"{key.replace('_', ' ')}: mean and 95 % CI over seeds")
+        finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
+        if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
+            axis.set_ylim(min(finals) - 0.15, max(finals) + 0.6)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_against(configurations: Sequence[Configuration], x: str, path: Path) -> bool:
+    """The main metric (mean and 95 % CI) against the share ratio (x="ratio") or unique parameters."""
+    main = main_metric(configurations)
+    if main is None:
+        return False
+    metric = main[0]
+    by_scheme: dict[str, list[tuple[float, float, float]]] = {}
+    for configuration in configurations:
+        value = configuration.ratio if x == "ratio" else configuration.unique_parameters()
+        mean, half = mean_ci(configuration.metric_values(metric))
+        if value is None or mean is None:
+            continue
+        by_scheme.setdefault(configuration.sharing, []).append((float(value), mean, half or 0.0))
+    if not by_scheme:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for scheme, points in sorted(by_scheme.items()):
+        points.sort()
+        axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                      marker="o", capsize=3, label=scheme)  # fmt: skip
+    axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
+    axis.set_ylabel(f"{metric.replace('_', ' ')} ({main[1]} is better)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_all(configurations: Sequence[Configuration], out: Path) -> list[Path]:
+    """Writes curves.png, metric_vs_ratio.png and metric_vs_params.png (those the runs have data for)."""
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    if plot_curves(configurations, out / "curves.png"):
+        made.append(out / "curves.png")
+    for x, name in (("ratio", "metric_vs_ratio.png"), ("params", "metric_vs_params.png")):
+        if plot_against(configurations, x, out / name):
+            made.append(out / name)
+    return made

@@ -1,0 +1,165 @@
+"""Sweep files, experiment recipes, `sharebench collect` and its plots, and the wandb logger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sharebench.cli import add_sweeper_params
+from sharebench.collect import collect, csv_text, find_configurations, latex, mean_ci, table_rows
+from sharebench.config import check_overrides, compose
+from sharebench.paths import PROJECT_ROOT
+from tests.conftest import needs_shared_data
+
+SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml"))
+SCALES = ("cpu", "paper")
+# A model small enough for seconds-long runs, given on the command line so that it wins over recipes.
+TINY = ["size.n_layers=1", "size.dim=16", "size.n_heads=2", "size.ffn_dim=32"]
+
+
+def test_there_are_sweeps_and_experiments():
+    assert {"share_ratio_grid", "schemes", "iso_params"} <= set(SWEEPS)
+    assert "yang24" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweep_file_composes_into_its_grid(sweep):
+    runs = check_overrides(add_sweeper_params([f"+sweep={sweep}"]))
+    assert len(runs) >= 6
+    assert len({tuple(r) for r in runs}) == len(runs)
+    compose(runs[0])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_at_each_scale(experiment, scale):
+    overrides = [f"+experiment={experiment}", f"scale={scale}"]
+    cfg = compose(overrides)
+    assert cfg.experiment.name == experiment
+    assert cfg.experiment.paper, "an experiment prints the paper's figures beside ours"
+    runs = check_overrides(add_sweeper_params(overrides))
+    assert len({r[-1] for r in runs if r[-1].startswith("seed=")}) >= 3
+    assert (PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml").is_file()
+
+
+def test_scales_differ_where_the_paper_needs_a_gpu():
+    cpu, paper = compose(["+experiment=yang24", "scale=cpu"]), compose(["+experiment=yang24", "scale=paper"])
+    assert (paper.size.n_layers, paper.size.dim, paper.trainer.max_steps) == (6, 384, 5000)
+    assert cpu.size.dim < paper.size.dim and cpu.trainer.max_steps < paper.trainer.max_steps
+    assert paper.optim.lr == 3e-4 and paper.data.batch_size == 64 and paper.data.seq_len == 256
+
+
+def train(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=900, cwd=cwd)  # fmt: skip
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweep_file_runs_on_nano(sweep, nano_overrides, tmp_path):
+    kept = [o for o in nano_overrides if not o.startswith("output_root")]
+    result = train("-m", f"+sweep={sweep}", "seed=0", *kept, f"output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = len(check_overrides(add_sweeper_params([f"+sweep={sweep}", "seed=0"])))
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    skipped = result.stdout.count("skipped:")
+    assert len(records) + skipped == expected
+    assert all(r["status"] == "completed" for r in records)
+    if sweep == "iso_params":
+        by_ratio: dict[float, dict[bool, int]] = {}
+        for r in records:
+            iso = "iso_baseline_of" in r["sharing"]
+            ratio = r["sharing"]["iso_baseline_of"]["ratio"] if iso else r["sharing"]["ratio"]
+            by_ratio.setdefault(ratio, {})[iso] = r["parameters"]["unique"]
+        size = compose(nano_overrides).size
+        one_ffn_unit = size.n_layers * (2 * size.dim + 1)  # a weight row in, a column out and a bias per layer
+        assert len(by_ratio) == 3
+        for counts in by_ratio.values():
+            assert abs(counts[True] - counts[False]) <= one_ffn_unit / 2
+        table = collect([tmp_path], iso=True)
+        assert "iso-param baseline" in table
+
+
+@needs_shared_data
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cache_dir):
+    fast = [*TINY, "seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=2",
+            "data.batch_size=4", "data.seq_len=32", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", f"cache_dir={cache_dir}", f"output_root={tmp_path / 'runs'}"]  # fmt: skip
+    given = [f"+experiment={experiment}", *fast]
+    key, values = add_sweeper_params(given)[len(given)].split("=", 1)  # the recipe's first axis: two values of it
+    first_and_last = ",".join(values.split(",")[:: len(values.split(",")) - 1])
+    result = train("-m", *given, f"{key}={first_and_last}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = collect([tmp_path / "runs"], tmp_path / "results")
+    assert "The paper" in report and "Failed runs: 0" in report
+    for name in ("table.md", "table.csv", "table.tex", "curves.png", "metric_vs_ratio.png", "metric_vs_params.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0, name
+    copied = list((tmp_path / "results" / "runs").rglob("run.json"))
+    assert len(copied) == 4
+    history = json.loads(copied[0].read_text())["metrics"]["val_history"]
+    assert [h["step"] for h in history] == [0, 2, 4] and all("train_loss" in h for h in history)
+
+
+def test_mean_and_confidence_interval_follow_students_t():
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    assert mean_ci([5.0]) == (5.0, None) and mean_ci([]) == (None, None)
+
+
+def test_collect_writes_tables_and_lists_failed_runs(tmp_path):
+    def record(config: str, seed: int, status: str, val_loss: float | None = None) -> None:
+        folder = tmp_path / config / f"seed={seed}"
+        folder.mkdir(parents=True)
+        data = {"status": status, "seed": seed, "sharing": {"name": "partial_qk", "ratio": 0.5},
+                "parameters": {"unique": 1000}, "metrics": {"val_loss": val_loss} if val_loss else {}}  # fmt: skip
+        if status == "failed":
+            data["error"] = "RuntimeError: out of memory"
+        (folder / "run.json").write_text(json.dumps(data))
+
+    for seed, loss in enumerate([2.0, 2.2, 2.4]):
+        record("sharing=partial_qk,ratio=0.5", seed, "completed", loss)
+    record("sharing=partial_qk,ratio=0.5", 3, "failed")
+    configurations = find_configurations([tmp_path])
+    header, rows = table_rows(configurations)
+    row = dict(zip(header, rows[0], strict=True))
+    assert (row["seeds"], row["failed"]) == ("3", "1")
+    assert row["val_loss"].startswith("2.2000 ± ")
+    report = collect([tmp_path])
+    assert "Failed runs: 1" in report and "out of memory" in report
+    assert "val_loss" in csv_text(header, rows).splitlines()[0]
+    assert r"$\pm$" in latex(header, rows) and r"sharing=partial\_qk" in latex(header, rows)
+
+
+def test_collect_of_an_empty_folder_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sharebench", "collect", str(tmp_path)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2 and "no run.json" in result.stderr
+
+
+def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    from sharebench.pretrain import PretrainModule, run
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(nano_cfg("logger=wandb"), tmp_path / "ok")
+    files = list((tmp_path / "ok" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1 and files[0].stat().st_size > 0
+    assert wandb.run is None  # finished: the next job starts its own run
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(PretrainModule, "training_step", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(nano_cfg("logger=wandb"), tmp_path / "failed")
+    assert wandb.run is None
+    assert json.loads((tmp_path / "failed" / "run.json").read_text())["status"] == "failed"
+    assert len(list((tmp_path / "failed" / "wandb").glob("offline-run-*"))) == 1
+    assert os.environ.get("WANDB_MODE") != "online"
