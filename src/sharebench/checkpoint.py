@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, load_model, save_model
 
 from sharebench.errors import ConfigError
+from sharebench.layers import layer_scheme_class
+from sharebench.layers.headwise import share_heads
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import atomic_write_json
 
@@ -35,9 +37,21 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
         "sharing": sharing,
         "ratio": ratio,
         "sharing_name": model.sharing_name,
+        "layers": model.layers.describe(),
+        "head_sources": getattr(model, "head_sources", None),
     }
     atomic_write_json(folder / SPEC_NAME, spec)
     return (folder / WEIGHTS_NAME).stat().st_size
+
+
+SEPARATE = {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}
+
+
+def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:
+    """The within-layer scheme config and ratio a checkpoint was saved with (separate Q/K/V for Hugging Face)."""
+    spec_path = Path(folder).expanduser() / SPEC_NAME
+    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    return spec.get("sharing", SEPARATE), spec.get("ratio")
 
 
 def load_pretrained(path: str | Path) -> LanguageModel:
@@ -59,7 +73,11 @@ def load_pretrained(path: str | Path) -> LanguageModel:
 def _load_suite(folder: Path) -> LanguageModel:
     spec = json.loads((folder / SPEC_NAME).read_text())
     sharing = instantiate(spec["sharing"], ratio=spec["ratio"])
-    model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""))
+    layers = dict(spec.get("layers") or {"name": "none"})
+    layer_scheme = layer_scheme_class(layers.pop("name"))(**layers)
+    model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""), layer_scheme)
+    if spec.get("head_sources"):
+        share_heads(model, {(a, b): (c, d) for a, b, c, d in spec["head_sources"]})
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
     except RuntimeError as error:
@@ -134,8 +152,7 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
         tie_embeddings=hf.get("tie_word_embeddings", True),
         pooler="pooler.dense.weight" in state,
     )
-    sharing = {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}
-    model = LanguageModel(cfg, instantiate(sharing), "none")
+    model = LanguageModel(cfg, instantiate(SEPARATE), "none")
     converted: dict[str, torch.Tensor] = {}
     for i in range(cfg.n_layers):
         parts = [f"encoder.layer.{i}.attention.self.{role}" for role in ("query", "key", "value")]

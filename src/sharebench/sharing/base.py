@@ -7,7 +7,7 @@ Everything after that (scores, softmax, output projection) is common and lives i
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -44,22 +44,12 @@ class AttentionSharing(nn.Module):
     @classmethod
     def resolve_ratio(cls, ratio: float | None, dim: int, n_heads: int) -> float | None:
         """The ratio the scheme will use, or a ConfigError naming the valid choices."""
-        if cls.ratio_range is None:
-            if ratio is not None:
-                raise RatioNotTaken(
-                    f"sharing={cls.name} takes no ratio (got ratio={ratio}); "
-                    f"leave ratio unset (ratio=null) or choose a scheme that takes one: {ratio_schemes()}"
-                )
-            return cls.fixed_ratio
-        if ratio is None:
-            ratio = cls.default_ratio
-        low, high = cls.ratio_range
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not low <= ratio <= high:
-            raise ConfigError(
-                f"sharing={cls.name}: ratio={ratio} is out of range; valid: "
-                f"{format_ratio(low)} <= ratio <= {format_ratio(high)} ({cls.ratio_meaning})"
+        if cls.ratio_range is None and ratio is not None:
+            raise RatioNotTaken(
+                f"sharing={cls.name} takes no ratio (got ratio={ratio}); "
+                f"leave ratio unset (ratio=null) or choose a scheme that takes one: {ratio_schemes()}"
             )
-        return float(ratio)
+        return checked_ratio(f"sharing={cls.name}", "ratio", ratio, cls)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -67,6 +57,29 @@ class AttentionSharing(nn.Module):
     def used_numel(self) -> int:
         """Parameters counted once per use: a block that serves several roles or heads counts once for each."""
         return sum(p.numel() for p in self.parameters())
+
+
+class RatioSpec(Protocol):
+    ratio_range: tuple[float, float] | None
+    default_ratio: float | None
+    fixed_ratio: float | None
+    ratio_meaning: str
+
+
+def checked_ratio(scheme: str, key: str, ratio: float | None, spec: RatioSpec) -> float | None:
+    """`ratio`, or the scheme's default, if it lies in the scheme's range; a ConfigError naming the range if not.
+    A scheme without a range stands for its fixed ratio (or none)."""
+    if spec.ratio_range is None:
+        return spec.fixed_ratio
+    if ratio is None:
+        ratio = spec.default_ratio
+    low, high = spec.ratio_range
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not low <= ratio <= high:
+        raise ConfigError(
+            f"{scheme}: {key}={ratio} is out of range; valid: "
+            f"{format_ratio(low)} <= {key} <= {format_ratio(high)} ({spec.ratio_meaning})"
+        )
+    return float(ratio)
 
 
 def ratio_schemes() -> str:

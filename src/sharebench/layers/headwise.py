@@ -1,0 +1,167 @@
+"""Head-wise sharing on a trained model (Cao et al. 2024, DirectShare): a head reuses the query, key and value
+rows and the output columns of the most similar head of another layer; no retraining.
+
+Every head's parameters become their own small modules, and a head that reuses another holds that head's
+modules, so a shared head exists once as a tensor. Heads are scored by the cosine similarity of their
+concatenated, flattened query and key weights; a head may only reuse one of an earlier layer, a head that
+lends its weights keeps its own, so at most half of the heads can be shared (ratio ≤ 0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharebench.errors import ConfigError
+from sharebench.sharing.base import AttentionSharing, checked_ratio
+from sharebench.sharing.none import Separate
+
+HeadId = tuple[int, int]  # (layer, head)
+
+
+class HeadwiseRatio:
+    ratio_range = (0.0, 0.5)
+    default_ratio = 0.3
+    fixed_ratio = None
+    ratio_meaning = "the fraction of all L·H heads that reuse another head's weights"
+
+
+class HeadQKV(nn.Module):
+    component = "attention_qkv"
+
+    def __init__(self, dim: int, head_dim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(3, head_dim, dim))  # query, key, value rows of one head
+        self.bias = nn.Parameter(torch.zeros(3, head_dim)) if bias else None
+
+
+class HeadOut(nn.Module):
+    component = "attention_out"
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, head_dim))  # the head's columns of the output projection
+
+
+class HeadwiseQKV(AttentionSharing):
+    """Query/key/value projection assembled from per-head modules, some of them another layer's."""
+
+    def __init__(self, heads: list[HeadQKV], dim: int) -> None:
+        super().__init__(dim, len(heads), heads[0].bias is not None)
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens, _ = x.shape
+        weight = torch.stack([h.weight for h in self.heads], dim=1).reshape(3 * self.dim, self.dim)
+        bias = None
+        if self.heads[0].bias is not None:
+            bias = torch.stack([h.bias for h in self.heads], dim=1).reshape(3 * self.dim)
+        q, k, v = F.linear(x, weight, bias).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def macs(self) -> int:
+        return 3 * self.dim * self.dim
+
+
+class HeadwiseOut(nn.Module):
+    component = "attention_out"
+
+    def __init__(self, heads: list[HeadOut], bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.bias = bias
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, torch.cat([h.weight for h in self.heads], dim=1), self.bias)
+
+    def macs(self) -> int:
+        dim = self.heads[0].weight.size(0)
+        return dim * dim
+
+
+def _check_separate(model: nn.Module) -> None:
+    blocks = list(model.transformer.blocks)
+    if len({id(b) for b in blocks}) != len(blocks) or not all(isinstance(b.attn.qkv, Separate) for b in blocks):
+        raise ConfigError(
+            "headwise sharing needs a model with separate Q/K/V (sharing=none) and no cross-layer sharing; "
+            f"this one has sharing={model.sharing_name}, layers={model.layers.name}"
+        )
+
+
+def head_weights(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query, key and value rows (d × D each) of one head of a model with separate Q/K/V."""
+    proj = model.transformer.blocks[layer].attn.qkv.proj.weight
+    dim, head_dim = proj.size(1), proj.size(1) // model.config.n_heads
+    rows = [proj[role * dim + head * head_dim : role * dim + (head + 1) * head_dim] for role in range(3)]
+    return rows[0], rows[1], rows[2]
+
+
+def select_shared_heads(model: nn.Module, ratio: float) -> dict[HeadId, HeadId]:
+    """DirectShare's choice: which heads reuse which, for the top int(r·L·H) heads by best-match similarity."""
+    ratio = checked_ratio("headwise", "ratio", ratio, HeadwiseRatio)
+    _check_separate(model)
+    n_layers, n_heads = model.config.n_layers, model.config.n_heads
+    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    with torch.no_grad():
+        vectors = torch.stack([torch.cat([w.flatten() for w in head_weights(model, *h)[:2]]) for h in heads])
+        vectors = F.normalize(vectors.float(), dim=1)
+        similarity = (vectors @ vectors.T).tolist()
+    pairs = sorted(
+        ((similarity[a][b], a, b) for a in range(len(heads)) for b in range(len(heads)) if heads[b][0] < heads[a][0]),
+        reverse=True,
+    )
+    wanted, sources, lenders = int(ratio * len(heads)), {}, set()
+    for _, receiver, lender in pairs:
+        if len(sources) == wanted:
+            break
+        if receiver in sources or receiver in lenders or lender in sources:
+            continue
+        sources[receiver] = lender
+        lenders.add(lender)
+    return {heads[r]: heads[s] for r, s in sources.items()}
+
+
+def share_heads(model: nn.Module, sources: dict[HeadId, HeadId]) -> nn.Module:
+    """Rebuild the attention of a model with separate Q/K/V from per-head modules, each head in `sources`
+    holding its source head's modules (its own weights are dropped). Returns the model, changed in place."""
+    _check_separate(model)
+    cfg = model.config
+    head_dim = cfg.dim // cfg.n_heads
+    qkv_heads: dict[HeadId, HeadQKV] = {}
+    out_heads: dict[HeadId, HeadOut] = {}
+    for layer, block in enumerate(model.transformer.blocks):
+        proj, out = block.attn.qkv.proj, block.attn.out
+        for head in range(cfg.n_heads):
+            qkv = HeadQKV(cfg.dim, head_dim, proj.bias is not None).to(proj.weight.device)
+            columns = HeadOut(cfg.dim, head_dim).to(proj.weight.device)
+            with torch.no_grad():
+                qkv.weight.copy_(torch.stack(head_weights(model, layer, head)))
+                if proj.bias is not None:
+                    qkv.bias.copy_(proj.bias.view(3, cfg.n_heads, head_dim)[:, head])
+                columns.weight.copy_(out.weight[:, head * head_dim : (head + 1) * head_dim])
+            qkv_heads[layer, head], out_heads[layer, head] = qkv, columns
+    for receiver, source in sources.items():
+        qkv_heads[receiver], out_heads[receiver] = qkv_heads[source], out_heads[source]
+    for layer, block in enumerate(model.transformer.blocks):
+        block.attn.qkv = HeadwiseQKV([qkv_heads[layer, h] for h in range(cfg.n_heads)], cfg.dim)
+        block.attn.out = HeadwiseOut([out_heads[layer, h] for h in range(cfg.n_heads)], block.attn.out.bias)
+    model.head_sources = sorted([*receiver, *source] for receiver, source in sources.items())
+    model.sharing_name = "headwise"
+    return model
+
+
+def direct_share(model: nn.Module, ratio: float) -> nn.Module:
+    """DirectShare at `ratio`: select the most similar heads and share them; ratio 0 changes nothing but the
+    parameter layout."""
+    return share_heads(model, select_shared_heads(model, ratio))
+
+
+def similarity_penalty(model: nn.Module, sources: dict[HeadId, HeadId]) -> torch.Tensor:
+    """PostShare's regulariser: Σ over the selected pairs of ‖q_i − q_j‖₂ + ‖k_i − k_j‖₂ + ‖v_i − v_j‖₂."""
+    terms = [
+        torch.linalg.vector_norm(mine - theirs)
+        for receiver, source in sources.items()
+        for mine, theirs in zip(head_weights(model, *receiver), head_weights(model, *source), strict=True)
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -1,0 +1,253 @@
+"""Cross-layer schemes (trained from scratch) and sharing applied to trained models (DirectShare, PostShare,
+GQA and recursive conversion): exact accounting, the outputs they must keep, and round trips through checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sharebench.checkpoint import load_pretrained, save_pretrained
+from sharebench.config import build_model, compose
+from sharebench.convert import convert, to_gqa
+from sharebench.layers import LAYER_SCHEMES
+from sharebench.layers.headwise import direct_share, select_shared_heads, share_heads
+from sharebench.layers.takase import Cycle, CycleRev, Sequence
+from sharebench.paths import PROJECT_ROOT
+from tests.test_checkpoint import minilm_folder
+
+VOCAB = 1000
+L, D, H, F = 6, 64, 4, 128  # a 6-layer model so that M = 1, 2, 3 and 6 all divide L
+SIZE = [f"size.n_layers={L}", f"size.dim={D}", f"size.n_heads={H}", f"size.ffn_dim={F}"]
+ATTENTION = 4 * (D * D + D)  # Q, K, V, O with biases (BERT)
+FFN = 2 * D * F + F + D
+NORMS = 2 * 2 * D
+BLOCK = ATTENTION + FFN + NORMS
+
+
+def counts(*overrides: str):
+    with torch.device("meta"):
+        return build_model(compose([*SIZE, *overrides]), VOCAB).parameter_counts()
+
+
+def test_every_layers_yaml_names_a_scheme_and_back():
+    files = {p.stem for p in (PROJECT_ROOT / "conf" / "layers").glob("*.yaml")}
+    assert files == set(LAYER_SCHEMES)
+    assert {"none", "all", "attn", "ffn", "sequence", "cycle", "cycle_rev", "sandwich", "cla", "recursive_lora",
+            "ffn_wide"} <= files  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", ["all", "sequence", "cycle", "cycle_rev"])
+@pytest.mark.parametrize("sets", [1, 2, 3, 6])
+def test_whole_block_sharing_stores_exactly_m_blocks(scheme, sets):
+    none = counts()
+    shared = counts(f"layers={scheme}", f"layers.ratio={1 - sets / L}")
+    assert shared.unique == none.unique - (L - sets) * BLOCK
+    assert shared.total == none.total  # every layer still uses a whole block
+    if scheme == "all" and sets == 1:  # ALBERT: one layer's parameters plus embeddings and heads
+        assert shared.unique == none.unique - L * BLOCK + BLOCK
+
+
+@pytest.mark.parametrize("part,size", [("attn", ATTENTION), ("ffn", FFN)])
+def test_albert_attn_and_ffn_share_only_that_part(part, size):
+    shared = counts(f"layers={part}", "layers.ratio=0.5")
+    assert shared.unique == counts().unique - (L - 3) * size
+    assert shared.by_component["norms"] == counts().by_component["norms"]
+
+
+def test_sandwich_keeps_first_and_last_layers():
+    assert counts("layers=sandwich").unique == counts().unique - (L - 3) * BLOCK
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 6])
+def test_cla_removes_the_key_value_projections_of_reusing_layers(factor):
+    cla = counts("layers=cla", f"layers.ratio={1 - 1 / factor}")
+    reusing = L - L // factor
+    assert cla.unique == counts().unique - reusing * 2 * (D * D + D)
+
+
+def test_ffn_wide_keeps_the_parameter_count_with_one_ffn():
+    wide = counts("layers=ffn_wide")
+    assert abs(wide.unique - counts().unique) <= 2 * D + 1  # one FFN unit
+    model = build_model(compose([*SIZE, "layers=ffn_wide"]), VOCAB)
+    assert len({id(b.ffn) for b in model.transformer.blocks}) == 1
+    assert len({id(b.attn) for b in model.transformer.blocks}) == L
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_recursive_lora_stores_m_blocks_of_matrices_and_per_layer_lora_and_vectors(rank):
+    sets = 2
+    recursive = counts("layers=recursive_lora", f"layers.ratio={1 - sets / L}", f"layers.rank={rank}")
+    matrices = 4 * D * D + 2 * D * F
+    vectors = BLOCK - matrices
+    lora = rank * ((D + 3 * D) + (D + D) + (D + F) + (F + D))  # the fused Q/K/V projection has one LoRA
+    assert recursive.unique == counts().unique - L * BLOCK + sets * matrices + L * (vectors + lora)
+
+
+def test_within_and_cross_layer_schemes_compose():
+    cycle = counts("layers=cycle", "layers.ratio=0.5")
+    both = counts("sharing=partial_qk", "ratio=0.5", "layers=cycle", "layers.ratio=0.5")
+    shared_columns = H * round(0.5 * D / H)
+    assert both.unique == cycle.unique - 3 * shared_columns * (D + 1)
+
+
+@pytest.mark.parametrize("scheme,expected", [(Sequence, [0, 0, 1, 1, 2, 2]), (Cycle, [0, 1, 2, 0, 1, 2]),
+                                             (CycleRev, [0, 1, 2, 2, 1, 0])])  # fmt: skip
+def test_takase_orders(scheme, expected):
+    assert scheme(ratio=0.5).layer_sets(6) == expected
+    model = build_model(compose([*SIZE, f"layers={scheme.name}", "layers.ratio=0.5"]), VOCAB)
+    blocks = list(model.transformer.blocks)
+    assert [[blocks.index(b) for b in blocks].index(blocks.index(b)) for b in blocks] == [
+        expected.index(s) for s in expected
+    ]
+
+
+def test_cycle_rev_18_layers_6_sets_reverses_the_last_cycle():
+    assert CycleRev(ratio=2 / 3).layer_sets(18) == [*range(6), *range(6), *reversed(range(6))]
+
+
+@pytest.mark.parametrize("scheme", sorted(LAYER_SCHEMES))
+def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
+    from sharebench.pretrain import run
+
+    ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
+    record = run(nano_cfg(f"layers={scheme}", *ratio, "sharing=partial_qk", "ratio=0.5"), tmp_path)
+    assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
+    model = load_pretrained(tmp_path)
+    assert model.layers.name == scheme
+    assert model.parameter_counts().to_dict() == record["parameters"]
+    checkpoint = (tmp_path / "model.safetensors").stat().st_size
+    assert checkpoint < 4 * record["parameters"]["unique"] * 1.02 + 20_000  # every shared tensor stored once
+
+
+def gpt_model(*overrides: str):
+    torch.manual_seed(0)
+    return build_model(compose(["arch=gpt", "size.n_layers=3", "size.dim=32", "size.n_heads=4", "size.ffn_dim=64",
+                                "data.seq_len=16", *overrides]), 50).eval()  # fmt: skip
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def copy_head(model, target: tuple[int, int], source: tuple[int, int]) -> None:
+    """Make head `target` identical to head `source`: query/key/value rows, biases and output columns."""
+    d, dim = model.config.dim // model.config.n_heads, model.config.dim
+    blocks = model.transformer.blocks
+    with torch.no_grad():
+        for role in range(3):
+            rows = lambda head: slice(role * dim + head * d, role * dim + (head + 1) * d)  # noqa: E731
+            blocks[target[0]].attn.qkv.proj.weight[rows(target[1])] = blocks[source[0]].attn.qkv.proj.weight[
+                rows(source[1])
+            ]
+        columns = lambda head: slice(head * d, (head + 1) * d)  # noqa: E731
+        blocks[target[0]].attn.out.weight[:, columns(target[1])] = blocks[source[0]].attn.out.weight[
+            :, columns(source[1])
+        ]
+
+
+def test_directshare_selects_identical_heads_and_keeps_the_outputs():
+    model = gpt_model()
+    copy_head(model, (1, 2), (0, 1))
+    copy_head(model, (2, 0), (1, 3))
+    ids = torch.randint(0, 50, (2, 16))
+    before, unique_before = logits(model, ids), model.parameter_counts().unique
+    sources = select_shared_heads(model, 2 / 12)
+    assert sources == {(1, 2): (0, 1), (2, 0): (1, 3)}  # the most similar heads are the identical ones
+    share_heads(model, sources)
+    assert torch.allclose(logits(model, ids), before, atol=1e-5)
+    d = 32 // 4
+    assert model.parameter_counts().unique == unique_before - 2 * (3 * d * 32 + 32 * d)  # gpt: no q/k/v bias
+
+
+def test_directshare_at_ratio_zero_is_the_identity_and_round_trips(tmp_path):
+    model = gpt_model()
+    ids = torch.randint(0, 50, (2, 16))
+    before, unique_before = logits(model, ids), model.parameter_counts().unique
+    direct_share(model, 0.0)
+    assert torch.allclose(logits(model, ids), before, atol=1e-6)
+    assert model.parameter_counts().unique == unique_before
+
+    shared = direct_share(gpt_model(), 0.5)
+    assert len(shared.head_sources) == 6
+    save_pretrained(shared, tmp_path, {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}, None)
+    loaded = load_pretrained(tmp_path)
+    assert loaded.parameter_counts() == shared.parameter_counts()
+    assert torch.equal(logits(loaded, ids), logits(shared, ids))
+
+
+def test_headwise_ratio_out_of_range_names_the_range():
+    from sharebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"0 <= ratio <= 0.5"):
+        select_shared_heads(gpt_model(), 0.7)
+
+
+def test_gqa_conversion_at_g_equal_h_is_the_identity_and_mean_pools_groups():
+    model = gpt_model()
+    ids = torch.randint(0, 50, (2, 16))
+    assert torch.allclose(logits(to_gqa(model, 0.0).eval(), ids), logits(model, ids), atol=1e-5)
+    pooled = to_gqa(model, 0.5)
+    d = 8
+    keys = model.transformer.blocks[0].attn.qkv.proj.weight[32:64]
+    pooled_keys = pooled.transformer.blocks[0].attn.qkv.proj.weight[32 : 32 + 2 * d]
+    assert torch.allclose(pooled_keys[:d], (keys[:d] + keys[d : 2 * d]) / 2)
+    assert pooled.parameter_counts().by_component["attention_qkv"] == 3 * (32 + 2 * 2 * d) * 32
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_recursive_conversion_at_full_rank_reproduces_the_model(tmp_path, ratio):
+    model = gpt_model("size.n_layers=4")
+    save_pretrained(model, tmp_path / "source", {"_target_": "sharebench.sharing.none.Separate",
+                                                 "_partial_": True}, None)  # fmt: skip
+    ids = torch.randint(0, 50, (2, 16))
+    full = convert(tmp_path / "source", tmp_path / "full", "recursive_lora", ratio, rank=32).eval()
+    assert torch.allclose(logits(full, ids), logits(model, ids), atol=1e-5)
+    low = convert(tmp_path / "source", tmp_path / "low", "recursive_lora", ratio, rank=2).eval()
+    assert low.parameter_counts().unique < model.parameter_counts().unique
+    assert not torch.allclose(logits(low, ids), logits(model, ids), atol=1e-3)
+    assert torch.equal(logits(load_pretrained(tmp_path / "low"), ids), logits(low, ids))
+
+
+def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path):
+    from sharebench.pretrain import run
+
+    run(nano_cfg(), tmp_path / "base")
+    record = run(nano_cfg(f"pretrained={tmp_path / 'base'}", "postshare_ratio=0.25", "trainer.max_steps=4"),
+                 tmp_path / "post")  # fmt: skip
+    assert record["status"] == "completed"
+    assert record["postshare"]["pairs"] == 2  # int(0.25 · 2 layers · 4 heads)
+    spec = json.loads((tmp_path / "post" / "model.json").read_text())
+    assert len(spec["head_sources"]) == 2
+    base = json.loads((tmp_path / "base" / "run.json").read_text())["parameters"]["unique"]
+    assert record["parameters"]["unique"] < base
+    assert load_pretrained(tmp_path / "post").parameter_counts().unique == record["parameters"]["unique"]
+
+
+def test_uptraining_refuses_a_vocabulary_of_another_size(nano_cfg, tmp_path):
+    from sharebench.errors import ConfigError
+    from sharebench.pretrain import run
+
+    run(nano_cfg(), tmp_path / "base")
+    with pytest.raises(ConfigError, match="token embeddings but the data's tokenizer"):
+        run(nano_cfg(f"pretrained={tmp_path / 'base'}", "data.tokenizer.vocab_size=150"), tmp_path / "up")
+
+
+def test_converted_minilm_scores_sts_b_zero_shot(tmp_path):
+    from sharebench.tasks import run_task
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "glue").is_dir():
+        pytest.skip("no shared GLUE data")
+    folder = minilm_folder()
+    scores = {}
+    for ratio in (0.0, 0.5):
+        cfg = compose(["task=sts_zero_shot", f"pretrained={folder}", "convert.to=headwise", f"convert.ratio={ratio}",
+                       "glue.recipe.max_eval_examples=64"])  # fmt: skip
+        record = run_task(cfg, tmp_path / str(ratio))
+        scores[ratio] = record["metrics"]["spearman"]
+        assert record["examples"]["validation"] == 64
+    assert scores[0.0] > 0.7  # a sentence-embedding model ranks similar pairs well without training
+    assert scores[0.5] < scores[0.0]
