@@ -136,16 +136,13 @@ def copy_head(model, target: tuple[int, int], source: tuple[int, int]) -> None:
     """Make head `target` identical to head `source`: query/key/value rows, biases and output columns."""
     d, dim = model.config.dim // model.config.n_heads, model.config.dim
     blocks = model.transformer.blocks
+    qkv = [blocks[layer].attn.qkv.proj.weight for layer in (target[0], source[0])]
+    out = [blocks[layer].attn.out.weight for layer in (target[0], source[0])]
     with torch.no_grad():
         for role in range(3):
-            rows = lambda head: slice(role * dim + head * d, role * dim + (head + 1) * d)  # noqa: E731
-            blocks[target[0]].attn.qkv.proj.weight[rows(target[1])] = blocks[source[0]].attn.qkv.proj.weight[
-                rows(source[1])
-            ]
-        columns = lambda head: slice(head * d, (head + 1) * d)  # noqa: E731
-        blocks[target[0]].attn.out.weight[:, columns(target[1])] = blocks[source[0]].attn.out.weight[
-            :, columns(source[1])
-        ]
+            starts = [role * dim + head * d for head in (target[1], source[1])]
+            qkv[0][starts[0] : starts[0] + d] = qkv[1][starts[1] : starts[1] + d]
+        out[0][:, target[1] * d : (target[1] + 1) * d] = out[1][:, source[1] * d : (source[1] + 1) * d]
 
 
 def test_directshare_selects_identical_heads_and_keeps_the_outputs():

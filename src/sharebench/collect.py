@@ -27,8 +27,8 @@ from sharebench.record import RECORD_NAME
 SEED_LEVEL = re.compile(r"^seed=\d+$")
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
-# The metric that orders plots and iso-parameter pairs: lower is better for losses, higher for GLUE scores.
-MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"))
+# The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
+MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
 
 
 @dataclass
