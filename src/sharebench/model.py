@@ -19,6 +19,7 @@ from torch import nn
 
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.sharing import AttentionSharing
+from sharebench.sharing.base import linear_weight
 
 SharingFactory = Callable[..., AttentionSharing]
 COMPONENTS = ("embeddings", "attention_qkv", "attention_out", "ffn", "norms", "heads")
@@ -97,6 +98,9 @@ class QueryProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         return self.proj(x).view(batch, tokens, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        return {"q": (linear_weight(self.proj), self.proj.bias)}
 
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]

@@ -63,6 +63,14 @@ class HeadwiseQKV(AttentionSharing):
     def macs(self) -> int:
         return 3 * self.dim * self.dim
 
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        weights = torch.stack([h.weight for h in self.heads], dim=1)  # (3, H, d, D)
+        biases = torch.stack([h.bias for h in self.heads], dim=1) if self.heads[0].bias is not None else None
+        return {
+            role: (weights[i].reshape(self.dim, self.dim), biases[i].flatten() if biases is not None else None)
+            for i, role in enumerate("qkv")
+        }
+
 
 class HeadwiseOut(nn.Module):
     component = "attention_out"

@@ -30,6 +30,9 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_a), self.lora_b)
 
+    def merged_weight(self) -> torch.Tensor:
+        return self.weight + self.lora_b @ self.lora_a
+
     def macs(self) -> int:
         return self.in_features * self.out_features + self.lora_a.numel() + self.lora_b.numel()
 

@@ -54,6 +54,12 @@ class AttentionSharing(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The plain projection each role computes, materialised from how the scheme stores it: for "q" a
+        (H·d × D) weight and its bias, for "k" and "v" (G·d × D) ones. The reference path of the model
+        (`sharebench.reference`) computes with these, so tests can check the fast path against them."""
+        raise NotImplementedError
+
     def used_numel(self) -> int:
         """Parameters counted once per use: a block that serves several roles or heads counts once for each."""
         return sum(p.numel() for p in self.parameters())
@@ -80,6 +86,11 @@ def checked_ratio(scheme: str, key: str, ratio: float | None, spec: RatioSpec) -
             f"{format_ratio(low)} <= {key} <= {format_ratio(high)} ({spec.ratio_meaning})"
         )
     return float(ratio)
+
+
+def linear_weight(linear: nn.Linear) -> torch.Tensor:
+    """A linear layer's weight as it computes with it (with its LoRA update where it has one)."""
+    return linear.merged_weight() if hasattr(linear, "merged_weight") else linear.weight
 
 
 def ratio_schemes() -> str:

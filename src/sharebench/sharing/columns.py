@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.sharing.base import AttentionSharing
+from sharebench.sharing.base import AttentionSharing, linear_weight
 
 ROLES = ("q", "k", "v")
 SPLITS = ("head", "matrix")
@@ -55,6 +55,25 @@ class ColumnSharing(AttentionSharing):
                 )
             outputs.append(own.reshape(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2))
         return outputs[0], outputs[1], outputs[2]
+
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        sizes = [self.groups * self.shared_width] + [self.groups * self.role_widths[r] for r in ROLES]
+        weights = linear_weight(self.proj).split(sizes)
+        biases = self.proj.bias.split(sizes) if self.proj.bias is not None else [None] * len(sizes)
+        roles = {}
+        for role, weight, bias in zip(ROLES, weights[1:], biases[1:], strict=True):
+            if role in self.shared_roles and self.shared_width:
+                scale = self.scales[role] if role in self.scales else torch.ones_like(weights[0][:, 0])
+                lead_weight, lead_bias = weights[0] * scale[:, None], biases[0] * scale if bias is not None else None
+                per_group = [
+                    lead_weight.view(self.groups, self.shared_width, -1),
+                    weight.view(self.groups, -1, self.dim),
+                ]
+                weight = torch.cat(per_group, dim=1).reshape(self.dim, self.dim)
+                if bias is not None:
+                    bias = torch.cat([lead_bias.view(self.groups, -1), bias.view(self.groups, -1)], 1).flatten()
+            roles[role] = (weight, bias)
+        return roles
 
     def used_numel(self) -> int:
         shared_rows = self.groups * self.shared_width

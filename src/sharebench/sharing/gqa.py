@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.sharing.base import AttentionSharing, format_ratio
+from sharebench.sharing.base import AttentionSharing, format_ratio, linear_weight
 
 
 def valid_ratios(n_heads: int) -> list[float]:
@@ -54,6 +54,12 @@ class GroupedQuery(AttentionSharing):
         k = k.view(batch, tokens, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, tokens, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
+
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        kv_width = self.n_kv_heads * self.head_dim
+        sizes = [self.dim, kv_width, kv_width]
+        biases = self.proj.bias.split(sizes) if self.proj.bias is not None else (None, None, None)
+        return dict(zip("qkv", zip(linear_weight(self.proj).split(sizes), biases, strict=True), strict=True))
 
     def used_numel(self) -> int:
         per_row = self.dim + (1 if self.proj.bias is not None else 0)

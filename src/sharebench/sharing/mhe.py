@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from sharebench.sharing.base import AttentionSharing
+from sharebench.sharing.base import AttentionSharing, linear_weight
 
 
 class HeadEmbeddings(AttentionSharing):
@@ -32,6 +32,27 @@ class HeadEmbeddings(AttentionSharing):
         heads = single + self.head_embeddings if self.combine == "add" else single * self.head_embeddings
         q, k, v = heads.permute(2, 0, 3, 1, 4)
         return q, k, v
+
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        roles = {}
+        for index, role in enumerate("qkv"):
+            weight = linear_weight(self.proj)[index * self.head_dim : (index + 1) * self.head_dim]
+            bias = (
+                self.proj.bias[index * self.head_dim : (index + 1) * self.head_dim]
+                if self.proj.bias is not None
+                else None
+            )
+            embedding = self.head_embeddings[index]  # (H, d)
+            heads = weight.expand(self.n_heads, -1, -1)
+            head_bias = bias.expand(self.n_heads, -1) if bias is not None else torch.zeros_like(embedding)
+            if self.combine == "add":  # X·W + e_i: the embedding acts as a per-head bias
+                roles[role] = (heads.reshape(self.dim, self.dim), (head_bias + embedding).flatten())
+            else:  # (X·W + b) ⊙ e_i = X·(W ⊙ e_i) + b ⊙ e_i
+                roles[role] = (
+                    (heads * embedding[..., None]).reshape(self.dim, self.dim),
+                    (head_bias * embedding).flatten(),
+                )
+        return roles
 
     def used_numel(self) -> int:
         projection = sum(p.numel() for p in self.proj.parameters())

@@ -1,0 +1,78 @@
+"""Speed work never changes results: the fast path of the model gives the loss of the plain reference path
+(materialised per-role projections, explicit softmax attention, logits at every position) for every scheme."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharebench.config import build_model, compose
+from sharebench.layers import LAYER_SCHEMES
+from sharebench.layers.headwise import direct_share
+from sharebench.model import IGNORE_INDEX
+from sharebench.reference import reference_loss
+from sharebench.sharing import SCHEMES
+
+VOCAB = 97
+SIZE = ["size.n_layers=4", "size.dim=48", "size.n_heads=4", "size.ffn_dim=96", "data.seq_len=24"]
+
+
+def batch(objective: str, padded: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (3, 24), generator=generator)
+    labels = ids.clone()
+    if objective == "mlm":
+        labels[torch.rand(ids.shape, generator=generator) > 0.15] = IGNORE_INDEX
+        labels[:, 0] = ids[:, 0]  # at least one prediction per row
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, 18:] = 0
+        labels[0, 18:] = IGNORE_INDEX
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def model_with(*overrides: str):
+    torch.manual_seed(0)
+    model = build_model(compose([*SIZE, *overrides]), VOCAB).eval()
+    with torch.no_grad():  # move every parameter off its initial value (ones, zeros) so each one matters
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+def assert_same_loss(model, objective: str, padded: bool = False) -> None:
+    inputs = batch(objective, padded)
+    if not padded:
+        inputs.pop("attention_mask")
+    fast = model(**inputs).loss
+    plain = reference_loss(model, **inputs)
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=0), (fast.item(), plain.item())
+
+
+RATIOS = {"partial_qk": 0.5, "shared_qkv": 0.5, "gqa": 0.5}
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt"])
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, arch):
+    ratio = [f"ratio={RATIOS[scheme]}"] if scheme in RATIOS else []
+    model = model_with(f"arch={arch}", f"sharing={scheme}", *ratio)
+    objective = "mlm" if arch == "bert" else "causal"
+    assert_same_loss(model, objective)
+    assert_same_loss(model, objective, padded=True)
+
+
+@pytest.mark.parametrize("layers", sorted(LAYER_SCHEMES))
+def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers):
+    ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[layers].ratio_range else []
+    model = model_with("arch=gpt", f"layers={layers}", *ratio, "sharing=partial_qk", "ratio=0.5")
+    assert_same_loss(model, "causal")
+
+
+def test_fast_path_matches_the_reference_after_directshare():
+    model = direct_share(model_with("arch=bert"), 0.25)
+    assert_same_loss(model, "mlm", padded=True)
+
+
+def test_partial_qk_split_matrix_matches_the_reference():
+    assert_same_loss(model_with("sharing=partial_qk", "ratio=0.3", "sharing.split=matrix"), "mlm")
