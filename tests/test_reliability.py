@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sharebench.collect import collect
+
 from sharebench import load_pretrained
 
 RESUME_STEPS = 120
@@ -82,6 +84,8 @@ def test_rerun_sweep_skips_completed_runs_and_records_failures(project_root, nan
     assert statuses == ["completed", "completed", "failed", "failed"]
     failed = [r for r in records.values() if r["status"] == "failed"]
     assert all("fewer than one block" in r["error"] for r in failed)
+    report = collect([tmp_path])  # the table of a sweep lists its failed runs
+    assert "still running): 2" in report and report.count("fewer than one block") == 2
 
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert second.stdout.count("already completed") == 2

@@ -102,7 +102,7 @@ def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cach
     result = train("-m", *given, f"{key}={first_and_last}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = collect([tmp_path / "runs"], tmp_path / "results")
-    assert "The paper" in report and "Failed runs: 0" in report
+    assert "The paper" in report and "not completed (failed, interrupted or still running): 0" in report
     for name in ("table.md", "table.csv", "table.tex", "metric_vs_ratio.png", "metric_vs_params.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("run.json")]
@@ -135,10 +135,10 @@ def test_collect_writes_tables_and_lists_failed_runs(tmp_path):
     configurations = find_configurations([tmp_path])
     header, rows = table_rows(configurations)
     row = dict(zip(header, rows[0], strict=True))
-    assert (row["seeds"], row["failed"]) == ("3", "1")
+    assert (row["seeds"], row["not completed"]) == ("3", "1")
     assert row["val_loss"].startswith("2.2000 ± ")
     report = collect([tmp_path])
-    assert "Failed runs: 1" in report and "out of memory" in report
+    assert "still running): 1" in report and "failed: RuntimeError: out of memory" in report
     assert "val_loss" in csv_text(header, rows).splitlines()[0]
     assert r"$\pm$" in latex(header, rows) and r"sharing=partial\_qk" in latex(header, rows)
 

@@ -2,7 +2,7 @@
 
 A configuration is a run's path below the folder with its `seed=<n>` levels removed, so the seeds of one
 configuration (and the GLUE tasks of one pretraining run, each its own configuration) are found by their folders.
-Each configuration gives one row: how many seeds completed and failed, the mean and 95 % confidence interval
+Each configuration gives one row: how many seeds completed and how many did not (failed, interrupted, running), the mean and 95 % confidence interval
 (Student's t over seeds) of every metric, unique parameters and their ratio to the same model without sharing,
 peak memory and tokens/s. Failed runs are listed with their errors, never dropped.
 """
@@ -170,7 +170,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
     metrics: dict[str, None] = {}
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))
-    header = ["configuration", "sharing", "ratio", "seeds", "failed", "unique params", "vs unshared",
+    header = ["configuration", "sharing", "ratio", "seeds", "not completed", "unique params", "vs unshared",
               "peak RSS MiB", "tokens/s", *metrics]  # fmt: skip
     main = main_metric(configurations)
     if iso and main:
@@ -255,7 +255,7 @@ def report(configurations: Sequence[Configuration], iso: bool = False) -> str:
     if claims:
         parts += ["", f"The paper ({title}) reports:", *(f"- {claim}" for claim in claims)]
     failed = failed_runs(configurations)
-    parts += ["", f"Failed runs: {len(failed)}", *failed]
+    parts += ["", f"Runs not completed (failed, interrupted or still running): {len(failed)}", *failed]
     return "\n".join(parts) + "\n"
 
 
