@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.collect import collect
-
 from sharebench import load_pretrained
+from sharebench.collect import collect
 
 RESUME_STEPS = 120
 

@@ -2,9 +2,10 @@
 
 A configuration is a run's path below the folder with its `seed=<n>` levels removed, so the seeds of one
 configuration (and the GLUE tasks of one pretraining run, each its own configuration) are found by their folders.
-Each configuration gives one row: how many seeds completed and how many did not (failed, interrupted, running), the mean and 95 % confidence interval
-(Student's t over seeds) of every metric, unique parameters and their ratio to the same model without sharing,
-peak memory and tokens/s. Failed runs are listed with their errors, never dropped.
+Each configuration gives one row: how many seeds completed and how many did not (failed, interrupted, still
+running), the mean and 95 % confidence interval (Student's t over seeds) of every metric, unique parameters and
+their ratio to the same model without sharing, peak memory and tokens/s. Runs that did not complete are listed
+with their status and error, never dropped.
 """
 
 from __future__ import annotations
