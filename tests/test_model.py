@@ -112,3 +112,17 @@ def test_pre_ln_option(nano_cfg):
     model = build_model(nano_cfg("arch.norm_position=pre"), 50)
     assert model.transformer.final_norm is not None and model.transformer.embeddings.norm is None
     assert model(torch.randint(0, 50, (2, 6))).logits.shape == (2, 6, 50)
+
+
+def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation():
+    from sharebench.model import Dropout
+
+    dropout = Dropout(0.1).train()
+    x = torch.ones(1000, 999)
+    torch.manual_seed(0)
+    y = dropout(x)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # the seed decides the mask
+    assert torch.equal(dropout.eval()(x), x)

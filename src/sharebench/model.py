@@ -61,6 +61,50 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+class Dropout(nn.Module):
+    """Inverted dropout. On CPU its mask comes from 16-bit slices of 64-bit random numbers, a quarter of the
+    generator draws of torch's Bernoulli sampling, which otherwise takes a large share of a small model's step;
+    the drop probability is p rounded to a multiple of 1/65536. Elsewhere it is torch's fused dropout."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        draws = torch.randint(-(2**63), 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64)
+        keep = draws.view(torch.int16)[: x.numel()] >= round(self.p * 65536) - 32768
+        return x * keep.view(x.shape).to(x.dtype).mul_(1 / (1 - self.p))
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """softmax(QKᵀ/√d + masks)·V written out, keys and values repeated to the query heads they serve. `mask` is
+    boolean (True: attend), broadcast to (batch, heads, queries, keys)."""
+    if k.size(1) != q.size(1):
+        repeats = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * (1 / math.sqrt(q.size(-1)))
+    if causal:
+        tokens = q.size(2)
+        scores = scores.masked_fill(
+            ~torch.ones(tokens, tokens, dtype=torch.bool, device=q.device).tril(), float("-inf")
+        )
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(-1)
+    return (dropout(weights) if dropout is not None else weights) @ v
+
+
 class Embeddings(nn.Module):
     component = "embeddings"
 
@@ -71,7 +115,7 @@ class Embeddings(nn.Module):
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
         # Post-LN models (BERT) normalise the embeddings; pre-LN models normalise at the start of each block.
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "post" else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         positions = torch.arange(input_ids.size(1), device=input_ids.device)
@@ -121,7 +165,7 @@ class Attention(nn.Module):
         self.reuse_kv = reuse_kv
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
         self.causal = cfg.causal
-        self.attention_dropout = cfg.attention_dropout
+        self.attention_dropout = Dropout(cfg.attention_dropout)
 
     def forward(
         self, x: torch.Tensor, key_mask: torch.Tensor | None = None, kv: KeysValues | None = None
@@ -131,15 +175,20 @@ class Attention(nn.Module):
             q, (k, v) = self.qkv(x), kv
         else:
             q, k, v = self.qkv(x)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=key_mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=self.causal and key_mask is None,
-            enable_gqa=k.size(1) != q.size(1),
-        )
+        causal = self.causal and key_mask is None
+        dropout = self.attention_dropout
+        if self.training and dropout.p > 0 and x.device.type == "cpu":  # fused CPU attention has no dropout
+            y = explicit_attention(q, k, v, key_mask, causal, dropout)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=key_mask,
+                dropout_p=dropout.p if self.training else 0.0,
+                is_causal=causal,
+                enable_gqa=k.size(1) != q.size(1),
+            )
         return self.out(y.transpose(1, 2).reshape(batch, tokens, dim)), (k, v)
 
 
@@ -168,7 +217,7 @@ class Block(nn.Module):
         self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg, ffn_dim)
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm_position == "pre"
 
     def forward(

@@ -5,26 +5,10 @@ the masked positions) computes the same loss."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from sharebench.model import ACTIVATIONS, IGNORE_INDEX, LanguageModel
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_mask: torch.Tensor | None):
-    """softmax(QKᵀ/√d + masks)·V with keys and values repeated to the query heads they serve."""
-    if k.size(1) != q.size(1):
-        repeats = q.size(1) // k.size(1)
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
-    tokens = q.size(2)
-    if causal:
-        scores = scores.masked_fill(~torch.ones(tokens, tokens, dtype=torch.bool).tril(), float("-inf"))
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :].bool(), float("-inf"))
-    return scores.softmax(-1) @ v
+from sharebench.model import ACTIVATIONS, IGNORE_INDEX, LanguageModel, explicit_attention
 
 
 def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -52,7 +36,8 @@ def reference_loss(
         q = heads(F.linear(h, *roles["q"]), head_dim)
         if "k" in roles:
             kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
-        y = attention(q, *kv, cfg.causal, attention_mask).transpose(1, 2).flatten(2)
+        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
+        y = explicit_attention(q, *kv, mask, cfg.causal).transpose(1, 2).flatten(2)
         attended = block.attn.out(y)
         if block.pre_norm:
             x = x + attended
