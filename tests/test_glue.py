@@ -187,6 +187,20 @@ def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture,
     assert (tmp_path / "glue_summary.md").read_text().count("| mnli |") == 2
 
 
+def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_path):
+    from sharebench.convert import convert
+
+    convert(pretrained_nano, tmp_path / "recursive", "recursive_lora", 0.5, rank=4)
+    cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[rte]", "glue.recipe.epochs=1",
+                   "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
+    summary = run_glue(cfg, tmp_path / "recursive", tmp_path / "glue")
+    assert not summary["failed"] and "rte" in summary["tasks"]
+    record = json.loads((tmp_path / "glue" / "glue" / "rte" / "seed=0" / "run.json").read_text())
+    converted = load_pretrained(tmp_path / "recursive")
+    assert converted.layers.name == "recursive_lora"
+    assert record["parameters"]["encoder"]["unique"] == converted.parameter_counts(lm_head=False).unique
+
+
 def test_glue_errors(pretrained_nano, tmp_path):
     from sharebench.config import validate
 
@@ -194,7 +208,7 @@ def test_glue_errors(pretrained_nano, tmp_path):
         validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[colaa]"]))
     with pytest.raises(ConfigError, match="add mnli"):
         validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[ax]"]))
-    with pytest.raises(ConfigError, match="task=glue needs pretrained"):
+    with pytest.raises(ConfigError, match="this task needs pretrained"):
         validate(compose(["task=glue", f"pretrained={tmp_path}"]))
 
 
