@@ -44,7 +44,9 @@ def test_experiment_composes_at_each_scale(experiment, scale):
     assert cfg.experiment.name == experiment
     assert cfg.experiment.paper, "an experiment prints the paper's figures beside ours"
     runs = check_overrides(add_sweeper_params(overrides))
-    assert len({r[-1] for r in runs if r[-1].startswith("seed=")}) >= 3
+    if cfg.task != "sts_zero_shot":  # a recipe that trains runs several seeds; a zero-shot score is deterministic
+        assert len({r[-1] for r in runs if r[-1].startswith("seed=")}) >= 3
+    assert len(runs) >= 3
     assert (PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml").is_file()
 
 
