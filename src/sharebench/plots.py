@@ -57,8 +57,16 @@ def plot_curves(configurations: Sequence[Configuration], path: Path) -> bool:
         finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
         if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
             axis.set_ylim(min(finals) - 0.15, max(finals) + 0.6)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        finish_axis(axis)
+    return save(figure, path)
+
+
+def finish_axis(axis: plt.Axes) -> None:
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def save(figure: plt.Figure, path: Path) -> bool:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -87,12 +95,8 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path) ->
                       marker="o", capsize=3, label=scheme)  # fmt: skip
     axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
     axis.set_ylabel(f"{metric.replace('_', ' ')} ({main[1]} is better)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    finish_axis(axis)
+    return save(figure, path)
 
 
 def plot_all(configurations: Sequence[Configuration], out: Path) -> list[Path]:

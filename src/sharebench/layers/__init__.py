@@ -7,27 +7,11 @@ A new scheme is one module here defining a `LayerSharing` subclass with a `name`
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from sharebench.errors import ConfigError
 from sharebench.layers.base import BlockFactory, LayerSharing, Unshared
+from sharebench.registry import subclasses_by_name
 
-
-def _discover() -> dict[str, type[LayerSharing]]:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    found: dict[str, type[LayerSharing]] = {}
-    pending = list(LayerSharing.__subclasses__())
-    while pending:
-        scheme = pending.pop()
-        pending.extend(scheme.__subclasses__())
-        if scheme.name:
-            found[scheme.name] = scheme
-    return found
-
-
-LAYER_SCHEMES: dict[str, type[LayerSharing]] = _discover()
+LAYER_SCHEMES: dict[str, type[LayerSharing]] = subclasses_by_name(__name__, __path__, LayerSharing)
 
 
 def layer_scheme_class(name: str) -> type[LayerSharing]:

@@ -6,27 +6,11 @@ A new scheme is one module here defining an `AttentionSharing` subclass with a `
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from sharebench.errors import ConfigError
+from sharebench.registry import subclasses_by_name
 from sharebench.sharing.base import AttentionSharing
 
-
-def _discover() -> dict[str, type[AttentionSharing]]:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    found: dict[str, type[AttentionSharing]] = {}
-    pending = list(AttentionSharing.__subclasses__())
-    while pending:
-        scheme = pending.pop()
-        pending.extend(scheme.__subclasses__())
-        if scheme.name:
-            found[scheme.name] = scheme
-    return found
-
-
-SCHEMES: dict[str, type[AttentionSharing]] = _discover()
+SCHEMES: dict[str, type[AttentionSharing]] = subclasses_by_name(__name__, __path__, AttentionSharing)
 
 
 def scheme_class(name: str) -> type[AttentionSharing]:
