@@ -142,6 +142,7 @@ def test_collect_writes_tables_and_lists_failed_runs(tmp_path):
     report = collect([tmp_path])
     assert "still running): 1" in report and "failed: RuntimeError: out of memory" in report
     assert "val_loss" in csv_text(header, rows).splitlines()[0]
+    assert ",1000," in csv_text(header, rows).splitlines()[1]  # unique parameters as a plain number
     assert r"$\pm$" in latex(header, rows) and r"sharing=partial\_qk" in latex(header, rows)
 
 

@@ -209,11 +209,15 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+THOUSANDS = re.compile(r"^\d{1,3}(,\d{3})+(\.\d+)?$")
+
+
 def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The table as CSV, numbers without thousands separators so spreadsheets and pandas read them as numbers."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([[c.replace(",", "") if THOUSANDS.match(c) else c for c in row] for row in rows])
     return buffer.getvalue()
 
 
