@@ -100,14 +100,12 @@ def train_steps(kind: str, scheme: str, ratio: float | None, steps: int, warmup:
         "loss": loss.item(),
     }
     if kind == "suite":
-        from sharebench.checkpoint import save_pretrained
+        from sharebench.checkpoint import save_pretrained, scheme_target
         from sharebench.sharing import scheme_class
 
         counts = model.parameter_counts()
-        stored = scheme_class(scheme)
-        target = {"_target_": f"{stored.__module__}.{stored.__qualname__}", "_partial_": True}
         with tempfile.TemporaryDirectory() as folder:
-            result["checkpoint_bytes"] = save_pretrained(model, folder, target, ratio)
+            result["checkpoint_bytes"] = save_pretrained(model, folder, scheme_target(scheme_class(scheme)), ratio)
         result.update(unique_parameters=counts.unique, flops_per_token=model.flops_per_token(SEQ_LEN, MASKED))
     return result
 

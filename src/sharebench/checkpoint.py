@@ -20,6 +20,7 @@ from sharebench.layers import layer_scheme_class
 from sharebench.layers.headwise import share_heads
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import atomic_write_json
+from sharebench.sharing.none import Separate
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -44,7 +45,12 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
     return (folder / WEIGHTS_NAME).stat().st_size
 
 
-SEPARATE = {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}
+def scheme_target(scheme: type) -> dict[str, Any]:
+    """The config that instantiates a within-layer scheme, as checkpoints store it."""
+    return {"_target_": f"{scheme.__module__}.{scheme.__qualname__}", "_partial_": True}
+
+
+SEPARATE = scheme_target(Separate)
 
 
 def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:

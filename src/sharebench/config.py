@@ -178,9 +178,10 @@ def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
 
 def layer_sharing(cfg: DictConfig) -> LayerSharing:
     """The cross-layer scheme (`layers=<name>`, its ratio `layers.ratio`)."""
-    layers = cfg.get("layers") or {"_target_": f"{Unshared.__module__}.{Unshared.__qualname__}"}
+    if not cfg.get("layers"):
+        return Unshared()
     try:
-        return instantiate(layers)
+        return instantiate(cfg.layers)
     except Exception as error:  # Hydra wraps the scheme's ConfigError
         while error.__cause__ is not None and not isinstance(error, ConfigError):
             error = error.__cause__

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sharebench.checkpoint import checkpoint_sharing, load_pretrained, save_pretrained
+from sharebench.checkpoint import checkpoint_sharing, load_pretrained, save_pretrained, scheme_target
 from sharebench.errors import ConfigError
 from sharebench.layers.headwise import direct_share
 from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
@@ -85,13 +85,12 @@ def to_recursive(model: LanguageModel, ratio: float, rank: int, sharing: dict[st
                 if isinstance(relaxed, LoRALinear):
                     originals = [model.transformer.blocks[i].get_submodule(path).weight for i in members]
                     relaxed.weight.copy_(torch.stack(originals).mean(0))
-        for layer, (original, relaxed_block) in enumerate(zip(model.transformer.blocks, converted.transformer.blocks,
-                                                              strict=True)):  # fmt: skip
-            _copy_layer(original, relaxed_block, layer)
+        for original, relaxed_block in zip(model.transformer.blocks, converted.transformer.blocks, strict=True):
+            _copy_layer(original, relaxed_block)
     return converted
 
 
-def _copy_layer(original: nn.Module, relaxed: nn.Module, layer: int) -> None:
+def _copy_layer(original: nn.Module, relaxed: nn.Module) -> None:
     """The layer's own parameters copied; each LoRA set to the truncated SVD of (its weight − the shared one)."""
     for name, module in relaxed.named_modules():
         source = original.get_submodule(name)
@@ -119,7 +118,7 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
         _require_separate(model, to)
         return direct_share(model, ratio), sharing, sharing_ratio
     if to == "gqa":
-        return to_gqa(model, ratio), _target_of(GroupedQuery), ratio
+        return to_gqa(model, ratio), scheme_target(GroupedQuery), ratio
     return to_recursive(model, ratio, rank, sharing, sharing_ratio), sharing, sharing_ratio
 
 
@@ -132,10 +131,6 @@ def convert(source: str | Path, out: str | Path, to: str, ratio: float, rank: in
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
     return converted
-
-
-def _target_of(scheme: type) -> dict[str, Any]:
-    return {"_target_": f"{scheme.__module__}.{scheme.__qualname__}", "_partial_": True}
 
 
 def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

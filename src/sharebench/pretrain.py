@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import checkpoint_sharing, load_pretrained, save_pretrained
+from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, save_pretrained
 from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
 from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.errors import ConfigError
@@ -29,7 +29,6 @@ from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads,
 from sharebench.model import LanguageModel, perplexity
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
-from sharebench.sharing.none import Separate
 
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -298,7 +297,7 @@ def finished_logger(logger: Logger) -> Iterator[None]:
 def stored_sharing(cfg: DictConfig, ratio: float | None) -> tuple[dict[str, Any], float | None]:
     """The scheme's config and ratio as the checkpoint stores them (schemes without a ratio refuse one)."""
     if cfg.get("iso_baseline"):
-        return {"_target_": f"{Separate.__module__}.{Separate.__qualname__}", "_partial_": True}, None
+        return SEPARATE, None
     stored_ratio = ratio if sharing_class(cfg).ratio_range is not None else None
     return OmegaConf.to_container(cfg.sharing, resolve=True), stored_ratio
 
