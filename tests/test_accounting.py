@@ -133,6 +133,17 @@ def test_flops_follow_the_nanogpt_formula():
     assert model.flops_per_token(128) - shared.flops_per_token(128) == 6 * layers * 2 * dim * dim
 
 
+def test_masked_lm_flops_count_the_last_layer_at_predicted_positions_only():
+    layers, dim, _, ffn = SIZES["bert-mini"]
+    model = model_for("size=bert-mini", "arch=bert", "data.seq_len=128")
+    attention = 2 * 128 * dim
+    layer = 4 * dim * dim + 2 * dim * ffn + attention
+    last_rows_only = dim * dim + 2 * dim * ffn + attention  # all but the query/key/value projection
+    head = dim * dim + dim * VOCAB
+    expected = 6 * (layers * layer - 0.85 * last_rows_only + 0.15 * head)
+    assert model.flops_per_token(128, 0.15) == round(expected)
+
+
 def test_params_command_output(nano_overrides):
     result = params(["size=bert-mini", "data.tokenizer.vocab_size=1000"])
     assert set(result["by_component"]) == {

@@ -62,11 +62,23 @@ def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, a
     assert_same_loss(model, objective, padded=True)
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt"])
 @pytest.mark.parametrize("layers", sorted(LAYER_SCHEMES))
-def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers):
+def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers, arch):
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[layers].ratio_range else []
-    model = model_with("arch=gpt", f"layers={layers}", *ratio, "sharing=partial_qk", "ratio=0.5")
-    assert_same_loss(model, "causal")
+    model = model_with(f"arch={arch}", f"layers={layers}", *ratio, "sharing=partial_qk", "ratio=0.5")
+    assert_same_loss(model, "mlm" if arch == "bert" else "causal", padded=arch == "bert")
+
+
+def test_masked_lm_runs_the_last_layer_only_at_predicted_positions():
+    model = model_with("arch=bert")
+    inputs = batch("mlm", padded=True)
+    widths = []
+    for block in model.transformer.blocks:
+        block.ffn.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    model(**inputs)
+    most_predicted = int((inputs["labels"] != IGNORE_INDEX).sum(1).max())
+    assert widths == [24, 24, 24, most_predicted] and most_predicted < 24
 
 
 def test_fast_path_matches_the_reference_after_directshare():

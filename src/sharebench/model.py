@@ -70,14 +70,23 @@ class Dropout(nn.Module):
         super().__init__()
         self.p = p
 
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
+        if not self.active:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
+        return self.zero_dropped(x).mul_(1 / (1 - self.p))
+
+    def zero_dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with the dropped elements zeroed and the kept ones not yet rescaled by 1/(1 - p): a caller whose
+        next step is linear rescales its smaller output instead (CPU only)."""
         draws = torch.randint(-(2**63), 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64)
-        keep = draws.view(torch.int16)[: x.numel()] >= round(self.p * 65536) - 32768
-        return x * keep.view(x.shape).to(x.dtype).mul_(1 / (1 - self.p))
+        dropped = draws.view(torch.int16)[: x.numel()] < round(self.p * 65536) - 32768
+        return torch.where(dropped.view(x.shape), 0.0, x)
 
 
 def explicit_attention(
@@ -86,14 +95,14 @@ def explicit_attention(
     v: torch.Tensor,
     mask: torch.Tensor | None,
     causal: bool,
-    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dropout: Dropout | None = None,
 ) -> torch.Tensor:
     """softmax(QKᵀ/√d + masks)·V written out, keys and values repeated to the query heads they serve. `mask` is
     boolean (True: attend), broadcast to (batch, heads, queries, keys)."""
     if k.size(1) != q.size(1):
         repeats = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * (1 / math.sqrt(q.size(-1)))
+    scores = (q * (1 / math.sqrt(q.size(-1)))) @ k.transpose(-1, -2)  # scaling q: fewer elements than scores
     if causal:
         tokens = q.size(2)
         scores = scores.masked_fill(
@@ -102,7 +111,9 @@ def explicit_attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(-1)
-    return (dropout(weights) if dropout is not None else weights) @ v
+    if dropout is None or not dropout.active:
+        return weights @ v
+    return (dropout.zero_dropped(weights) @ v).mul_(1 / (1 - dropout.p))
 
 
 class Embeddings(nn.Module):
@@ -168,16 +179,23 @@ class Attention(nn.Module):
         self.attention_dropout = Dropout(cfg.attention_dropout)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, kv: KeysValues | None = None
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        kv: KeysValues | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
-        batch, tokens, dim = x.shape
+        """`rows` (batch, M): compute outputs only at these positions, attending over all of them."""
+        batch, _, dim = x.shape
         if self.reuse_kv:
             q, (k, v) = self.qkv(x), kv
         else:
             q, k, v = self.qkv(x)
+        if rows is not None:
+            q = q.gather(2, rows[:, None, :, None].expand(-1, q.size(1), -1, q.size(3)))
         causal = self.causal and key_mask is None
         dropout = self.attention_dropout
-        if self.training and dropout.p > 0 and x.device.type == "cpu":  # fused CPU attention has no dropout
+        if dropout.active and x.device.type == "cpu":  # fused CPU attention has no dropout
             y = explicit_attention(q, k, v, key_mask, causal, dropout)
         else:
             y = F.scaled_dot_product_attention(
@@ -189,7 +207,7 @@ class Attention(nn.Module):
                 is_causal=causal,
                 enable_gqa=k.size(1) != q.size(1),
             )
-        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim)), (k, v)
+        return self.out(y.transpose(1, 2).reshape(batch, q.size(2), dim)), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -221,14 +239,20 @@ class Block(nn.Module):
         self.pre_norm = cfg.norm_position == "pre"
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, kv: KeysValues | None = None
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        kv: KeysValues | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
+        """`rows` (batch, M): outputs only at these positions (keys and values still come from all)."""
+        residual = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.size(-1)))
         if self.pre_norm:
-            attended, kv = self.attn(self.attn_norm(x), key_mask, kv)
-            x = x + self.dropout(attended)
+            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows)
+            x = residual + self.dropout(attended)
             return x + self.dropout(self.ffn(self.ffn_norm(x))), kv
-        attended, kv = self.attn(x, key_mask, kv)
-        x = self.attn_norm(x + self.dropout(attended))
+        attended, kv = self.attn(x, key_mask, kv, rows)
+        x = self.attn_norm(residual + self.dropout(attended))
         return self.ffn_norm(x + self.dropout(self.ffn(x))), kv
 
 
@@ -248,7 +272,9 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`rows` (batch, M): the last layer computes its outputs only at these positions (batch, M, D)."""
         x = self.embeddings(input_ids, token_type_ids)
         # A boolean (batch, 1, 1, keys) mask: padded keys are never attended to; None when nothing is padded.
         key_mask = None
@@ -258,8 +284,8 @@ class Transformer(nn.Module):
                 tokens = input_ids.size(1)
                 key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
         kv = None  # the keys and values of the last layer that computed them
-        for block in self.blocks:
-            x, kv = block(x, key_mask, kv)
+        for layer, block in enumerate(self.blocks):
+            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None)
         return self.final_norm(x) if self.final_norm is not None else x
 
 
@@ -342,13 +368,15 @@ class LanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> LMOutput:
-        """Masked LM: logits only at positions whose label is not -100 (flattened). Causal LM: at every position."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        """Masked LM: logits only at positions whose label is not -100 (flattened), and the last layer computes
+        only those positions. Causal LM: logits at every position."""
         if self.config.objective == "mlm" and labels is not None:
             predicted = labels != IGNORE_INDEX
-            logits = self.head(hidden[predicted])
+            rows, real = predicted_rows(predicted)
+            hidden = self.transformer(input_ids, attention_mask, token_type_ids, rows)[real]
+            logits = self.head(hidden)
             return LMOutput(F.cross_entropy(logits, labels[predicted]), logits)
-        logits = self.head(hidden)
+        logits = self.head(self.encode(input_ids, attention_mask, token_type_ids))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
@@ -389,7 +417,8 @@ class LanguageModel(nn.Module):
         """Training FLOPs (forward + backward = 3 × forward) per input token, nanoGPT's convention:
         2 FLOPs per multiply-accumulate of every matmul a token goes through, plus attention's QKᵀ and AV.
         A projection shared by several roles is computed once and counted once. The LM head runs on
-        `predicted_fraction` of the tokens (the masked share for MLM)."""
+        `predicted_fraction` of the tokens (the masked share for MLM); for MLM so does the last layer, apart
+        from its query/key/value projection."""
 
         def linear_macs(module: nn.Module) -> int:
             if hasattr(module, "macs"):  # projections assembled from parts (LoRA, shared heads)
@@ -399,8 +428,16 @@ class LanguageModel(nn.Module):
             return sum(linear_macs(child) for child in module._modules.values() if child is not None)
 
         cfg = self.config
-        attention_macs = 2 * cfg.n_layers * seq_len * cfg.dim
-        forward_macs = linear_macs(self.transformer) + attention_macs + predicted_fraction * linear_macs(self.head)
+        layer_attention_macs = 2 * seq_len * cfg.dim
+        forward_macs = (
+            linear_macs(self.transformer)
+            + cfg.n_layers * layer_attention_macs
+            + predicted_fraction * linear_macs(self.head)
+        )
+        if cfg.objective == "mlm":
+            last = self.transformer.blocks[-1]
+            last_rows_only = linear_macs(last) - linear_macs(last.attn.qkv) + layer_attention_macs
+            forward_macs -= (1 - predicted_fraction) * last_rows_only
         return int(round(3 * 2 * forward_macs))
 
     def estimate_mfu(
@@ -408,6 +445,16 @@ class LanguageModel(nn.Module):
     ) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
         return self.flops_per_token(seq_len, predicted_fraction) * tokens_per_second / peak_flops
+
+
+def predicted_rows(predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions each sequence predicts, in order, padded to the longest list: (batch, M) indices and which
+    of them are real. Taking the real ones row by row gives the order of `hidden[predicted]`."""
+    tokens = predicted.size(1)
+    counts = predicted.sum(1)
+    unpredicted_last = torch.arange(tokens, device=predicted.device) + tokens * (~predicted)
+    rows = unpredicted_last.argsort(dim=1)[:, : int(counts.max())]
+    return rows, torch.arange(rows.size(1), device=rows.device) < counts[:, None]
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -1,0 +1,38 @@
+"""The benchmark's worker measures what `make bench` reports: memory that follows unique parameters, FLOPs that
+fall with sharing, and a step the suite takes with its own optimizer."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from sharebench.paths import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cpu", PROJECT_ROOT / "benchmarks" / "bench_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_shared_scheme_stores_and_optimises_only_unique_parameters(bench):
+    settings = {"steps": 1, "warmup": 0, "flush_denormal": True, "fused_adamw": True}
+    shared = bench.train_steps("suite", "shared_qkv", 1.0, **settings)
+    none = bench.train_steps("suite", "none", None, **settings)
+    assert shared["unique_parameters"] < none["unique_parameters"]
+    for result in (shared, none):
+        assert abs(result["checkpoint_bytes"] / (4 * result["unique_parameters"]) - 1) < 0.02
+        # Two fp32 moments per unique parameter that trains; the pooler gets no gradient in MLM pretraining.
+        pooler = bench.SHAPE["dim"] * (bench.SHAPE["dim"] + 1)
+        assert result["optimizer_state_bytes"] == 8 * (result["unique_parameters"] - pooler)
+    assert none["flops_per_token"] / shared["flops_per_token"] > 1.1
+    assert none["tokens_per_second"] > 0 and none["loss"] > 0
+
+
+def test_hugging_face_flops_are_the_suite_count_with_logits_and_last_layer_at_every_position(bench):
+    suite = bench.suite_model("none", None)
+    assert bench.hugging_face_flops_per_token() == suite.flops_per_token(bench.SEQ_LEN, predicted_fraction=1.0)
+    assert bench.hugging_face_flops_per_token() > 2.5 * suite.flops_per_token(bench.SEQ_LEN, bench.MASKED)
