@@ -126,3 +126,17 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation():
     torch.manual_seed(0)
     assert torch.equal(dropout(x), y)  # the seed decides the mask
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_compiled_pretraining_gives_the_eager_losses_and_a_plain_checkpoint(nano_cfg, tmp_path):
+    from sharebench import load_pretrained
+    from sharebench.pretrain import run
+
+    no_dropout = ("arch.dropout=0", "arch.attention_dropout=0", "sharing=partial_qk", "ratio=0.5")
+    eager = run(nano_cfg(*no_dropout), tmp_path / "eager")
+    compiled = run(nano_cfg(*no_dropout, "compile=true"), tmp_path / "compiled")
+    assert compiled["status"] == "completed"
+    assert compiled["metrics"]["val_loss"] == pytest.approx(eager["metrics"]["val_loss"], rel=1e-4)
+    assert compiled["metrics"]["train_loss"] == pytest.approx(eager["metrics"]["train_loss"], rel=1e-4)
+    model = load_pretrained(tmp_path / "compiled")  # parameter names of the plain model
+    assert model.parameter_counts().unique == compiled["parameters"]["unique"]

@@ -329,6 +329,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     if main_process and isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
         data.tokenizer.save(run_dir / "tokenizer.json")
 
+    if cfg.compile:
+        model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
     # After every validation, so a resumed run keeps the validation history up to its checkpoint.
