@@ -26,7 +26,7 @@ from sharebench.checkpoint import load_pretrained
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.pretrain import adamw_with_schedule
+from sharebench.pretrain import adamw_with_schedule, fused_adamw_allowed
 from sharebench.record import RunRecord, completed_record
 
 
@@ -156,8 +156,9 @@ class GlueModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         warmup = int(self.recipe.warmup_ratio * self.total_steps)
         return adamw_with_schedule(
-            self.classifier, self.recipe.lr, self.recipe.weight_decay, warmup, self.total_steps, "linear", 0.0
-        )
+            self.classifier, self.recipe.lr, self.recipe.weight_decay, warmup, self.total_steps, "linear", 0.0,
+            fused_adamw_allowed(self.trainer),
+        )  # fmt: skip
 
 
 @torch.no_grad()
