@@ -2,19 +2,20 @@
 
 - Throughput of `arch=bert size=tinybert sharing=none` (vocabulary 30,522, sequence 128, batch 32, fp32) against
   Hugging Face `BertForMaskedLM` of the same shape, both in the same plain PyTorch training loop: Hugging Face
-  with `torch.optim.AdamW` as a plain loop has it (and once more with flushed denormals and fused AdamW), the
-  suite with the optimizer it trains with. Also its model FLOPs utilisation against the fp32 matrix-multiply
-  peak this run measures.
+  with `torch.optim.AdamW` as a plain loop has it (and once more with the suite's CPU process settings and fused
+  AdamW), the suite with the process settings and optimizer it trains with. Also its model FLOPs utilisation
+  against the fp32 matrix-multiply peak this run measures.
 - `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict and the one
   measured.
 - Memory: peak RSS per configuration, AdamW state and checkpoint bytes against unique parameters.
 - The suite's own Lightning pretraining of the same model on Wikipedia: tokens/s and the share of step time
   spent waiting for data.
 
-Timing: all configurations live in one process and take their training steps in turn (the order rotating each
-cycle), so a slow spell of the machine, which on shared cores lasts seconds and changes a configuration's speed
-by up to 30 %, slows all of them alike. A speed ratio is the median over cycles of the ratio of the two steps
-taken within that cycle. Memory: each configuration trains a few steps in a process of its own (a clean peak RSS).
+Each configuration trains in a process of its own (its own process settings, a clean peak RSS), and the
+processes take their training steps in turn, one computing while the others wait, the order rotating each cycle:
+a slow spell of the machine, which on shared cores lasts seconds and changes a configuration's speed by up to
+30 %, slows all of them alike. A speed ratio is the median over cycles of the ratio of the two steps taken
+within that cycle.
 Exits 1 when a CPU target is missed.
 
 python benchmarks/bench_cpu.py [--steps 20] [--out results/bench]
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from sharebench.cpu import tune_cpu_process
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
 from sharebench.record import hardware, measure_matmul_peak, package_versions
@@ -76,10 +78,11 @@ def batches(count: int) -> list[dict[str, torch.Tensor]]:
 
 REFERENCE = {"kind": "hugging_face", "scheme": "none", "ratio": None}
 CONFIGURATIONS = {
-    "hugging_face": {**REFERENCE, "flush_denormal": False, "fused_adamw": False},
-    # The two generic speed-ups the suite also uses, given to Hugging Face: what remains is the model's own.
-    "hugging_face+flush_denormal+fused_adamw": {**REFERENCE, "flush_denormal": True, "fused_adamw": True},
-    **{scheme: {"kind": "suite", "scheme": scheme, "ratio": ratio, "flush_denormal": True, "fused_adamw": True}
+    "hugging_face": {**REFERENCE, "suite_process": False, "fused_adamw": False},
+    # The suite's generic speed-ups given to Hugging Face (its CPU process settings and fused AdamW): what
+    # remains is the model's own.
+    "hugging_face+suite_process+fused_adamw": {**REFERENCE, "suite_process": True, "fused_adamw": True},
+    **{scheme: {"kind": "suite", "scheme": scheme, "ratio": ratio, "suite_process": True, "fused_adamw": True}
        for scheme, ratio in SCHEMES.items()},
 }  # fmt: skip
 
@@ -87,9 +90,11 @@ CONFIGURATIONS = {
 class Trainee:
     """One configuration's model and optimizer, taking timed training steps."""
 
-    def __init__(self, kind: str, scheme: str, ratio: float | None, flush_denormal: bool, fused_adamw: bool):
+    def __init__(self, kind: str, scheme: str, ratio: float | None, suite_process: bool, fused_adamw: bool):
         torch.manual_seed(0)
-        self.kind, self.scheme, self.ratio, self.flush_denormal = kind, scheme, ratio, flush_denormal
+        self.kind, self.scheme, self.ratio = kind, scheme, ratio
+        if suite_process:
+            tune_cpu_process()  # as the suite's training does: flushed denormals, freed memory kept
         if kind == "hugging_face":
             self.model = hugging_face_model()
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, fused=fused_adamw)
@@ -99,64 +104,100 @@ class Trainee:
             self.model = suite_model(scheme, ratio)  # with the optimizer the suite trains it with
             self.optimizer = adamw_with_schedule(self.model, LR, 0.01, 0, 1, "constant", 1.0)["optimizer"]
         self.model.train()
+        self.data = batches(4)
+        self.steps = 0
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
+    def step(self) -> float:
         """Seconds for one forward, backward and optimizer step."""
-        torch.set_flush_denormal(self.flush_denormal)
+        batch = self.data[self.steps % len(self.data)]
         start = time.perf_counter()
         self.loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         self.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
         return time.perf_counter() - start
 
+    def memory_facts(self) -> dict:
+        """Peak RSS of this process, optimizer state, and for the suite checkpoint bytes and FLOPs."""
+        result = {
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "optimizer_state_bytes": sum(
+                t.numel() * t.element_size()
+                for s in self.optimizer.state.values()
+                for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0
+            ),  # fmt: skip
+            "loss": self.loss.item(),
+        }
+        if self.kind == "suite":
+            from sharebench.checkpoint import save_pretrained, scheme_target
+            from sharebench.sharing import scheme_class
 
-def memory_facts(kind: str, scheme: str, ratio: float | None, flush_denormal: bool, fused_adamw: bool) -> dict:
-    """Peak RSS after two training steps (in a process of its own), optimizer state, checkpoint and FLOPs."""
-    trainee = Trainee(kind, scheme, ratio, flush_denormal, fused_adamw)
-    for batch in batches(2):
-        trainee.step(batch)
-    result = {
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "optimizer_state_bytes": sum(
-            t.numel() * t.element_size()
-            for s in trainee.optimizer.state.values()
-            for t in s.values()
-            if torch.is_tensor(t) and t.dim() > 0
-        ),  # fmt: skip
-        "loss": trainee.loss.item(),
-    }
-    if kind == "suite":
-        from sharebench.checkpoint import save_pretrained, scheme_target
-        from sharebench.sharing import scheme_class
-
-        model = trainee.model
-        with tempfile.TemporaryDirectory() as folder:
-            result["checkpoint_bytes"] = save_pretrained(model, folder, scheme_target(scheme_class(scheme)), ratio)
-        result.update(
-            unique_parameters=model.parameter_counts().unique, flops_per_token=model.flops_per_token(SEQ_LEN, MASKED)
-        )
-    return result
+            target = scheme_target(scheme_class(self.scheme))
+            with tempfile.TemporaryDirectory() as folder:
+                result["checkpoint_bytes"] = save_pretrained(self.model, folder, target, self.ratio)
+            result.update(unique_parameters=self.model.parameter_counts().unique,
+                          flops_per_token=self.model.flops_per_token(SEQ_LEN, MASKED))  # fmt: skip
+        return result
 
 
-def interleaved_step_times(steps: int, warmup: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Seconds per step of every configuration, the configurations stepping in turn, and the matmul peak
-    (FLOP/s) measured in each cycle."""
-    trainees = {name: Trainee(**settings) for name, settings in CONFIGURATIONS.items()}
-    names, data = list(trainees), batches(4)
+def serve(settings: dict) -> None:
+    """A worker: one configuration in this process, taking a step for each "step" line on stdin and answering
+    with its seconds; "facts" answers with its memory facts and ends."""
+    trainee = Trainee(**settings)
+    print(json.dumps({"ready": True}), flush=True)
+    for command in sys.stdin:
+        if command.strip() == "facts":
+            print(json.dumps(trainee.memory_facts()), flush=True)
+            return
+        print(json.dumps({"seconds": trainee.step()}), flush=True)
+
+
+class Worker:
+    """The parent's handle on a worker process. Only one worker computes at a time: the others wait for a line."""
+
+    def __init__(self, name: str, settings: dict) -> None:
+        self.name = name
+        command = [sys.executable, __file__, "--worker", json.dumps(settings)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=PROJECT_ROOT)  # fmt: skip
+        self.answer()
+
+    def answer(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker ended early (exit status {self.process.wait()})")
+        return json.loads(line)
+
+    def request(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+
+def interleaved_runs(steps: int, warmup: int) -> tuple[dict[str, list[float]], list[float], dict[str, dict]]:
+    """Every configuration in a process of its own, taking its steps in turn with the others (the order rotating
+    each cycle); the matmul peak (FLOP/s) measured in each cycle; and each configuration's memory facts."""
+    workers = {name: Worker(name, settings) for name, settings in CONFIGURATIONS.items()}
+    names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
     peaks = []
-    for cycle in range(warmup + steps):
-        for name in names[cycle % len(names) :] + names[: cycle % len(names)]:
-            seconds = trainees[name].step(data[cycle % len(data)])
+    try:
+        for cycle in range(warmup + steps):
+            for name in names[cycle % len(names) :] + names[: cycle % len(names)]:
+                seconds = workers[name].request("step")["seconds"]
+                if cycle >= warmup:
+                    times[name].append(seconds)
             if cycle >= warmup:
-                times[name].append(seconds)
-        torch.set_flush_denormal(True)
-        if cycle >= warmup:
-            peaks.append(measure_matmul_peak(torch.device("cpu"), seconds=0.5))
-        print(f"cycle {cycle + 1}/{warmup + steps}: " + ", ".join(
-            f"{name} {trainees[name].loss.item():.3f}" for name in names), flush=True)  # fmt: skip
-    return times, peaks
+                peaks.append(measure_matmul_peak(torch.device("cpu"), seconds=0.5))
+            speeds = (f"{name} {BATCH * SEQ_LEN / times[name][-1]:,.0f}" for name in names if times[name])
+            print(f"cycle {cycle + 1}/{warmup + steps}, tokens/s: {', '.join(speeds)}", flush=True)
+        facts = {name: worker.request("facts") for name, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.process.kill()
+    return times, peaks, facts
 
 
 def cycle_ratios(numerator: list[float], denominator: list[float]) -> dict[str, float]:
@@ -164,14 +205,6 @@ def cycle_ratios(numerator: list[float], denominator: list[float]) -> dict[str, 
     ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
     low, median, high = statistics.quantiles(ratios, n=4)
     return {"median": median, "low_quartile": low, "high_quartile": high}
-
-
-def in_subprocess(name: str, **settings: object) -> dict:
-    command = [sys.executable, __file__, "--worker", json.dumps(settings)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def hugging_face_flops_per_token() -> int:
@@ -207,11 +240,10 @@ def main() -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(memory_facts(**json.loads(args.worker))))
+        serve(json.loads(args.worker))
         return 0
 
-    memory = {name: in_subprocess(name, **settings) for name, settings in CONFIGURATIONS.items()}
-    times, peaks = interleaved_step_times(args.steps, args.warmup)
+    times, peaks, memory = interleaved_runs(args.steps, args.warmup)
     measured = {
         name: memory[name] | {"seconds_per_step": statistics.median(times[name]),
                               "tokens_per_second": BATCH * SEQ_LEN / statistics.median(times[name]),
@@ -228,8 +260,8 @@ def main() -> int:
     figures = {
         "peak_matmul_flops": statistics.median(peaks),
         "vs_hugging_face": cycle_ratios(times["hugging_face"], times["none"]),
-        "vs_hugging_face_with_flush_denormal_and_fused_adamw": cycle_ratios(
-            times["hugging_face+flush_denormal+fused_adamw"], times["none"]
+        "vs_hugging_face_with_suite_process_and_fused_adamw": cycle_ratios(
+            times["hugging_face+suite_process+fused_adamw"], times["none"]
         ),
         "mfu": mfu["none"],
         "hugging_face_mfu": mfu["hugging_face"],
@@ -292,8 +324,8 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
     lines += [
         "",
         f"- suite (none) vs Hugging Face BertForMaskedLM, plain loop: {spread(figures['vs_hugging_face'], '.2f')}× "
-        "(vs Hugging Face with flush-denormal and fused AdamW too: "
-        f"{spread(figures['vs_hugging_face_with_flush_denormal_and_fused_adamw'], '.2f')}×)",
+        "(vs Hugging Face also given the suite's CPU process settings and fused AdamW: "
+        f"{spread(figures['vs_hugging_face_with_suite_process_and_fused_adamw'], '.2f')}×)",
         f"- MFU: suite {spread(figures['mfu'], '.1%')}, Hugging Face {spread(figures['hugging_face_mfu'], '.1%')}",
         f"- suite's Lightning pretraining on Wikipedia: {figures['suite_pretraining']['tokens_per_second']:,.0f} "
         f"tokens/s, MFU {figures['suite_pretraining']['mfu']:.1%}, waiting for data "

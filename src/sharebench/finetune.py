@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from sharebench import glue
 from sharebench.checkpoint import load_pretrained
+from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
@@ -202,6 +203,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
     with RunRecord(cfg, run_dir) as record:
         record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
         L.seed_everything(seed, workers=True, verbose=False)
+        tune_cpu_process()
         encoder = load_pretrained(pretrained).train()
         classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
         tokenizer = load_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)

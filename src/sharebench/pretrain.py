@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, save_pretrained
 from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
+from sharebench.cpu import tune_cpu_process
 from sharebench.data import PretrainData, WordPieceTokenizer
 from sharebench.errors import ConfigError
 from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads, similarity_penalty
@@ -311,8 +312,7 @@ def stored_sharing(cfg: DictConfig, ratio: float | None) -> tuple[dict[str, Any]
 
 
 def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecord) -> None:
-    # Small fp32 models produce denormal numbers that make CPU matrix multiplies several times slower.
-    torch.set_flush_denormal(True)
+    tune_cpu_process()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     mlm = cfg.arch.get("mlm")
     data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
