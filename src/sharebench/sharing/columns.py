@@ -49,14 +49,11 @@ class ColumnSharing(AttentionSharing):
         for role, own in zip(ROLES, owned, strict=True):
             if role in self.shared_roles and self.shared_width:
                 lead = shared * self.scales[role] if role in self.scales else shared
-                own = (
-                    torch.cat(
-                        [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)],
-                        dim=-1,
-                    )
-                    if own.size(-1)
-                    else lead
-                )  # fully shared: no copy
+                if own.size(-1):
+                    parts = [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)]
+                    own = torch.cat(parts, dim=-1)
+                else:
+                    own = lead  # fully shared: no copy
             outputs.append(own.reshape(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2))
         return outputs[0], outputs[1], outputs[2]
 
