@@ -8,6 +8,10 @@
 - `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict and the one
   measured.
 - Memory: peak RSS per configuration, AdamW state and checkpoint bytes against unique parameters.
+- Where a step's time goes: the share spent in matrix multiplies, timed operator by operator over a few more
+  steps. A
+  scheme's measured speed-up reaches its FLOP prediction only if its MFU is at least that of `none`, which needs
+  the rest of its step to shrink as much as its matmul FLOPs do.
 - The suite's own Lightning pretraining of the same model on Wikipedia: tokens/s and the share of step time
   spent waiting for data.
 
@@ -36,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sharebench.cpu import tune_cpu_process
 from sharebench.model import LanguageModel, ModelConfig
@@ -46,6 +51,7 @@ SHAPE = {"vocab_size": 30522, "n_layers": 4, "dim": 312, "n_heads": 12, "ffn_dim
 SEQ_LEN, BATCH, MASKED = 128, 32, 0.15
 SCHEMES = {"none": None, "shared_qkv": 1.0, "partial_qk": 0.9}
 LR = 1e-4
+MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
 TARGETS = {"vs_hugging_face": 4.0, "mfu": 0.60, "checkpoint_overhead": 0.02, "data_wait_fraction": 0.05}
 
 
@@ -118,8 +124,9 @@ class Trainee:
         self.steps += 1
         return time.perf_counter() - start
 
-    def memory_facts(self) -> dict:
-        """Peak RSS of this process, optimizer state, and for the suite checkpoint bytes and FLOPs."""
+    def facts(self, profiled_steps: int = 3) -> dict:
+        """Peak RSS of this process, optimizer state, the seconds per step spent in matrix multiplies (over
+        `profiled_steps` more steps), and for the suite checkpoint bytes and FLOPs."""
         result = {
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "optimizer_state_bytes": sum(
@@ -129,6 +136,7 @@ class Trainee:
                 if torch.is_tensor(t) and t.dim() > 0
             ),  # fmt: skip
             "loss": self.loss.item(),
+            **self.matmul_split(profiled_steps),
         }
         if self.kind == "suite":
             from sharebench.checkpoint import save_pretrained, scheme_target
@@ -145,15 +153,38 @@ class Trainee:
             )
         return result
 
+    def matmul_split(self, steps: int) -> dict:
+        """Seconds per step in all and in matrix multiplies, forward and backward."""
+        with MatmulClock() as clock:
+            seconds = sum(self.step() for _ in range(steps))
+        return {"profiled_seconds_per_step": seconds / steps, "matmul_seconds_per_step": clock.seconds / steps}
+
+
+class MatmulClock(TorchDispatchMode):
+    """Adds up the seconds spent in matrix multiplies. Every operator passes through Python on its way, which
+    slows the step a little but not the multiplies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket not in MATMULS:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        result = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - start
+        return result
+
 
 def serve(settings: dict) -> None:
     """A worker: one configuration in this process, taking a step for each "step" line on stdin and answering
-    with its seconds; "facts" answers with its memory facts and ends."""
+    with its seconds; "facts" answers with its facts (memory, matmul time) and ends."""
     trainee = Trainee(**settings)
     print(json.dumps({"ready": True}), flush=True)
     for command in sys.stdin:
         if command.strip() == "facts":
-            print(json.dumps(trainee.memory_facts()), flush=True)
+            print(json.dumps(trainee.facts()), flush=True)
             return
         print(json.dumps({"seconds": trainee.step()}), flush=True)
 
@@ -240,9 +271,9 @@ def main() -> int:
         serve(json.loads(args.worker))
         return 0
 
-    times, peaks, memory = interleaved_runs(args.steps, args.warmup)
+    times, peaks, worker_facts = interleaved_runs(args.steps, args.warmup)
     measured = {
-        name: memory[name] | {"seconds_per_step": statistics.median(times[name]),
+        name: worker_facts[name] | {"seconds_per_step": statistics.median(times[name]),
                               "tokens_per_second": BATCH * SEQ_LEN / statistics.median(times[name]),
                               "step_seconds": times[name]}
         for name in CONFIGURATIONS
@@ -250,8 +281,8 @@ def main() -> int:
     pretraining = suite_pretraining(steps=20)
 
     none = measured["none"]
-    step_flops = {"none": none["flops_per_token"] * BATCH * SEQ_LEN,
-                  "hugging_face": none["flops_per_token_every_position"] * BATCH * SEQ_LEN}  # fmt: skip
+    step_flops = {"hugging_face": none["flops_per_token_every_position"] * BATCH * SEQ_LEN,
+                  **{scheme: measured[scheme]["flops_per_token"] * BATCH * SEQ_LEN for scheme in SCHEMES}}  # fmt: skip
     # Model FLOP/s over the matmul peak measured in the same cycle.
     mfu = {name: cycle_ratios([flops / peak for peak in peaks], times[name]) for name, flops in step_flops.items()}
     figures = {
@@ -271,6 +302,8 @@ def main() -> int:
         figures["schemes"][scheme] = {
             "predicted_speedup": none["flops_per_token"] / result["flops_per_token"],
             "measured_speedup": cycle_ratios(times["none"], times[scheme]),
+            "mfu": mfu[scheme],
+            "matmul_speedup": none["matmul_seconds_per_step"] / result["matmul_seconds_per_step"],
             "unique_parameters": result["unique_parameters"],
             "optimizer_state_over_unique_bytes": result["optimizer_state_bytes"] / (8 * result["unique_parameters"]),
             "checkpoint_overhead": result["checkpoint_bytes"] / (4 * result["unique_parameters"]) - 1,
@@ -312,12 +345,13 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         f"{figures['peak_matmul_flops'] / 1e9:.1f} GFLOP/s (median over cycles). Ratios: median over the cycles "
         "of the two steps taken in the same cycle, [quartiles].",
         "",
-        "| configuration | tokens/s | s/step | peak RSS MiB |",
-        "|---|---|---|---|",
+        "| configuration | tokens/s | s/step | share of the step in matmuls | peak RSS MiB |",
+        "|---|---|---|---|---|",
     ]
     for name, result in measured.items():
+        share = result["matmul_seconds_per_step"] / result["profiled_seconds_per_step"]
         lines.append(f"| {name} | {result['tokens_per_second']:,.0f} | {result['seconds_per_step']:.3f} "
-                     f"| {result['peak_rss_bytes'] / 2**20:,.0f} |")  # fmt: skip
+                     f"| {share:.1%} | {result['peak_rss_bytes'] / 2**20:,.0f} |")  # fmt: skip
     lines += [
         "",
         f"- suite (none) vs Hugging Face BertForMaskedLM, plain loop: {spread(figures['vs_hugging_face'], '.2f')}× "
@@ -328,14 +362,16 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         f"tokens/s, MFU {figures['suite_pretraining']['mfu']:.1%}, waiting for data "
         f"{figures['data_wait_fraction']:.2%} of step time",
         "",
-        "| scheme | unique params | predicted speed-up (FLOPs) | measured speed-up [quartiles] "
-        "| checkpoint vs 4 B/param | AdamW state vs 8 B/param | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| scheme | unique params | predicted speed-up (FLOPs) | measured speed-up [quartiles] | MFU "
+        "| speed-up of the matmuls alone | checkpoint vs 4 B/param | AdamW state vs 8 B/param "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scheme, facts in figures["schemes"].items():
         lines.append(
             f"| {scheme} | {facts['unique_parameters']:,} | {facts['predicted_speedup']:.3f}× "
-            f"| {spread(facts['measured_speedup'], '.3f')}× | {facts['checkpoint_overhead']:+.3%} "
+            f"| {spread(facts['measured_speedup'], '.3f')}× | {facts['mfu']['median']:.1%} "
+            f"| {facts['matmul_speedup']:.3f}× | {facts['checkpoint_overhead']:+.3%} "
             f"| {facts['optimizer_state_over_unique_bytes']:.3f} | {facts['peak_rss_bytes'] / 2**20:,.0f} |"
         )
     lines += ["", *(f"- [{'x' if ok else ' '}] {check}" for check, ok in checks.items())]

@@ -106,6 +106,27 @@ def test_masked_lm_predicts_only_masked_positions(nano_cfg):
     assert torch.isfinite(output.loss)
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt"])
+def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_cfg, arch):
+    import torch.nn.functional as F
+
+    from sharebench.config import build_model
+
+    model = build_model(nano_cfg(f"arch={arch}"), 50)
+    hidden, labels = torch.randn(7, model.config.dim), torch.randint(0, 50, (7,))
+    padded = model.head.padded_logits(hidden)
+    assert model.head.padding == 14 and padded.shape == (7, 64) and bool((padded[:, 50:] == float("-inf")).all())
+    losses, grads = [], []
+    for logits in (padded, model.head(hidden)):
+        loss = F.cross_entropy(logits, labels)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, [p for p in model.head.parameters() if p.requires_grad]))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
+    for padded_grad, grad in zip(*grads, strict=True):
+        assert padded_grad.shape == grad.shape
+        torch.testing.assert_close(padded_grad, grad, rtol=1e-5, atol=1e-8)
+
+
 def test_pre_ln_option(nano_cfg):
     from sharebench.config import build_model
 

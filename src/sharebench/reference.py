@@ -47,5 +47,5 @@ def reference_loss(
             x = block.ffn_norm(x + block.ffn.down(activation(block.ffn.up(x))))
     if model.transformer.final_norm is not None:
         x = model.transformer.final_norm(x)
-    logits = model.head(x)
+    logits = model.head(x)  # the vocabulary's width, unpadded
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
