@@ -8,10 +8,10 @@
 - `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict and the one
   measured.
 - Memory: peak RSS per configuration, AdamW state and checkpoint bytes against unique parameters.
-- Where a step's time goes: the share spent in matrix multiplies, timed operator by operator over a few more
-  steps. A
-  scheme's measured speed-up reaches its FLOP prediction only if its MFU is at least that of `none`, which needs
-  the rest of its step to shrink as much as its matmul FLOPs do.
+- Where a step's time goes: the share spent in matrix multiplies, timed operator by operator in a few more
+  cycles, and per scheme the speed-up of its matrix multiplies alone. A scheme's measured speed-up reaches its
+  FLOP prediction only if its MFU is at least that of `none`: the rest of its step must shrink as much as its
+  matmul FLOPs do.
 - The suite's own Lightning pretraining of the same model on Wikipedia: tokens/s and the share of step time
   spent waiting for data.
 
@@ -22,7 +22,7 @@ a slow spell of the machine, which on shared cores lasts seconds and changes a c
 within that cycle.
 Exits 1 when a CPU target is missed.
 
-python benchmarks/bench_cpu.py [--steps 20] [--out results/bench]
+python benchmarks/bench_cpu.py [--steps 20] [--clocked-cycles 6] [--out results/bench]
 """
 
 from __future__ import annotations
@@ -124,9 +124,8 @@ class Trainee:
         self.steps += 1
         return time.perf_counter() - start
 
-    def facts(self, profiled_steps: int = 3) -> dict:
-        """Peak RSS of this process, optimizer state, the seconds per step spent in matrix multiplies (over
-        `profiled_steps` more steps), and for the suite checkpoint bytes and FLOPs."""
+    def facts(self) -> dict:
+        """Peak RSS of this process, optimizer state, and for the suite checkpoint bytes and FLOPs."""
         result = {
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "optimizer_state_bytes": sum(
@@ -136,7 +135,6 @@ class Trainee:
                 if torch.is_tensor(t) and t.dim() > 0
             ),  # fmt: skip
             "loss": self.loss.item(),
-            **self.matmul_split(profiled_steps),
         }
         if self.kind == "suite":
             from sharebench.checkpoint import save_pretrained, scheme_target
@@ -153,11 +151,11 @@ class Trainee:
             )
         return result
 
-    def matmul_split(self, steps: int) -> dict:
-        """Seconds per step in all and in matrix multiplies, forward and backward."""
+    def clocked_step(self) -> dict:
+        """Seconds for one step, in all and in matrix multiplies (forward and backward)."""
         with MatmulClock() as clock:
-            seconds = sum(self.step() for _ in range(steps))
-        return {"profiled_seconds_per_step": seconds / steps, "matmul_seconds_per_step": clock.seconds / steps}
+            seconds = self.step()
+        return {"seconds": seconds, "matmul_seconds": clock.seconds}
 
 
 class MatmulClock(TorchDispatchMode):
@@ -179,14 +177,16 @@ class MatmulClock(TorchDispatchMode):
 
 def serve(settings: dict) -> None:
     """A worker: one configuration in this process, taking a step for each "step" line on stdin and answering
-    with its seconds; "facts" answers with its facts (memory, matmul time) and ends."""
+    with its seconds, or for a "clocked" line also with its seconds in matrix multiplies; "facts" answers with
+    its memory facts and ends."""
     trainee = Trainee(**settings)
     print(json.dumps({"ready": True}), flush=True)
     for command in sys.stdin:
         if command.strip() == "facts":
             print(json.dumps(trainee.facts()), flush=True)
             return
-        print(json.dumps({"seconds": trainee.step()}), flush=True)
+        answer = trainee.clocked_step() if command.strip() == "clocked" else {"seconds": trainee.step()}
+        print(json.dumps(answer), flush=True)
 
 
 class Worker:
@@ -211,28 +211,39 @@ class Worker:
         return self.answer()
 
 
-def interleaved_runs(steps: int, warmup: int) -> tuple[dict[str, list[float]], list[float], dict[str, dict]]:
+def interleaved_runs(
+    steps: int, warmup: int, clocked_cycles: int
+) -> tuple[dict[str, list[float]], list[float], dict[str, list[dict]], dict[str, dict]]:
     """Every configuration in a process of its own, taking its steps in turn with the others (the order rotating
-    each cycle); the matmul peak (FLOP/s) measured in each cycle; and each configuration's memory facts."""
+    each cycle). Returns each configuration's timed steps; the matmul peak (FLOP/s) measured in each of those
+    cycles; the steps of `clocked_cycles` more cycles that also time the matrix multiplies (kept apart, since
+    the clock slows a step a little); and each configuration's memory facts."""
     workers = {name: Worker(name, settings) for name, settings in CONFIGURATIONS.items()}
     names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
+    clocked: dict[str, list[dict]] = {name: [] for name in names}
     peaks = []
+    cycles = warmup + steps + clocked_cycles
     try:
-        for cycle in range(warmup + steps):
-            for name in names[cycle % len(names) :] + names[: cycle % len(names)]:
-                seconds = workers[name].request("step")["seconds"]
-                if cycle >= warmup:
-                    times[name].append(seconds)
-            if cycle >= warmup:
+        for cycle in range(cycles):
+            clocking = cycle >= warmup + steps
+            order = names[cycle % len(names) :] + names[: cycle % len(names)]
+            answers = {name: workers[name].request("clocked" if clocking else "step") for name in order}
+            if clocking:
+                for name, answer in answers.items():
+                    clocked[name].append(answer)
+            elif cycle >= warmup:
+                for name, answer in answers.items():
+                    times[name].append(answer["seconds"])
                 peaks.append(measure_matmul_peak(torch.device("cpu"), seconds=0.5))
-            speeds = (f"{name} {BATCH * SEQ_LEN / times[name][-1]:,.0f}" for name in names if times[name])
-            print(f"cycle {cycle + 1}/{warmup + steps}, tokens/s: {', '.join(speeds)}", flush=True)
+            speeds = ", ".join(f"{name} {BATCH * SEQ_LEN / answers[name]['seconds']:,.0f}" for name in names)
+            print(f"cycle {cycle + 1}/{cycles}{' (matmuls clocked)' if clocking else ''}, tokens/s: {speeds}",
+                  flush=True)  # fmt: skip
         facts = {name: worker.request("facts") for name, worker in workers.items()}
     finally:
         for worker in workers.values():
             worker.process.kill()
-    return times, peaks, facts
+    return times, peaks, clocked, facts
 
 
 def cycle_ratios(numerator: list[float], denominator: list[float]) -> dict[str, float]:
@@ -264,6 +275,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--clocked-cycles", type=int, default=6, help="cycles that also time the matmuls")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,11 +283,15 @@ def main() -> int:
         serve(json.loads(args.worker))
         return 0
 
-    times, peaks, worker_facts = interleaved_runs(args.steps, args.warmup)
+    times, peaks, clocked, worker_facts = interleaved_runs(args.steps, args.warmup, args.clocked_cycles)
+    matmul_times = {name: [step["matmul_seconds"] for step in steps] for name, steps in clocked.items()}
     measured = {
         name: worker_facts[name] | {"seconds_per_step": statistics.median(times[name]),
                               "tokens_per_second": BATCH * SEQ_LEN / statistics.median(times[name]),
-                              "step_seconds": times[name]}
+                              "step_seconds": times[name],
+                              "matmul_share": statistics.median(step["matmul_seconds"] / step["seconds"]
+                                                                for step in clocked[name]),
+                              "clocked_steps": clocked[name]}
         for name in CONFIGURATIONS
     }  # fmt: skip
     pretraining = suite_pretraining(steps=20)
@@ -303,7 +319,7 @@ def main() -> int:
             "predicted_speedup": none["flops_per_token"] / result["flops_per_token"],
             "measured_speedup": cycle_ratios(times["none"], times[scheme]),
             "mfu": mfu[scheme],
-            "matmul_speedup": none["matmul_seconds_per_step"] / result["matmul_seconds_per_step"],
+            "matmul_speedup": cycle_ratios(matmul_times["none"], matmul_times[scheme]),
             "unique_parameters": result["unique_parameters"],
             "optimizer_state_over_unique_bytes": result["optimizer_state_bytes"] / (8 * result["unique_parameters"]),
             "checkpoint_overhead": result["checkpoint_bytes"] / (4 * result["unique_parameters"]) - 1,
@@ -349,9 +365,8 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, result in measured.items():
-        share = result["matmul_seconds_per_step"] / result["profiled_seconds_per_step"]
         lines.append(f"| {name} | {result['tokens_per_second']:,.0f} | {result['seconds_per_step']:.3f} "
-                     f"| {share:.1%} | {result['peak_rss_bytes'] / 2**20:,.0f} |")  # fmt: skip
+                     f"| {result['matmul_share']:.1%} | {result['peak_rss_bytes'] / 2**20:,.0f} |")  # fmt: skip
     lines += [
         "",
         f"- suite (none) vs Hugging Face BertForMaskedLM, plain loop: {spread(figures['vs_hugging_face'], '.2f')}× "
@@ -371,7 +386,7 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         lines.append(
             f"| {scheme} | {facts['unique_parameters']:,} | {facts['predicted_speedup']:.3f}× "
             f"| {spread(facts['measured_speedup'], '.3f')}× | {facts['mfu']['median']:.1%} "
-            f"| {facts['matmul_speedup']:.3f}× | {facts['checkpoint_overhead']:+.3%} "
+            f"| {spread(facts['matmul_speedup'], '.3f')}× | {facts['checkpoint_overhead']:+.3%} "
             f"| {facts['optimizer_state_over_unique_bytes']:.3f} | {facts['peak_rss_bytes'] / 2**20:,.0f} |"
         )
     lines += ["", *(f"- [{'x' if ok else ' '}] {check}" for check, ok in checks.items())]
