@@ -279,6 +279,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2 or args.clocked_cycles < 2:
+        parser.error("--steps and --clocked-cycles must be at least 2: every ratio is a median with quartiles")
     if args.worker:
         serve(json.loads(args.worker))
         return 0
