@@ -287,9 +287,10 @@ def main() -> int:
 
     times, peaks, clocked, worker_facts = interleaved_runs(args.steps, args.warmup, args.clocked_cycles)
     matmul_times = {name: [step["matmul_seconds"] for step in steps] for name, steps in clocked.items()}
+    seconds_per_step = {name: statistics.median(steps) for name, steps in times.items()}
     measured = {
-        name: worker_facts[name] | {"seconds_per_step": statistics.median(times[name]),
-                              "tokens_per_second": BATCH * SEQ_LEN / statistics.median(times[name]),
+        name: worker_facts[name] | {"seconds_per_step": seconds_per_step[name],
+                              "tokens_per_second": BATCH * SEQ_LEN / seconds_per_step[name],
                               "step_seconds": times[name],
                               "matmul_share": statistics.median(step["matmul_seconds"] / step["seconds"]
                                                                 for step in clocked[name]),
