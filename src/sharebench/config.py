@@ -271,7 +271,14 @@ def package_dir(package: str) -> str:
     return str(list(spec.submodule_search_locations)[0])
 
 
+def scheme_name(target: str) -> str:
+    """The name of the sharing scheme (within-layer or cross-layer) that a config's `_target_` instantiates, so a
+    recipe can set values per scheme: `${experiment.n_layers.${sb.scheme_name:${layers._target_}}}`."""
+    return get_class(target).name
+
+
 OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("sb.scheme_name", scheme_name, replace=True)
 OmegaConf.register_new_resolver("sb.package_dir", package_dir, replace=True)
 
 
