@@ -44,8 +44,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture
-def nano_overrides(corpus: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+def nano_settings(corpus: Path, cache_dir: Path, output_root: Path) -> list[str]:
+    """Overrides for a nano model on the test corpus that trains in seconds."""
     return [
         "size=nano",
         f"data.source={corpus}",
@@ -62,8 +62,13 @@ def nano_overrides(corpus: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
         "trainer.enable_model_summary=false",
         "optim.warmup_steps=1",
         f"cache_dir={cache_dir}",
-        f"output_root={tmp_path / 'outputs'}",
+        f"output_root={output_root}",
     ]
+
+
+@pytest.fixture
+def nano_overrides(corpus: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+    return nano_settings(corpus, cache_dir, tmp_path / "outputs")
 
 
 @pytest.fixture

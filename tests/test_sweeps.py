@@ -84,7 +84,7 @@ def test_sweep_file_runs_on_nano(sweep, nano_overrides, tmp_path):
         for counts in by_ratio.values():
             assert abs(counts[True] - counts[False]) <= one_ffn_unit / 2
         table = collect([tmp_path], iso=True)
-        assert "iso-param baseline" in table
+        assert "iso-param twin" in table
 
 
 # Small data, GLUE and model settings that keep every recipe's runs to seconds.

@@ -20,6 +20,7 @@ from sharebench.layers import layer_scheme_class
 from sharebench.layers.headwise import share_heads
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import atomic_write_json
+from sharebench.record import RECORD_NAME
 from sharebench.sharing.none import Separate
 
 WEIGHTS_NAME = "model.safetensors"
@@ -51,6 +52,18 @@ def scheme_target(scheme: type) -> dict[str, Any]:
 
 
 SEPARATE = scheme_target(Separate)
+
+
+def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
+    """What a run records as the sharing of a model loaded from `folder`: the sharing its pretraining run
+    recorded (iso-parameter baselines keep the configuration they match), or for other checkpoints the scheme
+    the checkpoint stores, in the same shape."""
+    record = Path(folder) / RECORD_NAME
+    recorded = json.loads(record.read_text()).get("sharing") if record.is_file() else None
+    if recorded:
+        return {**recorded, "pretrained": str(folder)}
+    _, ratio = checkpoint_sharing(folder)
+    return {"name": model.sharing_name, "ratio": ratio, "layers": model.layers.describe(), "pretrained": str(folder)}
 
 
 def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:

@@ -1,16 +1,19 @@
 """From a folder of runs to comparison tables and plots: `sharebench collect <folder>`.
 
-A configuration is a run's path below the folder with its `seed=<n>` levels removed, so the seeds of one
-configuration (and the GLUE tasks of one pretraining run, each its own configuration) are found by their folders.
-Each configuration gives one row: how many seeds completed and how many did not (failed, interrupted, still
-running), the mean and 95 % confidence interval (Student's t over seeds) of every metric, unique parameters and
-their ratio to the same model without sharing, peak memory and tokens/s. Runs that did not complete are listed
-with their status and error, never dropped.
+A configuration is identified by what its runs computed, not by the strings typed or the folders they sit in:
+the within-layer and cross-layer schemes with the ratios they used, and every resolved config value except the
+seed and where the run lives (so `ratio=1` and `ratio=1.0` are one configuration). Each configuration gives one
+row: how many seeds completed and how many did not (failed, interrupted, still running), the mean and 95 %
+confidence interval (Student's t over seeds) of every metric, unique parameters and their ratio to the same model
+without sharing, and tokens/s. A row's label names only what varies in the table (`sharing=shared_qkv`,
+`ratio=0.9`). GLUE fine-tuning runs give a second table: one row per pretrained configuration, a column per task
+and the GLUE score. Runs that did not complete are listed with their status and error, never dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -25,16 +28,91 @@ from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json
 from sharebench.record import RECORD_NAME
 
-SEED_LEVEL = re.compile(r"^seed=\d+$")
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
 # The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
 MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
+# Config keys that say where a run lives or how it prints, or that the scheme keys stand for (the record's
+# effective scheme names and ratios replace them: a ratio left to its default is recorded as the value used).
+NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar",
+                "trainer.enable_model_summary", "ratio", "sharing._target_", "sharing._partial_", "layers._target_",
+                "layers.ratio"}  # fmt: skip
+NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
+LABEL_FIRST = ("sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
+MAX_LABEL = 200  # a label is also a folder name
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        leaves.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return leaves
+
+
+def normalized(value: Any) -> Any:
+    """A config value in a form where equal values compare equal (1 and 1.0, a list and a tuple)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(normalized(v) for v in value)
+    return str(value)
+
+
+def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The schemes a run used, or for an iso-parameter baseline the schemes of the configuration it matches."""
+    sharing = record.get("sharing") or configured_sharing(record.get("config"))
+    scheme = sharing.get("iso_baseline_of") or sharing
+    layers = scheme.get("layers") or {}
+    return {"sharing": scheme.get("name"), "ratio": scheme.get("ratio"), "layers": layers.get("name", "none"),
+            "layers.ratio": layers.get("ratio")}  # fmt: skip
+
+
+def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The sharing a run's config asks for: for a run that failed before it recorded the sharing it used."""
+    from omegaconf import OmegaConf
+
+    from sharebench.config import run_sharing, validate
+
+    try:
+        cfg = OmegaConf.create(config)
+        return run_sharing(cfg, validate(cfg))
+    except Exception:  # a config that does not validate (the reason the run failed) names no scheme
+        return {}
+
+
+def description(record: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task."""
+    config = {
+        key: value
+        for key, value in flatten(record.get("config") or {}).items()
+        if key not in NOT_COMPARED and not key.startswith(NOT_COMPARED_PREFIXES)
+    }
+    described = {**scheme_of(record), **config}
+    if "task" in record:
+        described["glue_task"] = record["task"]
+    return {key: normalized(value) for key, value in described.items()}
+
+
+def label_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, tuple):
+        return "[" + ",".join(map(label_value, value)) + "]"
+    return str(value).replace("/", "_")
 
 
 @dataclass
 class Configuration:
-    name: str
+    description: dict[str, Any]
+    label: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
 
@@ -43,15 +121,31 @@ class Configuration:
         return (self.records or self.failed)[0]
 
     @property
+    def glue_task(self) -> str | None:
+        return self.description.get("glue_task")
+
+    @property
     def sharing(self) -> str:
-        sharing = self.first.get("sharing") or {}
-        name = sharing.get("name", "—")
-        layers = self.first.get("layers") or {}
-        return f"{name}+{layers['name']}" if layers.get("name") not in (None, "none") else name
+        """The within-layer scheme and, where there is one, the cross-layer scheme (`partial_qk+cycle`)."""
+        name, layers = self.description["sharing"] or "—", self.description["layers"]
+        return name if layers in (None, "none") else f"{name}+{layers}"
 
     @property
     def ratio(self) -> float | None:
-        return (self.first.get("sharing") or {}).get("ratio")
+        return self.description["ratio"]
+
+    @property
+    def layers_ratio(self) -> float | None:
+        return self.description["layers.ratio"]
+
+    @property
+    def iso_baseline(self) -> bool:
+        return bool(self.description.get("iso_baseline"))
+
+    @property
+    def unshared(self) -> bool:
+        """Separate Q/K/V and no cross-layer sharing: a model an iso-parameter pairing may take as a twin."""
+        return self.sharing == "none" or self.iso_baseline
 
     def metric_values(self, metric: str) -> list[float]:
         values = [r.get("metrics", {}).get(metric) for r in self.records]
@@ -96,28 +190,67 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | 
     return mean, t_critical(len(values) - 1, confidence) * math.sqrt(variance / len(values))
 
 
-def configuration_name(record_path: Path, root: Path) -> str:
-    parts = [p for p in record_path.parent.relative_to(root).parts if not SEED_LEVEL.match(p)]
-    return "/".join(parts) or root.name
-
-
 def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
     found: dict[str, Configuration] = {}
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise ConfigError(f"collect: {folder} is not a folder of runs")
         for path in sorted(folder.rglob(RECORD_NAME)):
+            if any(part.startswith(STAGING) for part in path.relative_to(folder).parts):
+                continue
             try:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 record = {"status": "failed", "error": f"unreadable {RECORD_NAME}: {error}"}
             record["_path"] = str(path)
-            name = configuration_name(path, folder)
-            configuration = found.setdefault(name, Configuration(name))
+            described = description(record)
+            key = json.dumps(described, sort_keys=True)
+            configuration = found.setdefault(key, Configuration(described))
             (configuration.records if record.get("status") == "completed" else configuration.failed).append(record)
     if not found:
         raise ConfigError(f"collect: no {RECORD_NAME} under {', '.join(map(str, folders))}")
-    return sorted(found.values(), key=lambda c: (c.sharing, c.ratio if c.ratio is not None else -1, c.name))
+    configurations = list(found.values())
+    assign_labels(configurations)
+    return sorted(configurations, key=lambda c: (c.glue_task or "", c.sharing, c.ratio if c.ratio is not None else -1,
+                                                 c.layers_ratio or 0, c.iso_baseline, c.label))  # fmt: skip
+
+
+def assign_labels(configurations: Sequence[Configuration]) -> None:
+    """Label each configuration by the values that tell it apart from the others (the GLUE task aside): keys in
+    LABEL_FIRST order, then by name, each only where the keys before it leave configurations undistinguished (in
+    a sweep over schemes, `sharing=shared_qkv` rather than also its ratio; `sharing=none` without a ratio even
+    when other schemes' ratios vary)."""
+    absent = object()
+    bases = [{k: v for k, v in c.description.items() if k != "glue_task"} for c in configurations]
+    keys = sorted({k for base in bases for k in base}, key=lambda k: (k not in LABEL_FIRST, LABEL_FIRST.index(k)
+                                                                      if k in LABEL_FIRST else 0, k))  # fmt: skip
+    chosen: list[tuple[str, set]] = []  # a key, and the groups (values of the keys before it) in which it varies
+
+    def group(base: dict[str, Any]) -> tuple:
+        return tuple(repr(base.get(k, absent)) for k, _ in chosen)
+
+    for key in keys:
+        values: dict[tuple, set] = {}
+        for base in bases:
+            values.setdefault(group(base), set()).add(repr(base.get(key, absent)))
+        varying = {g for g, v in values.items() if len(v) > 1}
+        if varying:
+            chosen.append((key, varying))
+    for configuration, base in zip(configurations, bases, strict=True):
+        parts = [
+            f"{key}={label_value(base[key])}"
+            for i, (key, varying) in enumerate(chosen)
+            if key in base and tuple(repr(base.get(k, absent)) for k, _ in chosen[:i]) in varying
+        ]
+        configuration.label = shortened(",".join(parts) or f"sharing={label_value(base['sharing'])}")
+
+
+def shortened(label: str) -> str:
+    """A label short enough for a folder name: its start and a hash of the whole."""
+    if len(label.encode()) <= MAX_LABEL:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:12]
+    return label.encode()[: MAX_LABEL - 16].decode(errors="ignore") + "...+" + digest
 
 
 def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
@@ -144,16 +277,17 @@ def main_metric(configurations: Sequence[Configuration]) -> tuple[str, str] | No
 
 
 def iso_baseline(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
-    """The unshared configuration (sharing=none, no cross-layer sharing) with the closest unique parameter count."""
+    """A shared configuration's iso-parameter twin: its own iso baseline (`iso_baseline=true`) if it was run,
+    else the unshared configuration (separate Q/K/V, no cross-layer sharing) with the closest unique count."""
     unique = configuration.unique_parameters()
-    candidates = [
-        c
-        for c in configurations
-        if c is not configuration and c.sharing == "none" and c.records and c.unique_parameters()
-    ]
-    if unique is None or configuration.sharing == "none" or not candidates:
+    if configuration.unshared or unique is None:
         return None
-    return min(candidates, key=lambda c: abs(c.unique_parameters() - unique))
+    twin = {**configuration.description, "iso_baseline": True}
+    own = [c for c in configurations if c.description == twin and c.records]
+    if own:
+        return own[0]
+    candidates = [c for c in configurations if c.unshared and c.records and c.unique_parameters()]
+    return min(candidates, key=lambda c: abs(c.unique_parameters() - unique)) if candidates else None
 
 
 def _format(value: float | None, spec: str) -> str:
@@ -167,39 +301,87 @@ def _mean_ci_cell(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {half:.4f}" if half is not None else f"{mean:.4f}"
 
 
+def scheme_cell(configuration: Configuration) -> str:
+    return f"none (iso twin of {configuration.sharing})" if configuration.iso_baseline else configuration.sharing
+
+
+def pretraining(configurations: Sequence[Configuration]) -> list[Configuration]:
+    return [c for c in configurations if c.glue_task is None]
+
+
 def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The main table: one row per configuration that is not a GLUE fine-tuning run."""
+    configurations = pretraining(configurations)
     metrics: dict[str, None] = {}
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))
-    header = ["configuration", "sharing", "ratio", "seeds", "not completed", "unique params", "vs unshared",
-              "peak RSS MiB", "tokens/s", *metrics]  # fmt: skip
+    header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
+              "vs unshared", "tokens/s", "wall s/run", *metrics]  # fmt: skip
     main = main_metric(configurations)
     if iso and main:
-        header += ["iso-param baseline", f"baseline {main[0]}"]
+        header += ["iso-param twin", f"twin {main[0]}"]
     rows = []
     for configuration in configurations:
         unique = configuration.unique_parameters()
         unshared = unshared_unique_parameters(configuration.first)
-        rss = configuration.mean_of("peak_memory", "rss_bytes")
         row = [
-            configuration.name,
-            configuration.sharing,
+            configuration.label,
+            scheme_cell(configuration),
             _format(configuration.ratio, "g"),
+            _format(configuration.layers_ratio, ".4g"),
             str(len(configuration.records)),
             str(len(configuration.failed)),
             _format(unique, ","),
             _format(unique / unshared if unique and unshared else None, ".4f"),
-            _format(rss / 2**20 if rss else None, ",.0f"),
             _format(configuration.mean_of("speed", "tokens_per_second"), ",.0f"),
+            _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]
         if iso and main:
             baseline = iso_baseline(configuration, configurations)
             row += [
-                f"{baseline.name} ({baseline.unique_parameters():,})" if baseline else "—",
+                f"{baseline.label} ({baseline.unique_parameters():,})" if baseline else "—",
                 _mean_ci_cell(baseline.metric_values(main[0])) if baseline else "—",
             ]
         rows.append(row)
+    return header, rows
+
+
+def pretraining_seed(record: dict[str, Any]) -> Any:
+    return (record.get("config") or {}).get("seed", record.get("seed"))
+
+
+def glue_table_rows(configurations: Sequence[Configuration]) -> tuple[list[str], list[list[str]]] | None:
+    """One row per pretrained configuration: each task's score (its official metric, or the mean of two) and
+    the GLUE score, the mean over the tasks of one pretraining seed, with 95 % CIs over pretraining seeds."""
+    glue_runs = [c for c in configurations if c.glue_task is not None]
+    if not glue_runs:
+        return None
+    tasks = list(dict.fromkeys(c.glue_task for c in glue_runs))
+    by_label: dict[str, dict[str, Configuration]] = {}
+    for configuration in glue_runs:
+        by_label.setdefault(configuration.label, {})[configuration.glue_task] = configuration
+    header = ["configuration", "sharing", "unique params (encoder)", "pretraining seeds", *tasks, "GLUE score"]
+    rows = []
+    for label, per_task in by_label.items():
+        scores: dict[Any, dict[str, list[float]]] = {}  # pretraining seed → task → scores over fine-tuning seeds
+        for task, configuration in per_task.items():
+            for record in configuration.records:
+                score = record.get("metrics", {}).get("score")
+                if isinstance(score, (int, float)):
+                    scores.setdefault(pretraining_seed(record), {}).setdefault(task, []).append(float(score))
+        glue_scores = [
+            sum(sum(v) / len(v) for v in by_task.values()) / len(tasks)
+            for by_task in scores.values()
+            if len(by_task) == len(tasks)
+        ]
+        first = next(iter(per_task.values()))
+        encoder = (first.first.get("parameters") or {}).get("encoder") or {}
+        rows.append([
+            label, scheme_cell(first), _format(encoder.get("unique"), ","), str(len(glue_scores)),
+            *(_mean_ci_cell(per_task[t].metric_values("score")) if t in per_task else "—" for t in tasks),
+            _mean_ci_cell(glue_scores),
+        ])  # fmt: skip
     return header, rows
 
 
@@ -229,7 +411,7 @@ def latex(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         text = "".join(LATEX_SPECIAL.get(c, c) for c in text)
         return text.replace("±", r"$\pm$").replace("—", "--")
 
-    lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(header) - 3) + "}", r"\toprule"]
+    lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}", r"\toprule"]
     lines.append(" & ".join(escape(h) for h in header) + r" \\")
     lines.append(r"\midrule")
     lines += [" & ".join(escape(c) for c in row) + r" \\" for row in rows]
@@ -253,9 +435,21 @@ def paper_claims(configurations: Sequence[Configuration]) -> tuple[str | None, l
     return None, []
 
 
+def run_time(configurations: Sequence[Configuration]) -> str:
+    """The runs' own wall times added up (process start and sweep overhead aside)."""
+    seconds = [r["wall_time_s"] for c in configurations for r in c.records + c.failed if "wall_time_s" in r]
+    runs = sum(len(c.records) + len(c.failed) for c in configurations)
+    return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
+
+
 def report(configurations: Sequence[Configuration], iso: bool = False) -> str:
-    header, rows = table_rows(configurations, iso)
-    parts = [markdown(header, rows), "", "Metrics: mean ± half-width of the 95 % confidence interval over seeds."]
+    parts = []
+    if pretraining(configurations):
+        parts += [markdown(*table_rows(configurations, iso)), ""]
+    if glue := glue_table_rows(configurations):
+        parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", "",
+                  markdown(*glue), ""]  # fmt: skip
+    parts += ["Metrics: mean ± half-width of the 95 % confidence interval over seeds.", run_time(configurations)]
     title, claims = paper_claims(configurations)
     if claims:
         parts += ["", f"The paper ({title}) reports:", *(f"- {claim}" for claim in claims)]
@@ -264,34 +458,54 @@ def report(configurations: Sequence[Configuration], iso: bool = False) -> str:
     return "\n".join(parts) + "\n"
 
 
+STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
+
+
 def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: bool = False, plots: bool = True) -> str:
-    """The Markdown report of the runs under `folders`; with `out`, also table.{md,csv,tex}, the plots and a copy
-    of every run record (runs/<configuration>/seed=<n>/run.json) in that folder."""
+    """The Markdown report of the runs under `folders`; with `out`, also table.{md,csv,tex} (and glue.{csv,tex}),
+    the plots and a copy of every run record: runs/<label>/seed=<n>/run.json, a GLUE run's record under
+    runs/<label>/seed=<n>/glue/<task>/seed=<m>/. `out` may be one of `folders` (rebuilding from the copies)."""
     configurations = find_configurations(folders)
     text = report(configurations, iso)
     if out is not None:
         out = Path(out)
-        header, rows = table_rows(configurations, iso)
         atomic_write_bytes(out / "table.md", text.encode())
-        atomic_write_bytes(out / "table.csv", csv_text(header, rows).encode())
-        atomic_write_bytes(out / "table.tex", latex(header, rows).encode())
-        copy_records(configurations, folders, out / "runs")
+        for name, table in (("table", table_rows(configurations, iso) if pretraining(configurations) else None),
+                            ("glue", glue_table_rows(configurations))):  # fmt: skip
+            if table:
+                atomic_write_bytes(out / f"{name}.csv", csv_text(*table).encode())
+                atomic_write_bytes(out / f"{name}.tex", latex(*table).encode())
+        replace_records(configurations, out / "runs")
         if plots:
             from sharebench.plots import plot_all
 
-            plot_all(configurations, out)
+            plot_all(pretraining(configurations), out)
     return text
 
 
-def copy_records(configurations: Sequence[Configuration], folders: Sequence[str | Path], target: Path) -> None:
+def record_destination(configuration: Configuration, record: dict[str, Any]) -> Path:
+    folder = Path(configuration.label) / f"seed={pretraining_seed(record)}"
+    if configuration.glue_task is not None:
+        folder = folder / "glue" / configuration.glue_task / f"seed={record.get('seed')}"
+    return folder / RECORD_NAME
+
+
+def replace_records(configurations: Sequence[Configuration], target: Path) -> None:
+    """Copy every record (and its loss log) under `target`, replacing what was there only once all are copied."""
+    staging = target.parent / f"{STAGING}new"
+    shutil.rmtree(staging, ignore_errors=True)
     for configuration in configurations:
         for record in configuration.records + configuration.failed:
-            source = Path(record["_path"])
-            root = next(Path(f) for f in folders if source.is_relative_to(Path(f)))
-            destination = target / source.relative_to(root)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            clean = {k: v for k, v in record.items() if k != "_path"}
-            atomic_write_json(destination, clean)
-            metrics_csv = source.parent / "logs" / "metrics.csv"
-            if metrics_csv.is_file():
-                shutil.copyfile(metrics_csv, destination.parent / "metrics.csv")
+            source = Path(record["_path"]).parent
+            destination = staging / record_destination(configuration, record)
+            atomic_write_json(destination, {k: v for k, v in record.items() if k != "_path"})
+            for log in (source / "logs" / "metrics.csv", source / "metrics.csv"):
+                if log.is_file():
+                    shutil.copyfile(log, destination.parent / "metrics.csv")
+                    break
+    old = target.parent / f"{STAGING}old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sharebench import glue
-from sharebench.checkpoint import load_pretrained
+from sharebench.checkpoint import load_pretrained, loaded_sharing
 from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
@@ -234,7 +234,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         record.update(
             metrics={**metrics, "score": glue.main_score(task_name, metrics), "epochs": module.history},
             parameters={"unique": counts.unique + head, "total": counts.total + head, "encoder": counts.to_dict()},
-            sharing={"name": encoder.sharing_name},
+            sharing=loaded_sharing(encoder, pretrained),
             speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
             examples={"train": len(train), **{s: len(v) for s, v in validation.items()}},
         )

@@ -20,11 +20,6 @@ if TYPE_CHECKING:
 CURVES = ("train_loss", "val_loss")
 
 
-def label(configuration: Configuration) -> str:
-    ratio = configuration.ratio
-    return configuration.sharing if ratio is None else f"{configuration.sharing} r={ratio:g}"
-
-
 def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list[float], list[float]]:
     """Steps, mean and CI half-width of one curve over the seeds that recorded every step."""
     per_step: dict[int, list[float]] = {}
@@ -47,7 +42,7 @@ def plot_curves(configurations: Sequence[Configuration], path: Path) -> bool:
             steps, mean, half = curve_bands(configuration, key)
             if not steps:
                 continue
-            line = axis.plot(steps, mean, label=f"{label(configuration)} (n={len(configuration.records)})")[0]
+            line = axis.plot(steps, mean, label=f"{configuration.label} (n={len(configuration.records)})")[0]
             low = [m - h for m, h in zip(mean, half, strict=True)]
             high = [m + h for m, h in zip(mean, half, strict=True)]
             axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
@@ -85,7 +80,8 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path) ->
         mean, half = mean_ci(configuration.metric_values(metric))
         if value is None or mean is None:
             continue
-        by_scheme.setdefault(configuration.sharing, []).append((float(value), mean, half or 0.0))
+        scheme = f"{configuration.sharing} (iso twin)" if configuration.iso_baseline else configuration.sharing
+        by_scheme.setdefault(scheme, []).append((float(value), mean, half or 0.0))
     if not by_scheme:
         return False
     figure, axis = plt.subplots(figsize=(6, 4.5))

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, save_pretrained
+from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
 from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
 from sharebench.cpu import tune_cpu_process
 from sharebench.data import PretrainData, WordPieceTokenizer
@@ -320,9 +320,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     model = initial_model(cfg, data.vocab_size)
     head_pairs = select_shared_heads(model, cfg.postshare_ratio) if cfg.postshare_ratio is not None else None
     if cfg.pretrained:  # the checkpoint's sharing, not the config's
-        _, sharing_ratio = checkpoint_sharing(resolve_path(cfg.pretrained))
-        record.update(sharing={"name": model.sharing_name, "ratio": sharing_ratio,
-                               "layers": model.layers.describe(), "pretrained": str(cfg.pretrained)})  # fmt: skip
+        record.update(sharing=loaded_sharing(model, resolve_path(cfg.pretrained)))
     counts = model.parameter_counts()
     fraction = predicted_fraction(cfg)
     flops = model.flops_per_token(cfg.data.seq_len, fraction)

@@ -1,0 +1,93 @@
+"""`sharebench collect` on records written by real (nano) runs: every run's within-layer and cross-layer scheme
+named with their ratios, configurations identified by resolved values, labels that name only what varies, the
+iso-parameter twin of each shared configuration, and the committed layout runs/<label>/seed=<n>/run.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharebench.collect import collect, find_configurations, table_rows
+from sharebench.config import compose
+from sharebench.pretrain import run
+from tests.conftest import nano_settings
+
+RUNS = {  # folder name (as a sweep would type it) → overrides
+    "none": ["sharing=none"],
+    "cycle": ["layers=cycle", "layers.ratio=0.5"],
+    "partial_cycle": ["sharing=partial_qk", "ratio=0.5", "layers=cycle", "layers.ratio=0.5"],
+    "partial": ["sharing=partial_qk", "ratio=0.5"],
+    "partial_iso": ["sharing=partial_qk", "ratio=0.5", "iso_baseline=true"],
+    "symmetric_typed_as_1": ["sharing=partial_qk", "ratio=1"],
+    "symmetric_typed_as_1.0": ["sharing=partial_qk", "ratio=1.0", "seed=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, corpus, cache_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    for name, overrides in RUNS.items():
+        cfg = compose([*nano_settings(corpus, cache_dir, root), *overrides])
+        run(cfg, root / "+experiment=x" / name / "seed=0")
+    return root
+
+
+def rows_by_label(root):
+    header, rows = table_rows(find_configurations([root]), iso=True)
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def test_cross_layer_and_combined_schemes_are_named_with_their_ratios(sweep):
+    rows = rows_by_label(sweep)
+    assert set(rows) == {
+        "sharing=none,layers=none",
+        "sharing=none,layers=cycle",
+        "sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false",
+        "sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true",
+        "sharing=partial_qk,ratio=0.5,layers=cycle",
+        "sharing=partial_qk,ratio=1",
+    }
+    cycle = rows["sharing=none,layers=cycle"]
+    assert (cycle["sharing"], cycle["layers ratio"]) == ("none+cycle", "0.5")
+    combined = rows["sharing=partial_qk,ratio=0.5,layers=cycle"]
+    assert (combined["sharing"], combined["ratio"], combined["layers ratio"]) == ("partial_qk+cycle", "0.5", "0.5")
+    assert rows["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true"]["sharing"] == (
+        "none (iso twin of partial_qk)"
+    )
+    assert rows["sharing=partial_qk,ratio=1"]["seeds"] == "2"  # ratio=1 and ratio=1.0 are one configuration
+
+
+def test_iso_twins_are_unshared_models_only(sweep):
+    rows = rows_by_label(sweep)
+    unshared = {"sharing=none,layers=none", "sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true"}
+    for label, row in rows.items():
+        twin = row["iso-param twin"].split(" (")[0]
+        assert twin == "—" if label in unshared else twin in unshared, (label, twin)
+    partial = rows["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
+    assert partial["iso-param twin"].startswith("sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true (")
+
+
+def test_a_label_names_only_what_varies(sweep, tmp_path):
+    only_ratios = tmp_path / "ratios"
+    for name in ("partial", "symmetric_typed_as_1", "symmetric_typed_as_1.0"):
+        for record in (sweep / "+experiment=x" / name).rglob("run.json"):
+            target = only_ratios / name / record.relative_to(sweep / "+experiment=x" / name)
+            target.parent.mkdir(parents=True)
+            target.write_text(record.read_text())
+    assert sorted(rows_by_label(only_ratios)) == ["ratio=0.5", "ratio=1"]
+
+
+def test_collect_writes_records_by_label_and_can_rebuild_from_them(sweep, tmp_path):
+    out = tmp_path / "results"
+    first = collect([sweep], out, iso=True, plots=False)
+    records = sorted(p.relative_to(out).as_posix() for p in out.rglob("run.json"))
+    assert len(records) == len(RUNS)
+    assert "runs/sharing=none,layers=cycle/seed=0/run.json" in records
+    assert "runs/sharing=partial_qk,ratio=1/seed=1/run.json" in records
+    assert not any("+" in r or "runs/runs" in r for r in records)
+    assert all((out / r).with_name("metrics.csv").is_file() for r in records)
+    again = collect([out], out, iso=True, plots=False)  # from the committed copies alone, into the same folder
+    assert again.split("Run time")[0] == first.split("Run time")[0]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("run.json")) == records
+    assert json.loads((out / records[0]).read_text())["status"] == "completed"
