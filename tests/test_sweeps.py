@@ -115,6 +115,29 @@ def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cach
         assert [h["step"] for h in history] == [0, 2, 4] and all("train_loss" in h for h in history)
 
 
+# What a paper-scale run may shrink to run in seconds on a CPU: data, steps, batch and GLUE, never the model.
+PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+               "data.batch_size=2", "data.max_train_chars=50000", "data.max_validation_chars=20000",
+               "data.tokenizer.train_chars=50000", "glue.tasks=[rte]", "glue.seeds=[0]", "glue.predict_test=false",
+               "glue.recipe.max_train_examples=4", "glue.recipe.max_eval_examples=4", "glue.recipe.epochs=1",
+               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+
+
+@needs_shared_data
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_paper_scale_recipe_runs_a_few_steps_with_the_papers_model(experiment, tmp_path, cache_dir):
+    given = [f"+experiment={experiment}", "scale=paper", *PAPER_SMOKE, f"cache_dir={cache_dir}",
+             f"output_root={tmp_path}"]  # fmt: skip
+    result = train(*given)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    assert records and all(r["status"] == "completed" for r in records)
+    paper = compose([f"+experiment={experiment}", "scale=paper"])
+    if paper.task != "sts_zero_shot":
+        pretraining = next(r for r in records if "task" not in r)
+        assert pretraining["config"]["size"] == dict(paper.size)
+
+
 def test_mean_and_confidence_interval_follow_students_t():
     mean, half = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
