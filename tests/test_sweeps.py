@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sharebench.cli import add_sweeper_params
-from sharebench.collect import collect, csv_text, find_configurations, latex, mean_ci, table_rows
+from sharebench.collect import collect, csv_text, difference_ci, find_configurations, latex, mean_ci, table_rows
 from sharebench.config import check_overrides, compose
 from sharebench.paths import PROJECT_ROOT
 from tests.conftest import needs_shared_data
@@ -142,6 +142,16 @@ def test_mean_and_confidence_interval_follow_students_t():
     mean, half = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
     assert mean_ci([5.0]) == (5.0, None) and mean_ci([]) == (None, None)
+
+
+def test_difference_of_means_has_welchs_confidence_interval():
+    from scipy.stats import ttest_ind
+
+    values, reference = [1.0, 2.0, 3.5], [2.0, 4.0, 6.0, 7.0]
+    difference, half = difference_ci(values, reference)
+    low, high = ttest_ind(values, reference, equal_var=False).confidence_interval(0.95)
+    assert difference == pytest.approx((low + high) / 2) and half == pytest.approx((high - low) / 2)
+    assert difference_ci([1.0], reference)[1] is None and difference_ci([], reference) == (None, None)
 
 
 def test_collect_writes_tables_and_lists_failed_runs(tmp_path):

@@ -190,6 +190,25 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | 
     return mean, t_critical(len(values) - 1, confidence) * math.sqrt(variance / len(values))
 
 
+def difference_ci(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95
+                  ) -> tuple[float | None, float | None]:  # fmt: skip
+    """The difference of two means and the half-width of its confidence interval (Welch's t; None with fewer
+    than 2 values on either side)."""
+    if not values or not reference:
+        return None, None
+    (mean, _), (reference_mean, _) = mean_ci(values), mean_ci(reference)
+    difference = mean - reference_mean
+    if len(values) < 2 or len(reference) < 2:
+        return difference, None
+    variances = [sum((v - m) ** 2 for v in vs) / (len(vs) - 1) / len(vs)
+                 for vs, m in ((values, mean), (reference, reference_mean))]  # fmt: skip
+    error = math.sqrt(sum(variances))
+    if error == 0:
+        return difference, 0.0
+    freedom = error**4 / sum(v**2 / (len(vs) - 1) for v, vs in zip(variances, (values, reference), strict=True))
+    return difference, t_critical(freedom, confidence) * error
+
+
 def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
     found: dict[str, Configuration] = {}
     for folder in map(Path, folders):
@@ -276,6 +295,23 @@ def main_metric(configurations: Sequence[Configuration]) -> tuple[str, str] | No
     return next(((m, order) for m, order in MAIN_METRICS if m in available), None)
 
 
+def reference(configurations: Sequence[Configuration]) -> Configuration | None:
+    """What the Δ columns compare with: the unshared configuration (sharing=none, no cross-layer sharing), else
+    the lowest share ratio of the table's scheme (yang24's ratio 0), else the first row."""
+    candidates = [c for c in configurations if c.records and not c.iso_baseline]
+    unshared = [c for c in candidates if c.sharing == "none"]
+    if unshared or not candidates:
+        return (unshared or [None])[0]
+    return min(candidates, key=lambda c: c.ratio if c.ratio is not None else math.inf)
+
+
+def _difference_cell(values: Sequence[float], reference_values: Sequence[float]) -> str:
+    difference, half = difference_ci(values, reference_values)
+    if difference is None:
+        return "—"
+    return f"{difference:+.4f} ± {half:.4f}" if half is not None else f"{difference:+.4f}"
+
+
 def iso_baseline(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
     """A shared configuration's iso-parameter twin: its own iso baseline (`iso_baseline=true`) if it was run,
     else the unshared configuration (separate Q/K/V, no cross-layer sharing) with the closest unique count."""
@@ -318,8 +354,11 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
     header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
               "vs unshared", "tokens/s", "wall s/run", *metrics]  # fmt: skip
     main = main_metric(configurations)
+    base = reference(configurations) if main else None
+    if base:
+        header.append(f"Δ {main[0]} vs {base.label}")
     if iso and main:
-        header += ["iso-param twin", f"twin {main[0]}"]
+        header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin"]
     rows = []
     for configuration in configurations:
         unique = configuration.unique_parameters()
@@ -337,11 +376,14 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]
+        if base:
+            row.append(_difference_cell(configuration.metric_values(main[0]), base.metric_values(main[0])))
         if iso and main:
-            baseline = iso_baseline(configuration, configurations)
+            twin = iso_baseline(configuration, configurations)
             row += [
-                f"{baseline.label} ({baseline.unique_parameters():,})" if baseline else "—",
-                _mean_ci_cell(baseline.metric_values(main[0])) if baseline else "—",
+                f"{twin.label} ({twin.unique_parameters():,})" if twin else "—",
+                _mean_ci_cell(twin.metric_values(main[0])) if twin else "—",
+                _difference_cell(configuration.metric_values(main[0]), twin.metric_values(main[0])) if twin else "—",
             ]
         rows.append(row)
     return header, rows
@@ -351,9 +393,22 @@ def pretraining_seed(record: dict[str, Any]) -> Any:
     return (record.get("config") or {}).get("seed", record.get("seed"))
 
 
+def glue_scores(per_task: dict[str, Configuration], tasks: Sequence[str]) -> list[float]:
+    """One GLUE score per pretraining seed that has every task: the mean over tasks of the task's score (averaged
+    over fine-tuning seeds)."""
+    scores: dict[Any, dict[str, list[float]]] = {}
+    for task, configuration in per_task.items():
+        for record in configuration.records:
+            score = record.get("metrics", {}).get("score")
+            if isinstance(score, (int, float)):
+                scores.setdefault(pretraining_seed(record), {}).setdefault(task, []).append(float(score))
+    return [sum(sum(v) / len(v) for v in by_task.values()) / len(tasks)
+            for by_task in scores.values() if len(by_task) == len(tasks)]  # fmt: skip
+
+
 def glue_table_rows(configurations: Sequence[Configuration]) -> tuple[list[str], list[list[str]]] | None:
     """One row per pretrained configuration: each task's score (its official metric, or the mean of two) and
-    the GLUE score, the mean over the tasks of one pretraining seed, with 95 % CIs over pretraining seeds."""
+    the GLUE score, with 95 % CIs over pretraining seeds, and its difference to the reference configuration."""
     glue_runs = [c for c in configurations if c.glue_task is not None]
     if not glue_runs:
         return None
@@ -361,26 +416,19 @@ def glue_table_rows(configurations: Sequence[Configuration]) -> tuple[list[str],
     by_label: dict[str, dict[str, Configuration]] = {}
     for configuration in glue_runs:
         by_label.setdefault(configuration.label, {})[configuration.glue_task] = configuration
+    scores = {label: glue_scores(per_task, tasks) for label, per_task in by_label.items()}
+    base = reference([next(iter(per_task.values())) for per_task in by_label.values()])
     header = ["configuration", "sharing", "unique params (encoder)", "pretraining seeds", *tasks, "GLUE score"]
+    header += [f"Δ GLUE vs {base.label}"] if base else []
     rows = []
     for label, per_task in by_label.items():
-        scores: dict[Any, dict[str, list[float]]] = {}  # pretraining seed → task → scores over fine-tuning seeds
-        for task, configuration in per_task.items():
-            for record in configuration.records:
-                score = record.get("metrics", {}).get("score")
-                if isinstance(score, (int, float)):
-                    scores.setdefault(pretraining_seed(record), {}).setdefault(task, []).append(float(score))
-        glue_scores = [
-            sum(sum(v) / len(v) for v in by_task.values()) / len(tasks)
-            for by_task in scores.values()
-            if len(by_task) == len(tasks)
-        ]
         first = next(iter(per_task.values()))
         encoder = (first.first.get("parameters") or {}).get("encoder") or {}
         rows.append([
-            label, scheme_cell(first), _format(encoder.get("unique"), ","), str(len(glue_scores)),
+            label, scheme_cell(first), _format(encoder.get("unique"), ","), str(len(scores[label])),
             *(_mean_ci_cell(per_task[t].metric_values("score")) if t in per_task else "—" for t in tasks),
-            _mean_ci_cell(glue_scores),
+            _mean_ci_cell(scores[label]),
+            *([_difference_cell(scores[label], scores[base.label])] if base else []),
         ])  # fmt: skip
     return header, rows
 
@@ -449,7 +497,11 @@ def report(configurations: Sequence[Configuration], iso: bool = False) -> str:
     if glue := glue_table_rows(configurations):
         parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", "",
                   markdown(*glue), ""]  # fmt: skip
-    parts += ["Metrics: mean ± half-width of the 95 % confidence interval over seeds.", run_time(configurations)]
+    parts += [
+        "Metrics: mean ± half-width of the 95 % confidence interval over seeds; Δ: difference of means ± the"
+        " half-width of its 95 % confidence interval (Welch's t).",
+        run_time(configurations),
+    ]
     title, claims = paper_claims(configurations)
     if claims:
         parts += ["", f"The paper ({title}) reports:", *(f"- {claim}" for claim in claims)]
