@@ -56,6 +56,11 @@ def test_cross_layer_and_combined_schemes_are_named_with_their_ratios(sweep):
         "none (iso twin of partial_qk)"
     )
     assert rows["sharing=partial_qk,ratio=1"]["seeds"] == "2"  # ratio=1 and ratio=1.0 are one configuration
+    reference = "Δ val_loss vs sharing=none,layers=none"
+    assert rows["sharing=none,layers=none"][reference] == "reference"
+    assert rows["sharing=none,layers=cycle"][reference][0] in "+-"
+    rise = rows["sharing=none,layers=cycle"]["val_rise"]  # read off the validation curve: ≥ 0 by definition
+    assert float(rise.split(" ")[0]) >= 0
 
 
 def test_iso_twins_are_unshared_models_only(sweep):

@@ -32,6 +32,8 @@ from sharebench.record import RECORD_NAME
 NOT_METRICS = {"steps", "epochs"}
 # The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
 MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
+# Metrics that get a Δ column beside the main metric's where the runs have them.
+COMPARED_TOO = ("train_loss", "val_rise")
 # Config keys that say where a run lives or how it prints, or that the scheme keys stand for (the record's
 # effective scheme names and ratios replace them: a ratio left to its default is recorded as the value used).
 NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar",
@@ -109,6 +111,21 @@ def label_value(value: Any) -> str:
     return str(value).replace("/", "_")
 
 
+def run_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics, and two read off its validation curve: `generalization_gap`, the final validation loss
+    minus the final train loss (eval mode, with eval_train_loss=true), and `val_rise`, how far the final
+    validation loss lies above the curve's lowest point (overfitting, as Yang et al. look for it)."""
+    metrics = dict(record.get("metrics") or {})
+    history = [h["val_loss"] for h in metrics.get("val_history") or [] if isinstance(h.get("val_loss"), (int, float))]
+    final = metrics.get("val_loss")
+    if isinstance(final, (int, float)) and history:
+        metrics["val_rise"] = final - min(history)
+        last = metrics["val_history"][-1]
+        if isinstance(last.get("train_loss"), (int, float)):
+            metrics["generalization_gap"] = final - last["train_loss"]
+    return metrics
+
+
 @dataclass
 class Configuration:
     description: dict[str, Any]
@@ -148,13 +165,13 @@ class Configuration:
         return self.sharing == "none" or self.iso_baseline
 
     def metric_values(self, metric: str) -> list[float]:
-        values = [r.get("metrics", {}).get(metric) for r in self.records]
+        values = [run_metrics(r).get(metric) for r in self.records]
         return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
     def metrics(self) -> list[str]:
         names: dict[str, None] = {}
         for record in self.records:
-            for key, value in record.get("metrics", {}).items():
+            for key, value in run_metrics(record).items():
                 if key not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
                     names.setdefault(key)
         return list(names)
@@ -355,8 +372,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
               "vs unshared", "tokens/s", "wall s/run", *metrics]  # fmt: skip
     main = main_metric(configurations)
     base = reference(configurations) if main else None
-    if base:
-        header.append(f"Δ {main[0]} vs {base.label}")
+    compared = [main[0]] + [m for m in COMPARED_TOO if m in metrics and m != main[0]] if base else []
+    header += [f"Δ {metric} vs {base.label}" for metric in compared]
     if iso and main:
         header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin"]
     rows = []
@@ -376,8 +393,11 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]
-        if base:
-            row.append(_difference_cell(configuration.metric_values(main[0]), base.metric_values(main[0])))
+        row += [
+            "reference" if configuration is base else _difference_cell(configuration.metric_values(m),
+                                                                        base.metric_values(m))
+            for m in compared
+        ]  # fmt: skip
         if iso and main:
             twin = iso_baseline(configuration, configurations)
             row += [
