@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from sharebench import data as data_module
 from sharebench.config import compose
-from sharebench.data import BlockSampler, PretrainData, mask_tokens, read_documents
+from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
@@ -68,6 +68,17 @@ def test_processes_share_global_batches_and_resume_part_way():
     assert len(list(single)) == len(whole) * 8  # skipping applies to one pass only
     single.set_epoch(0)
     assert batches(single) != whole  # a new permutation and new mask seeds every epoch
+
+
+def test_the_training_loss_estimate_keeps_its_batches_whatever_the_epoch():
+    estimate = EstimateSampler(50, 8, seed=3)
+    first = batches(estimate)
+    for epoch in (0, 1, 2):
+        training = BlockSampler(50, 8, seed=3, shuffle=True)
+        training.set_epoch(epoch)
+        estimate.set_epoch(epoch)  # as Lightning does for every loader
+        assert batches(estimate) == first
+        assert batches(training)[0] != first[0]  # not the batch an epoch starts training on
 
 
 def test_tokens_are_cached_and_not_tokenised_again(nano_overrides, tmp_path, monkeypatch):

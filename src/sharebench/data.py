@@ -345,6 +345,19 @@ class BlockSampler(Sampler):
                 yield index, (_seed(self.seed, self.epoch, index) if self.shuffle else index)
 
 
+class EstimateSampler(BlockSampler):
+    """Training blocks for estimating the training loss (nanoGPT's estimate_loss): one fixed random order that no
+    training epoch uses. Lightning sets the epoch of every loader's sampler; following it would evaluate the
+    batches the current epoch began with, which the model has just been trained on."""
+
+    def __init__(self, blocks: int, batch_size: int, seed: int) -> None:
+        super().__init__(blocks, batch_size, seed, shuffle=True)
+        self.epoch = -1  # the permutation of an epoch that training never reaches
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order stays the same whatever the training epoch."""
+
+
 def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
@@ -429,18 +442,24 @@ class PretrainData:
             self.streams[split], self.data.seq_len, self.objective, self.special_ids, self.vocab_size, self.mlm
         )
 
-    def loader(self, split: str, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-        """Training batches shuffled per epoch; validation in order, every process seeing all of it.
+    def loader(self, split: str, seed: int, rank: int = 0, world_size: int = 1, estimate: bool = False
+               ) -> DataLoader:  # fmt: skip
+        """Training batches shuffled per epoch; validation in order, every process seeing all of it; with
+        `estimate`, training blocks in one fixed random order for estimating the training loss.
         `data.batch_size` is the global batch: each of `world_size` processes takes an equal share."""
         dataset = self.dataset(split)
-        training = split == "train"
+        training = split == "train" and not estimate
         if training and self.data.batch_size % world_size:
             raise ConfigError(
                 f"data.batch_size={self.data.batch_size} (the global batch) is not divisible by {world_size} processes"
             )
         batch_size = min(self.data.batch_size // world_size if training else self.data.batch_size, len(dataset))
-        sampler = BlockSampler(len(dataset), batch_size, seed, training, rank if training else 0,
-                               world_size if training else 1)  # fmt: skip
+        sampler = (
+            EstimateSampler(len(dataset), batch_size, seed)
+            if estimate
+            else BlockSampler(len(dataset), batch_size, seed, training, rank if training else 0,
+                              world_size if training else 1)
+        )  # fmt: skip
         return DataLoader(
             dataset,
             batch_size=batch_size,

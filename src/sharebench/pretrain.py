@@ -110,7 +110,7 @@ class PretrainModule(L.LightningModule):
         # With eval_train_loss, the same number of training batches is evaluated too (as nanoGPT's estimate_loss).
         loaders = [self.data.loader("validation", self.seed)]
         if self.eval_train_loss:
-            loaders.append(self.data.loader("train", self.seed))
+            loaders.append(self.data.loader("train", self.seed, estimate=True))
         return loaders
 
     def on_train_start(self) -> None:
