@@ -13,7 +13,6 @@ and the GLUE score. Runs that did not complete are listed with their status and 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sharebench.errors import ConfigError
-from sharebench.paths import atomic_write_bytes, atomic_write_json
+from sharebench.paths import atomic_write_bytes, atomic_write_json, folder_name
 from sharebench.record import RECORD_NAME
 
 # Run-level metrics that are not a quality measure of the model.
@@ -41,7 +40,6 @@ NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable
                 "layers.ratio"}  # fmt: skip
 NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
 LABEL_FIRST = ("sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
-MAX_LABEL = 200  # a label is also a folder name
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -108,7 +106,7 @@ def label_value(value: Any) -> str:
         return format(value, "g")
     if isinstance(value, tuple):
         return "[" + ",".join(map(label_value, value)) + "]"
-    return str(value).replace("/", "_")
+    return str(value)
 
 
 def run_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -262,13 +260,13 @@ def assign_labels(configurations: Sequence[Configuration]) -> None:
                                                                       if k in LABEL_FIRST else 0, k))  # fmt: skip
     chosen: list[tuple[str, set]] = []  # a key, and the groups (values of the keys before it) in which it varies
 
-    def group(base: dict[str, Any]) -> tuple:
-        return tuple(repr(base.get(k, absent)) for k, _ in chosen)
+    def group(base: dict[str, Any], before: Sequence[tuple[str, set]]) -> tuple:
+        return tuple(repr(base.get(k, absent)) for k, _ in before)
 
     for key in keys:
         values: dict[tuple, set] = {}
         for base in bases:
-            values.setdefault(group(base), set()).add(repr(base.get(key, absent)))
+            values.setdefault(group(base, chosen), set()).add(repr(base.get(key, absent)))
         varying = {g for g, v in values.items() if len(v) > 1}
         if varying:
             chosen.append((key, varying))
@@ -276,17 +274,9 @@ def assign_labels(configurations: Sequence[Configuration]) -> None:
         parts = [
             f"{key}={label_value(base[key])}"
             for i, (key, varying) in enumerate(chosen)
-            if key in base and tuple(repr(base.get(k, absent)) for k, _ in chosen[:i]) in varying
+            if key in base and group(base, chosen[:i]) in varying
         ]
-        configuration.label = shortened(",".join(parts) or f"sharing={label_value(base['sharing'])}")
-
-
-def shortened(label: str) -> str:
-    """A label short enough for a folder name: its start and a hash of the whole."""
-    if len(label.encode()) <= MAX_LABEL:
-        return label
-    digest = hashlib.sha256(label.encode()).hexdigest()[:12]
-    return label.encode()[: MAX_LABEL - 16].decode(errors="ignore") + "...+" + digest
+        configuration.label = folder_name(",".join(parts) or f"sharing={label_value(base['sharing'])}")
 
 
 def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
@@ -317,9 +307,9 @@ def reference(configurations: Sequence[Configuration]) -> Configuration | None:
     the lowest share ratio of the table's scheme (yang24's ratio 0), else the first row."""
     candidates = [c for c in configurations if c.records and not c.iso_baseline]
     unshared = [c for c in candidates if c.sharing == "none"]
-    if unshared or not candidates:
-        return (unshared or [None])[0]
-    return min(candidates, key=lambda c: c.ratio if c.ratio is not None else math.inf)
+    if unshared:
+        return unshared[0]
+    return min(candidates, key=lambda c: c.ratio if c.ratio is not None else math.inf, default=None)
 
 
 def _difference_cell(values: Sequence[float], reference_values: Sequence[float]) -> str:
@@ -510,13 +500,23 @@ def run_time(configurations: Sequence[Configuration]) -> str:
     return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
 
 
-def report(configurations: Sequence[Configuration], iso: bool = False) -> str:
+Table = tuple[list[str], list[list[str]]]
+
+
+def tables(configurations: Sequence[Configuration], iso: bool = False) -> dict[str, Table]:
+    """The tables the runs give: `table` (pretraining and zero-shot runs) and `glue` (GLUE runs), where there are."""
+    made = {"table": table_rows(configurations, iso) if pretraining(configurations) else None,
+            "glue": glue_table_rows(configurations)}  # fmt: skip
+    return {name: table for name, table in made.items() if table}
+
+
+def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> str:
     parts = []
-    if pretraining(configurations):
-        parts += [markdown(*table_rows(configurations, iso)), ""]
-    if glue := glue_table_rows(configurations):
+    if "table" in made:
+        parts += [markdown(*made["table"]), ""]
+    if "glue" in made:
         parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", "",
-                  markdown(*glue), ""]  # fmt: skip
+                  markdown(*made["glue"]), ""]  # fmt: skip
     parts += [
         "Metrics: mean ± half-width of the 95 % confidence interval over seeds; Δ: difference of means ± the"
         " half-width of its 95 % confidence interval (Welch's t).",
@@ -538,15 +538,14 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
     the plots and a copy of every run record: runs/<label>/seed=<n>/run.json, a GLUE run's record under
     runs/<label>/seed=<n>/glue/<task>/seed=<m>/. `out` may be one of `folders` (rebuilding from the copies)."""
     configurations = find_configurations(folders)
-    text = report(configurations, iso)
+    made = tables(configurations, iso)
+    text = report(configurations, made)
     if out is not None:
         out = Path(out)
         atomic_write_bytes(out / "table.md", text.encode())
-        for name, table in (("table", table_rows(configurations, iso) if pretraining(configurations) else None),
-                            ("glue", glue_table_rows(configurations))):  # fmt: skip
-            if table:
-                atomic_write_bytes(out / f"{name}.csv", csv_text(*table).encode())
-                atomic_write_bytes(out / f"{name}.tex", latex(*table).encode())
+        for name, table in made.items():
+            atomic_write_bytes(out / f"{name}.csv", csv_text(*table).encode())
+            atomic_write_bytes(out / f"{name}.tex", latex(*table).encode())
         replace_records(configurations, out / "runs")
         if plots:
             from sharebench.plots import plot_all

@@ -7,7 +7,6 @@ command line, by `check_overrides`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,7 +21,7 @@ from sharebench.data import check_source
 from sharebench.errors import ConfigError
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
-from sharebench.paths import CONFIG_DIR, resolve_path
+from sharebench.paths import CONFIG_DIR, folder_name, resolve_path
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.none import Separate
 
@@ -230,7 +229,6 @@ def predicted_fraction(cfg: DictConfig) -> float:
     return float(cfg.arch.mlm.probability) if cfg.arch.objective == "mlm" else 1.0
 
 
-MAX_RUN_NAME = 200  # file systems refuse names over 255 bytes
 # Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.
 NOT_IN_RUN_NAME = {
     "seed",
@@ -254,11 +252,7 @@ def run_name(task_overrides: Sequence[str]) -> str:
     kept = [o for o in task_overrides if key(o) not in NOT_IN_RUN_NAME]
     rank = {name: i for i, name in enumerate(RUN_NAME_FIRST)}
     kept.sort(key=lambda o: (rank.get(key(o), len(rank)), key(o), o))
-    name = ",".join(kept).replace("/", "_") or "default"
-    if len(name.encode()) > MAX_RUN_NAME:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        name = name.encode()[: MAX_RUN_NAME - 16].decode(errors="ignore") + "...+" + digest
-    return name
+    return folder_name(",".join(kept) or "default")
 
 
 def package_dir(package: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +17,19 @@ def resolve_path(path: str | os.PathLike) -> Path:
     """A user path: `~` expanded, relative paths taken from the project root (not the working directory)."""
     expanded = Path(path).expanduser()
     return expanded if expanded.is_absolute() else (PROJECT_ROOT / expanded).resolve()
+
+
+MAX_FOLDER_NAME = 200  # file systems refuse names over 255 bytes
+
+
+def folder_name(name: str) -> str:
+    """`name` as one folder level: '/' would nest folders, and a name too long for the file system keeps its
+    start and ends in a hash of the whole."""
+    name = name.replace("/", "_")
+    if len(name.encode()) <= MAX_FOLDER_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[: MAX_FOLDER_NAME - 16].decode(errors="ignore") + "...+" + digest
 
 
 def atomic_write_bytes(path: Path, content: bytes) -> None:
