@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from sharebench.cli import exit_on_config_error, preflight, run_key, sweep_baseline
+from sharebench.cli import exit_on_config_error, exit_on_interrupt, preflight, run_key, sweep_baseline
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> None:
             with open_dict(cfg):
                 cfg.ratio = None
     # In a sweep, a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero.
-    with exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else contextlib.nullcontext():
+    failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else contextlib.nullcontext()
+    with exit_on_interrupt(), failures:
         run_task(cfg, Path(hydra_cfg.runtime.output_dir))
 
 

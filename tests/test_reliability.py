@@ -8,22 +8,37 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sharebench import load_pretrained
 from sharebench.collect import collect
+from tests.conftest import nano_settings
 
-RESUME_STEPS = 120
+RESUME_STEPS = 60
+# Runs train.py, sending the process itself a signal inside the training step that reaches `step`.
+STOPPER = """
+import os, runpy, signal, sys
+from sharebench.pretrain import PretrainModule
+step, signum = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+del sys.argv[0]  # "-c": train.py reads its overrides from sys.argv[1:]
+train_step = PretrainModule.training_step
+def stopping_step(self, batch, batch_idx):
+    if self.global_step == step:
+        os.kill(os.getpid(), signum)
+    return train_step(self, batch, batch_idx)
+PretrainModule.training_step = stopping_step
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def command(project_root: Path, overrides: list[str], output_root: Path, *extra: str) -> list[str]:
     kept = [o for o in overrides if not o.startswith(("output_root", "trainer.max_steps", "trainer.val_check"))]
     return [
-        sys.executable, str(project_root / "train.py"), *kept, f"trainer.max_steps={RESUME_STEPS}",
-        "trainer.val_check_interval=20", "trainer.deterministic=true", "data.batch_size=16",
+        str(project_root / "train.py"), *kept, f"trainer.max_steps={RESUME_STEPS}", "trainer.val_check_interval=20",
+        "trainer.log_every_n_steps=1", "trainer.deterministic=true", "data.batch_size=16",
         f"output_root={output_root}", *extra,
     ]  # fmt: skip
 
@@ -33,29 +48,86 @@ def record_of(output_root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_killed_run_resumes_to_the_same_result(project_root, nano_overrides, tmp_path):
-    reference = subprocess.run(
-        command(project_root, nano_overrides, tmp_path / "whole"), capture_output=True, timeout=600
-    )
-    assert reference.returncode == 0, reference.stderr[-2000:]
+def metrics_rows(output_root: Path) -> list[str]:
+    (path,) = output_root.rglob("metrics.csv")
+    return path.read_text().splitlines()
 
-    interrupted = tmp_path / "interrupted"
-    args = command(project_root, nano_overrides, interrupted)
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list(interrupted.rglob("last.ckpt")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(interrupted.rglob("last.ckpt")), "no checkpoint was written before the kill"
-    assert record_of(interrupted)["status"] == "running"  # killed for real, mid-run
 
-    resumed = subprocess.run(args, capture_output=True, timeout=600)
+@pytest.fixture(scope="module")
+def whole_run(project_root, corpus, cache_dir, tmp_path_factory) -> Path:
+    """The reference: the resume tests' run, never stopped."""
+
+    output_root = tmp_path_factory.mktemp("whole")
+    args = command(project_root, nano_settings(corpus, cache_dir, output_root), output_root)
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output_root
+
+
+def stopped_at(project_root: Path, args: list[str], step: int, signum: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STOPPER, str(step), str(signum), *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tmp_path, whole_run, signum):
+    """Stopped at step 30 of 60, between the validations at 20 and 40: SIGKILL loses the steps after the
+    checkpoint at 20, SIGTERM and SIGINT save one at the step boundary and say so. Resumed, the run ends with
+    the whole run's validation loss and its loss curve, no step missing or repeated."""
+    stopped = tmp_path / "stopped"
+    args = command(project_root, nano_overrides, stopped)
+    first = stopped_at(project_root, args, 30, signum)
+    record = record_of(stopped)
+    checkpoint = next(stopped.rglob("checkpoints/last.ckpt"))
+    if signum == signal.SIGKILL:
+        assert first.returncode == -signal.SIGKILL and record["status"] == "running"
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+    else:
+        assert first.returncode == 128 + signum, first.stderr[-2000:]
+        assert record["status"] == "interrupted"
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == 31  # the step it was in, finished
+        assert first.stderr.strip().splitlines()[-1] == (
+            f"interrupted: {signum.name} at step 31: checkpoint saved in {checkpoint}; the same command resumes"
+        )
+
+    resumed = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole, again = record_of(tmp_path / "whole"), record_of(interrupted)
+    whole, again = record_of(whole_run), record_of(stopped)
     assert again["status"] == "completed" and again["metrics"]["steps"] == RESUME_STEPS
-    assert again["metrics"]["val_loss"] == whole["metrics"]["val_loss"]  # identical on CPU, deterministic mode
-    assert again["metrics"]["val_history"] == whole["metrics"]["val_history"]
+    assert again["metrics"]["val_history"] == whole["metrics"]["val_history"]  # bit-identical on CPU
+    assert metrics_rows(stopped) == metrics_rows(whole_run)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_overrides, tmp_path, whole_run):
+    stopped = tmp_path / "stopped"
+    args = command(project_root, nano_overrides, stopped)
+    stopped_at(project_root, args, 50, signal.SIGKILL)  # after the checkpoints at 20 and 40
+    newest = next(stopped.rglob("checkpoints/last.ckpt"))
+    newest.write_bytes(newest.read_bytes()[:1000])  # as a full disk leaves it
+
+    resumed = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    previous = newest.with_name("previous.ckpt")
+    assert f"{newest} is damaged (empty or truncated); kept as last.ckpt.damaged" in resumed.stdout
+    assert f"resuming from {previous} (step 20); the newer checkpoint was damaged" in resumed.stdout
+    assert record_of(stopped)["metrics"]["val_history"] == record_of(whole_run)["metrics"]["val_history"]
+    assert metrics_rows(stopped) == metrics_rows(whole_run)
+
+
+def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, tmp_path):
+    from sharebench.resume import RunLock
+
+    output_root = tmp_path / "busy"
+    args = command(project_root, nano_overrides, output_root)
+    first = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0
+    run_dir = record_of(output_root)["run_dir"]
+    (Path(run_dir) / "run.json").unlink()  # not completed: a start would train it again
+    with RunLock(Path(run_dir)):
+        second = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2
+    in_use = f"error: {run_dir} is in use by process {os.getpid()}; wait for it to end or stop it"
+    assert second.stderr.strip() == in_use
 
 
 def test_same_seed_gives_bit_identical_loss_curves(nano_cfg, tmp_path):

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sharebench.errors import ConfigError, RatioNotTaken
+from sharebench.errors import ConfigError, RatioNotTaken, RunInterrupted
 
 SWEEP_BASELINES_ENV = "SHAREBENCH_SWEEP_BASELINES"
 
@@ -48,6 +48,17 @@ def exit_on_config_error() -> Iterator[None]:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """A run stopped by SIGTERM or SIGINT ends with one line and the signal's exit status (a sweep stops with
+    it; run the same command again to resume it and start the runs that remain)."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 def task_overrides(argv: Sequence[str]) -> list[str]:

@@ -31,9 +31,9 @@ from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
 from sharebench.sharing.gqa import GroupedQuery
+from sharebench.tokenizer import TOKENIZER_FILES
 
 CONVERSIONS = ("headwise", "gqa", "recursive_lora")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _require_separate(model: LanguageModel, conversion: str) -> None:
@@ -136,9 +136,9 @@ def convert(source: str | Path, out: str | Path, to: str, ratio: float, rank: in
 def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """task=sts_zero_shot: the pretrained model, converted as `convert` says (or not), scored on the STS-B
     validation split without training; the run record holds the parameters and the correlations."""
-    from sharebench.finetune import load_tokenizer
     from sharebench.glue import load_split
     from sharebench.record import RunRecord, completed_record
+    from sharebench.tokenizer import load_pretrained_tokenizer
 
     if previous := completed_record(run_dir):
         return previous
@@ -148,7 +148,7 @@ def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             model, _, _ = converted_model(source, cfg.convert.to, cfg.convert.ratio, cfg.convert.rank)
         else:
             model = load_pretrained(source)
-        tokenizer = load_tokenizer(source, cfg.glue.recipe.max_length, model.config.vocab_size)
+        tokenizer = load_pretrained_tokenizer(source, cfg.glue.recipe.max_length, model.config.vocab_size)
         split = load_split(cfg.glue.source, "stsb", "validation")
         if cfg.glue.recipe.max_eval_examples:
             split = {column: values[: cfg.glue.recipe.max_eval_examples] for column, values in split.items()}

@@ -8,6 +8,8 @@ hash of everything that produced it, so a second run does not tokenise again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -23,9 +25,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, resolve_path
+from sharebench.tokenizer import (
+    SPECIAL_TOKENS,
+    TOKENIZER_KINDS,
+    CharTokenizer,
+    WordPieceTokenizer,
+    train_wordpiece,
+    vocab_file_path,
+    wordpiece_pipeline,
+)
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
+# Part of every cache key: a change to how text becomes tokens (here: WordPiece pieces numbered in order, not in
+# hash order) must not reuse tokens or vocabularies cached before it.
+TOKENIZATION = 2
 LOCAL_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text"}
 
 
@@ -155,61 +167,15 @@ def _cap(documents: Iterable[str], max_chars: int | None) -> list[str]:
 # ---- tokenizers ---------------------------------------------------------------------------------------------
 
 
-class CharTokenizer:
-    """Characters as tokens, vocabulary sorted as in nanoGPT; special tokens follow when the objective needs them."""
-
-    def __init__(self, chars: str, special_tokens: tuple[str, ...]) -> None:
-        self.chars = chars
-        self.vocab = {c: i for i, c in enumerate(chars)}
-        self.vocab.update({t: len(chars) + i for i, t in enumerate(special_tokens)})
-        self.vocab_size = len(self.vocab)
-
-    def token_id(self, token: str) -> int | None:
-        return self.vocab.get(token)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [[self.vocab[c] for c in text] for text in texts]
-
-
-class WordPieceTokenizer:
-    """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
-
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
-        self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-
-    def token_id(self, token: str) -> int | None:
-        return self.tokenizer.token_to_id(token)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    def save(self, path: Path) -> None:
-        atomic_write_bytes(path, self.tokenizer.to_str().encode())
-
-
-def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
-
-    tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    return tokenizer
-
-
-def vocab_file_path(spec: DictConfig) -> Path:
-    path = resolve_path(spec.path) if spec.path else None
-    if path is None or not path.is_file():
-        raise ConfigError(f"data.tokenizer.path: vocabulary file {path} not found; a WordPiece vocab.txt is needed")
-    return path
-
-
-def build_tokenizer(data: DictConfig, objective: str, train_documents: Callable[[], list[str]], cache_dir: Path) -> Any:
-    """The configured tokenizer; `train_documents` is called only when the vocabulary must be learnt."""
+def build_tokenizer(
+    data: DictConfig, objective: str, documents: Callable[[], dict[str, list[str]]], cache_dir: Path
+) -> Any:
+    """The configured tokenizer; `documents` (the splits' texts) is called only when the vocabulary must be
+    learnt: a WordPiece vocabulary from the training text, a character vocabulary from all of it (a character
+    seen only in validation still has a token)."""
     spec = data.tokenizer
     if spec.kind == "char":
-        chars = "".join(sorted(set("".join(train_documents()))))
+        chars = "".join(sorted(set().union(*(set("".join(texts)) for texts in documents().values()))))
         return CharTokenizer(chars, SPECIAL_TOKENS if objective == "mlm" else ())
     from tokenizers.models import WordPiece
 
@@ -219,17 +185,26 @@ def build_tokenizer(data: DictConfig, objective: str, train_documents: Callable[
         return WordPieceTokenizer(wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
     if spec.kind != "wordpiece":
         raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
-    from tokenizers import Tokenizer, trainers
+    from tokenizers import Tokenizer
 
-    key = _hash(source_identity(data), spec.vocab_size, spec.train_chars, spec.lowercase, data.max_train_chars)
+    key = _hash(
+        TOKENIZATION, source_identity(data), spec.vocab_size, spec.train_chars, spec.lowercase, data.max_train_chars
+    )
     path = cache_dir / "tokenizers" / f"wordpiece-{key}.json"
-    if path.exists():
-        return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
-    tokenizer = wordpiece_pipeline(WordPiece(unk_token="[UNK]"), spec.lowercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    tokenizer.train_from_iterator(_cap(train_documents(), spec.train_chars), trainer=trainer)
-    atomic_write_bytes(path, tokenizer.to_str().encode())
-    return WordPieceTokenizer(tokenizer, spec.vocab_size)
+    with file_lock(path):  # the jobs of a sweep starting together train it once
+        if not path.exists():
+            tokenizer = train_wordpiece(_cap(documents()["train"], spec.train_chars), spec.vocab_size, spec.lowercase)
+            atomic_write_bytes(path, tokenizer.to_str().encode())
+    return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Holds `path`.lock while the block runs; other processes wait for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def tokenizer_vocab_size(data: DictConfig, objective: str) -> int:
@@ -241,7 +216,7 @@ def tokenizer_vocab_size(data: DictConfig, objective: str) -> int:
     if spec.kind == "vocab_file":
         return sum(1 for _ in vocab_file_path(spec).open())
     if spec.kind == "char":
-        return build_tokenizer(data, objective, lambda: read_documents(data)["train"], Path()).vocab_size
+        return build_tokenizer(data, objective, lambda: read_documents(data), Path()).vocab_size
     raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
 
 
@@ -399,6 +374,7 @@ class PretrainData:
         if self.streams:
             return
         key = _hash(
+            TOKENIZATION,
             source_identity(self.data),
             {k: self.data[k] for k in ("train_split", "validation_split", "validation_fraction", "text_column")},
             self.data.max_train_chars,
@@ -408,7 +384,7 @@ class PretrainData:
         )
         folder = self.cache_dir / "tokens" / f"{self.data.name}-{key}"
         documents = functools.cache(lambda: read_documents(self.data))
-        self.tokenizer = build_tokenizer(self.data, self.objective, lambda: documents()["train"], self.cache_dir)
+        self.tokenizer = build_tokenizer(self.data, self.objective, documents, self.cache_dir)
         for split in ("train", "validation"):
             path = folder / f"{split}.npy"
             if not path.exists():

@@ -8,7 +8,6 @@ One run record per task and seed in <run>/glue/<task>/seed=<seed>/, a summary ov
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from sharebench.model import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.pretrain import adamw_with_schedule, fused_adamw_allowed
 from sharebench.record import RunRecord, completed_record
+from sharebench.tokenizer import load_pretrained_tokenizer
 
 
 class SequenceClassifier(nn.Module):
@@ -52,41 +52,6 @@ class SequenceClassifier(nn.Module):
 
 
 # ---- tokenising ---------------------------------------------------------------------------------------------
-
-
-def load_tokenizer(folder: Path, max_length: int, vocab_size: int) -> Any:
-    """The pretrained model's WordPiece tokenizer, adding [CLS] a [SEP] (b [SEP]) with token types, truncated."""
-    from tokenizers import Tokenizer
-    from tokenizers.processors import TemplateProcessing
-
-    if (folder / "tokenizer.json").is_file():
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    elif (folder / "vocab.txt").is_file():
-        from tokenizers.models import WordPiece
-
-        from sharebench.data import wordpiece_pipeline
-
-        settings = folder / "tokenizer_config.json"
-        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
-        tokenizer = wordpiece_pipeline(WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"), lowercase)
-    else:
-        raise ConfigError(
-            f"pretrained: {folder} has no tokenizer.json or vocab.txt (a character-level run cannot do GLUE)"
-        )
-    if tokenizer.get_vocab_size() > vocab_size:
-        raise ConfigError(
-            f"pretrained: the tokenizer in {folder} has {tokenizer.get_vocab_size()} tokens, "
-            f"more than the model's {vocab_size} embeddings"
-        )
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    if cls is None or sep is None:
-        raise ConfigError(f"pretrained: the tokenizer in {folder} has no [CLS]/[SEP] tokens")
-    tokenizer.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    tokenizer.enable_truncation(max_length)
-    tokenizer.no_padding()
-    return tokenizer
 
 
 def encode(tokenizer: Any, split: dict[str, list], regression: bool) -> list[dict[str, torch.Tensor]]:
@@ -206,7 +171,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         tune_cpu_process()
         encoder = load_pretrained(pretrained).train()
         classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
-        tokenizer = load_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)
+        tokenizer = load_pretrained_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)
         regression = spec.num_labels == 1
         train = encode(tokenizer, glue.load_split(cfg.glue.source, task_name, "train"), regression)
         if recipe.max_train_examples is not None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -30,6 +29,7 @@ from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads,
 from sharebench.model import LanguageModel, perplexity
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
+from sharebench.resume import ResumeCheckpoints, RunLock, continue_metrics, resume_point
 
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -235,8 +235,9 @@ def check_resumable(checkpoint: Path, module: L.LightningModule) -> None:
             )
 
 
-# last.ckpt holds the weights and AdamW's two moments, model.safetensors the weights again: 4 × 4 bytes.
-CHECKPOINT_BYTES_PER_PARAMETER = 4 * 4
+# The newest and previous checkpoints and the one being written hold the weights and AdamW's two moments,
+# model.safetensors the weights again: (3 × 3 + 1) × 4 bytes.
+CHECKPOINT_BYTES_PER_PARAMETER = (3 * 3 + 1) * 4
 
 
 def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
@@ -257,7 +258,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if previous := completed_record(run_dir):
         return previous
-    with RunRecord(cfg, run_dir) as record:
+    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(), RunRecord(cfg, run_dir) as record:
         record.update(sharing=run_sharing(cfg, ratio))
         _train(cfg, run_dir, ratio, record)
     return record.data
@@ -339,25 +340,23 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
-    # After every validation, so a resumed run keeps the validation history up to its checkpoint.
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, save_on_train_epoch_end=False
-    )
+    resume = resume_point(run_dir)
     logger = make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[throughput, checkpoints],
+        callbacks=[throughput, ResumeCheckpoints(run_dir)],
+        enable_checkpointing=False,
     )
-    resume = run_dir / "checkpoints" / "last.ckpt"
     with finished_logger(logger):
-        if resume.exists():
+        if resume is not None:
             check_resumable(resume, module)
+            continue_metrics(logger, resume)
         else:  # the curve starts at the untrained model
             check_disk_space(run_dir, counts.unique)
             trainer.validate(module, verbose=False)
-        trainer.fit(module, ckpt_path=str(resume) if resume.exists() else None)
+        trainer.fit(module, ckpt_path=resume)
         if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, verbose=False)
         if head_pairs is not None:  # PostShare: the trained pairs now share one copy of their weights

@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sharebench.errors import RunInterrupted
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
 RECORD_NAME = "run.json"
@@ -105,7 +106,7 @@ class RunRecord:
         if error is None:
             self.data["status"] = "completed"
         else:
-            self.data["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            self.data["status"] = "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
             self.data["error"] = f"{type(error).__name__}: {error}"
             self.data["traceback"] = "".join(traceback.format_exception(error))
         self.data["wall_time_s"] = round(time.time() - self.started, 3)

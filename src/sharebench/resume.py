@@ -1,0 +1,157 @@
+"""What lets a run stop and go on: checkpoints written atomically after every validation and when SIGTERM or
+SIGINT arrives, the newest readable one found again at restart, a metrics.csv continued without a gap or a
+repeated step, and one process per run folder."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from sharebench.errors import ConfigError, RunInterrupted
+
+CHECKPOINT_FOLDER = "checkpoints"
+# The newest checkpoint and the one before it, in case the newest is damaged (a full disk, a kill mid-write).
+NEWEST, PREVIOUS = "last.ckpt", "previous.ckpt"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ResumeCheckpoints(L.Callback):
+    """Writes <run>/checkpoints/last.ckpt after every validation of training, and at the first step boundary
+    after SIGTERM or SIGINT, which then ends the run with RunInterrupted. A checkpoint is written to a
+    temporary file, synced and renamed, and the one it replaces is kept as previous.ckpt."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = run_dir / CHECKPOINT_FOLDER
+        self.received: int | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Installed after Lightning's own SIGTERM handler, which would stop the run mid-validation without saving.
+        for signum in STOP_SIGNALS:
+            self._handlers[signum] = signal.signal(signum, self._receive)
+
+    def _receive(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        # Every process stops at the same step, whichever of them received the signal.
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            # Lightning logs this step's metrics only after this hook; the run ends here, so they are logged now.
+            trainer._logger_connector.on_batch_end()
+            trainer._logger_connector.update_train_step_metrics()
+            self.save(trainer)
+            raise RunInterrupted(self.received or signal.SIGTERM, trainer.global_step, self.folder / NEWEST)
+
+    def save(self, trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:  # the metrics up to this step are on disk before the checkpoint is
+            logger.save()
+        temporary = self.folder / f"{NEWEST}.tmp"
+        trainer.save_checkpoint(temporary)
+        if trainer.is_global_zero:
+            with temporary.open("rb") as file:
+                os.fsync(file.fileno())
+            newest = self.folder / NEWEST
+            if newest.exists():
+                os.replace(newest, self.folder / PREVIOUS)
+            os.replace(temporary, newest)
+        trainer.strategy.barrier("resume-checkpoint")
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step of a readable checkpoint; None for a damaged one (empty, truncated, not a checkpoint)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for damaged files
+        return None
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The newest readable checkpoint of a run, or None to start over; damaged ones are renamed *.damaged,
+    one line saying so."""
+    folder = run_dir / CHECKPOINT_FOLDER
+    for name in (NEWEST, PREVIOUS):
+        path = folder / name
+        if not path.exists():
+            continue
+        step = checkpoint_step(path)
+        if step is not None:
+            if name == PREVIOUS:
+                print(f"resuming from {path} (step {step}); the newer checkpoint was damaged")
+            return path
+        os.replace(path, path.with_name(path.name + ".damaged"))
+        print(f"{path} is damaged (empty or truncated); kept as {path.name}.damaged")
+    if any(folder.glob("*.damaged")):
+        print(f"no readable checkpoint in {folder}; the run starts over")
+    return None
+
+
+def continue_metrics(logger: Logger, checkpoint: Path) -> None:
+    """Keeps the rows of a resumed run's metrics.csv up to its checkpoint's step (Lightning's CSV logger
+    deletes the file when it starts; rows logged after the checkpoint are trained again)."""
+    if not isinstance(logger, CSVLogger):
+        return
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows: list[dict[str, str]] = []
+    if path.exists():
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    step = checkpoint_step(checkpoint) or 0
+    kept = [row for row in rows if int(row["step"]) < step]
+    writer = logger.experiment  # created here, it removes the old file
+    if kept:
+        writer.metrics_keys = header
+        with path.open("w", newline="") as file:
+            table = csv.DictWriter(file, fieldnames=header)
+            table.writeheader()
+            table.writerows(kept)
+
+
+class RunLock:
+    """One process per run folder: a second start of the same run, while the first is alive, is refused."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            owner = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RunInUse(f"{self.path.parent} is in use by {owner}; wait for it to end or stop it") from None
+        self._file.truncate(0)
+        self._file.write(f"process {os.getpid()}")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        assert self._file is not None
+        self._file.close()  # releases the lock
+
+
+class RunInUse(ConfigError):
+    """The run's folder is held by a live process."""

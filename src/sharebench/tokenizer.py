@@ -1,0 +1,170 @@
+"""Tokenizers: characters, WordPiece learnt from the corpus (deterministically) or read from a vocab.txt,
+and the tokenizer a pretrained model brings for fine-tuning."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter, defaultdict
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sharebench.errors import ConfigError
+from sharebench.paths import atomic_write_bytes, resolve_path
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
+# What a checkpoint folder holds of its tokenizer (copied along by conversions).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class CharTokenizer:
+    """Characters as tokens, vocabulary sorted as in nanoGPT; special tokens follow when the objective needs them."""
+
+    def __init__(self, chars: str, special_tokens: tuple[str, ...]) -> None:
+        self.chars = chars
+        self.vocab = {c: i for i, c in enumerate(chars)}
+        self.vocab.update({t: len(chars) + i for i, t in enumerate(special_tokens)})
+        self.vocab_size = len(self.vocab)
+
+    def token_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [[self.vocab[c] for c in text] for text in texts]
+
+
+class WordPieceTokenizer:
+    """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+
+    def token_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(path, self.tokenizer.to_str().encode())
+
+
+def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def vocab_file_path(spec: DictConfig) -> Path:
+    path = resolve_path(spec.path) if spec.path else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"data.tokenizer.path: vocabulary file {path} not found; a WordPiece vocab.txt is needed")
+    return path
+
+
+def merge_pieces(words: Counter[str], size: int) -> list[str]:
+    """WordPiece's vocabulary as `tokenizers` learns it (byte-pair merges of characters, "##" marking a piece
+    inside a word, most frequent pair first) up to `size` pieces, but deterministic: ties go to the smallest pair
+    and pieces are numbered in the order they are learnt, where `tokenizers` follows hash order."""
+    types = sorted(words)
+    counts = [words[w] for w in types]
+    symbols = [[w[0], *("##" + c for c in w[1:])] for w in types]
+    pieces = sorted({s for word in symbols for s in word})
+    known = set(pieces)
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    holders: dict[tuple[str, str], set[int]] = defaultdict(set)  # the words a pair occurs in
+    for index, word in enumerate(symbols):
+        for pair in pairwise(word):
+            pair_counts[pair] += counts[index]
+            holders[pair].add(index)
+    queue = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(queue)
+    while len(pieces) < size and queue:
+        negative_count, pair = heapq.heappop(queue)
+        if pair_counts.get(pair) != -negative_count:  # an outdated entry
+            continue
+        first, second = pair
+        merged = first + second[2:]
+        if merged not in known:
+            known.add(merged)
+            pieces.append(merged)
+        changes: Counter[tuple[str, str]] = Counter()
+        for index in holders.pop(pair):
+            word, count = symbols[index], counts[index]
+            for p in pairwise(word):
+                changes[p] -= count
+            joined, position = [], 0
+            while position < len(word):
+                if word[position : position + 2] == [first, second]:
+                    joined.append(merged)
+                    position += 2
+                else:
+                    joined.append(word[position])
+                    position += 1
+            symbols[index] = joined
+            for p in pairwise(joined):
+                changes[p] += count
+                holders[p].add(index)
+        del pair_counts[pair]
+        for p, change in changes.items():
+            if change and p != pair:
+                pair_counts[p] += change
+                if pair_counts[p] > 0:
+                    heapq.heappush(queue, (-pair_counts[p], p))
+    return pieces
+
+
+def train_wordpiece(documents: list[str], vocab_size: int, lowercase: bool) -> Any:
+    """A WordPiece tokenizer learnt from the documents: the same bytes from the same text, every time."""
+    from tokenizers.models import WordPiece
+
+    splitter = wordpiece_pipeline(WordPiece(unk_token="[UNK]"), lowercase)
+    words: Counter[str] = Counter()
+    for text in documents:
+        normalized = splitter.normalizer.normalize_str(text)
+        words.update(word for word, _ in splitter.pre_tokenizer.pre_tokenize_str(normalized))
+    pieces = merge_pieces(words, vocab_size - len(SPECIAL_TOKENS))
+    vocab = {piece: index for index, piece in enumerate([*SPECIAL_TOKENS, *pieces])}
+    return wordpiece_pipeline(WordPiece(vocab, unk_token="[UNK]"), lowercase)
+
+
+def load_pretrained_tokenizer(folder: Path, max_length: int, vocab_size: int) -> Any:
+    """The pretrained model's WordPiece tokenizer, adding [CLS] a [SEP] (b [SEP]) with token types, truncated."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.txt").is_file():
+        from tokenizers.models import WordPiece
+
+        settings = folder / "tokenizer_config.json"
+        lowercase = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+        tokenizer = wordpiece_pipeline(WordPiece.from_file(str(folder / "vocab.txt"), unk_token="[UNK]"), lowercase)
+    else:
+        raise ConfigError(
+            f"pretrained: {folder} has no tokenizer.json or vocab.txt (a character-level run cannot do GLUE)"
+        )
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ConfigError(
+            f"pretrained: the tokenizer in {folder} has {tokenizer.get_vocab_size()} tokens, "
+            f"more than the model's {vocab_size} embeddings"
+        )
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls is None or sep is None:
+        raise ConfigError(f"pretrained: the tokenizer in {folder} has no [CLS]/[SEP] tokens")
+    tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    return tokenizer
