@@ -54,3 +54,11 @@ def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
     on_disk = json.loads((tmp_path / "run.json").read_text())
     assert on_disk["status"] == "completed"
     assert on_disk["checkpoint"]["bytes"] == (tmp_path / "model.safetensors").stat().st_size
+
+
+def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
+    """Hydra's sweeper writes the booleans it expands as True/False; typed on their own they read true/false."""
+    from sharebench.config import run_name
+
+    assert run_name(["iso_baseline=True", "sharing=mqa"]) == run_name(["sharing=mqa", "iso_baseline=true"])
+    assert run_name(["iso_baseline=true"]) == "iso_baseline=true"

@@ -39,7 +39,7 @@ CASES = {
         ["convert.ratio=0.8 is out of range", "0 <= convert.ratio <= 0.5"],
     ),
     "bad split": (["sharing=partial_qk", "sharing.split=diagonal"], ["split='diagonal'", "head, matrix"]),
-    "unknown task": (["task=finetune"], ["task='finetune' is unknown", "pretrain, glue, pretrain_glue"]),
+    "unknown task": (["task=finetune"], ["task='finetune' is not valid", "pretrain, glue, pretrain_glue"]),
     "unknown GLUE task": (["task=pretrain_glue", "glue.tasks=[colaa]"], ["unknown GLUE task 'colaa'", "sst2"]),
     "GLUE without a pretrained model": (["task=glue"], ["this task needs pretrained="]),
 }
@@ -134,3 +134,100 @@ def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch)
         run(compose(nano_overrides), tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
     assert not (tmp_path / "checkpoints").exists()
+
+
+# Each value a user can get wrong, checked in-process by `validate` before any data is read: (overrides, the line).
+LIMIT_CASES = {
+    "negative seed": (["seed=-1"], "seed=-1 is not valid; it must be an integer in [0, 4,294,967,295]"),
+    "negative steps": (["trainer.max_steps=-5"], "trainer.max_steps=-5 is not valid; it must be an integer ≥ 1"),
+    "no steps": (["trainer.max_steps=0"], "trainer.max_steps=0 is not valid; it must be an integer ≥ 1"),
+    "empty batch": (["data.batch_size=0"], "data.batch_size=0 is not valid; it must be an integer ≥ 1"),
+    "negative lr": (["optim.lr=-1"], "optim.lr=-1 is not valid; it must be a number > 0"),
+    "validation never": (
+        ["trainer.val_check_interval=0"],
+        "trainer.val_check_interval=0 is not valid; it must be an integer ≥ 1 or a number in (0, 1]",
+    ),
+    "unknown precision": (["trainer.precision=bogus"], "trainer.precision='bogus' is not valid; it must be one of 64"),
+    "dropout of one": (["arch.dropout=1.0"], "arch.dropout=1.0 is not valid; it must be a number in [0, 1)"),
+    "dropout above one": (["arch.dropout=1.5"], "arch.dropout=1.5 is not valid; it must be a number in [0, 1)"),
+    "negative warmup": (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is not valid; it must be an integer ≥ 0"),
+    "warmup past the end": (
+        ["optim.warmup_steps=300", "trainer.max_steps=200"],
+        "optim.warmup_steps=300 exceeds trainer.max_steps=200",
+    ),
+    "no GLUE task": (["task=pretrain_glue", "glue.tasks=[]"], "glue.tasks=[] is not valid; it must be a list of one"),
+    "text for a number": (["data.seq_len=long"], "data.seq_len='long' is not valid; it must be an integer ≥ 3"),
+    "one beta": (["optim.betas=[0.9]"], "optim.betas=[0.9] is not valid; it must be a list of 2 items"),
+    "masking shares above one": (
+        ["arch.mlm.mask=0.8", "arch.mlm.random=0.3"],
+        "arch.mlm.mask=0.8 + arch.mlm.random=0.3 exceed 1",
+    ),
+    "bad GLUE recipe for one task": (
+        ["task=pretrain_glue", "+glue.per_task.sst2.epochs=0"],
+        "glue.per_task.sst2.epochs=0 is not valid; it must be an integer ≥ 1",
+    ),
+    "unknown GLUE recipe key": (
+        ["task=pretrain_glue", "+glue.per_task.sst2.epoch=2"],
+        "glue.per_task.sst2.epoch: unknown; valid keys: lr, batch_size, epochs",
+    ),
+    "attention larger than memory": (
+        ["arch=gpt", "data=tinyshakespeare", "data.seq_len=100000"],
+        "data.seq_len=100000 with data.batch_size=64 and 4 heads needs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LIMIT_CASES)
+def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
+    from sharebench.config import compose, validate
+    from sharebench.errors import ConfigError
+
+    overrides, line = LIMIT_CASES[case]
+    with pytest.raises(ConfigError) as refused:
+        validate(compose([*overrides, f"output_root={tmp_path}"]))
+    assert line in str(refused.value)
+
+
+def test_unwritable_output_root_is_refused(tmp_path):
+    from sharebench.config import compose, validate
+    from sharebench.errors import ConfigError
+
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for blocked in (not_a_folder, *([locked] if not os.access(locked, os.W_OK) else [])):  # root writes anywhere
+        with pytest.raises(ConfigError, match=f"output_root={blocked}/runs: {blocked} is not a writable folder"):
+            validate(compose([f"output_root={blocked}/runs"]))
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["arch=gpt", "data=tinyshakespeare"], ["task=pretrain_glue"], ["+experiment=xue23"]]
+)
+def test_every_key_has_limits(overrides):
+    """A key added to conf/ without an entry in sharebench.limits.LIMITS would go unchecked."""
+    from sharebench.config import compose
+    from sharebench.limits import unchecked_keys
+
+    assert unchecked_keys(compose(overrides)) == []
+
+
+def test_a_bad_value_ends_in_one_line_and_status_2(project_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(project_root / "train.py"), "trainer.max_steps=0", f"output_root={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == "error: trainer.max_steps=0 is not valid; it must be an integer ≥ 1\n"
+
+
+def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
+    from sharebench.checkpoint import WEIGHTS_NAME, load_pretrained
+    from sharebench.errors import ConfigError
+    from sharebench.pretrain import run
+
+    run(nano_cfg(), tmp_path / "run")
+    weights = tmp_path / "run" / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(ConfigError, match=f"pretrained: {weights} is damaged"):
+        load_pretrained(tmp_path / "run")

@@ -18,15 +18,16 @@ from sharebench.collect import collect
 from tests.conftest import nano_settings
 
 RESUME_STEPS = 60
-# Runs train.py, sending the process itself a signal inside the training step that reaches `step`.
+# Runs train.py, sending the process itself a signal inside the training step that reaches `step` in the run
+# with seed `seed`.
 STOPPER = """
 import os, runpy, signal, sys
 from sharebench.pretrain import PretrainModule
-step, signum = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+step, signum, seed = (int(sys.argv.pop(1)) for _ in range(3))
 del sys.argv[0]  # "-c": train.py reads its overrides from sys.argv[1:]
 train_step = PretrainModule.training_step
 def stopping_step(self, batch, batch_idx):
-    if self.global_step == step:
+    if self.global_step == step and self.seed == seed:
         os.kill(os.getpid(), signum)
     return train_step(self, batch, batch_idx)
 PretrainModule.training_step = stopping_step
@@ -64,9 +65,9 @@ def whole_run(project_root, corpus, cache_dir, tmp_path_factory) -> Path:
     return output_root
 
 
-def stopped_at(project_root: Path, args: list[str], step: int, signum: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", STOPPER, str(step), str(signum), *args], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+def stopped_at(args: list[str], step: int, signum: int, seed: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STOPPER, str(step), str(signum), str(seed), *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -76,7 +77,7 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
     the whole run's validation loss and its loss curve, no step missing or repeated."""
     stopped = tmp_path / "stopped"
     args = command(project_root, nano_overrides, stopped)
-    first = stopped_at(project_root, args, 30, signum)
+    first = stopped_at(args, 30, signum)
     record = record_of(stopped)
     checkpoint = next(stopped.rglob("checkpoints/last.ckpt"))
     if signum == signal.SIGKILL:
@@ -98,10 +99,30 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
     assert metrics_rows(stopped) == metrics_rows(whole_run)
 
 
+def test_killed_sweep_resumes_its_run_and_skips_the_completed(project_root, nano_overrides, tmp_path, whole_run):
+    """A sweep of two runs killed in its second run (at step 30 of 60): started again, it skips the first and
+    resumes the second to the result of a run never stopped."""
+    sweep = tmp_path / "sweep"
+    script, *overrides = command(project_root, nano_overrides, sweep)
+    args = [script, "-m", *overrides, "seed=1,0"]
+    killed = stopped_at(args, 30, signal.SIGKILL, seed=0)
+    assert killed.returncode == -signal.SIGKILL
+    started = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.rglob("run.json")}
+    assert started == {"seed=1": "completed", "seed=0": "running"}
+
+    again = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already completed") == 1
+    (resumed,) = [json.loads(p.read_text()) for p in sweep.rglob("seed=0/run.json")]
+    assert resumed["metrics"]["val_history"] == record_of(whole_run)["metrics"]["val_history"]
+    (curve,) = sweep.rglob("seed=0/logs/metrics.csv")
+    assert curve.read_text().splitlines() == metrics_rows(whole_run)
+
+
 def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_overrides, tmp_path, whole_run):
     stopped = tmp_path / "stopped"
     args = command(project_root, nano_overrides, stopped)
-    stopped_at(project_root, args, 50, signal.SIGKILL)  # after the checkpoints at 20 and 40
+    stopped_at(args, 50, signal.SIGKILL)  # after the checkpoints at 20 and 40
     newest = next(stopped.rglob("checkpoints/last.ckpt"))
     newest.write_bytes(newest.read_bytes()[:1000])  # as a full disk leaves it
 
@@ -189,3 +210,28 @@ def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrid
         assert model.head.decoder.weight is model.transformer.embeddings.tokens.weight  # still one tensor
         assert model.parameter_counts().unique == record["parameters"]["unique"]
     assert losses[2] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):
+    from sharebench.paths import FILE_MODE
+    from sharebench.pretrain import run
+
+    cfg = nano_cfg(f"cache_dir={tmp_path / 'cache'}")
+    run(cfg, tmp_path / "run")
+    files = [tmp_path / "run" / name for name in ("run.json", "model.safetensors", "model.json")]
+    files += list((tmp_path / "cache").rglob("*.json")) + list((tmp_path / "cache").rglob("*.npy"))
+    assert len(files) > 4
+    for path in files:
+        assert path.stat().st_mode & 0o777 == FILE_MODE, path
+
+
+def test_a_run_records_the_tokenizer_it_used(nano_cfg, tmp_path):
+    import hashlib
+
+    from sharebench.pretrain import run
+
+    record = run(nano_cfg(), tmp_path / "run")
+    saved = (tmp_path / "run" / "tokenizer.json").read_bytes()
+    assert record["tokenizer"] == {
+        "kind": "wordpiece", "vocab_size": record["vocab_size"], "sha256": hashlib.sha256(saved).hexdigest()
+    }  # fmt: skip

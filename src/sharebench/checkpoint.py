@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.layers.headwise import share_heads
 from sharebench.model import LanguageModel, ModelConfig
-from sharebench.paths import atomic_write_json
+from sharebench.paths import FILE_MODE, atomic_write_json
 from sharebench.record import RECORD_NAME
 from sharebench.sharing.none import Separate
 
@@ -33,6 +34,7 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{WEIGHTS_NAME}.tmp"
     save_model(model, str(temporary))
+    temporary.chmod(FILE_MODE)  # safetensors writes files only their owner may read
     temporary.replace(folder / WEIGHTS_NAME)
     spec = {
         "model": model.config.to_dict(),
@@ -99,6 +101,8 @@ def _load_suite(folder: Path) -> LanguageModel:
         share_heads(model, {(a, b): (c, d) for a, b, c, d in spec["head_sources"]})
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+    except SafetensorError as error:  # an empty or truncated file
+        raise ConfigError(f"pretrained: {folder / WEIGHTS_NAME} is damaged ({error})") from error
     except RuntimeError as error:
         raise ConfigError(f"pretrained: {folder / WEIGHTS_NAME} does not match {SPEC_NAME}: {error}") from error
     if missing or unexpected:
@@ -131,7 +135,10 @@ HF_NAMES = {
 
 def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
-        state = load_file(str(folder / "model.safetensors"))
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+        except SafetensorError as error:
+            raise ConfigError(f"pretrained: {folder / 'model.safetensors'} is damaged ({error})") from error
     elif (folder / "pytorch_model.bin").is_file():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:

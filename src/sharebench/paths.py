@@ -32,10 +32,21 @@ def folder_name(name: str) -> str:
     return name.encode()[: MAX_FOLDER_NAME - 16].decode(errors="ignore") + "...+" + digest
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# The mode a plain open() gives a new file: records, weights and caches are as shared as the user's other files.
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, FILE_MODE)  # mkstemp creates files only their owner may read
         with os.fdopen(handle, "wb") as file:
             file.write(content)
             file.flush()

@@ -327,6 +327,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     flops = model.flops_per_token(cfg.data.seq_len, fraction)
     record.update(
         vocab_size=data.vocab_size,
+        tokenizer=data.tokenizer.describe(),
         parameters=counts.to_dict(),
         flops_per_token=flops,
         tokens={split: len(stream) for split, stream in data.streams.items()},

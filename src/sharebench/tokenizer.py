@@ -3,6 +3,7 @@ and the tokenizer a pretrained model brings for fine-tuning."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from collections import Counter, defaultdict
@@ -36,6 +37,10 @@ class CharTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [[self.vocab[c] for c in text] for text in texts]
 
+    def describe(self) -> dict[str, Any]:
+        """What the run record keeps: the vocabulary's size and a hash of it."""
+        return {"kind": "char", "vocab_size": self.vocab_size, "sha256": _sha256(json.dumps(self.vocab))}
+
 
 class WordPieceTokenizer:
     """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
@@ -52,6 +57,14 @@ class WordPieceTokenizer:
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(path, self.tokenizer.to_str().encode())
+
+    def describe(self) -> dict[str, Any]:
+        """What the run record keeps: the vocabulary's size and a hash of the whole tokenizer (tokenizer.json)."""
+        return {"kind": "wordpiece", "vocab_size": self.vocab_size, "sha256": _sha256(self.tokenizer.to_str())}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
