@@ -31,10 +31,11 @@ demo: install
 	$(PY) train.py $(DEMO) sharing=partial_qk ratio=0.9
 	$(VENV)/bin/sharebench compare outputs/demo
 
-# Speed and memory against Hugging Face and against the FLOP savings of sharing; exits 1 when a CPU target is
-# missed. Writes results/bench/cpu.{json,md}. Run it on an otherwise idle machine.
+# Speed and memory against Hugging Face and against the FLOP savings of sharing, then decoding speed against
+# Hugging Face GPT-2 and KV-cache bytes per scheme; exits 1 when a CPU target is missed. Writes
+# results/bench/cpu.{json,md} and results/bench/inference.{json,md}. Run it on an otherwise idle machine.
 bench: install
-	$(PY) benchmarks/bench_cpu.py
+	$(PY) benchmarks/bench_cpu.py; status=$$?; $(PY) benchmarks/bench_inference.py && exit $$status
 
 # One command per published result (experiments/<name>.yaml): make reproduce-yang24 [SCALE=cpu|paper].
 # Runs the recipe's sweep (completed runs are skipped, so an interrupted one resumes), then writes the table, the

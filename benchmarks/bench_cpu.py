@@ -268,7 +268,7 @@ def suite_pretraining(steps: int) -> dict:
         record = json.loads(record_path.read_text())
     return {**record["speed"], "checkpoint_bytes": record["checkpoint"]["bytes"],
             "unique_parameters": record["parameters"]["unique"],
-            "peak_rss_bytes": record["peak_memory"]["rss_bytes"]}  # fmt: skip
+            "peak_rss_bytes": record["memory"]["process_peak_rss_bytes"]}  # fmt: skip
 
 
 def main() -> int:

@@ -36,3 +36,12 @@ def test_a_shared_scheme_stores_and_optimises_only_unique_parameters(bench):
     # Hugging Face's count: logits and the last layer at every position, not only at the predicted 15 %.
     assert none["flops_per_token_every_position"] > 2.5 * none["flops_per_token"]
     assert none["loss"] > 0 and none["peak_rss_bytes"] > 0
+
+
+def test_inference_bench_kv_cache_rows_match_their_formula():
+    spec = importlib.util.spec_from_file_location("bench_inference", PROJECT_ROOT / "benchmarks" / "bench_inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.kv_cache()
+    assert rows["mqa"]["measured"] * 6 == rows["none"]["measured"]
+    assert all(row["measured"] == row["formula"] for row in rows.values()), rows

@@ -73,7 +73,7 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
         "parameters",
         "flops_per_token",
         "speed",
-        "peak_memory",
+        "memory",
         "checkpoint",
         "metrics",
         "git",

@@ -63,6 +63,17 @@ def test_cross_layer_and_combined_schemes_are_named_with_their_ratios(sweep):
     assert float(rise.split(" ")[0]) >= 0
 
 
+def test_training_memory_shows_what_sharing_saves(sweep):
+    configurations = {c.label: c for c in find_configurations([sweep])}
+    memory = {label: c.mean_of("memory", "training_bytes") for label, c in configurations.items()}
+    assert memory["sharing=none,layers=cycle"] < memory["sharing=none,layers=none"]  # half the blocks' weights
+    assert memory["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"] < memory["sharing=none,layers=none"]
+    for label, row in rows_by_label(sweep).items():
+        assert row["training MiB"] == f"{memory[label] / 2**20:,.1f}"
+        assert row["KV bytes/token"] == "—"  # encoders keep no KV cache
+        assert float(row["inference tokens/s"].split(" ")[0].replace(",", "")) > 0
+
+
 def test_iso_twins_are_unshared_models_only(sweep):
     rows = rows_by_label(sweep)
     unshared = {"sharing=none,layers=none", "sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true"}

@@ -151,10 +151,6 @@ LIMIT_CASES = {
     "dropout of one": (["arch.dropout=1.0"], "arch.dropout=1.0 is not valid; it must be a number in [0, 1)"),
     "dropout above one": (["arch.dropout=1.5"], "arch.dropout=1.5 is not valid; it must be a number in [0, 1)"),
     "negative warmup": (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is not valid; it must be an integer ≥ 0"),
-    "warmup past the end": (
-        ["optim.warmup_steps=300", "trainer.max_steps=200"],
-        "optim.warmup_steps=300 exceeds trainer.max_steps=200",
-    ),
     "no GLUE task": (["task=pretrain_glue", "glue.tasks=[]"], "glue.tasks=[] is not valid; it must be a list of one"),
     "text for a number": (["data.seq_len=long"], "data.seq_len='long' is not valid; it must be an integer ≥ 3"),
     "one beta": (["optim.betas=[0.9]"], "optim.betas=[0.9] is not valid; it must be a list of 2 items"),

@@ -4,6 +4,8 @@ sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
 sharebench collect outputs/runs --out results/my_sweep
 sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
+sharebench generate outputs/runs/<run>/seed=0 --prompt "ROMEO:" --tokens 200
+sharebench infer outputs/runs/<run>/seed=0
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,6 +62,9 @@ def exit_on_interrupt() -> Iterator[None]:
     except RunInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save yet
+        print("interrupted: SIGINT before training started; the same command starts again", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def task_overrides(argv: Sequence[str]) -> list[str]:
@@ -164,6 +170,43 @@ def compare(run_dirs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int, seed: int) -> str:
+    """The prompt and what the run's decoder writes after it."""
+    import torch
+
+    from sharebench.checkpoint import load_pretrained
+    from sharebench.tokenizer import load_run_tokenizer
+
+    if tokens < 1 or temperature < 0 or top_k < 1:
+        raise ConfigError(f"generate: --tokens and --top-k must be ≥ 1, --temperature ≥ 0; got {tokens}, {top_k}, "
+                          f"{temperature}")  # fmt: skip
+    model = load_pretrained(run)
+    if not model.config.causal:
+        raise ConfigError(f"generate: {run} holds an encoder (arch=bert); only decoders (arch=gpt) write text")
+    tokenizer = load_run_tokenizer(run)
+    try:
+        (ids,) = tokenizer.encode_batch([prompt])
+    except KeyError as error:
+        raise ConfigError(f"generate: the prompt has a character the model never saw: {error}") from None
+    if not ids:
+        raise ConfigError("generate: the prompt is empty once tokenised; give --prompt some text")
+    generator = torch.Generator().manual_seed(seed)
+    written = model.generate(torch.tensor([ids]), tokens, temperature, top_k, generator=generator)
+    return tokenizer.decode(written[0].tolist())
+
+
+def infer(run: Path, seq_len: int | None) -> dict:
+    """Inference costs of a run's or a checkpoint's model (sharebench.inference.inference_costs)."""
+    from sharebench.checkpoint import load_pretrained
+    from sharebench.inference import inference_costs
+    from sharebench.record import RECORD_NAME
+
+    model = load_pretrained(run)
+    if seq_len is None and (run / RECORD_NAME).is_file():
+        seq_len = json.loads((run / RECORD_NAME).read_text())["config"]["data"]["seq_len"]
+    return inference_costs(model, seq_len or min(model.config.max_positions, 128))
+
+
 def add_sweeper_params(overrides: list[str]) -> list[str]:
     """The overrides plus the grid of `hydra.sweeper.params` that the composed config (an experiment or a
     sweep file) defines; the command line wins over it, as in Hydra's basic sweeper."""
@@ -213,8 +256,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     convert_parser.add_argument("--to", required=True, help="headwise (DirectShare) | gqa | recursive_lora")
     convert_parser.add_argument("--ratio", type=float, required=True, help="the share ratio of the new sharing")
     convert_parser.add_argument("--rank", type=int, default=8, help="recursive_lora: the rank of each LoRA")
+    generate_parser = commands.add_parser("generate", help="print text a trained decoder writes after a prompt")
+    generate_parser.add_argument("run", type=Path, help="a finished run's folder (arch=gpt)")
+    generate_parser.add_argument("--prompt", default="\n", help="the text to continue (default: a new line)")
+    generate_parser.add_argument("--tokens", type=int, default=200, help="how many tokens to write")
+    generate_parser.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest token")
+    generate_parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens")
+    generate_parser.add_argument("--seed", type=int, default=0)
+    infer_parser = commands.add_parser(
+        "infer", help="inference costs of a run or checkpoint: weights, KV cache per token, tokens/s, peak memory"
+    )
+    infer_parser.add_argument("run", type=Path, help="a finished run's folder or a converted checkpoint")
+    infer_parser.add_argument("--seq-len", type=int, help="context length (default: the run's data.seq_len)")
     args = parser.parse_args(argv)
     with exit_on_config_error():
+        if args.command == "generate":
+            print(generate(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+            return
+        if args.command == "infer":
+            print(json.dumps(infer(args.run, args.seq_len), indent=2))
+            return
         if args.command == "convert":
             from sharebench.convert import convert
 

@@ -177,15 +177,25 @@ class Configuration:
     def unique_parameters(self) -> int | None:
         return (self.first.get("parameters") or {}).get("unique")
 
-    def mean_of(self, *path: str) -> float | None:
+    def values_of(self, *path: str) -> list[float]:
+        """The number at `path` in each completed run's record (runs without it left out)."""
         values = []
         for record in self.records:
             value: Any = record
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values.append(float(value))
+        return values
+
+    def mean_of(self, *path: str) -> float | None:
+        values = self.values_of(*path)
         return sum(values) / len(values) if values else None
+
+    def inference_speed(self) -> list[float]:
+        """Inference tokens/s per run: cached decoding at batch 1 for decoders, encoding at batch 32 for encoders."""
+        speeds = [self.values_of("inference", "tokens_per_second", key) for key in ("batch_1", "batch_32")]
+        return speeds[0] or speeds[1]
 
 
 def t_critical(degrees_of_freedom: int, confidence: float = 0.95) -> float:
@@ -337,11 +347,11 @@ def _format(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _mean_ci_cell(values: Sequence[float]) -> str:
+def _mean_ci_cell(values: Sequence[float], spec: str = ".4f") -> str:
     mean, half = mean_ci(values)
     if mean is None:
         return "—"
-    return f"{mean:.4f} ± {half:.4f}" if half is not None else f"{mean:.4f}"
+    return f"{mean:{spec}} ± {half:{spec}}" if half is not None else f"{mean:{spec}}"
 
 
 def scheme_cell(configuration: Configuration) -> str:
@@ -352,6 +362,10 @@ def pretraining(configurations: Sequence[Configuration]) -> list[Configuration]:
     return [c for c in configurations if c.glue_task is None]
 
 
+def _mebibytes(size: float | None) -> float | None:
+    return size / 2**20 if size is not None else None
+
+
 def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tuple[list[str], list[list[str]]]:
     """The main table: one row per configuration that is not a GLUE fine-tuning run."""
     configurations = pretraining(configurations)
@@ -359,7 +373,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))
     header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
-              "vs unshared", "tokens/s", "wall s/run", *metrics]  # fmt: skip
+              "vs unshared", "tokens/s", "training MiB", "KV bytes/token", "inference tokens/s", "wall s/run",
+              *metrics]  # fmt: skip
     main = main_metric(configurations)
     base = reference(configurations) if main else None
     compared = [main[0]] + [m for m in COMPARED_TOO if m in metrics and m != main[0]] if base else []
@@ -380,6 +395,9 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             _format(unique, ","),
             _format(unique / unshared if unique and unshared else None, ".4f"),
             _format(configuration.mean_of("speed", "tokens_per_second"), ",.0f"),
+            _format(_mebibytes(configuration.mean_of("memory", "training_bytes")), ",.1f"),
+            _format(configuration.mean_of("inference", "kv_cache_bytes_per_token"), ",.0f"),
+            _mean_ci_cell(configuration.inference_speed(), ",.0f"),
             _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]

@@ -256,14 +256,6 @@ def _masking_shares(cfg: DictConfig) -> None:
         )
 
 
-def _warmup_within_training(cfg: DictConfig) -> None:
-    if cfg.optim.warmup_steps > cfg.trainer.max_steps:
-        raise ConfigError(
-            f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds trainer.max_steps={cfg.trainer.max_steps}; "
-            f"the learning rate would never reach optim.lr"
-        )
-
-
 def _writable_output_root(cfg: DictConfig) -> None:
     root = resolve_path(str(cfg.output_root))
     existing = next(p for p in (root, *root.parents) if p.exists())
@@ -298,7 +290,6 @@ def _physical_memory() -> int | None:
 
 CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (
     _masking_shares,
-    _warmup_within_training,
     _writable_output_root,
     _attention_fits_in_memory,
 )

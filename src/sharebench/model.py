@@ -132,8 +132,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "post" else None
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """`start`: the position of the first token (the tokens before it are in a KV cache)."""
+        positions = torch.arange(start, start + input_ids.size(1), device=input_ids.device)
         x = self.tokens(input_ids) + self.positions(positions)
         if self.token_types is not None:
             if token_type_ids is None:
@@ -188,16 +191,26 @@ class Attention(nn.Module):
         key_mask: torch.Tensor | None = None,
         kv: KeysValues | None = None,
         rows: torch.Tensor | None = None,
+        past: KeysValues | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
-        """`rows` (batch, M): compute outputs only at these positions, attending over all of them."""
+        """`rows` (batch, M): compute outputs only at these positions, attending over all of them. `past`: the
+        keys and values of the tokens before `x` (a KV cache); the ones returned cover those tokens too."""
         batch, _, dim = x.shape
-        if self.reuse_kv:
+        if self.reuse_kv:  # `kv` already covers the cached tokens
             q, (k, v) = self.qkv(x), kv
         else:
             q, k, v = self.qkv(x)
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if rows is not None:
             q = q.gather(2, rows[:, None, :, None].expand(-1, q.size(1), -1, q.size(3)))
         causal = self.causal and key_mask is None
+        if causal and k.size(2) > q.size(2):  # queries after cached keys: the causal mask aligns to the end
+            causal = False
+            if q.size(2) > 1:
+                key_mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=x.device).tril(
+                    k.size(2) - q.size(2)
+                )
         dropout = self.attention_dropout
         if dropout.active and x.device.type == "cpu":  # fused CPU attention has no dropout
             y = explicit_attention(q, k, v, key_mask, causal, dropout)
@@ -248,14 +261,15 @@ class Block(nn.Module):
         key_mask: torch.Tensor | None = None,
         kv: KeysValues | None = None,
         rows: torch.Tensor | None = None,
+        past: KeysValues | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
         """`rows` (batch, M): outputs only at these positions (keys and values still come from all)."""
         residual = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.size(-1)))
         if self.pre_norm:
-            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows)
+            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows, past)
             x = residual + self.dropout(attended)
             return x + self.dropout(self.ffn(self.ffn_norm(x))), kv
-        attended, kv = self.attn(x, key_mask, kv, rows)
+        attended, kv = self.attn(x, key_mask, kv, rows, past)
         x = self.attn_norm(residual + self.dropout(attended))
         return self.ffn_norm(x + self.dropout(self.ffn(x))), kv
 
@@ -277,9 +291,13 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
+        cache: list[KeysValues | None] | None = None,
     ) -> torch.Tensor:
-        """`rows` (batch, M): the last layer computes its outputs only at these positions (batch, M, D)."""
-        x = self.embeddings(input_ids, token_type_ids)
+        """`rows` (batch, M): the last layer computes its outputs only at these positions (batch, M, D).
+        `cache` (decoding): each layer's keys and values of the tokens before `input_ids`, extended in place
+        (a layer that reuses an earlier layer's holds the same tensors, stored once)."""
+        start = cache[0][0].size(2) if cache and cache[0] is not None else 0
+        x = self.embeddings(input_ids, token_type_ids, start)
         # A boolean (batch, 1, 1, keys) mask: padded keys are never attended to; None when nothing is padded.
         key_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -289,7 +307,10 @@ class Transformer(nn.Module):
                 key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
         kv = None  # the keys and values of the last layer that computed them
         for layer, block in enumerate(self.blocks):
-            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None)
+            past = cache[layer] if cache is not None else None
+            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None, past)
+            if cache is not None:
+                cache[layer] = kv
         return self.final_norm(x) if self.final_norm is not None else x
 
 
@@ -401,6 +422,38 @@ class LanguageModel(nn.Module):
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return LMOutput(loss, logits[..., : self.config.vocab_size])
 
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each sequence of `input_ids` (batch, tokens) by `new_tokens` tokens, sampled at `temperature`
+        from the `top_k` likeliest (temperature 0: the likeliest). With `use_cache`, each step runs only the new
+        token through the model, attending over the cached keys and values; without, over the whole prefix.
+        Past `max_positions` tokens the context keeps the latest ones (the cache starts again from them)."""
+        if not self.config.causal:
+            raise ValueError("generate needs a decoder (arch=gpt); an encoder predicts masked tokens only")
+        tokens, cache = input_ids, None
+        for _ in range(new_tokens):
+            context = tokens[:, -self.config.max_positions :]
+            if use_cache and cache is not None and tokens.size(1) <= self.config.max_positions:
+                hidden = self.transformer(tokens[:, -1:], cache=cache)
+            else:
+                cache = self.new_cache() if use_cache else None
+                hidden = self.transformer(context, cache=cache)
+            logits = self.head(hidden[:, -1]).float()
+            tokens = torch.cat([tokens, next_tokens(logits, temperature, top_k, generator)], dim=1)
+        return tokens
+
+    def new_cache(self) -> list[KeysValues | None]:
+        """An empty KV cache: one entry per layer, filled by `transformer(..., cache=)`."""
+        return [None] * len(self.transformer.blocks)
+
     # ---- accounting -------------------------------------------------------------------------------------
 
     def parameter_counts(self, lm_head: bool = True) -> ParameterCounts:
@@ -464,6 +517,19 @@ class LanguageModel(nn.Module):
     ) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
         return self.flops_per_token(seq_len, predicted_fraction) * tokens_per_second / peak_flops
+
+
+def next_tokens(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(batch, 1) token ids drawn from the logits (batch, vocab), or their argmax at temperature 0."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        threshold = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
 def predicted_rows(predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

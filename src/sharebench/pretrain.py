@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
 from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
 from sharebench.cpu import tune_cpu_process
-from sharebench.data import PretrainData, WordPieceTokenizer
+from sharebench.data import PretrainData
 from sharebench.errors import ConfigError
+from sharebench.inference import inference_costs
 from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads, similarity_penalty
+from sharebench.memory import training_memory
 from sharebench.model import LanguageModel, perplexity
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
@@ -334,8 +336,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     )
     record.write()
     main_process = rank_zero_only.rank == 0
-    if main_process and isinstance(data.tokenizer, WordPieceTokenizer):  # fine-tuning tokenises with it
-        data.tokenizer.save(run_dir / "tokenizer.json")
+    if main_process:  # fine-tuning and generation tokenise with it
+        data.tokenizer.save(run_dir)
 
     if cfg.compile:
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
@@ -367,12 +369,16 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
             record.update(parameters=model.parameter_counts().to_dict())
             trainer.validate(module, verbose=False)
 
+    # Measured after training, on a copy: the run's curves and RNG are those of a run without the measurement.
+    memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", cfg.seed))))
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
     stored = checkpoint_sharing(resolve_path(cfg.pretrained)) if cfg.pretrained else stored_sharing(cfg, ratio)
     weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
+    # The saved model as a user loads it to serve it.
+    inference = inference_costs(load_pretrained(run_dir).to(device), cfg.data.seq_len) if main_process else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     record.update(
@@ -394,4 +400,6 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
             else None,
         },
         checkpoint={"path": str(run_dir / "model.safetensors"), "bytes": weights_bytes},
+        memory=memory,
+        inference=inference,
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import platform
-import resource
 import subprocess
-import sys
 import time
 import traceback
 from importlib import metadata
@@ -17,6 +15,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sharebench.errors import RunInterrupted
+from sharebench.memory import process_peak_rss_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
 RECORD_NAME = "run.json"
@@ -75,13 +74,6 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def peak_memory() -> dict[str, int | None]:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    return {"rss_bytes": rss, "cuda_max_allocated_bytes": cuda}
-
-
 class RunRecord:
     """Collects a run's facts and writes them to <run>/run.json; `write` is safe to call at any point."""
 
@@ -110,7 +102,10 @@ class RunRecord:
             self.data["error"] = f"{type(error).__name__}: {error}"
             self.data["traceback"] = "".join(traceback.format_exception(error))
         self.data["wall_time_s"] = round(time.time() - self.started, 3)
-        self.data["peak_memory"] = peak_memory()
+        # The whole process (libraries, data, heap): kept apart from what the model itself needs (`memory`).
+        self.data.setdefault("memory", {})["process_peak_rss_bytes"] = process_peak_rss_bytes()
+        if torch.cuda.is_available():
+            self.data["memory"]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         self.write()
 
     def __enter__(self) -> RunRecord:
