@@ -60,12 +60,12 @@ def hugging_face_model() -> torch.nn.Module:
 
 
 def decode_seconds(model: torch.nn.Module, batch: int, hugging_face: bool) -> float:
-    prompt = torch.zeros(batch, 1, dtype=torch.long)
+    prompt = torch.ones(batch, 1, dtype=torch.long)
     start = time.perf_counter()
     with torch.no_grad():
         if hugging_face:
-            out = model.generate(prompt, max_new_tokens=CONTEXT - 1, min_new_tokens=CONTEXT - 1, do_sample=False,
-                                 use_cache=True, pad_token_id=0)  # fmt: skip
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=CONTEXT - 1,
+                                 min_new_tokens=CONTEXT - 1, do_sample=False, pad_token_id=0)  # fmt: skip
         else:
             out = model.generate(prompt, CONTEXT - 1, temperature=0)
     seconds = time.perf_counter() - start

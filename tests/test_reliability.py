@@ -97,6 +97,7 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
     assert again["status"] == "completed" and again["metrics"]["steps"] == RESUME_STEPS
     assert again["metrics"]["val_history"] == whole["metrics"]["val_history"]  # bit-identical on CPU
     assert metrics_rows(stopped) == metrics_rows(whole_run)
+    assert [p.name for p in stopped.rglob("checkpoints/*")] == ["last.ckpt"]  # done: no fallback kept
 
 
 def test_killed_sweep_resumes_its_run_and_skips_the_completed(project_root, nano_overrides, tmp_path, whole_run):

@@ -31,7 +31,14 @@ from sharebench.memory import training_memory
 from sharebench.model import LanguageModel, perplexity
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, completed_record, measure_matmul_peak
-from sharebench.resume import ResumeCheckpoints, RunLock, continue_metrics, resume_point
+from sharebench.resume import (
+    CHECKPOINT_FOLDER,
+    PREVIOUS,
+    ResumeCheckpoints,
+    RunLock,
+    continue_metrics,
+    resume_point,
+)
 
 
 def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
@@ -360,6 +367,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
             check_disk_space(run_dir, counts.unique)
             trainer.validate(module, verbose=False)
         trainer.fit(module, ckpt_path=resume)
+        if main_process:  # trained to the end, the run no longer needs a fallback
+            (run_dir / CHECKPOINT_FOLDER / PREVIOUS).unlink(missing_ok=True)
         if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, verbose=False)
         if head_pairs is not None:  # PostShare: the trained pairs now share one copy of their weights
