@@ -109,3 +109,15 @@ def test_generate_refuses_an_encoder(nano_cfg, tmp_path):
     run(nano_cfg(), tmp_path)
     with pytest.raises(ConfigError, match="holds an encoder"):
         generate(tmp_path, "The", 5, 0.8, 200, 0)
+
+
+def test_infer_takes_a_converted_checkpoint(nano_cfg, tmp_path):
+    from sharebench.cli import infer
+    from sharebench.convert import convert
+    from sharebench.pretrain import run
+
+    run(nano_cfg("arch=gpt", "size.n_heads=4"), tmp_path / "run")
+    convert(tmp_path / "run", tmp_path / "gqa", "gqa", 0.5, 8)
+    separate, grouped = infer(tmp_path / "run", None), infer(tmp_path / "gqa", 16)
+    assert grouped["kv_cache_bytes_per_token"] * 2 == separate["kv_cache_bytes_per_token"]
+    assert grouped["weights_bytes"] < separate["weights_bytes"]
