@@ -81,6 +81,12 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
     ):
         assert record[key], key
     assert record["hardware"]["cpu_count"] >= 1
+    done = [line for line in first.stdout.splitlines() if line.startswith("done: ")]
+    assert done == [
+        f"done: {record['run_dir']}: validation loss {record['metrics']['val_loss']:.4f} after 3 steps, "
+        f"{record['parameters']['unique']:,} unique parameters, "
+        f"{record['speed']['tokens_per_second']:,.0f} tokens/s, {record['wall_time_s']:,.0f} s"
+    ]
     again = train(project_root, "sharing=partial_qk", "ratio=0.9", *args, env_cache=cache_dir)
     assert again.returncode == 0 and "already completed" in again.stdout
     assert json.loads(record_path.read_text())["started_at"] == record["started_at"]

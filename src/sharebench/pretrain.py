@@ -30,7 +30,7 @@ from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads,
 from sharebench.memory import training_memory
 from sharebench.model import LanguageModel, perplexity
 from sharebench.paths import resolve_path
-from sharebench.record import RunRecord, completed_record, measure_matmul_peak
+from sharebench.record import RunRecord, completed_record, measure_matmul_peak, summary_line
 from sharebench.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
@@ -270,6 +270,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(), RunRecord(cfg, run_dir) as record:
         record.update(sharing=run_sharing(cfg, ratio))
         _train(cfg, run_dir, ratio, record)
+    if rank_zero_only.rank == 0:
+        print(summary_line(record.data))
     return record.data
 
 

@@ -120,6 +120,16 @@ class RunRecord:
             atomic_write_json(self.path, self.data)
 
 
+def summary_line(record: dict[str, Any]) -> str:
+    """How a finished pretraining run ends on the console: where it went and what it reached."""
+    metrics, speed = record["metrics"], record["speed"]
+    tokens_per_second = f"{speed['tokens_per_second']:,.0f} tokens/s" if speed.get("tokens_per_second") else "—"
+    return (
+        f"done: {record['run_dir']}: validation loss {metrics['val_loss']:.4f} after {metrics['steps']:,} steps, "
+        f"{record['parameters']['unique']:,} unique parameters, {tokens_per_second}, {record['wall_time_s']:,.0f} s"
+    )
+
+
 def read_record(run_dir: str | Path) -> dict[str, Any]:
     import json
 

@@ -64,7 +64,7 @@ class ResumeCheckpoints(L.Callback):
         for logger in trainer.loggers:  # the metrics up to this step are on disk before the checkpoint is
             logger.save()
         temporary = self.folder / f"{NEWEST}.tmp"
-        trainer.save_checkpoint(temporary)
+        trainer.save_checkpoint(temporary, weights_only=False)  # the optimizer too: a resumable checkpoint
         if trainer.is_global_zero:
             with temporary.open("rb") as file:
                 os.fsync(file.fileno())
