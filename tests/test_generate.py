@@ -92,6 +92,7 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
     from sharebench.pretrain import run
 
     record = run(nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null"), tmp_path)
+    capsys.readouterr()  # the run's own lines
     main(["generate", str(tmp_path), "--prompt", "The king", "--tokens", "20", "--temperature", "0"])
     text = capsys.readouterr().out
     assert text.startswith("The king") and len(text.rstrip("\n")) == len("The king") + 20
