@@ -352,7 +352,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
-    resume = resume_point(run_dir)
+    resume, resumed_step = resume_point(run_dir) or (None, 0)
     logger = make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -364,7 +364,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     with finished_logger(logger):
         if resume is not None:
             check_resumable(resume, module)
-            continue_metrics(logger, resume)
+            continue_metrics(logger, resumed_step)
         else:  # the curve starts at the untrained model
             check_disk_space(run_dir, counts.unique)
             trainer.validate(module, verbose=False)

@@ -83,9 +83,9 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def resume_point(run_dir: Path) -> Path | None:
-    """The newest readable checkpoint of a run, or None to start over; damaged ones are renamed *.damaged,
-    one line saying so."""
+def resume_point(run_dir: Path) -> tuple[Path, int] | None:
+    """The newest readable checkpoint of a run and its step, or None to start over; damaged ones are renamed
+    *.damaged, one line saying so."""
     folder = run_dir / CHECKPOINT_FOLDER
     for name in (NEWEST, PREVIOUS):
         path = folder / name
@@ -95,7 +95,7 @@ def resume_point(run_dir: Path) -> Path | None:
         if step is not None:
             if name == PREVIOUS:
                 print(f"resuming from {path} (step {step}); the newer checkpoint was damaged")
-            return path
+            return path, step
         os.replace(path, path.with_name(path.name + ".damaged"))
         print(f"{path} is damaged (empty or truncated); kept as {path.name}.damaged")
     if any(folder.glob("*.damaged")):
@@ -103,9 +103,9 @@ def resume_point(run_dir: Path) -> Path | None:
     return None
 
 
-def continue_metrics(logger: Logger, checkpoint: Path) -> None:
+def continue_metrics(logger: Logger, step: int) -> None:
     """Keeps the rows of a resumed run's metrics.csv up to its checkpoint's step (Lightning's CSV logger
-    deletes the file when it starts; rows logged after the checkpoint are trained again)."""
+    deletes the file when it starts; rows logged after the checkpoint's `step` are trained again)."""
     if not isinstance(logger, CSVLogger):
         return
     path = Path(logger.log_dir) / "metrics.csv"
@@ -115,7 +115,6 @@ def continue_metrics(logger: Logger, checkpoint: Path) -> None:
             reader = csv.DictReader(file)
             header = list(reader.fieldnames or [])
             rows = list(reader)
-    step = checkpoint_step(checkpoint) or 0
     kept = [row for row in rows if int(row["step"]) < step]
     writer = logger.experiment  # created here, it removes the old file
     if kept:
