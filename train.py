@@ -11,9 +11,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from sharebench.cli import exit_on_config_error, exit_on_interrupt, preflight, run_key, sweep_baseline
+from sharebench.cli import check_command_line, exit_on_config_error, exit_on_interrupt
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -21,20 +21,13 @@ def main(cfg: DictConfig) -> None:
     from sharebench.tasks import run_task  # Lightning loads only once the command line has been checked
 
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        baseline = sweep_baseline(hydra_cfg.overrides.task)
-        if baseline is not None and baseline != run_key(hydra_cfg.overrides.task):
-            print(f"skipped: sharing={hydra_cfg.runtime.choices.sharing} takes no ratio; trained once as {baseline}")
-            return
-        if baseline is not None:
-            with open_dict(cfg):
-                cfg.ratio = None
-    # In a sweep, a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero.
+    # A sweep's runs were validated by its sweeper before the first started (conf/hydra/sweeper); in a sweep,
+    # a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero.
     failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else contextlib.nullcontext()
     with exit_on_interrupt(), failures:
         run_task(cfg, Path(hydra_cfg.runtime.output_dir))
 
 
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
+    check_command_line(sys.argv[1:])
     main()

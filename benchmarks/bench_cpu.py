@@ -105,7 +105,7 @@ class Trainee:
             self.model = hugging_face_model()
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, fused=fused_adamw)
         else:
-            from sharebench.pretrain import adamw_with_schedule
+            from sharebench.optim import adamw_with_schedule
 
             self.model = suite_model(scheme, ratio)  # with the optimizer the suite trains it with
             self.optimizer = adamw_with_schedule(self.model, LR, 0.01, 0, 1, "constant", 1.0)["optimizer"]

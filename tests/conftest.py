@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sharebench.config import compose
-from sharebench.paths import PROJECT_ROOT, resolve_path
+from sharebench.paths import CONFIG_DIR, PROJECT_ROOT, resolve_path
 
 SHARED_DATA = resolve_path(os.environ.get("SHAREBENCH_DATA", "../shared/data"))
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
@@ -18,6 +18,29 @@ WORDS = (
     "the king queen castle river stone bright dark walks sings over under quickly slowly old young "
     "a an of to in and but with from north south ship harbour sail wind rain sun moon star light"
 ).split()
+
+
+def sweeper_params(overrides: list[str]) -> dict[str, str]:
+    """The sweep axes a recipe or sweep file sets in `hydra.sweeper.params`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = hydra_compose("config", overrides=[o for o in overrides if "," not in o], return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.sweeper.params or {})
+
+
+def sweep_grid(overrides: list[str]) -> list[list[str]]:
+    """The runs Hydra's basic sweeper expands a command line into: the recipe's axes, the command line winning."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes = [f"{key}={values}" for key, values in sweeper_params(overrides).items()]
+    (runs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(axes + overrides), None)
+    return runs
 
 
 def sentence(rng: random.Random) -> str:

@@ -18,6 +18,7 @@ def bench():
     return module
 
 
+@pytest.mark.slow
 def test_a_shared_scheme_stores_and_optimises_only_unique_parameters(bench):
     facts = {}
     for scheme in ("shared_qkv", "none"):

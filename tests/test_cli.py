@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from sharebench.errors import ConfigError
 from tests.conftest import needs_shared_data
 
 
@@ -22,6 +23,7 @@ def train(project_root, *args: str, env_cache) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_sweep_lands_each_run_in_its_own_folder(project_root, nano_overrides, tmp_path, cache_dir, launcher):
     result = train(
@@ -56,6 +58,7 @@ def test_sweep_lands_each_run_in_its_own_folder(project_root, nano_overrides, tm
     assert result.stdout.count("takes no ratio") == 2
 
 
+@pytest.mark.slow
 def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_overrides, tmp_path, cache_dir):
     args = [
         *[o for o in nano_overrides if not o.startswith("output_root")],
@@ -92,6 +95,7 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
     assert json.loads(record_path.read_text())["started_at"] == record["started_at"]
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_params_command_prints_json(project_root):
     result = subprocess.run(
@@ -119,9 +123,33 @@ def test_params_command_prints_json(project_root):
 
 def test_compare_lists_runs(nano_cfg, tmp_path):
     from sharebench.cli import compare
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg("sharing=none"), tmp_path / "a")
-    run(nano_cfg("sharing=shared_qkv"), tmp_path / "b")
+    run_task(nano_cfg("sharing=none"), tmp_path / "a")
+    run_task(nano_cfg("sharing=shared_qkv"), tmp_path / "b")
     table = compare([str(tmp_path)])
-    assert "| a | completed | none |" in table and "| b | completed | shared_qkv | 1 |" in table
+    assert "| sharing=none | 0 | completed |" in table and "| sharing=shared_qkv | 0 | completed |" in table
+    assert "size" not in table and "output_root" not in table  # only what tells the runs apart
+
+
+def test_params_needs_no_data(monkeypatch, tmp_path):
+    from sharebench.cli import params
+
+    monkeypatch.setenv("SHAREBENCH_DATA", str(tmp_path / "absent"))
+    counts = params(["arch=bert", "size=bert-base", "sharing=shared_qkv"])
+    assert counts["vocab_size"] == 8192 and counts["unique"] < counts["total"]  # the suite's WordPiece default
+    with pytest.raises(ConfigError, match="char vocabulary is read off the data"):
+        params(["arch=gpt", "data=tinyshakespeare"])
+
+
+def test_a_run_prints_one_line_per_event(nano_cfg, tmp_path, capfd):
+    from sharebench.tasks import run_task
+
+    run_task(nano_cfg("trainer.max_steps=4", "trainer.val_check_interval=2", "sharing=gqa"), tmp_path)
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"run: {tmp_path.resolve()}: sharing=gqa 0.5, ") and "unique parameters" in lines[0]
+    assert [line.split()[1] for line in lines if line.startswith("step ")] == ["2/4", "4/4"]  # not a terminal
+    assert lines[-1].startswith(f"done: {tmp_path.resolve()}: validation loss ")
+    for noise in ("GPU available", "Tip:", "USDT", "LeafSpec", "Total FLOPs"):
+        assert noise not in out + err

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from sharebench.collect import collect, find_configurations, table_rows
+from sharebench.collect import collect, table_rows
 from sharebench.config import compose
-from sharebench.pretrain import run
+from sharebench.results import find_configurations
+from sharebench.tasks import run_task
 from tests.conftest import nano_settings
 
 RUNS = {  # folder name (as a sweep would type it) → overrides
@@ -29,7 +30,7 @@ def sweep(tmp_path_factory, corpus, cache_dir):
     root = tmp_path_factory.mktemp("sweep")
     for name, overrides in RUNS.items():
         cfg = compose([*nano_settings(corpus, cache_dir, root), *overrides])
-        run(cfg, root / "+experiment=x" / name / "seed=0")
+        run_task(cfg, root / "+experiment=x" / name / "seed=0")
     return root
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from sharebench import load_pretrained
 from sharebench.config import GROUPS, compose, group_choices, validate
-from sharebench.pretrain import run
 from sharebench.sharing import SCHEMES
+from sharebench.tasks import run_task
 
 SHARING = group_choices("sharing")
 ARCHS = group_choices("arch")
@@ -41,7 +41,7 @@ def test_every_group_option_composes(group):
 @pytest.mark.parametrize("sharing", SHARING)
 def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
     cfg = nano_cfg(f"arch={arch}", f"sharing={sharing}")
-    record = run(cfg, tmp_path)
+    record = run_task(cfg, tmp_path)
     assert record["status"] == "completed"
     assert record["sharing"]["name"] == sharing
     assert record["metrics"]["steps"] == 3

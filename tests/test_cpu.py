@@ -25,6 +25,7 @@ print(sorted(faults)[len(faults) // 2])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator setting is glibc's")
+@pytest.mark.slow
 def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     def faults(mode: str) -> int:
         result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_LARGE_TENSORS, mode],

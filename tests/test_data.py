@@ -132,6 +132,7 @@ def test_tiny_shakespeare_characters_split_90_10(tmp_path):
     assert total == 1_115_394 and len(data.streams["train"]) == int(1_115_394 * 0.9)
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
     cfg = compose(
@@ -150,6 +151,7 @@ def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
     assert data.tokenizer.encode_batch(["Political"])[0] == [2576]  # line 2577 of vocab.txt, lowercased
 
 
+@pytest.mark.slow
 def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_path):
     """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
     cfg = compose(nano_overrides)
@@ -169,6 +171,7 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
     assert list(vocab)[:5] == list(data_module.SPECIAL_TOKENS) and len(vocab) <= cfg.data.tokenizer.vocab_size
 
 
+@pytest.mark.slow
 def test_jobs_starting_together_train_the_tokenizer_once(nano_overrides, tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 

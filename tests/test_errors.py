@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from sharebench.paths import PROJECT_ROOT
+
 CASES = {
     "unknown scheme": (["sharing=foo"], ["unknown sharing 'foo'", "partial_qk", "shared_qkv"]),
     "unknown size": (["size=huge"], ["unknown size 'huge'", "bert-base"]),
@@ -62,25 +64,54 @@ def one_line_error(command: list[str], tmp_path, env: dict | None = None) -> str
     return lines[0]
 
 
+def in_process_error(check, argv: list[str], capsys) -> str:
+    """What `check` (a command's checks before Hydra or the model start) prints as it exits with status 2."""
+    with pytest.raises(SystemExit) as stopped:
+        check(argv)
+    assert stopped.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_train_refuses_bad_input(case, project_root, tmp_path):
+def test_train_refuses_bad_input(case, tmp_path, capsys):
+    from sharebench.cli import check_command_line
+
     overrides, expected = CASES[case]
-    line = one_line_error(
-        [sys.executable, str(project_root / "train.py"), *overrides, f"output_root={tmp_path / 'outputs'}"],
-        tmp_path,
-    )
+    if "-m" in overrides:  # a sweep's runs are validated by its sweeper, inside Hydra
+        line = one_line_error([sys.executable, str(PROJECT_ROOT / "train.py"), *overrides,
+                               f"output_root={tmp_path / 'outputs'}"], tmp_path)  # fmt: skip
+    else:
+        line = in_process_error(check_command_line, [*overrides, f"output_root={tmp_path / 'outputs'}"], capsys)
     for fragment in expected:
         assert fragment in line
+
+
+@pytest.mark.parametrize("case", ["unknown scheme", "ratio out of range"])
+def test_train_py_ends_bad_input_in_one_line_before_creating_anything(case, tmp_path):
+    overrides, expected = CASES[case]
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides, f"output_root={tmp_path / 'outputs'}"]
+    assert expected[0] in one_line_error(command, tmp_path)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "-m" not in CASES[c][0]])
-def test_params_refuses_bad_input(case, tmp_path):
+def test_params_refuses_bad_input(case, capsys):
+    from sharebench.cli import main
+
     overrides, expected = CASES[case]
-    line = one_line_error([sys.executable, "-m", "sharebench", "params", *overrides], tmp_path)
+    line = in_process_error(main, ["params", *overrides], capsys)
     for fragment in expected:
         assert fragment in line
 
 
+@pytest.mark.slow
+def test_sharebench_params_ends_bad_input_in_one_line(tmp_path):
+    assert "unknown sharing 'foo'" in one_line_error([sys.executable, "-m", "sharebench", "params", "sharing=foo"],
+                                                     tmp_path)  # fmt: skip
+
+
+@pytest.mark.slow
 def test_missing_data_folder_is_named(project_root, tmp_path):
     line = one_line_error(
         [sys.executable, str(project_root / "train.py"), "size=nano", f"output_root={tmp_path / 'outputs'}"],
@@ -95,7 +126,7 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
 
     from sharebench.config import compose
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -103,7 +134,7 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
     (corrupt / "validation-00000-of-00001.parquet").write_bytes(b"PAR1 nor this")
     cfg = compose([*nano_overrides, f"data.source={corrupt}", f"cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match="cannot read"):
-        run(cfg, tmp_path / "run")
+        run_task(cfg, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "failed" and "cannot read" in record["error"]
 
@@ -111,12 +142,12 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
 def test_resuming_a_checkpoint_of_another_shape_is_refused(nano_overrides, tmp_path):
     from sharebench.config import compose
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(compose(nano_overrides), tmp_path)
+    run_task(compose(nano_overrides), tmp_path)
     (tmp_path / "run.json").unlink()  # as if killed before the end
     with pytest.raises(ConfigError, match="does not fit this config: .*another size or sharing"):
-        run(compose([*nano_overrides, "sharing=shared_qkv"]), tmp_path)
+        run_task(compose([*nano_overrides, "sharing=shared_qkv"]), tmp_path)
 
 
 def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch):
@@ -126,12 +157,12 @@ def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch)
 
     from sharebench.config import compose
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(ConfigError, match="no disk space for the checkpoints"):
-        run(compose(nano_overrides), tmp_path)
+        run_task(compose(nano_overrides), tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
     assert not (tmp_path / "checkpoints").exists()
 
@@ -208,6 +239,7 @@ def test_every_key_has_limits(overrides):
     assert unchecked_keys(compose(overrides)) == []
 
 
+@pytest.mark.slow
 def test_a_bad_value_ends_in_one_line_and_status_2(project_root, tmp_path):
     result = subprocess.run(
         [sys.executable, str(project_root / "train.py"), "trainer.max_steps=0", f"output_root={tmp_path}"],
@@ -220,9 +252,9 @@ def test_a_bad_value_ends_in_one_line_and_status_2(project_root, tmp_path):
 def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
     from sharebench.checkpoint import WEIGHTS_NAME, load_pretrained
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg(), tmp_path / "run")
+    run_task(nano_cfg(), tmp_path / "run")
     weights = tmp_path / "run" / WEIGHTS_NAME
     weights.write_bytes(weights.read_bytes()[:500])
     with pytest.raises(ConfigError, match=f"pretrained: {weights} is damaged"):

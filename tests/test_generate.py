@@ -3,6 +3,8 @@ and cross-layer scheme, and a cache whose size follows the scheme."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -89,9 +91,9 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
     import json
 
     from sharebench.cli import main
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    record = run(nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null"), tmp_path)
+    record = run_task(nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null"), tmp_path)
     capsys.readouterr()  # the run's own lines
     main(["generate", str(tmp_path), "--prompt", "The king", "--tokens", "20", "--temperature", "0"])
     text = capsys.readouterr().out
@@ -105,20 +107,26 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
 def test_generate_refuses_an_encoder(nano_cfg, tmp_path):
     from sharebench.cli import generate
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg(), tmp_path)
+    run_task(nano_cfg(), tmp_path)
     with pytest.raises(ConfigError, match="holds an encoder"):
         generate(tmp_path, "The", 5, 0.8, 200, 0)
 
 
 def test_infer_takes_a_converted_checkpoint(nano_cfg, tmp_path):
+    from sharebench.checkpoint import convert_checkpoint
     from sharebench.cli import infer
-    from sharebench.convert import convert
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg("arch=gpt", "size.n_heads=4"), tmp_path / "run")
-    convert(tmp_path / "run", tmp_path / "gqa", "gqa", 0.5, 8)
-    separate, grouped = infer(tmp_path / "run", None), infer(tmp_path / "gqa", 16)
+    run_task(nano_cfg("arch=gpt", "size.n_heads=4"), tmp_path / "run")
+    convert_checkpoint(tmp_path / "run", tmp_path / "gqa", "gqa", 0.5, 8)
+    record = json.loads((tmp_path / "gqa" / "run.json").read_text())  # a conversion is recorded like a run
+    assert record["status"] == "completed" and record["sharing"]["name"] == "gqa"
+    assert record["sharing"]["conversion"] == {"to": "gqa", "ratio": 0.5, "rank": 8}
+    assert (
+        record["parameters"]["unique"] < json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]["unique"]
+    )
+    separate, grouped = infer(tmp_path / "run", None), infer(tmp_path / "gqa", None)
     assert grouped["kv_cache_bytes_per_token"] * 2 == separate["kv_cache_bytes_per_token"]
     assert grouped["weights_bytes"] < separate["weights_bytes"]

@@ -18,7 +18,7 @@ from sharebench import glue, load_pretrained
 from sharebench.config import compose
 from sharebench.errors import ConfigError
 from sharebench.finetune import run_glue
-from sharebench.pretrain import run
+from sharebench.tasks import run_task
 from tests.conftest import SHARED_DATA, WORDS, needs_shared_data
 
 HUB_SPLITS = {"mnli": ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]}
@@ -152,7 +152,7 @@ def pretrained_nano(tmp_path_factory, corpus, cache_dir) -> Path:
         "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
         f"cache_dir={cache_dir}",
     ]  # fmt: skip
-    run(compose(overrides), folder)
+    run_task(compose(overrides), folder)
     return folder
 
 
@@ -188,9 +188,9 @@ def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture,
 
 
 def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_path):
-    from sharebench.convert import convert
+    from sharebench.checkpoint import convert_checkpoint
 
-    convert(pretrained_nano, tmp_path / "recursive", "recursive_lora", 0.5, rank=4)
+    convert_checkpoint(pretrained_nano, tmp_path / "recursive", "recursive_lora", 0.5, rank=4)
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[rte]", "glue.recipe.epochs=1",
                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
     summary = run_glue(cfg, tmp_path / "recursive", tmp_path / "glue")
@@ -212,6 +212,7 @@ def test_glue_errors(pretrained_nano, tmp_path):
         validate(compose(["task=glue", f"pretrained={tmp_path}"]))
 
 
+@pytest.mark.slow
 def test_pretrain_then_glue_pipeline_command(project_root, nano_overrides, glue_fixture, tmp_path, cache_dir):
     overrides = [o for o in nano_overrides if not o.startswith("output_root")]
     result = subprocess.run(

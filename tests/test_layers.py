@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
-from sharebench.checkpoint import load_pretrained, save_pretrained
+from sharebench.checkpoint import convert_checkpoint, load_pretrained, save_pretrained
 from sharebench.config import build_model, compose
-from sharebench.convert import convert, to_gqa
+from sharebench.convert import direct_share, select_shared_heads, share_heads, to_gqa
 from sharebench.layers import LAYER_SCHEMES
-from sharebench.layers.headwise import direct_share, select_shared_heads, share_heads
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
 from tests.test_checkpoint import minilm_folder
@@ -38,15 +37,20 @@ def test_every_layers_yaml_names_a_scheme_and_back():
             "ffn_wide"} <= files  # fmt: skip
 
 
-@pytest.mark.parametrize("scheme", ["all", "sequence", "cycle", "cycle_rev"])
+@pytest.mark.parametrize("scheme", ["sequence", "cycle", "cycle_rev"])
 @pytest.mark.parametrize("sets", [1, 2, 3, 6])
 def test_whole_block_sharing_stores_exactly_m_blocks(scheme, sets):
     none = counts()
     shared = counts(f"layers={scheme}", f"layers.ratio={1 - sets / L}")
     assert shared.unique == none.unique - (L - sets) * BLOCK
     assert shared.total == none.total  # every layer still uses a whole block
-    if scheme == "all" and sets == 1:  # ALBERT: one layer's parameters plus embeddings and heads
-        assert shared.unique == none.unique - L * BLOCK + BLOCK
+
+
+def test_albert_stores_one_block():
+    none, albert = counts(), counts("layers=all")
+    assert albert.unique == none.unique - (L - 1) * BLOCK  # one layer's parameters plus embeddings and heads
+    assert albert.total == none.total
+    assert albert.unique == counts("layers=sequence", f"layers.ratio={1 - 1 / L}").unique
 
 
 @pytest.mark.parametrize("part,size", [("attn", ATTENTION), ("ffn", FFN)])
@@ -109,10 +113,10 @@ def test_cycle_rev_18_layers_6_sets_reverses_the_last_cycle():
 
 @pytest.mark.parametrize("scheme", sorted(LAYER_SCHEMES))
 def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
-    record = run(nano_cfg(f"layers={scheme}", *ratio, "sharing=partial_qk", "ratio=0.5"), tmp_path)
+    record = run_task(nano_cfg(f"layers={scheme}", *ratio, "sharing=partial_qk", "ratio=0.5"), tmp_path)
     assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
     model = load_pretrained(tmp_path)
     assert model.layers.name == scheme
@@ -200,19 +204,19 @@ def test_recursive_conversion_at_full_rank_reproduces_the_model(tmp_path, ratio)
     save_pretrained(model, tmp_path / "source", {"_target_": "sharebench.sharing.none.Separate",
                                                  "_partial_": True}, None)  # fmt: skip
     ids = torch.randint(0, 50, (2, 16))
-    full = convert(tmp_path / "source", tmp_path / "full", "recursive_lora", ratio, rank=32).eval()
+    full = convert_checkpoint(tmp_path / "source", tmp_path / "full", "recursive_lora", ratio, rank=32).eval()
     assert torch.allclose(logits(full, ids), logits(model, ids), atol=1e-5)
-    low = convert(tmp_path / "source", tmp_path / "low", "recursive_lora", ratio, rank=2).eval()
+    low = convert_checkpoint(tmp_path / "source", tmp_path / "low", "recursive_lora", ratio, rank=2).eval()
     assert low.parameter_counts().unique < model.parameter_counts().unique
     assert not torch.allclose(logits(low, ids), logits(model, ids), atol=1e-3)
     assert torch.equal(logits(load_pretrained(tmp_path / "low"), ids), logits(low, ids))
 
 
 def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path):
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg(), tmp_path / "base")
-    record = run(nano_cfg(f"pretrained={tmp_path / 'base'}", "postshare_ratio=0.25", "trainer.max_steps=4"),
+    run_task(nano_cfg(), tmp_path / "base")
+    record = run_task(nano_cfg(f"pretrained={tmp_path / 'base'}", "postshare_ratio=0.25", "trainer.max_steps=4"),
                  tmp_path / "post")  # fmt: skip
     assert record["status"] == "completed"
     assert record["postshare"]["pairs"] == 2  # int(0.25 · 2 layers · 4 heads)
@@ -225,11 +229,11 @@ def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path)
 
 def test_uptraining_refuses_a_vocabulary_of_another_size(nano_cfg, tmp_path):
     from sharebench.errors import ConfigError
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    run(nano_cfg(), tmp_path / "base")
+    run_task(nano_cfg(), tmp_path / "base")
     with pytest.raises(ConfigError, match="token embeddings but the data's tokenizer"):
-        run(nano_cfg(f"pretrained={tmp_path / 'base'}", "data.tokenizer.vocab_size=150"), tmp_path / "up")
+        run_task(nano_cfg(f"pretrained={tmp_path / 'base'}", "data.tokenizer.vocab_size=150"), tmp_path / "up")
 
 
 def test_converted_minilm_scores_sts_b_zero_shot(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from sharebench.config import build_model
 from sharebench.memory import activation_bytes, training_memory
-from sharebench.pretrain import adamw_with_schedule
+from sharebench.optim import adamw_with_schedule
 
 
 def mlm_batch(vocab_size: int, batch: int, seq_len: int = 32) -> dict[str, torch.Tensor]:

@@ -149,13 +149,14 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation():
     assert torch.equal(dropout.eval()(x), x)
 
 
+@pytest.mark.slow
 def test_compiled_pretraining_gives_the_eager_losses_and_a_plain_checkpoint(nano_cfg, tmp_path):
     from sharebench import load_pretrained
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     no_dropout = ("arch.dropout=0", "arch.attention_dropout=0", "sharing=partial_qk", "ratio=0.5")
-    eager = run(nano_cfg(*no_dropout), tmp_path / "eager")
-    compiled = run(nano_cfg(*no_dropout, "compile=true"), tmp_path / "compiled")
+    eager = run_task(nano_cfg(*no_dropout), tmp_path / "eager")
+    compiled = run_task(nano_cfg(*no_dropout, "compile=true"), tmp_path / "compiled")
     assert compiled["status"] == "completed"
     assert compiled["metrics"]["val_loss"] == pytest.approx(eager["metrics"]["val_loss"], rel=1e-4)
     assert compiled["metrics"]["train_loss"] == pytest.approx(eager["metrics"]["train_loss"], rel=1e-4)
@@ -163,13 +164,42 @@ def test_compiled_pretraining_gives_the_eager_losses_and_a_plain_checkpoint(nano
     assert model.parameter_counts().unique == compiled["parameters"]["unique"]
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_pretrains_with_gradient_clipping(nano_cfg, tmp_path):
     """Lightning refuses to clip a fused optimizer's gradients under mixed precision; the suite then steps with
     the multi-tensor AdamW, and the run trains to about the fp32 loss."""
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     no_dropout = ("arch.dropout=0", "arch.attention_dropout=0", "trainer.gradient_clip_val=1.0")
-    fp32 = run(nano_cfg(*no_dropout), tmp_path / "fp32")
-    bf16 = run(nano_cfg(*no_dropout, "trainer.precision=bf16-mixed"), tmp_path / "bf16")
+    fp32 = run_task(nano_cfg(*no_dropout), tmp_path / "fp32")
+    bf16 = run_task(nano_cfg(*no_dropout, "trainer.precision=bf16-mixed"), tmp_path / "bf16")
     assert bf16["status"] == "completed"
     assert bf16["metrics"]["val_loss"] == pytest.approx(fp32["metrics"]["val_loss"], rel=0.02)
+
+
+def test_masked_lm_head_runs_on_a_multiple_of_64_rows_with_the_same_loss(monkeypatch):
+    """Batches predict a varying number of tokens; the head always sees a multiple of PREDICTED_ROWS rows (so its
+    tensors come in a few sizes the allocator reuses) and the loss is that of the predicted tokens alone."""
+    import torch.nn.functional as F
+
+    from sharebench.config import build_model, compose
+    from sharebench.model import IGNORE_INDEX, PREDICTED_ROWS, LMHead
+
+    torch.manual_seed(0)
+    model = build_model(compose(["size=nano", "data.seq_len=32"]), 100).eval()
+    seen = []
+    padded_logits = LMHead.padded_logits
+
+    def counting(self, hidden):
+        seen.append(len(hidden))
+        return padded_logits(self, hidden)
+
+    monkeypatch.setattr(LMHead, "padded_logits", counting)
+    ids = torch.randint(0, 100, (4, 32))
+    for share in (0.1, 0.15, 0.3):
+        labels = torch.where(torch.rand(ids.shape) < share, ids, IGNORE_INDEX)
+        out = model(ids, labels)
+        predicted = labels != IGNORE_INDEX
+        assert out.logits.shape == (int(predicted.sum()), 100)
+        assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels[predicted]), rtol=1e-6)
+    assert seen and all(rows % PREDICTED_ROWS == 0 for rows in seen)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sharebench.config import build_model, compose
+from sharebench.convert import direct_share
 from sharebench.layers import LAYER_SCHEMES
-from sharebench.layers.headwise import direct_share
 from sharebench.model import IGNORE_INDEX
 from sharebench.reference import reference_loss
 from sharebench.sharing import SCHEMES
@@ -91,7 +91,7 @@ def test_partial_qk_split_matrix_matches_the_reference():
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_plain_loop():
-    from sharebench.pretrain import adamw_with_schedule
+    from sharebench.optim import adamw_with_schedule
 
     models = [model_with("sharing=partial_qk", "ratio=0.5") for _ in range(2)]
     optimizers = [adamw_with_schedule(m, 1e-3, 0.01, 1, 10, "linear", 0.0)["optimizer"] for m in models]
@@ -107,3 +107,26 @@ def test_fused_adamw_takes_the_same_steps_as_the_plain_loop():
     fused, plain = (model(**inputs).loss for model in models)
     assert torch.allclose(fused, plain, rtol=1e-5, atol=0), (fused.item(), plain.item())
     assert fused < reference_loss(model_with("sharing=partial_qk", "ratio=0.5"), **inputs)  # the steps did train
+
+
+def test_the_walkthrough_scheme_works_as_documented():
+    """docs/schemes.md's walkthrough module, as a newcomer would write it, passes the reference check and
+    stores one D × D block fewer per layer."""
+    from functools import partial
+
+    from sharebench.config import model_config
+    from sharebench.model import LanguageModel
+    from sharebench.paths import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "docs" / "schemes.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec("\n".join(line.removeprefix("   ") for line in code.splitlines()), namespace)
+    scheme = namespace["SharedKV"]
+    cfg = compose([*SIZE, "arch=gpt"])
+    torch.manual_seed(0)
+    model = LanguageModel(model_config(cfg, VOCAB), partial(scheme), scheme.name).eval()
+    assert_same_loss(model, "causal")
+    unshared = build_model(cfg, VOCAB).parameter_counts()
+    per_layer = cfg.size.dim * (cfg.size.dim + cfg.arch.qkv_bias)  # a weight block (and its bias)
+    assert model.parameter_counts().unique == unshared.unique - cfg.size.n_layers * per_layer

@@ -70,6 +70,7 @@ def stopped_at(args: list[str], step: int, signum: int, seed: int = 0) -> subpro
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tmp_path, whole_run, signum):
     """Stopped at step 30 of 60, between the validations at 20 and 40: SIGKILL loses the steps after the
@@ -100,6 +101,7 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
     assert [p.name for p in stopped.rglob("checkpoints/*")] == ["last.ckpt"]  # done: no fallback kept
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_its_run_and_skips_the_completed(project_root, nano_overrides, tmp_path, whole_run):
     """A sweep of two runs killed in its second run (at step 30 of 60): started again, it skips the first and
     resumes the second to the result of a run never stopped."""
@@ -120,6 +122,7 @@ def test_killed_sweep_resumes_its_run_and_skips_the_completed(project_root, nano
     assert curve.read_text().splitlines() == metrics_rows(whole_run)
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_overrides, tmp_path, whole_run):
     stopped = tmp_path / "stopped"
     args = command(project_root, nano_overrides, stopped)
@@ -136,6 +139,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_ov
     assert metrics_rows(stopped) == metrics_rows(whole_run)
 
 
+@pytest.mark.slow
 def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, tmp_path):
     from sharebench.resume import RunLock
 
@@ -153,10 +157,10 @@ def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, 
 
 
 def test_same_seed_gives_bit_identical_loss_curves(nano_cfg, tmp_path):
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     def curve(folder: Path, seed: int) -> list[str]:
-        run(nano_cfg(f"seed={seed}", "trainer.max_steps=12", "trainer.log_every_n_steps=1",
+        run_task(nano_cfg(f"seed={seed}", "trainer.max_steps=12", "trainer.log_every_n_steps=1",
                      "trainer.deterministic=true"), folder)  # fmt: skip
         return (folder / "logs" / "metrics.csv").read_text().splitlines()
 
@@ -165,6 +169,7 @@ def test_same_seed_gives_bit_identical_loss_curves(nano_cfg, tmp_path):
     assert curve(tmp_path / "c", 1) != first
 
 
+@pytest.mark.slow
 def test_rerun_sweep_skips_completed_runs_and_records_failures(project_root, nano_overrides, tmp_path):
     kept = [o for o in nano_overrides if not o.startswith(("output_root", "data.max_validation_chars"))]
     # max_validation_chars=20 leaves the validation split shorter than one block: that run fails after it started.
@@ -187,6 +192,7 @@ def test_rerun_sweep_skips_completed_runs_and_records_failures(project_root, nan
             assert json.loads((folder / "run.json").read_text())["started_at"] == record["started_at"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
 def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrides, tmp_path):
     common = [
@@ -215,10 +221,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrid
 
 def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):
     from sharebench.paths import FILE_MODE
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
     cfg = nano_cfg(f"cache_dir={tmp_path / 'cache'}")
-    run(cfg, tmp_path / "run")
+    run_task(cfg, tmp_path / "run")
     files = [tmp_path / "run" / name for name in ("run.json", "model.safetensors", "model.json")]
     files += list((tmp_path / "cache").rglob("*.json")) + list((tmp_path / "cache").rglob("*.npy"))
     assert len(files) > 4
@@ -229,9 +235,9 @@ def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):
 def test_a_run_records_the_tokenizer_it_used(nano_cfg, tmp_path):
     import hashlib
 
-    from sharebench.pretrain import run
+    from sharebench.tasks import run_task
 
-    record = run(nano_cfg(), tmp_path / "run")
+    record = run_task(nano_cfg(), tmp_path / "run")
     saved = (tmp_path / "run" / "tokenizer.json").read_bytes()
     assert record["tokenizer"] == {
         "kind": "wordpiece", "vocab_size": record["vocab_size"], "sha256": hashlib.sha256(saved).hexdigest()

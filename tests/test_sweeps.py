@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.cli import add_sweeper_params
-from sharebench.collect import collect, csv_text, difference_ci, find_configurations, latex, mean_ci, table_rows
-from sharebench.config import check_overrides, compose
+from sharebench.collect import collect, csv_text, latex, table_rows
+from sharebench.config import compose
 from sharebench.paths import PROJECT_ROOT
-from tests.conftest import needs_shared_data
+from sharebench.results import difference_ci, find_configurations, mean_ci
+from tests.conftest import needs_shared_data, sweep_grid, sweeper_params
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml"))
@@ -30,7 +30,7 @@ def test_there_are_sweeps_and_experiments():
 
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweep_file_composes_into_its_grid(sweep):
-    runs = check_overrides(add_sweeper_params([f"+sweep={sweep}"]))
+    runs = sweep_grid([f"+sweep={sweep}"])
     assert len(runs) >= 6
     assert len({tuple(r) for r in runs}) == len(runs)
     compose(runs[0])
@@ -43,9 +43,9 @@ def test_experiment_composes_at_each_scale(experiment, scale):
     cfg = compose(overrides)
     assert cfg.experiment.name == experiment
     assert cfg.experiment.paper, "an experiment prints the paper's figures beside ours"
-    runs = check_overrides(add_sweeper_params(overrides))
+    runs = sweep_grid(overrides)
     if cfg.task != "sts_zero_shot":  # a recipe that trains runs several seeds; a zero-shot score is deterministic
-        assert len({r[-1] for r in runs if r[-1].startswith("seed=")}) >= 3
+        assert len({o for run in runs for o in run if o.startswith("seed=")}) >= 3
     assert len(runs) >= 3
     assert (PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml").is_file()
 
@@ -62,12 +62,13 @@ def train(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
                           timeout=900, cwd=cwd)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweep_file_runs_on_nano(sweep, nano_overrides, tmp_path):
     kept = [o for o in nano_overrides if not o.startswith("output_root")]
     result = train("-m", f"+sweep={sweep}", "seed=0", *kept, f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = len(check_overrides(add_sweeper_params([f"+sweep={sweep}", "seed=0"])))
+    expected = len(sweep_grid([f"+sweep={sweep}", "seed=0"]))
     records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
     skipped = result.stdout.count("skipped:")
     assert len(records) + skipped == expected
@@ -95,13 +96,22 @@ FAST = [*TINY, "seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2"
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
 
 
+# A recipe of several grids (the leaderboard's 78 configurations), narrowed to two of its configurations: the
+# command line wins over every grid.
+NARROWED = {"leaderboard": ["arch=bert", "data=wikipedia", "layers=none", "iso_baseline=false", "sharing=none,mqa"]}
+
+
+@pytest.mark.slow
 @needs_shared_data
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cache_dir):
     given = [f"+experiment={experiment}", *FAST, f"cache_dir={cache_dir}", f"output_root={tmp_path / 'runs'}"]
-    key, values = add_sweeper_params(given)[len(given)].split("=", 1)  # the recipe's first axis: two values of it
-    first_and_last = ",".join(values.split(",")[:: len(values.split(",")) - 1])
-    result = train("-m", *given, f"{key}={first_and_last}")
+    if experiment in NARROWED:
+        axis = NARROWED[experiment]
+    else:
+        key, values = next(iter(sweeper_params(given).items()))  # the recipe's first axis: two values of it
+        axis = [f"{key}={','.join(values.split(',')[:: len(values.split(',')) - 1])}"]
+    result = train("-m", *given, *axis)
     assert result.returncode == 0, result.stderr[-3000:]
     report = collect([tmp_path / "runs"], tmp_path / "results")
     assert "The paper" in report and "not completed (failed, interrupted or still running): 0" in report
@@ -123,6 +133,7 @@ PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.l
                "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_shared_data
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_paper_scale_recipe_runs_a_few_steps_with_the_papers_model(experiment, tmp_path, cache_dir):
@@ -188,10 +199,11 @@ def test_collect_of_an_empty_folder_is_a_clear_error(tmp_path):
 def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, tmp_path, monkeypatch):
     import wandb
 
-    from sharebench.pretrain import PretrainModule, run
+    from sharebench.pretrain import PretrainModule
+    from sharebench.tasks import run_task
 
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run(nano_cfg("logger=wandb"), tmp_path / "ok")
+    run_task(nano_cfg("logger=wandb"), tmp_path / "ok")
     files = list((tmp_path / "ok" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1 and files[0].stat().st_size > 0
     assert wandb.run is None  # finished: the next job starts its own run
@@ -201,8 +213,19 @@ def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, t
 
     monkeypatch.setattr(PretrainModule, "training_step", fail)
     with pytest.raises(RuntimeError, match="boom"):
-        run(nano_cfg("logger=wandb"), tmp_path / "failed")
+        run_task(nano_cfg("logger=wandb"), tmp_path / "failed")
     assert wandb.run is None
     assert json.loads((tmp_path / "failed" / "run.json").read_text())["status"] == "failed"
     assert len(list((tmp_path / "failed" / "wandb").glob("offline-run-*"))) == 1
     assert os.environ.get("WANDB_MODE") != "online"
+
+
+@pytest.mark.slow
+def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path):
+    result = train("-m", "+experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = result.stdout.strip().splitlines()
+    assert runs[-1] == "234 runs, none launched (dry_run)"  # (1 + 9 × 2 + 10 × 2 configurations) × 2 archs × 3 seeds
+    assert sum("iso_baseline=True" in r for r in runs) == 19 * 2 * 3
+    assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 6
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["multirun.yaml"]  # Hydra's note, no run

@@ -2,27 +2,32 @@
 
 A suite checkpoint is a folder (a finished run's folder) with `model.safetensors`, which stores every shared
 tensor once, and `model.json`, which says how to rebuild the model (its shape and its sharing scheme).
+`convert_checkpoint` applies a conversion (`sharebench.convert`) to a checkpoint and writes the result as one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
+from sharebench.convert import CONVERSIONS, direct_share, share_heads, to_gqa, to_recursive
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
-from sharebench.layers.headwise import share_heads
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RECORD_NAME
+from sharebench.record import RECORD_NAME, RunRecord, Sharing, sharing_record
+from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
+from sharebench.tokenizer import TOKENIZER_FILES
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -56,16 +61,16 @@ def scheme_target(scheme: type) -> dict[str, Any]:
 SEPARATE = scheme_target(Separate)
 
 
-def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
+def loaded_sharing(model: LanguageModel, folder: str | Path) -> Sharing:
     """What a run records as the sharing of a model loaded from `folder`: the sharing its pretraining run
     recorded (iso-parameter baselines keep the configuration they match), or for other checkpoints the scheme
-    the checkpoint stores, in the same shape."""
+    the checkpoint stores."""
     record = Path(folder) / RECORD_NAME
     recorded = json.loads(record.read_text()).get("sharing") if record.is_file() else None
     if recorded:
         return {**recorded, "pretrained": str(folder)}
     _, ratio = checkpoint_sharing(folder)
-    return {"name": model.sharing_name, "ratio": ratio, "layers": model.layers.describe(), "pretrained": str(folder)}
+    return sharing_record(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder))
 
 
 def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:
@@ -197,3 +202,38 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
             f"pretrained: {folder} does not map onto BERT; missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model
+
+
+def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) -> tuple[LanguageModel, dict, Any]:
+    """The checkpoint in `source` with the new sharing, and the within-layer scheme config and ratio it stores."""
+    if to not in CONVERSIONS:
+        raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
+    source = Path(source)
+    model = load_pretrained(source)
+    sharing, sharing_ratio = checkpoint_sharing(source)
+    if to == "headwise":
+        return direct_share(model, ratio), sharing, sharing_ratio
+    if to == "gqa":
+        return to_gqa(model, ratio), scheme_target(GroupedQuery), ratio
+    return to_recursive(model, ratio, rank, sharing, sharing_ratio), sharing, sharing_ratio
+
+
+def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:
+    """Convert the checkpoint in `source` and write it, with its tokenizer files and a run record of the
+    conversion (its sharing, parameters and checkpoint), to `out`."""
+    source, out = Path(source), Path(out)
+    conversion = {"to": to, "ratio": ratio, "rank": rank}
+    config = OmegaConf.create({"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion})
+    with RunRecord(config, out) as record:
+        converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
+        weights_bytes = save_pretrained(converted, out, sharing, sharing_ratio)
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out / name)
+        record.update(
+            sharing=sharing_record(converted.sharing_name, ratio, converted.layers.describe(), conversion=conversion,
+                                   pretrained=str(source)),
+            parameters=converted.parameter_counts().to_dict(),
+            checkpoint={"path": str(out / WEIGHTS_NAME), "bytes": weights_bytes},
+        )  # fmt: skip
+    return converted

@@ -19,9 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sharebench.errors import ConfigError, RatioNotTaken, RunInterrupted
-
-SWEEP_BASELINES_ENV = "SHAREBENCH_SWEEP_BASELINES"
+from sharebench.errors import ConfigError, RunInterrupted
 
 # Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
 HYDRA_VALUE_FLAGS = {
@@ -79,41 +77,18 @@ def task_overrides(argv: Sequence[str]) -> list[str]:
     return overrides
 
 
-def run_key(overrides: Sequence[str]) -> str:
-    return ",".join(sorted(overrides))
-
-
-def preflight(argv: Sequence[str]) -> None:
-    """Validate every run a command line describes (each combination of a sweep) before any starts.
-
-    In a sweep such as `sharing=none,partial_qk ratio=0.5,0.9`, a scheme that takes no ratio meets ratios it
-    cannot use: its runs differ only in a ratio it ignores, so the first trains (without a ratio) and the
-    others are skipped. Which run stands for which is handed to the jobs in SWEEP_BASELINES_ENV."""
+def check_command_line(argv: Sequence[str]) -> None:
+    """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
+    too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
+    (conf/hydra/sweeper) before the first starts."""
     from sharebench.config import check_overrides, compose, validate
 
-    if any(arg in ("--help", "-h", "--hydra-help") for arg in argv):
+    if any(arg in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i") for arg in argv):
         return
-    multirun = any(arg in ("-m", "--multirun") for arg in argv)
-    baselines: dict[str, str] = {}
-    first_of_group: dict[str, str] = {}
     with exit_on_config_error():
-        given = task_overrides(argv)
-        for overrides in check_overrides(add_sweeper_params(given) if multirun else given):
-            try:
-                validate(compose(overrides))
-            except RatioNotTaken:
-                if not multirun:
-                    raise
-                without_ratio = [o for o in overrides if not o.startswith("ratio=")]
-                validate(compose(without_ratio))
-                representative = first_of_group.setdefault(run_key(without_ratio), run_key(overrides))
-                baselines[run_key(overrides)] = representative
-    os.environ[SWEEP_BASELINES_ENV] = json.dumps(baselines)
-
-
-def sweep_baseline(job_overrides: Sequence[str]) -> str | None:
-    """For a sweep job whose scheme takes no ratio: the key of the job that trains that baseline."""
-    return json.loads(os.environ.get(SWEEP_BASELINES_ENV, "{}")).get(run_key(job_overrides))
+        (single, *more) = check_overrides(task_overrides(argv))
+        if not more and not any(arg in ("-m", "--multirun") for arg in argv):
+            validate(compose(single))
 
 
 def params(overrides: Sequence[str]) -> dict:
@@ -127,8 +102,11 @@ def params(overrides: Sequence[str]) -> dict:
     if len(runs) != 1:
         raise ConfigError("params takes one configuration, not a sweep (no comma-separated values)")
     cfg = compose(runs[0])
-    validate(cfg)
-    vocab_size = tokenizer_vocab_size(cfg.data, cfg.arch.objective)
+    validate(cfg, data=False)
+    try:
+        vocab_size = tokenizer_vocab_size(cfg.data, cfg.arch.objective)
+    except ConfigError as error:
+        raise ConfigError(f"params: the {cfg.data.tokenizer.kind} vocabulary is read off the data: {error}") from None
     with torch.device("meta"):
         model = build_model(cfg, vocab_size)
     return {
@@ -140,33 +118,27 @@ def params(overrides: Sequence[str]) -> dict:
 
 
 def compare(run_dirs: Sequence[str]) -> str:
-    """A Markdown table of the runs found under the given folders: unique parameters, validation loss and speed."""
-    from sharebench.record import RECORD_NAME, read_record
+    """A Markdown table of the runs found under the given folders, one row per run, each labelled by what tells
+    its configuration apart from the others (as in `collect`'s tables): unique parameters, validation loss, speed."""
+    from sharebench.results import find_configurations, pretraining
 
-    records = sorted({(p.parent, Path(folder)) for folder in run_dirs for p in Path(folder).rglob(RECORD_NAME)})
-    if not records:
-        raise ConfigError(f"compare: no {RECORD_NAME} found under {', '.join(map(str, run_dirs))}")
     lines = [
-        "| run | status | sharing | ratio | unique params | val loss | val ppl | tokens/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seed | status | unique params | val loss | val ppl | tokens/s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for run_dir, folder in records:
-        try:
-            record = read_record(run_dir)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"compare: {run_dir} has no readable run.json ({error})") from error
-        metrics, speed = record.get("metrics", {}), record.get("speed", {})
-        sharing = record.get("sharing", {})
+    for configuration in pretraining(find_configurations(run_dirs)):
+        for record in sorted(configuration.records + configuration.failed, key=lambda r: r.get("seed") or 0):
+            metrics, speed = record.get("metrics") or {}, record.get("speed") or {}
 
-        def cell(value: object, spec: str = "") -> str:
-            return "—" if value is None else format(value, spec)
+            def cell(value: object, spec: str = "") -> str:
+                return "—" if value is None else format(value, spec)
 
-        name = run_dir.relative_to(folder) if run_dir != folder else run_dir
-        lines.append(
-            f"| {name} | {record['status']} | {sharing.get('name')} | {cell(sharing.get('ratio'), 'g')} "
-            f"| {cell(record.get('parameters', {}).get('unique'), ',')} | {cell(metrics.get('val_loss'), '.4f')} "
-            f"| {cell(metrics.get('val_ppl'), '.2f')} | {cell(speed.get('tokens_per_second'), ',.0f')} |"
-        )
+            lines.append(
+                f"| {configuration.label} | {cell(record.get('seed'))} | {record['status']} "
+                f"| {cell((record.get('parameters') or {}).get('unique'), ',')} "
+                f"| {cell(metrics.get('val_loss'), '.4f')} | {cell(metrics.get('val_ppl'), '.2f')} "
+                f"| {cell(speed.get('tokens_per_second'), ',.0f')} |"
+            )
     return "\n".join(lines)
 
 
@@ -202,33 +174,9 @@ def infer(run: Path, seq_len: int | None) -> dict:
     from sharebench.record import RECORD_NAME
 
     model = load_pretrained(run)
-    if seq_len is None and (run / RECORD_NAME).is_file():
-        seq_len = json.loads((run / RECORD_NAME).read_text())["config"]["data"]["seq_len"]
+    if seq_len is None and (run / RECORD_NAME).is_file():  # a conversion's record has no data to take it from
+        seq_len = json.loads((run / RECORD_NAME).read_text())["config"].get("data", {}).get("seq_len")
     return inference_costs(model, seq_len or min(model.config.max_positions, 128))
-
-
-def add_sweeper_params(overrides: list[str]) -> list[str]:
-    """The overrides plus the grid of `hydra.sweeper.params` that the composed config (an experiment or a
-    sweep file) defines; the command line wins over it, as in Hydra's basic sweeper."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from sharebench.config import check_overrides
-    from sharebench.paths import CONFIG_DIR
-
-    first = check_overrides(overrides)[0]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=first, return_hydra_config=True)
-    except Exception:  # validation composes again and names the problem
-        return overrides
-    grid = cfg.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(grid, resolve=False) if grid is not None else {}
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return overrides + [f"{key}={value}" for key, value in params.items() if key.lstrip("+~") not in given]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -277,9 +225,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(infer(args.run, args.seq_len), indent=2))
             return
         if args.command == "convert":
-            from sharebench.convert import convert
+            from sharebench.checkpoint import convert_checkpoint
 
-            model = convert(args.source, args.out, args.to, args.ratio, args.rank)
+            model = convert_checkpoint(args.source, args.out, args.to, args.ratio, args.rank)
             print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
             return
         if args.command == "params":

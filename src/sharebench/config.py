@@ -10,20 +10,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sharebench import glue
+from sharebench.convert import CONVERSIONS, HeadwiseRatio
 from sharebench.data import check_source
-from sharebench.errors import ConfigError
+from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.limits import check_limits
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, folder_name, resolve_path
+from sharebench.record import Sharing, sharing_record
 from sharebench.sharing import AttentionSharing
+from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
 
 GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "scale")
@@ -69,8 +71,10 @@ def sharing_class(cfg: DictConfig) -> type[AttentionSharing]:
     return get_class(cfg.sharing._target_)
 
 
-def validate(cfg: DictConfig) -> float | None:
-    """Check a composed config; returns the share ratio the scheme will use."""
+def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
+    """Check a composed config (the one place a run is checked, before any data is read); returns what the run
+    will record as its sharing, or None for tasks whose model, and so its sharing, comes from `pretrained`.
+    `data=False` leaves out the data's files, for what needs none (`sharebench params`)."""
     check_limits(cfg)
     size, arch = cfg.size, cfg.arch
     if size.dim % size.n_heads:
@@ -91,29 +95,64 @@ def validate(cfg: DictConfig) -> float | None:
         return None
     if cfg.task == "pretrain_glue" and arch.objective != "mlm":
         raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
-    check_source(cfg.data)
+    if data:
+        check_source(cfg.data)
     if cfg.pretrained:
         check_pretrained(cfg.pretrained)
     if cfg.postshare_ratio is not None:
-        from sharebench.layers.headwise import HeadwiseRatio
-        from sharebench.sharing.base import checked_ratio
-
         if not cfg.pretrained:
             raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
         checked_ratio("postshare", "postshare_ratio", cfg.postshare_ratio, HeadwiseRatio)
-    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate:
-        raise ConfigError("iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing")
+    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate and isinstance(layer_sharing(cfg), Unshared):
+        raise ConfigError(
+            "iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing= or layers="
+        )
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
-    layer_sharing(cfg).check(size.n_layers)
-    return sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
+    layers = layer_sharing(cfg)
+    layers.check(size.n_layers)
+    ratio = sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
+    configured = sharing_record(sharing_class(cfg).name, ratio, layers.describe())
+    if cfg.get("iso_baseline"):
+        return sharing_record(Separate.name, None, Unshared().describe(), iso_baseline_of=configured)
+    return configured
+
+
+def sweep_runs(runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]) -> list[list[str]]:
+    """The runs of a sweep to launch, every one validated before the first starts (`compose_run` is Hydra's
+    config loader). A scheme that takes no ratio meets the ratios of a sweep such as `sharing=none,partial_qk
+    ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run, launched without the ratio."""
+    launched: dict[tuple[str, ...], list[str]] = {}
+    skipped = []
+    for given in runs:
+        run = list(given)
+        try:
+            validate(composed(compose_run, run))
+        except RatioNotTaken as error:
+            run = [o for o in run if o.split("=", 1)[0].lstrip("+~") != "ratio"]
+            validate(composed(compose_run, run))
+            if tuple(sorted(run)) in launched:
+                reason = str(error).split(" (")[0]
+                skipped.append(f"skipped: {reason}: {' '.join(given)} is the same run without the ratio")
+        launched.setdefault(tuple(sorted(run)), run)
+    print(*skipped, sep="\n", end="\n" if skipped else "")
+    return list(launched.values())
+
+
+def composed(compose_run: Callable[[list[str]], DictConfig], run: list[str]) -> DictConfig:
+    try:
+        return compose_run(run)
+    except Exception as error:  # Hydra's and OmegaConf's errors carry the useful line at the end of the chain
+        raise ConfigError(f"cannot compose {' '.join(run)}: {innermost(error)}".splitlines()[0]) from error
+
+
+def innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def check_conversion(convert: DictConfig) -> None:
-    from sharebench.convert import CONVERSIONS
-    from sharebench.layers.headwise import HeadwiseRatio
-    from sharebench.sharing.base import checked_ratio
-
     if not convert.to:
         return
     if convert.to not in CONVERSIONS:
@@ -171,40 +210,35 @@ def layer_sharing(cfg: DictConfig) -> LayerSharing:
 
 
 def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
-    validate(cfg)
+    """The model a validated config describes."""
     sharing = instantiate(cfg.sharing, ratio=cfg.ratio)
     shape = model_config(cfg, vocab_size)
     layers = layer_sharing(cfg)
     if cfg.get("iso_baseline"):
-        matched = replace(shape, ffn_dim=matched_ffn_dim(shape, sharing, layers))
-        return LanguageModel(matched, Separate, Separate.name)
+        return LanguageModel(iso_parameter_shape(shape, sharing, layers), Separate, Separate.name)
     return LanguageModel(shape, sharing, sharing_class(cfg).name, layers)
 
 
-def matched_ffn_dim(shape: ModelConfig, sharing: Callable[..., AttentionSharing], layers: LayerSharing) -> int:
-    """The FFN size at which a model with separate Q/K/V and no cross-layer sharing has as many unique parameters
-    as `shape` with the given sharing: the iso-parameter baseline that tells whether sharing beats simply using
-    a smaller model."""
+def iso_parameter_shape(shape: ModelConfig, sharing: Callable[..., AttentionSharing], layers: LayerSharing
+                        ) -> ModelConfig:  # fmt: skip
+    """The shape at which a model with separate Q/K/V and no cross-layer sharing has as many unique parameters as
+    `shape` with the given sharing: the iso-parameter baseline that tells whether sharing beats simply using a
+    smaller model. The FFN shrinks; where even a one-unit FFN would leave too many parameters (ALBERT's single
+    block), the model also has fewer layers, as many as keep an FFN of at least one unit."""
 
-    def unique(ffn_dim: int, scheme: Callable[..., AttentionSharing], layers: LayerSharing | None = None) -> int:
+    def unique(candidate: ModelConfig, scheme: Callable[..., AttentionSharing], layers: LayerSharing | None = None):
         with torch.device("meta"):
-            return LanguageModel(replace(shape, ffn_dim=ffn_dim), scheme, layers=layers).parameter_counts().unique
+            return LanguageModel(candidate, scheme, layers=layers).parameter_counts().unique
 
-    target = unique(shape.ffn_dim, sharing, layers)
-    at_ffn_dim = unique(shape.ffn_dim, Separate)
-    per_unit = unique(shape.ffn_dim + 1, Separate) - at_ffn_dim
-    return max(1, shape.ffn_dim + round((target - at_ffn_dim) / per_unit))
-
-
-def run_sharing(cfg: DictConfig, ratio: float | None) -> dict[str, Any]:
-    """What a run records as its sharing: the scheme, its ratio and the cross-layer scheme, or for an
-    iso-parameter baseline, `none` and the configuration it matches."""
-    name = sharing_class(cfg).name
-    layers = layer_sharing(cfg).describe()
-    if cfg.get("iso_baseline"):
-        matched = {"name": name, "ratio": ratio, "layers": layers}
-        return {"name": Separate.name, "ratio": None, "layers": Unshared().describe(), "iso_baseline_of": matched}
-    return {"name": name, "ratio": ratio, "layers": layers}
+    target = unique(shape, sharing, layers)
+    for n_layers in range(shape.n_layers, 0, -1):
+        fewer = replace(shape, n_layers=n_layers)
+        at_ffn_dim = unique(fewer, Separate)
+        per_unit = unique(replace(fewer, ffn_dim=shape.ffn_dim + 1), Separate) - at_ffn_dim
+        ffn_dim = shape.ffn_dim + round((target - at_ffn_dim) / per_unit)
+        if ffn_dim >= 1:
+            return replace(fewer, ffn_dim=ffn_dim)
+    return replace(shape, n_layers=1, ffn_dim=1)
 
 
 def predicted_fraction(cfg: DictConfig) -> float:
@@ -274,8 +308,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
-    except Exception as error:  # Hydra's and OmegaConf's errors carry the useful line at the end of the chain
-        while error.__cause__ is not None:
-            error = error.__cause__
-        raise ConfigError(f"cannot compose {' '.join(overrides) or 'the defaults'}: {error}".splitlines()[0]) from error
+    except Exception as error:
+        message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {innermost(error)}"
+        raise ConfigError(message.splitlines()[0]) from error
     return cfg

@@ -1,47 +1,195 @@
-"""Sharing applied to a trained model without retraining, and the zero-shot check of what it costs.
+"""Sharing applied to a trained model without retraining: the conversions, on a model in memory.
 
-Each conversion takes a suite checkpoint or a Hugging Face BERT folder and writes a normal suite checkpoint
-with the new sharing (and the tokenizer files), which pretraining can continue from (`pretrained=<folder>`,
-"uptraining") and GLUE can fine-tune:
-
-- `headwise` (DirectShare, Cao et al. 2024): the most similar heads across layers share their weights.
+- `headwise` (DirectShare, Cao et al. 2024): a head reuses the query, key and value rows and the output columns
+  of the most similar head of another layer. Every head's parameters become their own small modules, and a head
+  that reuses another holds that head's modules, so a shared head exists once as a tensor. Heads are scored by
+  the cosine similarity of their concatenated, flattened query and key weights; a head may only reuse one of an
+  earlier layer, a head that lends its weights keeps its own, so at most half of the heads can be shared
+  (ratio ≤ 0.5). PostShare trains towards it with `similarity_penalty`.
 - `gqa`: key/value heads mean-pooled per group of H/G query heads (Ainslie et al. 2023).
 - `recursive_lora`: the layers of each cycle set averaged into one shared block, and each layer's difference
   to it kept as a LoRA initialised by truncated SVD (Bae et al. 2024).
 
-sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
+`sharebench convert <checkpoint> <out> --to headwise --ratio 0.3` (`checkpoint.convert_checkpoint`) writes the
+result as a checkpoint that pretraining can continue from (`pretrained=<folder>`, "uptraining") and GLUE can
+fine-tune; `task=sts_zero_shot` scores it without training (`sharebench.zero_shot`).
 """
 
 from __future__ import annotations
 
-import shutil
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sharebench.checkpoint import checkpoint_sharing, load_pretrained, save_pretrained, scheme_target
 from sharebench.errors import ConfigError
-from sharebench.layers.headwise import direct_share
 from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
 from sharebench.model import LanguageModel
-from sharebench.paths import resolve_path
+from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
-from sharebench.tokenizer import TOKENIZER_FILES
+from sharebench.sharing.none import Separate
 
 CONVERSIONS = ("headwise", "gqa", "recursive_lora")
 
+HeadId = tuple[int, int]  # (layer, head)
 
-def _require_separate(model: LanguageModel, conversion: str) -> None:
-    if model.sharing_name != "none" or model.layers.name != "none":
+
+class HeadwiseRatio:
+    ratio_range = (0.0, 0.5)
+    default_ratio = 0.3
+    fixed_ratio = None
+    ratio_meaning = "the fraction of all L·H heads that reuse another head's weights"
+
+
+class HeadQKV(nn.Module):
+    component = "attention_qkv"
+
+    def __init__(self, dim: int, head_dim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(3, head_dim, dim))  # query, key, value rows of one head
+        self.bias = nn.Parameter(torch.zeros(3, head_dim)) if bias else None
+
+
+class HeadOut(nn.Module):
+    component = "attention_out"
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, head_dim))  # the head's columns of the output projection
+
+
+class HeadwiseQKV(AttentionSharing):
+    """Query/key/value projection assembled from per-head modules, some of them another layer's."""
+
+    def __init__(self, heads: list[HeadQKV], dim: int) -> None:
+        super().__init__(dim, len(heads), heads[0].bias is not None)
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens, _ = x.shape
+        weight = torch.stack([h.weight for h in self.heads], dim=1).reshape(3 * self.dim, self.dim)
+        bias = None
+        if self.heads[0].bias is not None:
+            bias = torch.stack([h.bias for h in self.heads], dim=1).reshape(3 * self.dim)
+        q, k, v = F.linear(x, weight, bias).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def macs(self) -> int:
+        return 3 * self.dim * self.dim
+
+    def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        weights = torch.stack([h.weight for h in self.heads], dim=1)  # (3, H, d, D)
+        biases = torch.stack([h.bias for h in self.heads], dim=1) if self.heads[0].bias is not None else None
+        return {
+            role: (weights[i].reshape(self.dim, self.dim), biases[i].flatten() if biases is not None else None)
+            for i, role in enumerate("qkv")
+        }
+
+
+class HeadwiseOut(nn.Module):
+    component = "attention_out"
+
+    def __init__(self, heads: list[HeadOut], bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.bias = bias
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, torch.cat([h.weight for h in self.heads], dim=1), self.bias)
+
+    def macs(self) -> int:
+        dim = self.heads[0].weight.size(0)
+        return dim * dim
+
+
+def _require_separate(model: nn.Module, conversion: str) -> None:
+    blocks = list(model.transformer.blocks)
+    if len({id(b) for b in blocks}) != len(blocks) or not all(isinstance(b.attn.qkv, Separate) for b in blocks):
         raise ConfigError(
-            f"convert --to {conversion} needs a model with separate Q/K/V and no cross-layer sharing; "
-            f"this one has sharing={model.sharing_name}, layers={model.layers.name}"
+            f"convert --to {conversion} needs a model with separate Q/K/V (sharing=none) and no cross-layer "
+            f"sharing; this one has sharing={model.sharing_name}, layers={model.layers.name}"
         )
+
+
+def head_weights(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query, key and value rows (d × D each) of one head of a model with separate Q/K/V."""
+    proj = model.transformer.blocks[layer].attn.qkv.proj.weight
+    dim, head_dim = proj.size(1), proj.size(1) // model.config.n_heads
+    rows = [proj[role * dim + head * head_dim : role * dim + (head + 1) * head_dim] for role in range(3)]
+    return rows[0], rows[1], rows[2]
+
+
+def select_shared_heads(model: nn.Module, ratio: float) -> dict[HeadId, HeadId]:
+    """DirectShare's choice: which heads reuse which, for the top int(r·L·H) heads by best-match similarity."""
+    ratio = checked_ratio("headwise", "ratio", ratio, HeadwiseRatio)
+    _require_separate(model, "headwise")
+    n_layers, n_heads = model.config.n_layers, model.config.n_heads
+    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    with torch.no_grad():
+        vectors = torch.stack([torch.cat([w.flatten() for w in head_weights(model, *h)[:2]]) for h in heads])
+        vectors = F.normalize(vectors.float(), dim=1)
+        similarity = (vectors @ vectors.T).tolist()
+    pairs = sorted(
+        ((similarity[a][b], a, b) for a in range(len(heads)) for b in range(len(heads)) if heads[b][0] < heads[a][0]),
+        reverse=True,
+    )
+    wanted, sources, lenders = int(ratio * len(heads)), {}, set()
+    for _, receiver, lender in pairs:
+        if len(sources) == wanted:
+            break
+        if receiver in sources or receiver in lenders or lender in sources:
+            continue
+        sources[receiver] = lender
+        lenders.add(lender)
+    return {heads[r]: heads[s] for r, s in sources.items()}
+
+
+def share_heads(model: nn.Module, sources: dict[HeadId, HeadId]) -> nn.Module:
+    """Rebuild the attention of a model with separate Q/K/V from per-head modules, each head in `sources`
+    holding its source head's modules (its own weights are dropped). Returns the model, changed in place."""
+    _require_separate(model, "headwise")
+    cfg = model.config
+    head_dim = cfg.dim // cfg.n_heads
+    qkv_heads: dict[HeadId, HeadQKV] = {}
+    out_heads: dict[HeadId, HeadOut] = {}
+    for layer, block in enumerate(model.transformer.blocks):
+        proj, out = block.attn.qkv.proj, block.attn.out
+        for head in range(cfg.n_heads):
+            qkv = HeadQKV(cfg.dim, head_dim, proj.bias is not None).to(proj.weight.device)
+            columns = HeadOut(cfg.dim, head_dim).to(proj.weight.device)
+            with torch.no_grad():
+                qkv.weight.copy_(torch.stack(head_weights(model, layer, head)))
+                if proj.bias is not None:
+                    qkv.bias.copy_(proj.bias.view(3, cfg.n_heads, head_dim)[:, head])
+                columns.weight.copy_(out.weight[:, head * head_dim : (head + 1) * head_dim])
+            qkv_heads[layer, head], out_heads[layer, head] = qkv, columns
+    for receiver, source in sources.items():
+        qkv_heads[receiver], out_heads[receiver] = qkv_heads[source], out_heads[source]
+    for layer, block in enumerate(model.transformer.blocks):
+        block.attn.qkv = HeadwiseQKV([qkv_heads[layer, h] for h in range(cfg.n_heads)], cfg.dim)
+        block.attn.out = HeadwiseOut([out_heads[layer, h] for h in range(cfg.n_heads)], block.attn.out.bias)
+    model.head_sources = sorted([*receiver, *source] for receiver, source in sources.items())
+    model.sharing_name = "headwise"
+    return model
+
+
+def direct_share(model: nn.Module, ratio: float) -> nn.Module:
+    """DirectShare at `ratio`: select the most similar heads and share them; ratio 0 changes nothing but the
+    parameter layout."""
+    return share_heads(model, select_shared_heads(model, ratio))
+
+
+def similarity_penalty(model: nn.Module, sources: dict[HeadId, HeadId]) -> torch.Tensor:
+    """PostShare's regulariser: Σ over the selected pairs of ‖q_i − q_j‖₂ + ‖k_i − k_j‖₂ + ‖v_i − v_j‖₂."""
+    terms = [
+        torch.linalg.vector_norm(mine - theirs)
+        for receiver, source in sources.items()
+        for mine, theirs in zip(head_weights(model, *receiver), head_weights(model, *source), strict=True)
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def to_gqa(model: LanguageModel, ratio: float) -> LanguageModel:
@@ -105,90 +253,3 @@ def _copy_layer(original: nn.Module, relaxed: nn.Module) -> None:
             module.lora_b.zero_()
             module.lora_a[:rank] = vh[:rank]
             module.lora_b[:, :rank] = u[:, :rank] * s[:rank]
-
-
-def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) -> tuple[LanguageModel, dict, Any]:
-    """The checkpoint in `source` with the new sharing, and the within-layer scheme config and ratio it stores."""
-    if to not in CONVERSIONS:
-        raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
-    source = Path(source)
-    model = load_pretrained(source)
-    sharing, sharing_ratio = checkpoint_sharing(source)
-    if to == "headwise":
-        _require_separate(model, to)
-        return direct_share(model, ratio), sharing, sharing_ratio
-    if to == "gqa":
-        return to_gqa(model, ratio), scheme_target(GroupedQuery), ratio
-    return to_recursive(model, ratio, rank, sharing, sharing_ratio), sharing, sharing_ratio
-
-
-def convert(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:
-    """Convert the checkpoint in `source` and write it, with its tokenizer files, to `out`."""
-    source, out = Path(source), Path(out)
-    converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
-    save_pretrained(converted, out, sharing, sharing_ratio)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out / name)
-    return converted
-
-
-def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """task=sts_zero_shot: the pretrained model, converted as `convert` says (or not), scored on the STS-B
-    validation split without training; the run record holds the parameters and the correlations."""
-    from sharebench.glue import load_split
-    from sharebench.record import RunRecord, completed_record
-    from sharebench.tokenizer import load_pretrained_tokenizer
-
-    if previous := completed_record(run_dir):
-        return previous
-    with RunRecord(cfg, run_dir) as record:
-        source = resolve_path(cfg.pretrained)
-        if cfg.convert.to:
-            model, _, _ = converted_model(source, cfg.convert.to, cfg.convert.ratio, cfg.convert.rank)
-        else:
-            model = load_pretrained(source)
-        tokenizer = load_pretrained_tokenizer(source, cfg.glue.recipe.max_length, model.config.vocab_size)
-        split = load_split(cfg.glue.source, "stsb", "validation")
-        if cfg.glue.recipe.max_eval_examples:
-            split = {column: values[: cfg.glue.recipe.max_eval_examples] for column, values in split.items()}
-        counts = model.parameter_counts(lm_head=False)
-        record.update(
-            pretrained=str(source),
-            sharing={"name": model.sharing_name, "ratio": cfg.convert.ratio if cfg.convert.to else None,
-                     "layers": model.layers.describe(), "conversion": OmegaConf.to_container(cfg.convert)},
-            parameters=counts.to_dict(),
-            examples={"validation": len(split["label"])},
-            metrics=sts_zero_shot(model, tokenizer, split),
-        )  # fmt: skip
-    return record.data
-
-
-def mean_pooled(model: LanguageModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sentence embeddings: final hidden states averaged over the non-padding tokens (sentence-transformers)."""
-    hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-@torch.no_grad()
-def sts_zero_shot(model: LanguageModel, tokenizer: Any, split: dict[str, list], batch_size: int = 64) -> dict:
-    """STS-B without training: Spearman and Pearson correlation of the cosine similarity of the two sentences'
-    mean-pooled embeddings with the gold scores."""
-    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
-
-    from sharebench.finetune import pad_batch
-
-    model.eval()
-    similarities = []
-    for start in range(0, len(split["label"]), batch_size):
-        pooled = []
-        for column in ("text_a", "text_b"):
-            encodings = tokenizer.encode_batch(split[column][start : start + batch_size])
-            examples = [{"input_ids": torch.tensor(e.ids), "token_type_ids": torch.tensor(e.type_ids),
-                         "labels": torch.tensor(0.0)} for e in encodings]  # fmt: skip
-            batch = pad_batch(examples)
-            pooled.append(mean_pooled(model, batch))
-        similarities.append(torch.nn.functional.cosine_similarity(*pooled))
-    predicted, gold = torch.cat(similarities), torch.tensor(split["label"], dtype=torch.float)
-    return {"spearman": float(spearman_corrcoef(predicted, gold)), "pearson": float(pearson_corrcoef(predicted, gold))}

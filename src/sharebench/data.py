@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sharebench.console import stage
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, resolve_path
 from sharebench.tokenizer import (
@@ -193,7 +194,9 @@ def build_tokenizer(
     path = cache_dir / "tokenizers" / f"wordpiece-{key}.json"
     with file_lock(path):  # the jobs of a sweep starting together train it once
         if not path.exists():
-            tokenizer = train_wordpiece(_cap(documents()["train"], spec.train_chars), spec.vocab_size, spec.lowercase)
+            with stage(f"learning a {spec.vocab_size:,}-piece WordPiece vocabulary (cached in {path.parent})"):
+                text = _cap(documents()["train"], spec.train_chars)
+                tokenizer = train_wordpiece(text, spec.vocab_size, spec.lowercase)
             atomic_write_bytes(path, tokenizer.to_str().encode())
     return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
 
@@ -393,7 +396,9 @@ class PretrainData:
         for split in ("train", "validation"):
             path = folder / f"{split}.npy"
             if not path.exists():
-                _atomic_save_npy(path, tokenize_stream(self.tokenizer, documents()[split], self.separator_id))
+                with stage(f"tokenizing the {split} split (cached in {folder})"):
+                    stream = tokenize_stream(self.tokenizer, documents()[split], self.separator_id)
+                _atomic_save_npy(path, stream)
             self.streams[split] = np.load(path, mmap_mode="r")
         for split, stream in self.streams.items():
             if len(stream) < self.block_len():

@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from sharebench import glue
 from sharebench.checkpoint import load_pretrained, loaded_sharing
+from sharebench.console import progress
 from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
+from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.pretrain import adamw_with_schedule, fused_adamw_allowed
 from sharebench.record import RunRecord, completed_record
 from sharebench.tokenizer import load_pretrained_tokenizer
 
@@ -52,37 +53,6 @@ class SequenceClassifier(nn.Module):
 
 
 # ---- tokenising ---------------------------------------------------------------------------------------------
-
-
-def encode(tokenizer: Any, split: dict[str, list], regression: bool) -> list[dict[str, torch.Tensor]]:
-    texts = split["text_a"] if split["text_b"] is None else list(zip(split["text_a"], split["text_b"], strict=True))
-    encodings = tokenizer.encode_batch(texts)
-    label_type = torch.float if regression else torch.long
-    return [
-        {
-            "input_ids": torch.tensor(e.ids),
-            "token_type_ids": torch.tensor(e.type_ids),
-            "labels": torch.tensor(label, dtype=label_type),
-        }
-        for e, label in zip(encodings, split["label"], strict=True)
-    ]
-
-
-def pad_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Dynamic padding: to the longest sequence of the batch."""
-    length = max(len(e["input_ids"]) for e in examples)
-    batch = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
-    for e in examples:
-        pad = length - len(e["input_ids"])
-        batch["input_ids"].append(F.pad(e["input_ids"], (0, pad)))
-        batch["token_type_ids"].append(F.pad(e["token_type_ids"], (0, pad)))
-        batch["attention_mask"].append(F.pad(torch.ones_like(e["input_ids"]), (0, pad)))
-    stacked = {k: torch.stack(v) for k, v in batch.items()}
-    stacked["labels"] = torch.stack([e["labels"] for e in examples])
-    return stacked
-
-
-# ---- training -----------------------------------------------------------------------------------------------
 
 
 class GlueModule(L.LightningModule):
@@ -134,7 +104,7 @@ def predict(classifier: SequenceClassifier, examples: list[dict[str, torch.Tenso
     device = next(classifier.parameters()).device
     outputs = []
     for start in range(0, len(examples), batch_size):
-        batch = pad_batch(examples[start : start + batch_size])
+        batch = glue.pad_batch(examples[start : start + batch_size])
         batch.pop("labels")
         logits = classifier(**{k: v.to(device) for k, v in batch.items()})
         outputs.extend(logits.squeeze(-1).tolist() if logits.size(-1) == 1 else logits.argmax(-1).tolist())
@@ -173,20 +143,22 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
         tokenizer = load_pretrained_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)
         regression = spec.num_labels == 1
-        train = encode(tokenizer, glue.load_split(cfg.glue.source, task_name, "train"), regression)
+        train = glue.encode(tokenizer, glue.load_split(cfg.glue.source, task_name, "train"), regression)
         if recipe.max_train_examples is not None:
             train = train[: recipe.max_train_examples]
         validation = {
-            s: encode(tokenizer, glue.load_split(cfg.glue.source, task_name, s), regression)[: recipe.max_eval_examples]
-            for s in spec.validation_splits
+            split: glue.encode(tokenizer, glue.load_split(cfg.glue.source, task_name, split), regression)
+            for split in spec.validation_splits
         }
-        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, collate_fn=pad_batch)
+        validation = {split: examples[: recipe.max_eval_examples] for split, examples in validation.items()}
+        loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, collate_fn=glue.pad_batch)
         total_steps = len(loader) * recipe.epochs
         module = GlueModule(classifier, spec, recipe, total_steps, validation)
+        settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
         trainer = L.Trainer(
-            **{**OmegaConf.to_container(cfg.trainer, resolve=True), "max_steps": -1, "val_check_interval": None,
-               "max_epochs": recipe.epochs, "enable_checkpointing": False},
-            logger=False, default_root_dir=str(run_dir),
+            **{**settings, "max_steps": -1, "val_check_interval": None, "max_epochs": recipe.epochs,
+               "enable_checkpointing": False},
+            logger=False, default_root_dir=str(run_dir), callbacks=shown,
         )  # fmt: skip
         started = time.perf_counter()
         trainer.fit(module, loader)
@@ -217,7 +189,7 @@ def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer
         targets.append((glue.task("ax"), "test"))
     for target, split in targets:
         data = glue.load_split(cfg.glue.source, target.name, split)
-        predictions = predict(classifier, encode(tokenizer, data, spec.num_labels == 1), recipe.batch_size)
+        predictions = predict(classifier, glue.encode(tokenizer, data, spec.num_labels == 1), recipe.batch_size)
         rows = glue.submission_rows(target.name, data["idx"], predictions)
         atomic_write_bytes(folder / target.submission[split], ("\n".join(rows) + "\n").encode())
 

@@ -1,5 +1,5 @@
 """GLUE: the nine tasks and ax, read from the hub, a local copy in the hub's layout, or the classic TSV layout;
-the official metrics; and test-set predictions in the submission format.
+the official metrics; test-set predictions in the submission format; and examples encoded and padded into batches.
 
 Every loader yields the same shape: per split, `text_a`, `text_b` (None for single-sentence tasks), `label`
 (the hub's label ids; -1 where the split has no labels, a float for STS-B) and `idx`.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sharebench.errors import ConfigError
 from sharebench.paths import resolve_path
@@ -235,3 +236,34 @@ def submission_rows(name: str, indices: list[int], predictions: list[float]) -> 
     else:
         values = [str(int(p)) for p in predictions]
     return ["index\tprediction", *(f"{i}\t{v}" for i, v in zip(indices, values, strict=True))]
+
+
+def encode(tokenizer: Any, split: dict[str, list], regression: bool) -> list[dict[str, torch.Tensor]]:
+    texts = split["text_a"] if split["text_b"] is None else list(zip(split["text_a"], split["text_b"], strict=True))
+    encodings = tokenizer.encode_batch(texts)
+    label_type = torch.float if regression else torch.long
+    return [
+        {
+            "input_ids": torch.tensor(e.ids),
+            "token_type_ids": torch.tensor(e.type_ids),
+            "labels": torch.tensor(label, dtype=label_type),
+        }
+        for e, label in zip(encodings, split["label"], strict=True)
+    ]
+
+
+def pad_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Dynamic padding: to the longest sequence of the batch."""
+    length = max(len(e["input_ids"]) for e in examples)
+    batch = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
+    for e in examples:
+        pad = length - len(e["input_ids"])
+        batch["input_ids"].append(F.pad(e["input_ids"], (0, pad)))
+        batch["token_type_ids"].append(F.pad(e["token_type_ids"], (0, pad)))
+        batch["attention_mask"].append(F.pad(torch.ones_like(e["input_ids"]), (0, pad)))
+    stacked = {k: torch.stack(v) for k, v in batch.items()}
+    stacked["labels"] = torch.stack([e["labels"] for e in examples])
+    return stacked
+
+
+# ---- training -----------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharebench.console import quiet_stderr
+
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct tensors given (a tensor shared by several modules counts once)."""
@@ -51,7 +53,7 @@ def peak_allocated_bytes(step: Callable[[], Any], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         step()
     events = sorted(
         (event.start_ns(), event.nbytes())

@@ -12,10 +12,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sharebench.collect import main_metric, mean_ci  # noqa: E402
+from sharebench.results import main_metric, mean_ci  # noqa: E402
 
 if TYPE_CHECKING:
-    from sharebench.collect import Configuration
+    from sharebench.results import Configuration
 
 CURVES = ("train_loss", "val_loss")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import shutil
 import time
@@ -21,16 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
-from sharebench.config import build_model, predicted_fraction, run_sharing, sharing_class, validate
+from sharebench.config import build_model, predicted_fraction, sharing_class
+from sharebench.console import progress
+from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError
 from sharebench.inference import inference_costs
-from sharebench.layers.headwise import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.memory import training_memory
 from sharebench.model import LanguageModel, perplexity
+from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import resolve_path
-from sharebench.record import RunRecord, completed_record, measure_matmul_peak, summary_line
+from sharebench.record import (
+    Record,
+    RunRecord,
+    Sharing,
+    completed_record,
+    measure_matmul_peak,
+    start_line,
+    summary_line,
+)
 from sharebench.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
@@ -39,53 +48,6 @@ from sharebench.resume import (
     continue_metrics,
     resume_point,
 )
-
-
-def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_ratio: float) -> float:
-    """Linear warmup, then linear or cosine decay to `min_ratio` of the peak at `max_steps` (or constant)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return min_ratio + (1 - min_ratio) * decay
-
-
-def adamw_with_schedule(
-    model: torch.nn.Module,
-    lr: float,
-    weight_decay: float,
-    warmup_steps: int,
-    max_steps: int,
-    schedule: str,
-    min_lr_ratio: float,
-    fused: bool = True,
-    **adamw: Any,
-) -> dict[str, Any]:
-    """AdamW (no decay on biases, norms and other vectors) with a per-step warmup-then-decay schedule, as
-    Lightning's `configure_optimizers` returns it. Fused (one kernel for all tensors, several times faster than
-    the per-tensor loop on CPU and GPU), or else the multi-tensor implementation."""
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=lr,
-        **({"fused": True} if fused else {"foreach": True}),
-        **adamw,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, warmup_steps, max_steps, schedule, min_lr_ratio)
-    )
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def fused_adamw_allowed(trainer: L.Trainer) -> bool:
-    """Lightning refuses to clip the gradients of a fused optimizer under mixed precision (it takes the optimizer
-    to unscale them itself), so there the multi-tensor AdamW runs instead."""
-    return not (trainer.gradient_clip_val and trainer.precision in ("16-mixed", "bf16-mixed"))
 
 
 class PretrainModule(L.LightningModule):
@@ -259,17 +221,17 @@ def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
         )
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Pretrain one configuration into `run_dir` and return its run record (also written as run.json).
+def run(cfg: DictConfig, run_dir: str | Path, sharing: Sharing) -> Record:
+    """Pretrain one validated configuration (`sharing`: what `config.validate` found it shares) into `run_dir` and
+    return its run record (also written as run.json).
 
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it."""
-    ratio = validate(cfg)
     run_dir = Path(run_dir)
     if previous := completed_record(run_dir):
         return previous
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(), RunRecord(cfg, run_dir) as record:
-        record.update(sharing=run_sharing(cfg, ratio))
-        _train(cfg, run_dir, ratio, record)
+        record.update(sharing=sharing)
+        _train(cfg, run_dir, sharing.get("ratio"), record)
     if rank_zero_only.rank == 0:
         print(summary_line(record.data))
     return record.data
@@ -345,6 +307,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     )
     record.write()
     main_process = rank_zero_only.rank == 0
+    if main_process:
+        print(start_line(record.data), flush=True)
     if main_process:  # fine-tuning and generation tokenise with it
         data.tokenizer.save(run_dir)
 
@@ -354,11 +318,12 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     throughput = Throughput()
     resume, resumed_step = resume_point(run_dir) or (None, 0)
     logger = make_logger(cfg, run_dir)
+    settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **settings,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[throughput, ResumeCheckpoints(run_dir)],
+        callbacks=[throughput, ResumeCheckpoints(run_dir), *shown],
         enable_checkpointing=False,
     )
     with finished_logger(logger):

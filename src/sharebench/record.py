@@ -1,14 +1,16 @@
-"""The run record (SPEC §4): one JSON file per run, written atomically, also when the run fails."""
+"""The run record (SPEC §4, docs/run-record.md): one JSON file per run, written atomically, also when the run
+fails, by pretraining, GLUE fine-tuning, zero-shot scoring and conversion alike. `Record` is its schema."""
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -19,6 +21,70 @@ from sharebench.memory import process_peak_rss_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
 RECORD_NAME = "run.json"
+
+
+class Layers(TypedDict):
+    """The cross-layer scheme (`layers=<name>`) and its ratio (`layers.ratio`)."""
+
+    name: str
+    ratio: float | None
+
+
+class Sharing(TypedDict, total=False):
+    """What a run's model shares: its within-layer scheme, that scheme's ratio and its cross-layer scheme. An
+    iso-parameter baseline is `none` and names the configuration it matches in `iso_baseline_of`; a model loaded
+    from a checkpoint names the checkpoint's folder in `pretrained`; a converted one its `conversion`."""
+
+    name: str
+    ratio: float | None
+    layers: Layers
+    iso_baseline_of: Sharing
+    pretrained: str
+    conversion: dict[str, Any]
+
+
+def sharing_record(name: str, ratio: float | None, layers: Layers, **context: Any) -> Sharing:
+    """The one shape of a record's `sharing` (context: iso_baseline_of, pretrained or conversion)."""
+    unknown = context.keys() - Sharing.__annotations__.keys()
+    if unknown:
+        raise TypeError(f"sharing has no field {', '.join(sorted(unknown))}")
+    return Sharing(name=name, ratio=ratio, layers=layers, **context)
+
+
+class Record(TypedDict, total=False):
+    """A run.json. Every run: status … wall_time_s, sharing, parameters, memory. Pretraining adds metrics,
+    vocab_size … inference (and postshare); a GLUE task run task, pretrained, recipe, metrics, examples, speed;
+    a zero-shot run pretrained, metrics and examples; a conversion checkpoint. docs/run-record.md says more."""
+
+    status: Literal["running", "completed", "failed", "interrupted"]
+    run_dir: str
+    seed: int | None
+    config: dict[str, Any]
+    git: dict[str, Any]
+    packages: dict[str, str | None]
+    hardware: dict[str, Any]
+    started_at: str
+    wall_time_s: float
+    error: str
+    traceback: str
+    sharing: Sharing
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+    memory: dict[str, int | None]
+    vocab_size: int
+    tokenizer: dict[str, Any]
+    flops_per_token: int
+    tokens: dict[str, int]
+    speed: dict[str, Any]
+    checkpoint: dict[str, Any]
+    inference: dict[str, Any] | None
+    postshare: dict[str, Any]
+    task: str
+    pretrained: str
+    recipe: dict[str, Any]
+    examples: dict[str, int]
+
+
 PACKAGES = (
     "sharebench",
     "torch",
@@ -31,6 +97,7 @@ PACKAGES = (
 )
 
 
+@functools.cache  # the code a process runs is the code it loaded: one look per process, not one per run
 def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
@@ -80,18 +147,21 @@ class RunRecord:
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         self.path = Path(run_dir) / RECORD_NAME
         self.started = time.time()
-        self.data: dict[str, Any] = {
+        self.data: Record = {
             "status": "running",
             "run_dir": str(Path(run_dir).resolve()),
             "seed": cfg.seed,
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "git": git_commit(),
+            "git": dict(git_commit()),
             "packages": package_versions(),
             "hardware": hardware(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
         }
 
     def update(self, **facts: Any) -> None:
+        unknown = facts.keys() - Record.__annotations__.keys()
+        if unknown:  # a new field belongs in the schema (and docs/run-record.md) first
+            raise TypeError(f"the run record has no field {', '.join(sorted(unknown))}")
         self.data.update(facts)
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -120,6 +190,24 @@ class RunRecord:
             atomic_write_json(self.path, self.data)
 
 
+def start_line(record: Record) -> str:
+    """How a pretraining run starts on the console: where it goes and what it trains."""
+    sharing, parameters = record["sharing"], record["parameters"]
+    scheme = describe_sharing(sharing.get("iso_baseline_of") or sharing)
+    twin = "the iso-parameter twin of " if "iso_baseline_of" in sharing else ""
+    return (
+        f"run: {record['run_dir']}: {twin}{scheme}, {parameters['unique']:,} unique parameters "
+        f"({parameters['total']:,} in use), {record['tokens']['train']:,} training tokens"
+    )
+
+
+def describe_sharing(sharing: Sharing) -> str:
+    within = sharing["name"] + (f" {sharing['ratio']:g}" if sharing.get("ratio") is not None else "")
+    layers = sharing.get("layers") or {"name": "none"}
+    across = f", layers={layers['name']}" + (f" {layers['ratio']:g}" if layers.get("ratio") is not None else "")
+    return f"sharing={within}" + (across if layers["name"] != "none" else "")
+
+
 def summary_line(record: dict[str, Any]) -> str:
     """How a finished pretraining run ends on the console: where it went and what it reached."""
     metrics, speed = record["metrics"], record["speed"]
@@ -146,6 +234,7 @@ def completed_record(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+@functools.cache  # once per process: the runs of a sweep in one process share the machine it measures
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
     """The machine's achievable matmul FLOP/s, measured on square matrices (the MFU denominator)."""
     size = 2048 if device.type == "cuda" else 1024

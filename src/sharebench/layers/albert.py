@@ -1,6 +1,6 @@
-"""ALBERT-style sharing (Lan et al. 2020): M unique parameter sets over the L layers, each serving L/M
-consecutive layers (M = 1 is ALBERT). `all` shares whole blocks, `attn` only the attention, `ffn` only the FFN;
-the parts not shared, and the layer norms of `attn`/`ffn`, stay per layer."""
+"""ALBERT (Lan et al. 2020): `all` runs one block in every layer. `attn` and `ffn` share only the attention or
+only the FFN, over M unique sets of consecutive layers (M = 1 as in ALBERT's ablations); the parts not shared and
+the layer norms stay per layer. Whole blocks over M > 1 sets are Takase & Kiyono's `sequence`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import ClassVar
 
 from torch import nn
 
-from sharebench.layers.base import AssignedSets, BlockFactory, sequence
+from sharebench.layers.base import AssignedSets, BlockFactory, LayerSharing, sequence
 
 
-class AllLayers(AssignedSets):
+class AllLayers(LayerSharing):
     name = "all"
 
-    def assignment(self, n_layers: int, sets: int) -> list[int]:
-        return sequence(n_layers, sets)
+    def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
+        return [make_block()] * n_layers
 
 
 class SharedPart(AssignedSets):

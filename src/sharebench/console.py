@@ -1,0 +1,83 @@
+"""What a run prints: one line per event, Lightning's progress bar in a terminal and a compact progress line
+elsewhere (a log file, a SLURM job, `make demo` piped), and nothing a user cannot act on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
+
+
+def quiet_libraries() -> None:
+    """Lightning's device lines, its advertising tip and a deprecation warning from inside it: the run's own
+    lines say what matters (its folder, its model, its progress, where it ended)."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence what C++ code writes to the process's stderr (torch's profiler announces every start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """A long step before training (reading and tokenizing a corpus): one line when it starts, one when it ends."""
+    print(f"data: {what} ...", flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"data: done in {time.perf_counter() - started:,.0f} s", flush=True)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's bar, described by step: a run bounded by steps has no last epoch to count to."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "training"
+
+
+class ProgressLine(L.Callback):
+    """One line per validation (pretraining) or epoch (fine-tuning): where training is, its latest losses and
+    metrics, and the time it has taken."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        total = f"/{trainer.max_steps:,}" if trainer.max_steps > 0 else ""
+        self.line(trainer, f"step {trainer.global_step:,}{total}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.max_steps <= 0 and trainer.is_global_zero:  # fine-tuning counts epochs
+            self.line(trainer, f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def line(self, trainer: L.Trainer, where: str) -> None:
+        metrics = "  ".join(f"{name} {float(value):.4f}" for name, value in trainer.callback_metrics.items())
+        print(f"{where}  {metrics}  {time.perf_counter() - self.started:,.0f} s", flush=True)
+
+
+def progress(trainer_settings: dict[str, Any]) -> tuple[dict[str, Any], list[L.Callback]]:
+    """Trainer settings and the callback that shows progress: the bar where stdout is a terminal and the bar
+    is on, the progress line otherwise."""
+    if trainer_settings.get("enable_progress_bar", True) and sys.stdout.isatty():
+        return trainer_settings, [StepProgressBar()]
+    return {**trainer_settings, "enable_progress_bar": False}, [ProgressLine()]

@@ -1,0 +1,345 @@
+"""A folder of run records as configurations: what identifies a configuration, its runs' metrics, and the
+statistics over seeds (mean and 95 % CI, Welch's CI of a difference). `sharebench.collect` makes tables of them,
+`sharebench.plots` plots.
+
+A configuration is identified by what its runs computed, not by the strings typed or the folders they sit in:
+the within-layer and cross-layer schemes with the ratios they used, and every resolved config value except the
+seed and where the run lives (so `ratio=1` and `ratio=1.0` are one configuration). Runs that did not complete
+(failed, interrupted, still running) are kept with their configuration, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharebench.errors import ConfigError
+from sharebench.paths import folder_name
+from sharebench.record import RECORD_NAME
+
+# Run-level metrics that are not a quality measure of the model.
+NOT_METRICS = {"steps", "epochs"}
+
+
+# The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
+MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
+
+
+# Metrics that get a Δ column beside the main metric's where the runs have them.
+COMPARED_TOO = ("train_loss", "val_rise")
+
+
+# Config keys that say where a run lives or how it prints, or that the scheme keys stand for (the record's
+# effective scheme names and ratios replace them: a ratio left to its default is recorded as the value used).
+NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar",
+                "trainer.enable_model_summary", "ratio", "sharing._target_", "sharing._partial_", "layers._target_",
+                "layers.ratio"}  # fmt: skip
+
+
+NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
+
+
+LABEL_FIRST = ("sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
+
+STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        leaves.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return leaves
+
+
+def normalized(value: Any) -> Any:
+    """A config value in a form where equal values compare equal (1 and 1.0, a list and a tuple)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(normalized(v) for v in value)
+    return str(value)
+
+
+def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The schemes a run used, or for an iso-parameter baseline the schemes of the configuration it matches."""
+    sharing = record.get("sharing") or configured_sharing(record.get("config"))
+    scheme = sharing.get("iso_baseline_of") or sharing
+    layers = scheme.get("layers") or {}
+    return {"sharing": scheme.get("name"), "ratio": scheme.get("ratio"), "layers": layers.get("name", "none"),
+            "layers.ratio": layers.get("ratio")}  # fmt: skip
+
+
+def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The sharing a run's config asks for: for a run that failed before it recorded the sharing it used."""
+    from omegaconf import OmegaConf
+
+    from sharebench.config import validate
+
+    try:
+        return validate(OmegaConf.create(config)) or {}
+    except Exception:  # a config that does not validate (the reason the run failed) names no scheme
+        return {}
+
+
+def description(record: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task."""
+    config = {
+        key: value
+        for key, value in flatten(record.get("config") or {}).items()
+        if key not in NOT_COMPARED and not key.startswith(NOT_COMPARED_PREFIXES)
+    }
+    described = {**scheme_of(record), **config}
+    if "task" in record:
+        described["glue_task"] = record["task"]
+    return {key: normalized(value) for key, value in described.items()}
+
+
+def label_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, tuple):
+        return "[" + ",".join(map(label_value, value)) + "]"
+    return str(value)
+
+
+def run_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics, and two read off its validation curve: `generalization_gap`, the final validation loss
+    minus the final train loss (eval mode, with eval_train_loss=true), and `val_rise`, how far the final
+    validation loss lies above the curve's lowest point (overfitting, as Yang et al. look for it)."""
+    metrics = dict(record.get("metrics") or {})
+    history = [h["val_loss"] for h in metrics.get("val_history") or [] if isinstance(h.get("val_loss"), (int, float))]
+    final = metrics.get("val_loss")
+    if isinstance(final, (int, float)) and history:
+        metrics["val_rise"] = final - min(history)
+        last = metrics["val_history"][-1]
+        if isinstance(last.get("train_loss"), (int, float)):
+            metrics["generalization_gap"] = final - last["train_loss"]
+    return metrics
+
+
+@dataclass
+class Configuration:
+    description: dict[str, Any]
+    label: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return (self.records or self.failed)[0]
+
+    @property
+    def glue_task(self) -> str | None:
+        return self.description.get("glue_task")
+
+    @property
+    def sharing(self) -> str:
+        """The within-layer scheme and, where there is one, the cross-layer scheme (`partial_qk+cycle`)."""
+        name, layers = self.description["sharing"] or "—", self.description["layers"]
+        return name if layers in (None, "none") else f"{name}+{layers}"
+
+    @property
+    def ratio(self) -> float | None:
+        return self.description["ratio"]
+
+    @property
+    def layers_ratio(self) -> float | None:
+        return self.description["layers.ratio"]
+
+    @property
+    def iso_baseline(self) -> bool:
+        return bool(self.description.get("iso_baseline"))
+
+    @property
+    def unshared(self) -> bool:
+        """Separate Q/K/V and no cross-layer sharing: a model an iso-parameter pairing may take as a twin."""
+        return self.sharing == "none" or self.iso_baseline
+
+    def metric_values(self, metric: str) -> list[float]:
+        values = [run_metrics(r).get(metric) for r in self.records]
+        return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+    def metrics(self) -> list[str]:
+        names: dict[str, None] = {}
+        for record in self.records:
+            for key, value in run_metrics(record).items():
+                if key not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    names.setdefault(key)
+        return list(names)
+
+    def unique_parameters(self) -> int | None:
+        return (self.first.get("parameters") or {}).get("unique")
+
+    def values_of(self, *path: str) -> list[float]:
+        """The number at `path` in each completed run's record (runs without it left out)."""
+        values = []
+        for record in self.records:
+            value: Any = record
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.append(float(value))
+        return values
+
+    def mean_of(self, *path: str) -> float | None:
+        values = self.values_of(*path)
+        return sum(values) / len(values) if values else None
+
+    def inference_speed(self) -> list[float]:
+        """Inference tokens/s per run: cached decoding at batch 1 for decoders, encoding at batch 32 for encoders."""
+        speeds = [self.values_of("inference", "tokens_per_second", key) for key in ("batch_1", "batch_32")]
+        return speeds[0] or speeds[1]
+
+
+def t_critical(degrees_of_freedom: int, confidence: float = 0.95) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, degrees_of_freedom))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """The mean and the half-width of its confidence interval (Student's t; None with fewer than 2 values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, t_critical(len(values) - 1, confidence) * math.sqrt(variance / len(values))
+
+
+def difference_ci(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95
+                  ) -> tuple[float | None, float | None]:  # fmt: skip
+    """The difference of two means and the half-width of its confidence interval (Welch's t; None with fewer
+    than 2 values on either side)."""
+    if not values or not reference:
+        return None, None
+    (mean, _), (reference_mean, _) = mean_ci(values), mean_ci(reference)
+    difference = mean - reference_mean
+    if len(values) < 2 or len(reference) < 2:
+        return difference, None
+    variances = [sum((v - m) ** 2 for v in vs) / (len(vs) - 1) / len(vs)
+                 for vs, m in ((values, mean), (reference, reference_mean))]  # fmt: skip
+    error = math.sqrt(sum(variances))
+    if error == 0:
+        return difference, 0.0
+    freedom = error**4 / sum(v**2 / (len(vs) - 1) for v, vs in zip(variances, (values, reference), strict=True))
+    return difference, t_critical(freedom, confidence) * error
+
+
+def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
+    found: dict[str, Configuration] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise ConfigError(f"collect: {folder} is not a folder of runs")
+        for path in sorted(folder.rglob(RECORD_NAME)):
+            if any(part.startswith(STAGING) for part in path.relative_to(folder).parts):
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                record = {"status": "failed", "error": f"unreadable {RECORD_NAME}: {error}"}
+            record["_path"] = str(path)
+            described = description(record)
+            key = json.dumps(described, sort_keys=True)
+            configuration = found.setdefault(key, Configuration(described))
+            (configuration.records if record.get("status") == "completed" else configuration.failed).append(record)
+    if not found:
+        raise ConfigError(f"collect: no {RECORD_NAME} under {', '.join(map(str, folders))}")
+    configurations = list(found.values())
+    assign_labels(configurations)
+    return sorted(configurations, key=lambda c: (c.glue_task or "", c.sharing, c.ratio if c.ratio is not None else -1,
+                                                 c.layers_ratio or 0, c.iso_baseline, c.label))  # fmt: skip
+
+
+def assign_labels(configurations: Sequence[Configuration]) -> None:
+    """Label each configuration by the values that tell it apart from the others (the GLUE task aside): keys in
+    LABEL_FIRST order, then by name, each only where the keys before it leave configurations undistinguished (in
+    a sweep over schemes, `sharing=shared_qkv` rather than also its ratio; `sharing=none` without a ratio even
+    when other schemes' ratios vary)."""
+    absent = object()
+    bases = [{k: v for k, v in c.description.items() if k != "glue_task"} for c in configurations]
+    keys = sorted({k for base in bases for k in base}, key=lambda k: (k not in LABEL_FIRST, LABEL_FIRST.index(k)
+                                                                      if k in LABEL_FIRST else 0, k))  # fmt: skip
+    chosen: list[tuple[str, set]] = []  # a key, and the groups (values of the keys before it) in which it varies
+
+    def group(base: dict[str, Any], before: Sequence[tuple[str, set]]) -> tuple:
+        return tuple(repr(base.get(k, absent)) for k, _ in before)
+
+    for key in keys:
+        values: dict[tuple, set] = {}
+        for base in bases:
+            values.setdefault(group(base, chosen), set()).add(repr(base.get(key, absent)))
+        varying = {g for g, v in values.items() if len(v) > 1}
+        if varying:
+            chosen.append((key, varying))
+    for configuration, base in zip(configurations, bases, strict=True):
+        parts = [
+            f"{key}={label_value(base[key])}"
+            for i, (key, varying) in enumerate(chosen)
+            if key in base and group(base, chosen[:i]) in varying
+        ]
+        configuration.label = folder_name(",".join(parts) or f"sharing={label_value(base['sharing'])}")
+
+
+def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
+    """Unique parameters of the same model with separate Q/K/V and no cross-layer sharing (meta device)."""
+    config, vocab_size = record.get("config"), record.get("vocab_size")
+    if not config or not vocab_size or "size" not in config:
+        return None
+    import torch
+    from omegaconf import OmegaConf
+
+    from sharebench.config import model_config
+    from sharebench.model import LanguageModel
+    from sharebench.sharing.none import Separate
+
+    cfg = OmegaConf.create(config)
+    with torch.device("meta"):
+        model = LanguageModel(model_config(cfg, vocab_size), Separate)
+    return model.parameter_counts().unique
+
+
+def main_metric(configurations: Sequence[Configuration]) -> tuple[str, str] | None:
+    available = {m for c in configurations for m in c.metrics()}
+    return next(((m, order) for m, order in MAIN_METRICS if m in available), None)
+
+
+def reference(configurations: Sequence[Configuration]) -> Configuration | None:
+    """What the Δ columns compare with: the unshared configuration (sharing=none, no cross-layer sharing), else
+    the lowest share ratio of the table's scheme (yang24's ratio 0), else the first row."""
+    candidates = [c for c in configurations if c.records and not c.iso_baseline]
+    unshared = [c for c in candidates if c.sharing == "none"]
+    if unshared:
+        return unshared[0]
+    return min(candidates, key=lambda c: c.ratio if c.ratio is not None else math.inf, default=None)
+
+
+def iso_baseline(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
+    """A shared configuration's iso-parameter twin: its own iso baseline (`iso_baseline=true`) if it was run,
+    else the unshared configuration (separate Q/K/V, no cross-layer sharing) with the closest unique count."""
+    unique = configuration.unique_parameters()
+    if configuration.unshared or unique is None:
+        return None
+    twin = {**configuration.description, "iso_baseline": True}
+    own = [c for c in configurations if c.description == twin and c.records]
+    if own:
+        return own[0]
+    candidates = [c for c in configurations if c.unshared and c.records and c.unique_parameters()]
+    return min(candidates, key=lambda c: abs(c.unique_parameters() - unique)) if candidates else None
+
+
+def pretraining(configurations: Sequence[Configuration]) -> list[Configuration]:
+    return [c for c in configurations if c.glue_task is None]

@@ -1,0 +1,72 @@
+"""Zero-shot STS-B (`task=sts_zero_shot`): how much of a model's sentence similarity survives a conversion,
+with no training (Cao et al. 2024); GLUE fine-tuning is in `sharebench.finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sharebench.checkpoint import converted_model, load_pretrained
+from sharebench.glue import load_split, pad_batch
+from sharebench.model import LanguageModel
+from sharebench.paths import resolve_path
+from sharebench.record import Record, RunRecord, completed_record, sharing_record
+from sharebench.tokenizer import load_pretrained_tokenizer
+
+
+def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> Record:
+    """task=sts_zero_shot: the pretrained model, converted as `convert` says (or not), scored on the STS-B
+    validation split without training; the run record holds the parameters and the correlations."""
+    if previous := completed_record(run_dir):
+        return previous
+    with RunRecord(cfg, run_dir) as record:
+        source = resolve_path(cfg.pretrained)
+        if cfg.convert.to:
+            model, _, _ = converted_model(source, cfg.convert.to, cfg.convert.ratio, cfg.convert.rank)
+        else:
+            model = load_pretrained(source)
+        tokenizer = load_pretrained_tokenizer(source, cfg.glue.recipe.max_length, model.config.vocab_size)
+        split = load_split(cfg.glue.source, "stsb", "validation")
+        if cfg.glue.recipe.max_eval_examples:
+            split = {column: values[: cfg.glue.recipe.max_eval_examples] for column, values in split.items()}
+        counts = model.parameter_counts(lm_head=False)
+        record.update(
+            pretrained=str(source),
+            sharing=sharing_record(model.sharing_name, cfg.convert.ratio if cfg.convert.to else None,
+                                   model.layers.describe(), conversion=OmegaConf.to_container(cfg.convert)),
+            parameters=counts.to_dict(),
+            examples={"validation": len(split["label"])},
+            metrics=sts_zero_shot(model, tokenizer, split),
+        )  # fmt: skip
+    return record.data
+
+
+def mean_pooled(model: LanguageModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sentence embeddings: final hidden states averaged over the non-padding tokens (sentence-transformers)."""
+    hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def sts_zero_shot(model: LanguageModel, tokenizer: Any, split: dict[str, list], batch_size: int = 64) -> dict:
+    """STS-B without training: Spearman and Pearson correlation of the cosine similarity of the two sentences'
+    mean-pooled embeddings with the gold scores."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    model.eval()
+    similarities = []
+    for start in range(0, len(split["label"]), batch_size):
+        pooled = []
+        for column in ("text_a", "text_b"):
+            encodings = tokenizer.encode_batch(split[column][start : start + batch_size])
+            examples = [{"input_ids": torch.tensor(e.ids), "token_type_ids": torch.tensor(e.type_ids),
+                         "labels": torch.tensor(0.0)} for e in encodings]  # fmt: skip
+            batch = pad_batch(examples)
+            pooled.append(mean_pooled(model, batch))
+        similarities.append(torch.nn.functional.cosine_similarity(*pooled))
+    predicted, gold = torch.cat(similarities), torch.tensor(split["label"], dtype=torch.float)
+    return {"spearman": float(spearman_corrcoef(predicted, gold)), "pearson": float(pearson_corrcoef(predicted, gold))}
