@@ -4,6 +4,7 @@ iso-parameter twin of each shared configuration, and the committed layout runs/<
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -108,3 +109,24 @@ def test_collect_writes_records_by_label_and_can_rebuild_from_them(sweep, tmp_pa
     assert again.split("Run time")[0] == first.split("Run time")[0]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("run.json")) == records
     assert json.loads((out / records[0]).read_text())["status"] == "completed"
+
+
+def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir):
+    """The leaderboard's encoder and decoder runs sit in one folder; each architecture's table compares with its
+    own unshared model and its own twins, and has its own plots."""
+    for arch in ("bert", "gpt"):
+        for name, overrides in (("none", ["sharing=none"]), ("mqa", ["sharing=mqa"]),
+                                ("mqa_iso", ["sharing=mqa", "iso_baseline=true"])):  # fmt: skip
+            cfg = compose([*nano_settings(corpus, cache_dir, tmp_path), f"arch={arch}", *overrides])
+            run_task(cfg, tmp_path / "runs" / arch / name / "seed=0")
+    report = collect([tmp_path / "runs"], tmp_path / "out", iso=True)
+    assert "Architecture bert:" in report and "Architecture gpt:" in report
+    references = set()
+    for arch in ("bert", "gpt"):
+        header, *rows = csv.reader((tmp_path / "out" / f"table-{arch}.csv").read_text().splitlines())
+        assert len(rows) == 3 and sum("reference" in row for row in rows) == 1
+        references.add(next(column for column in header if column.startswith("Δ val_loss vs")))
+        assert sum("none (iso twin of mqa)" in row for row in rows) == 1
+        assert (tmp_path / "out" / f"metric_vs_params-{arch}.png").stat().st_size > 0
+    assert len(references) == 2  # each table against its own unshared model
+    assert not (tmp_path / "out" / "table.csv").exists()

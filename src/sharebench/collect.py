@@ -24,6 +24,7 @@ from sharebench.results import (
     COMPARED_TOO,
     STAGING,
     Configuration,
+    by_arch,
     difference_ci,
     find_configurations,
     iso_baseline,
@@ -217,16 +218,23 @@ Table = tuple[list[str], list[list[str]]]
 
 
 def tables(configurations: Sequence[Configuration], iso: bool = False) -> dict[str, Table]:
-    """The tables the runs give: `table` (pretraining and zero-shot runs) and `glue` (GLUE runs), where there are."""
-    made = {"table": table_rows(configurations, iso) if pretraining(configurations) else None,
-            "glue": glue_table_rows(configurations)}  # fmt: skip
+    """The tables the runs give: `table` (pretraining and zero-shot runs; `table-<arch>` per architecture where
+    runs of several sit together) and `glue` (GLUE runs), where there are."""
+    groups = by_arch(pretraining(configurations))
+    made: dict[str, Table | None] = {
+        "table" if len(groups) == 1 else f"table-{arch}": table_rows(group, iso) for arch, group in groups.items()
+    }
+    made["glue"] = glue_table_rows(configurations)
     return {name: table for name, table in made.items() if table}
 
 
 def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> str:
     parts = []
-    if "table" in made:
-        parts += [markdown(*made["table"]), ""]
+    for name, table in made.items():
+        if name.startswith("table-"):
+            parts += [f"Architecture {name.removeprefix('table-')}:", ""]
+        if name.startswith("table"):
+            parts += [markdown(*table), ""]
     if "glue" in made:
         parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", "",
                   markdown(*made["glue"]), ""]  # fmt: skip
@@ -260,7 +268,9 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
         if plots:
             from sharebench.plots import plot_all
 
-            plot_all(pretraining(configurations), out)
+            groups = by_arch(pretraining(configurations))
+            for arch, group in groups.items():
+                plot_all(group, out, "" if len(groups) == 1 else f"-{arch}")
     return text
 
 

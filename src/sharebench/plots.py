@@ -95,13 +95,14 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path) ->
     return save(figure, path)
 
 
-def plot_all(configurations: Sequence[Configuration], out: Path) -> list[Path]:
-    """Writes curves.png, metric_vs_ratio.png and metric_vs_params.png (those the runs have data for)."""
+def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:
+    """Writes curves.png, metric_vs_ratio.png and metric_vs_params.png (those the runs have data for), their
+    names ending in `suffix` (one set per architecture)."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    if plot_curves(configurations, out / "curves.png"):
-        made.append(out / "curves.png")
-    for x, name in (("ratio", "metric_vs_ratio.png"), ("params", "metric_vs_params.png")):
-        if plot_against(configurations, x, out / name):
-            made.append(out / name)
+    if plot_curves(configurations, out / f"curves{suffix}.png"):
+        made.append(out / f"curves{suffix}.png")
+    for x, name in (("ratio", "metric_vs_ratio"), ("params", "metric_vs_params")):
+        if plot_against(configurations, x, out / f"{name}{suffix}.png"):
+            made.append(out / f"{name}{suffix}.png")
     return made

@@ -141,6 +141,10 @@ class Configuration:
         return (self.records or self.failed)[0]
 
     @property
+    def arch(self) -> str | None:
+        return self.description.get("arch.name")
+
+    @property
     def glue_task(self) -> str | None:
         return self.description.get("glue_task")
 
@@ -339,6 +343,15 @@ def iso_baseline(configuration: Configuration, configurations: Sequence[Configur
         return own[0]
     candidates = [c for c in configurations if c.unshared and c.records and c.unique_parameters()]
     return min(candidates, key=lambda c: abs(c.unique_parameters() - unique)) if candidates else None
+
+
+def by_arch(configurations: Sequence[Configuration]) -> dict[str | None, list[Configuration]]:
+    """Configurations per architecture: each compares only with its own reference and twins (the leaderboard
+    runs a masked-LM encoder and a causal decoder side by side)."""
+    groups: dict[str | None, list[Configuration]] = {}
+    for configuration in configurations:
+        groups.setdefault(configuration.arch, []).append(configuration)
+    return groups
 
 
 def pretraining(configurations: Sequence[Configuration]) -> list[Configuration]:
