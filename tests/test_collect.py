@@ -68,10 +68,13 @@ def test_cross_layer_and_combined_schemes_are_named_with_their_ratios(sweep):
 def test_training_memory_shows_what_sharing_saves(sweep):
     configurations = {c.label: c for c in find_configurations([sweep])}
     memory = {label: c.mean_of("memory", "training_bytes") for label, c in configurations.items()}
+    checkpoint = {label: c.mean_of("checkpoint", "bytes") for label, c in configurations.items()}
+    assert checkpoint["sharing=none,layers=cycle"] < checkpoint["sharing=none,layers=none"]
     assert memory["sharing=none,layers=cycle"] < memory["sharing=none,layers=none"]  # half the blocks' weights
     assert memory["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"] < memory["sharing=none,layers=none"]
     for label, row in rows_by_label(sweep).items():
         assert row["training MiB"] == f"{memory[label] / 2**20:,.1f}"
+        assert row["checkpoint MiB"] == f"{checkpoint[label] / 2**20:,.2f}"
         assert row["KV bytes/token"] == "—"  # encoders keep no KV cache
         assert float(row["inference tokens/s"].split(" ")[0].replace(",", "")) > 0
 

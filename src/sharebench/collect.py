@@ -69,7 +69,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))
     header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
-              "vs unshared", "tokens/s", "training MiB", "KV bytes/token", "inference tokens/s", "wall s/run",
+              "vs unshared", "checkpoint MiB", "tokens/s", "training MiB", "KV bytes/token", "inference tokens/s",
+              "wall s/run",
               *metrics]  # fmt: skip
     main = main_metric(configurations)
     base = reference(configurations) if main else None
@@ -90,6 +91,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             str(len(configuration.failed)),
             _format(unique, ","),
             _format(unique / unshared if unique and unshared else None, ".4f"),
+            _format(_mebibytes(configuration.mean_of("checkpoint", "bytes")), ",.2f"),
             _format(configuration.mean_of("speed", "tokens_per_second"), ",.0f"),
             _format(_mebibytes(configuration.mean_of("memory", "training_bytes")), ",.1f"),
             _format(configuration.mean_of("inference", "kv_cache_bytes_per_token"), ",.0f"),
