@@ -130,6 +130,7 @@ def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir)
         assert len(rows) == 3 and sum("reference" in row for row in rows) == 1
         references.add(next(column for column in header if column.startswith("Δ val_loss vs")))
         assert sum("none (iso twin of mqa)" in row for row in rows) == 1
-        assert (tmp_path / "out" / f"metric_vs_params-{arch}.png").stat().st_size > 0
+        for plot in ("metric_vs_params", "pareto_params", "pareto_inference"):
+            assert (tmp_path / "out" / f"{plot}-{arch}.png").stat().st_size > 0, plot
     assert len(references) == 2  # each table against its own unshared model
     assert not (tmp_path / "out" / "table.csv").exists()

@@ -95,9 +95,48 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path) ->
     return save(figure, path)
 
 
+PARETO_AXES = {  # x of a Pareto view: its label and where a run's record holds it
+    "params": ("unique parameters", ("parameters", "unique")),
+    "inference": ("inference peak memory (MiB)", ("inference", "peak_bytes")),
+}
+
+
+def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> bool:
+    """The main metric against unique parameters or inference memory, every shared configuration a labelled
+    point, and the unshared models (separate Q/K/V, and the iso-parameter twins: smaller FFNs) joined by a line:
+    a point below the line beats simply using a smaller model."""
+    main = main_metric(configurations)
+    if main is None:
+        return False
+    label, path_in_record = PARETO_AXES[x]
+    shared, unshared = [], []
+    for configuration in configurations:
+        mean, half = mean_ci(configuration.metric_values(main[0]))
+        value = configuration.mean_of(*path_in_record)
+        if mean is None or value is None:
+            continue
+        value = value / 2**20 if x == "inference" else value
+        (unshared if configuration.unshared else shared).append((value, mean, half or 0.0, configuration))
+    if not shared or not unshared:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 5))
+    unshared.sort(key=lambda point: point[0])
+    axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
+                  color="grey", capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
+    for value, mean, half, configuration in shared:
+        axis.errorbar([value], [mean], yerr=[half], marker="o", capsize=3, linestyle="none")
+        name = configuration.sharing + (f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else "")
+        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axis.set_xlabel(label)
+    axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
+    finish_axis(axis)
+    return save(figure, path)
+
+
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:
-    """Writes curves.png, metric_vs_ratio.png and metric_vs_params.png (those the runs have data for), their
-    names ending in `suffix` (one set per architecture)."""
+    """Writes curves.png, metric_vs_ratio.png, metric_vs_params.png and, where there are shared and unshared
+    models, pareto_params.png and pareto_inference.png (those the runs have data for), their names ending in
+    `suffix` (one set per architecture)."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
     if plot_curves(configurations, out / f"curves{suffix}.png"):
@@ -105,4 +144,7 @@ def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "
     for x, name in (("ratio", "metric_vs_ratio"), ("params", "metric_vs_params")):
         if plot_against(configurations, x, out / f"{name}{suffix}.png"):
             made.append(out / f"{name}{suffix}.png")
+    for x in PARETO_AXES:
+        if plot_pareto(configurations, x, out / f"pareto_{x}{suffix}.png"):
+            made.append(out / f"pareto_{x}{suffix}.png")
     return made
