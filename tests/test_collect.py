@@ -128,6 +128,7 @@ def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir)
     for arch in ("bert", "gpt"):
         header, *rows = csv.reader((tmp_path / "out" / f"table-{arch}.csv").read_text().splitlines())
         assert len(rows) == 3 and sum("reference" in row for row in rows) == 1
+        assert all(row[0].startswith(f"arch={arch},sharing=") for row in rows)  # labelled as a user types it
         references.add(next(column for column in header if column.startswith("Δ val_loss vs")))
         assert sum("none (iso twin of mqa)" in row for row in rows) == 1
         for plot in ("metric_vs_params", "pareto_params", "pareto_inference"):

@@ -43,7 +43,8 @@ NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable
 NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
 
 
-LABEL_FIRST = ("sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
+LABEL_FIRST = ("arch.name", "sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
+LABEL_NAMES = {"arch.name": "arch"}  # as a user types it
 
 STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
 
@@ -291,7 +292,7 @@ def assign_labels(configurations: Sequence[Configuration]) -> None:
             chosen.append((key, varying))
     for configuration, base in zip(configurations, bases, strict=True):
         parts = [
-            f"{key}={label_value(base[key])}"
+            f"{LABEL_NAMES.get(key, key)}={label_value(base[key])}"
             for i, (key, varying) in enumerate(chosen)
             if key in base and group(base, chosen[:i]) in varying
         ]
