@@ -103,13 +103,13 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
         if not cfg.pretrained:
             raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
         checked_ratio("postshare", "postshare_ratio", cfg.postshare_ratio, HeadwiseRatio)
-    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate and isinstance(layer_sharing(cfg), Unshared):
+    layers = layer_sharing(cfg)
+    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate and isinstance(layers, Unshared):
         raise ConfigError(
             "iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing= or layers="
         )
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
-    layers = layer_sharing(cfg)
     layers.check(size.n_layers)
     ratio = sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
     configured = sharing_record(sharing_class(cfg).name, ratio, layers.describe())
@@ -121,10 +121,14 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
 def sweep_runs(runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]) -> list[list[str]]:
     """The runs of a sweep to launch, every one validated before the first starts (`compose_run` is Hydra's
     config loader). A scheme that takes no ratio meets the ratios of a sweep such as `sharing=none,partial_qk
-    ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run, launched without the ratio."""
+    ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run, launched without the ratio.
+    A run given twice (several grids of a recipe naming it) is launched once."""
     launched: dict[tuple[str, ...], list[str]] = {}
-    skipped = []
+    seen, skipped = set(), []
     for given in runs:
+        if (key := tuple(sorted(given))) in seen:
+            continue
+        seen.add(key)
         run = list(given)
         try:
             validate(composed(compose_run, run))

@@ -52,7 +52,7 @@ class SequenceClassifier(nn.Module):
         return self.classifier(self.dropout(self.encoder.pooler(hidden)))
 
 
-# ---- tokenising ---------------------------------------------------------------------------------------------
+# ---- training -----------------------------------------------------------------------------------------------
 
 
 class GlueModule(L.LightningModule):

@@ -238,6 +238,9 @@ def submission_rows(name: str, indices: list[int], predictions: list[float]) -> 
     return ["index\tprediction", *(f"{i}\t{v}" for i, v in zip(indices, values, strict=True))]
 
 
+# ---- batches ------------------------------------------------------------------------------------------------
+
+
 def encode(tokenizer: Any, split: dict[str, list], regression: bool) -> list[dict[str, torch.Tensor]]:
     texts = split["text_a"] if split["text_b"] is None else list(zip(split["text_a"], split["text_b"], strict=True))
     encodings = tokenizer.encode_batch(texts)
@@ -264,6 +267,3 @@ def pad_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     stacked = {k: torch.stack(v) for k, v in batch.items()}
     stacked["labels"] = torch.stack([e["labels"] for e in examples])
     return stacked
-
-
-# ---- training -----------------------------------------------------------------------------------------------

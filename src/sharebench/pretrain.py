@@ -307,9 +307,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     )
     record.write()
     main_process = rank_zero_only.rank == 0
-    if main_process:
+    if main_process:  # fine-tuning and generation tokenise with the saved tokenizer
         print(start_line(record.data), flush=True)
-    if main_process:  # fine-tuning and generation tokenise with it
         data.tokenizer.save(run_dir)
 
     if cfg.compile:

@@ -23,26 +23,16 @@ from sharebench.record import RECORD_NAME
 
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
-
-
 # The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
 MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
-
-
 # Metrics that get a Δ column beside the main metric's where the runs have them.
 COMPARED_TOO = ("train_loss", "val_rise")
-
-
 # Config keys that say where a run lives or how it prints, or that the scheme keys stand for (the record's
 # effective scheme names and ratios replace them: a ratio left to its default is recorded as the value used).
 NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar",
                 "trainer.enable_model_summary", "ratio", "sharing._target_", "sharing._partial_", "layers._target_",
                 "layers.ratio"}  # fmt: skip
-
-
 NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
-
-
 LABEL_FIRST = ("arch.name", "sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
 LABEL_NAMES = {"arch.name": "arch"}  # as a user types it
 

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sharebench.checkpoint import converted_model, load_pretrained
-from sharebench.glue import load_split, pad_batch
+from sharebench.glue import encode, load_split, pad_batch
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
 from sharebench.record import Record, RunRecord, completed_record, sharing_record
@@ -62,11 +62,9 @@ def sts_zero_shot(model: LanguageModel, tokenizer: Any, split: dict[str, list], 
     for start in range(0, len(split["label"]), batch_size):
         pooled = []
         for column in ("text_a", "text_b"):
-            encodings = tokenizer.encode_batch(split[column][start : start + batch_size])
-            examples = [{"input_ids": torch.tensor(e.ids), "token_type_ids": torch.tensor(e.type_ids),
-                         "labels": torch.tensor(0.0)} for e in encodings]  # fmt: skip
-            batch = pad_batch(examples)
-            pooled.append(mean_pooled(model, batch))
+            texts = split[column][start : start + batch_size]
+            sentences = {"text_a": texts, "text_b": None, "label": [0.0] * len(texts)}  # one sentence, no gold
+            pooled.append(mean_pooled(model, pad_batch(encode(tokenizer, sentences, regression=True))))
         similarities.append(torch.nn.functional.cosine_similarity(*pooled))
     predicted, gold = torch.cat(similarities), torch.tensor(split["label"], dtype=torch.float)
     return {"spearman": float(spearman_corrcoef(predicted, gold)), "pearson": float(pearson_corrcoef(predicted, gold))}

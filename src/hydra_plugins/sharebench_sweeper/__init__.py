@@ -33,14 +33,12 @@ class SharebenchSweeper(BasicSweeper):
         from sharebench.config import sweep_runs
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        runs: dict[tuple[str, ...], list[str]] = {}
+        runs: list[list[str]] = []
         for grid in self.grids:
             axes = parser.parse_overrides([f"{key}={value}" for key, value in grid.items()])
-            (grid_runs,) = BasicSweeper.split_arguments(axes + list(overrides), None)
-            for run in grid_runs:
-                runs.setdefault(tuple(sorted(run)), run)
+            runs += BasicSweeper.split_arguments(axes + list(overrides), None)[0]
         with exit_on_config_error():
-            checked = sweep_runs(list(runs.values()), self.compose_run)
+            checked = sweep_runs(runs, self.compose_run)
         if self.dry_run:
             print(*(" ".join(run) for run in checked), f"{len(checked)} runs, none launched (dry_run)", sep="\n")
             return []
