@@ -35,8 +35,8 @@ def sweep(tmp_path_factory, corpus, cache_dir):
     return root
 
 
-def rows_by_label(root):
-    header, rows = table_rows(find_configurations([root]), iso=True)
+def rows_by_label(root, iso=True):
+    header, rows = table_rows(find_configurations([root]), iso=iso)
     return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
 
 
@@ -77,6 +77,12 @@ def test_training_memory_shows_what_sharing_saves(sweep):
         assert row["checkpoint MiB"] == f"{checkpoint[label] / 2**20:,.2f}"
         assert row["KV bytes/token"] == "—"  # encoders keep no KV cache
         assert float(row["inference tokens/s"].split(" ")[0].replace(",", "")) > 0
+
+
+def test_runs_with_twins_are_paired_without_asking(sweep):
+    row = rows_by_label(sweep, iso=False)["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
+    assert row["iso-param twin"].startswith("sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true (")
+    assert row["Δ val_loss vs twin"][0] in "+-"
 
 
 def test_iso_twins_are_unshared_models_only(sweep):

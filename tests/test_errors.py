@@ -150,6 +150,33 @@ def test_resuming_a_checkpoint_of_another_shape_is_refused(nano_overrides, tmp_p
         run_task(compose([*nano_overrides, "sharing=shared_qkv"]), tmp_path)
 
 
+def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, tmp_path):
+    """A changed recipe (here its budget) must not pick up the old run as done, nor resume it; a change in where
+    the run prints is not a change of configuration."""
+    import json
+    import re
+
+    from sharebench.config import compose
+    from sharebench.errors import ConfigError
+    from sharebench.tasks import run_task
+
+    run_task(compose(nano_overrides), tmp_path)
+    record = tmp_path / "run.json"
+    steps = json.loads(record.read_text())["config"]["trainer"]["max_steps"]
+    changed = compose([*nano_overrides, f"trainer.max_steps={steps + 1}"])
+    written = record.read_text()
+    message = re.escape(f"{tmp_path} holds a run of another configuration (trainer.max_steps={steps}.0 there, ")
+    with pytest.raises(ConfigError, match=message):
+        run_task(changed, tmp_path)
+    assert record.read_text() == written
+    record.write_text(written.replace('"status": "completed"', '"status": "interrupted"'))
+    with pytest.raises(ConfigError, match=message):  # nor resumed from its checkpoint
+        run_task(changed, tmp_path)
+    record.write_text(written)
+    again = run_task(compose([*nano_overrides, "trainer.enable_progress_bar=false", "task=pretrain"]), tmp_path)
+    assert again == json.loads(written)
+
+
 def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch):
     import json
     import shutil

@@ -193,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     collect_parser.add_argument("--out", type=Path, help="write table.md/.csv/.tex, plots and run records here")
     collect_parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="what to print")
     collect_parser.add_argument(
-        "--iso", action="store_true", help="pair each shared configuration with the closest-sized unshared one"
+        "--iso",
+        action="store_true",
+        help="pair each shared configuration with the closest-sized unshared one (without it: where the runs "
+        "include iso_baseline=true twins, each with its own)",
     )
     collect_parser.add_argument("--no-plots", action="store_true", help="with --out: tables and records only")
     convert_parser = commands.add_parser(

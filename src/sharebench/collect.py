@@ -63,8 +63,10 @@ def _mebibytes(size: float | None) -> float | None:
 
 
 def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The main table: one row per configuration that is not a GLUE fine-tuning run."""
+    """The main table: one row per configuration that is not a GLUE fine-tuning run. Its shared configurations
+    are paired with their iso-parameter twins where `iso` asks or where twins (`iso_baseline=true`) were run."""
     configurations = pretraining(configurations)
+    iso = iso or any(c.iso_baseline and c.records for c in configurations)
     metrics: dict[str, None] = {}
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))

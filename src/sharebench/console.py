@@ -18,8 +18,10 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 def quiet_libraries() -> None:
     """Lightning's device lines, its advertising tip and a deprecation warning from inside it: the run's own
-    lines say what matters (its folder, its model, its progress, where it ended)."""
+    lines say what matters (its folder, its model, its progress, where it ended). Its warning that a resumed
+    run's dataloader "is not resumable" is wrong here: the suite's sampler starts at the checkpoint's step."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 

@@ -123,14 +123,39 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> 
     unshared.sort(key=lambda point: point[0])
     axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
                   color="grey", capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
+    names = []
     for value, mean, half, configuration in shared:
         axis.errorbar([value], [mean], yerr=[half], marker="o", capsize=3, linestyle="none")
-        name = configuration.sharing + (f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else "")
-        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ratio = f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else ""
+        names.append(configuration.sharing.removeprefix("none+") + ratio)
     axis.set_xlabel(label)
+    figure.tight_layout()
+    for (value, mean, _, _), name, lift in zip(shared, names, label_lifts(axis, shared, names), strict=True):
+        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4 + lift), fontsize=LABEL_SIZE)
     axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
     finish_axis(axis)
     return save(figure, path)
+
+
+LABEL_SIZE = 7  # points
+
+
+def label_lifts(axis: plt.Axes, points: Sequence[tuple[float, ...]], names: Sequence[str]) -> list[float]:
+    """How many points to raise each point's label so that no two overlap: schemes of nearly the same size and
+    loss (symmetric and pairwise) would otherwise print over each other. Boxes are estimated in display units."""
+    to_points = 72 / axis.figure.dpi
+    height = LABEL_SIZE + 1
+    placed: list[tuple[float, float, float]] = []  # each label's left, bottom and width
+    lifts = []
+    for point, name in zip(points, names, strict=True):
+        x, y = axis.transData.transform(point[:2]) * to_points
+        width, lift = 0.6 * LABEL_SIZE * len(name), 0.0
+        while any(abs(y + lift - other_y) < height and x < other_x + other_width and other_x < x + width
+                  for other_x, other_y, other_width in placed):  # fmt: skip
+            lift += height
+        placed.append((x, y + lift, width))
+        lifts.append(lift)
+    return lifts
 
 
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:

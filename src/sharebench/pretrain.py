@@ -35,6 +35,7 @@ from sharebench.record import (
     Record,
     RunRecord,
     Sharing,
+    check_same_config,
     completed_record,
     measure_matmul_peak,
     start_line,
@@ -221,12 +222,19 @@ def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
         )
 
 
+# A pretraining run's folder also holds its GLUE runs (task=pretrain_glue): other GLUE tasks or recipes leave the
+# pretraining as it was.
+PRETRAINING_IGNORES = ("glue.", "task")
+
+
 def run(cfg: DictConfig, run_dir: str | Path, sharing: Sharing) -> Record:
     """Pretrain one validated configuration (`sharing`: what `config.validate` found it shares) into `run_dir` and
     return its run record (also written as run.json).
 
-    A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it."""
+    A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it; either
+    only under the configuration it was started with."""
     run_dir = Path(run_dir)
+    check_same_config(run_dir, cfg, PRETRAINING_IGNORES)
     if previous := completed_record(run_dir):
         return previous
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(), RunRecord(cfg, run_dir) as record:

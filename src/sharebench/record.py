@@ -16,11 +16,17 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sharebench.errors import RunInterrupted
+from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
 RECORD_NAME = "run.json"
+# Config keys that say where a run lives or how it reports, not what it computes; the recipe's notes (its title,
+# the paper's claims) neither.
+NOT_RESULT_KEYS = {
+    "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary"
+}  # fmt: skip
+NOT_RESULT_PREFIXES = ("experiment.", "logger.")
 
 
 class Layers(TypedDict):
@@ -222,6 +228,56 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
     import json
 
     return json.loads((Path(run_dir) / RECORD_NAME).read_text())
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        leaves.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return leaves
+
+
+def normalized(value: Any) -> Any:
+    """A config value in a form where equal values compare equal (1 and 1.0, a list and a tuple)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(normalized(v) for v in value)
+    return str(value)
+
+
+def config_leaves(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config as dotted keys and normalized values, without the keys that do not change a result."""
+    return {
+        key: normalized(value)
+        for key, value in flatten(config).items()
+        if key not in NOT_RESULT_KEYS and not key.startswith(NOT_RESULT_PREFIXES)
+    }
+
+
+def check_same_config(run_dir: Path, cfg: DictConfig, also_ignored: tuple[str, ...] = ()) -> None:
+    """A run's folder holds the run of one configuration: skipping or resuming it under another (a recipe whose
+    budget changed, say) would report the old run as the new one. Keys only one of the two configs has (a
+    version of the suite that added or dropped one) and keys starting with `also_ignored` are not compared."""
+    if not (run_dir / RECORD_NAME).exists():
+        return
+    stored = config_leaves(read_record(run_dir).get("config") or {})
+    current = config_leaves(OmegaConf.to_container(cfg, resolve=True))
+    differences = [
+        f"{key}={stored[key]!r} there, {current[key]!r} here"
+        for key in sorted(stored.keys() & current.keys())
+        if stored[key] != current[key] and not key.startswith(also_ignored)
+    ]
+    if differences:
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise ConfigError(
+            f"{run_dir} holds a run of another configuration ({'; '.join(differences[:3])}{more}); move that "
+            f"folder away to keep it, or set output_root elsewhere"
+        )
 
 
 def completed_record(run_dir: Path) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
-from sharebench.record import RECORD_NAME
+from sharebench.record import RECORD_NAME, config_leaves, normalized
 
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
@@ -27,36 +27,14 @@ NOT_METRICS = {"steps", "epochs"}
 MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
 # Metrics that get a Δ column beside the main metric's where the runs have them.
 COMPARED_TOO = ("train_loss", "val_rise")
-# Config keys that say where a run lives or how it prints, or that the scheme keys stand for (the record's
-# effective scheme names and ratios replace them: a ratio left to its default is recorded as the value used).
-NOT_COMPARED = {"seed", "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar",
-                "trainer.enable_model_summary", "ratio", "sharing._target_", "sharing._partial_", "layers._target_",
-                "layers.ratio"}  # fmt: skip
-NOT_COMPARED_PREFIXES = ("experiment.",)  # the recipe's notes: its title, the paper's claims
+# Config keys beyond those that do not change what a run computes (record.config_leaves) that do not tell runs
+# apart: the seed, and the keys the scheme names stand for (the record's effective scheme names and ratios replace
+# them: a ratio left to its default is recorded as the value used).
+NOT_COMPARED = {"seed", "ratio", "sharing._target_", "sharing._partial_", "layers._target_", "layers.ratio"}
 LABEL_FIRST = ("arch.name", "sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
 LABEL_NAMES = {"arch.name": "arch"}  # as a user types it
 
 STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    leaves: dict[str, Any] = {}
-    for key, value in tree.items():
-        leaves.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return leaves
-
-
-def normalized(value: Any) -> Any:
-    """A config value in a form where equal values compare equal (1 and 1.0, a list and a tuple)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(normalized(v) for v in value)
-    return str(value)
 
 
 def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -82,15 +60,11 @@ def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
 
 def description(record: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task."""
-    config = {
-        key: value
-        for key, value in flatten(record.get("config") or {}).items()
-        if key not in NOT_COMPARED and not key.startswith(NOT_COMPARED_PREFIXES)
-    }
-    described = {**scheme_of(record), **config}
+    config = {key: value for key, value in config_leaves(record.get("config") or {}).items() if key not in NOT_COMPARED}
+    described = {**{key: normalized(value) for key, value in scheme_of(record).items()}, **config}
     if "task" in record:
         described["glue_task"] = record["task"]
-    return {key: normalized(value) for key, value in described.items()}
+    return described
 
 
 def label_value(value: Any) -> str:
