@@ -177,6 +177,18 @@ def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, 
     assert again == json.loads(written)
 
 
+def test_a_run_held_by_another_process_is_refused_even_when_completed(nano_overrides, tmp_path):
+    """Completion is looked at under the run's lock: the holder may be finishing the run this very moment."""
+    from sharebench.config import compose
+    from sharebench.resume import RunInUse, RunLock
+    from sharebench.tasks import run_task
+
+    run_task(compose(nano_overrides), tmp_path)
+    with RunLock(tmp_path), pytest.raises(RunInUse, match="is in use by process"):
+        run_task(compose(nano_overrides), tmp_path)
+    assert run_task(compose(nano_overrides), tmp_path)["status"] == "completed"  # skipped once it is free
+
+
 def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch):
     import json
     import shutil

@@ -234,12 +234,14 @@ def run(cfg: DictConfig, run_dir: str | Path, sharing: Sharing) -> Record:
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it; either
     only under the configuration it was started with."""
     run_dir = Path(run_dir)
-    check_same_config(run_dir, cfg, PRETRAINING_IGNORES)
-    if previous := completed_record(run_dir):
-        return previous
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext(), RunRecord(cfg, run_dir) as record:
-        record.update(sharing=sharing)
-        _train(cfg, run_dir, sharing.get("ratio"), record)
+    # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never train one run twice.
+    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        check_same_config(run_dir, cfg, PRETRAINING_IGNORES)
+        if previous := completed_record(run_dir):
+            return previous
+        with RunRecord(cfg, run_dir) as record:
+            record.update(sharing=sharing)
+            _train(cfg, run_dir, sharing.get("ratio"), record)
     if rank_zero_only.rank == 0:
         print(summary_line(record.data))
     return record.data
