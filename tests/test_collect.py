@@ -141,3 +141,15 @@ def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir)
             assert (tmp_path / "out" / f"{plot}-{arch}.png").stat().st_size > 0, plot
     assert len(references) == 2  # each table against its own unshared model
     assert not (tmp_path / "out" / "table.csv").exists()
+
+
+def test_verdicts_say_better_or_worse_only_outside_the_interval(sweep):
+    from sharebench.collect import verdict
+
+    lower, higher = [1.0, 1.1, 0.9], [2.0, 2.1, 1.9]
+    assert verdict(lower, higher, "lower") == "better" and verdict(lower, higher, "higher") == "worse"
+    assert verdict(higher, lower, "lower") == "worse"
+    assert verdict([1.0, 1.5, 0.5], [1.1, 1.6, 0.6], "lower") == "no difference"
+    assert verdict([1.0], higher, "lower") == "—"  # one seed: no interval, no verdict
+    row = rows_by_label(sweep)["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
+    assert row["verdict vs twin"] == row["verdict vs unshared"] == "—"  # the sweep has one seed per configuration

@@ -43,6 +43,16 @@ def _difference_cell(values: Sequence[float], reference_values: Sequence[float])
     return f"{difference:+.4f} ± {half:.4f}" if half is not None else f"{difference:+.4f}"
 
 
+def verdict(values: Sequence[float], reference_values: Sequence[float], order: str) -> str:
+    """Whether a configuration's main metric is better or worse than the reference's at 95 % (Welch), or neither."""
+    difference, half = difference_ci(values, reference_values)
+    if difference is None or half is None:
+        return "—"
+    if abs(difference) <= half:
+        return "no difference"
+    return "better" if (difference < 0) == (order == "lower") else "worse"
+
+
 def _format(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -79,7 +89,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
     compared = [main[0]] + [m for m in COMPARED_TOO if m in metrics and m != main[0]] if base else []
     header += [f"Δ {metric} vs {base.label}" for metric in compared]
     if iso and main:
-        header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin"]
+        header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin", "verdict vs twin"]
+        header += ["verdict vs unshared"] if base else []
     rows = []
     for configuration in configurations:
         unique = configuration.unique_parameters()
@@ -108,11 +119,17 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
         ]  # fmt: skip
         if iso and main:
             twin = iso_baseline(configuration, configurations)
+            values = configuration.metric_values(main[0])
             row += [
                 f"{twin.label} ({twin.unique_parameters():,})" if twin else "—",
                 _mean_ci_cell(twin.metric_values(main[0])) if twin else "—",
-                _difference_cell(configuration.metric_values(main[0]), twin.metric_values(main[0])) if twin else "—",
+                _difference_cell(values, twin.metric_values(main[0])) if twin else "—",
+                verdict(values, twin.metric_values(main[0]), main[1]) if twin else "—",
             ]
+            if base:
+                row.append(
+                    "reference" if configuration is base else verdict(values, base.metric_values(main[0]), main[1])
+                )
         rows.append(row)
     return header, rows
 
