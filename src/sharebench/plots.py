@@ -95,27 +95,31 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path) ->
     return save(figure, path)
 
 
-PARETO_AXES = {  # x of a Pareto view: its label and where a run's record holds it
-    "params": ("unique parameters", ("parameters", "unique")),
-    "inference": ("inference peak memory (MiB)", ("inference", "peak_bytes")),
-}
+PARETO_AXES = {  # x of a Pareto view: its label, where a run's record holds it, and the unit it is drawn in
+    "params": ("unique parameters", ("parameters", "unique"), 1),
+    "training": ("training memory: weights, gradients, AdamW state, activations (MiB)", ("memory", "training_bytes"),
+                 2**20),
+    "inference": ("inference peak memory (MiB)", ("inference", "peak_bytes"), 2**20),
+    "speed": ("training tokens/s (as measured during the run)", ("speed", "tokens_per_second"), 1),
+}  # fmt: skip
 
 
 def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> bool:
-    """The main metric against unique parameters or inference memory, every shared configuration a labelled
-    point, and the unshared models (separate Q/K/V, and the iso-parameter twins: smaller FFNs) joined by a line:
-    a point below the line beats simply using a smaller model."""
+    """The main metric against one of PARETO_AXES (unique parameters, training or inference memory, training
+    speed), every shared configuration a labelled point, and the unshared models (separate Q/K/V, and the
+    iso-parameter twins: smaller FFNs) joined by a line: a point beyond the line beats simply using a smaller
+    model."""
     main = main_metric(configurations)
     if main is None:
         return False
-    label, path_in_record = PARETO_AXES[x]
+    label, path_in_record, unit = PARETO_AXES[x]
     shared, unshared = [], []
     for configuration in configurations:
         mean, half = mean_ci(configuration.metric_values(main[0]))
         value = configuration.mean_of(*path_in_record)
         if mean is None or value is None:
             continue
-        value = value / 2**20 if x == "inference" else value
+        value = value / unit
         (unshared if configuration.unshared else shared).append((value, mean, half or 0.0, configuration))
     if not shared or not unshared:
         return False
@@ -160,7 +164,7 @@ def label_lifts(axis: plt.Axes, points: Sequence[tuple[float, ...]], names: Sequ
 
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:
     """Writes curves.png, metric_vs_ratio.png, metric_vs_params.png and, where there are shared and unshared
-    models, pareto_params.png and pareto_inference.png (those the runs have data for), their names ending in
+    models, pareto_<axis>.png for each of PARETO_AXES the runs have data for, their names ending in
     `suffix` (one set per architecture)."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
