@@ -4,7 +4,6 @@ python train.py sharing=partial_qk ratio=0.9
 python train.py -m sharing=none,partial_qk ratio=0.5,0.9
 """
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sharebench.cli import check_command_line, exit_on_config_error, exit_on_interrupt
+from sharebench.cli import check_command_line, exit_on_config_error, exit_on_interrupt, skip_runs_in_use
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -22,8 +21,9 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     # A sweep's runs were validated by its sweeper before the first started (conf/hydra/sweeper); in a sweep,
-    # a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero.
-    failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else contextlib.nullcontext()
+    # a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero; a run another
+    # process holds is left to it.
+    failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else skip_runs_in_use()
     with exit_on_interrupt(), failures:
         run_task(cfg, Path(hydra_cfg.runtime.output_dir))
 

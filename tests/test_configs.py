@@ -57,8 +57,10 @@ def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
 
 
 def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
-    """Hydra's sweeper writes the booleans it expands as True/False; typed on their own they read true/false."""
+    """Hydra's sweeper writes the booleans it expands as True/False (typed on their own they read true/false) and
+    merges a key given twice."""
     from sharebench.config import run_name
 
     assert run_name(["iso_baseline=True", "sharing=mqa"]) == run_name(["sharing=mqa", "iso_baseline=true"])
     assert run_name(["iso_baseline=true"]) == "iso_baseline=true"
+    assert run_name(["data.batch_size=4", "sharing=mqa", "data.batch_size=16"]) == "sharing=mqa,data.batch_size=16"

@@ -142,19 +142,24 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_ov
 
 @pytest.mark.slow
 def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, tmp_path):
+    """A second start of a run that another process holds is refused; in a sweep that run is left to its holder
+    and the sweep goes on, so two sweeps over the same runs share them."""
     from sharebench.resume import RunLock
 
     output_root = tmp_path / "busy"
-    args = command(project_root, nano_overrides, output_root)
-    first = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0
-    run_dir = record_of(output_root)["run_dir"]
-    (Path(run_dir) / "run.json").unlink()  # not completed: a start would train it again
-    with RunLock(Path(run_dir)):
-        second = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
-    assert second.returncode == 2
-    in_use = f"error: {run_dir} is in use by process {os.getpid()}; wait for it to end or stop it"
-    assert second.stderr.strip() == in_use
+    args = command(project_root, nano_overrides, output_root, "seed=0,1")
+    first = subprocess.run([sys.executable, args[0], "-m", *args[1:]], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    held, other = sorted(output_root.rglob("seed=*"))
+    (held / "run.json").unlink()  # not completed: a start would train it again
+    in_use = f"{held} is in use by process {os.getpid()}; wait for it to end or stop it"
+    with RunLock(held):
+        single = subprocess.run([sys.executable, *args[:-1], "seed=0"], capture_output=True, text=True, timeout=600)
+        sweep = subprocess.run([sys.executable, args[0], "-m", *args[1:]], capture_output=True, text=True, timeout=600)
+    assert single.returncode == 2 and single.stderr.strip() == f"error: {in_use}"
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert f"skipped: {in_use}" in sweep.stdout and f"{other} already completed" in sweep.stdout
+    assert not (held / "run.json").exists()
 
 
 def test_same_seed_gives_bit_identical_loss_curves(nano_cfg, tmp_path):

@@ -52,6 +52,17 @@ def exit_on_config_error() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def skip_runs_in_use() -> Iterator[None]:
+    """In a sweep, a run another process holds (a second sweep over the same runs) is left to it, with one line."""
+    from sharebench.resume import RunInUse
+
+    try:
+        yield
+    except RunInUse as error:
+        print(f"skipped: {error}")
+
+
+@contextlib.contextmanager
 def exit_on_interrupt() -> Iterator[None]:
     """A run stopped by SIGTERM or SIGINT ends with one line and the signal's exit status (a sweep stops with
     it; run the same command again to resume it and start the runs that remain)."""

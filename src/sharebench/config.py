@@ -274,7 +274,8 @@ def run_name(task_overrides: Sequence[str]) -> str:
         name, equals, value = override.partition("=")
         return f"{name}={value.lower()}" if equals and value in ("True", "False") else override
 
-    kept = [canonical(o) for o in task_overrides if key(o) not in NOT_IN_RUN_NAME]
+    # A key given twice counts once, with its last value, as a sweep (which merges them) would name it.
+    kept = list({key(o): canonical(o) for o in task_overrides if key(o) not in NOT_IN_RUN_NAME}.values())
     rank = {name: i for i, name in enumerate(RUN_NAME_FIRST)}
     kept.sort(key=lambda o: (rank.get(key(o), len(rank)), key(o), o))
     return folder_name(",".join(kept) or "default")
