@@ -23,7 +23,7 @@ from sharebench.layers import LayerSharing, Unshared
 from sharebench.limits import check_limits
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, folder_name, resolve_path
-from sharebench.record import Sharing, sharing_record
+from sharebench.record import NOT_RESULT_KEYS, Sharing, sharing_record
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
@@ -251,14 +251,7 @@ def predicted_fraction(cfg: DictConfig) -> float:
 
 
 # Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.
-NOT_IN_RUN_NAME = {
-    "seed",
-    "output_root",
-    "data_root",
-    "cache_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-}
+NOT_IN_RUN_NAME = {"seed", *NOT_RESULT_KEYS}
 RUN_NAME_FIRST = ("experiment", "task", "arch", "size", "sharing", "ratio", "layers", "layers.ratio", "pretrained")
 
 

@@ -133,11 +133,11 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> 
         ratio = f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else ""
         names.append(configuration.sharing.removeprefix("none+") + ratio)
     axis.set_xlabel(label)
-    figure.tight_layout()
-    for (value, mean, _, _), name, lift in zip(shared, names, label_lifts(axis, shared, names), strict=True):
-        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4 + lift), fontsize=LABEL_SIZE)
     axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
     finish_axis(axis)
+    figure.tight_layout()  # the labels are placed in the final layout's display units
+    for (value, mean, _, _), name, lift in zip(shared, names, label_lifts(axis, shared, names), strict=True):
+        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4 + lift), fontsize=LABEL_SIZE)
     return save(figure, path)
 
 
