@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sharebench.errors import ConfigError, RunInterrupted
+from sharebench.errors import ConfigError, RunInterrupted, RunInUse
 
 # Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
 HYDRA_VALUE_FLAGS = {
@@ -54,8 +54,6 @@ def exit_on_config_error() -> Iterator[None]:
 @contextlib.contextmanager
 def skip_runs_in_use() -> Iterator[None]:
     """In a sweep, a run another process holds (a second sweep over the same runs) is left to it, with one line."""
-    from sharebench.resume import RunInUse
-
     try:
         yield
     except RunInUse as error:

@@ -120,13 +120,16 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
         if iso and main:
             twin = iso_baseline(configuration, configurations)
             values = configuration.metric_values(main[0])
-            twin_values = twin.metric_values(main[0]) if twin else []
-            row += [
-                f"{twin.label} ({twin.unique_parameters():,})" if twin else "—",
-                _mean_ci_cell(twin_values) if twin else "—",
-                _difference_cell(values, twin_values) if twin else "—",
-                verdict(values, twin_values, main[1]) if twin else "—",
-            ]
+            if twin:
+                twin_values = twin.metric_values(main[0])
+                row += [
+                    f"{twin.label} ({twin.unique_parameters():,})",
+                    _mean_ci_cell(twin_values),
+                    _difference_cell(values, twin_values),
+                    verdict(values, twin_values, main[1]),
+                ]
+            else:
+                row += ["—"] * 4
             if base:
                 row.append(
                     "reference" if configuration is base else verdict(values, base.metric_values(main[0]), main[1])

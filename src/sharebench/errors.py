@@ -13,6 +13,10 @@ class RatioNotTaken(ConfigError):
     """A ratio given to a scheme that takes none: an error for one run; in a sweep, the baseline runs once."""
 
 
+class RunInUse(ConfigError):
+    """The run's folder is held by a live process."""
+
+
 class RunInterrupted(Exception):
     """SIGTERM (preemption, a SLURM time limit) or SIGINT (Ctrl-C) stopped the run after a checkpoint."""
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from sharebench.errors import ConfigError, RunInterrupted
+from sharebench.errors import RunInterrupted, RunInUse
 
 CHECKPOINT_FOLDER = "checkpoints"
 # The newest checkpoint and the one before it, in case the newest is damaged (a full disk, a kill mid-write).
@@ -150,7 +150,3 @@ class RunLock:
     def __exit__(self, *exception: object) -> None:
         assert self._file is not None
         self._file.close()  # releases the lock
-
-
-class RunInUse(ConfigError):
-    """The run's folder is held by a live process."""
