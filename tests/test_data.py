@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+import sharebench
 from sharebench import data as data_module
 from sharebench.config import compose
 from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
-from tests.conftest import SHARED_DATA, needs_shared_data
+from sharebench.errors import ConfigError
+from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, bert_vocab
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
 
@@ -122,9 +125,9 @@ def test_missing_text_column_is_named(tmp_path, nano_overrides):
         read_documents(cfg.data)
 
 
-@needs_shared_data
-def test_tiny_shakespeare_characters_split_90_10(tmp_path):
-    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"data_root={SHARED_DATA}", f"cache_dir={tmp_path}"])
+def test_tiny_shakespeare_ships_with_the_package_and_splits_90_10(tmp_path):
+    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"cache_dir={tmp_path}"])
+    assert Path(cfg.data.source).is_relative_to(Path(sharebench.__file__).parent)
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
     assert data.vocab_size == 65
@@ -133,11 +136,12 @@ def test_tiny_shakespeare_characters_split_90_10(tmp_path):
 
 
 @pytest.mark.slow
-@needs_shared_data
 def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
     cfg = compose(
         [
-            f"data_root={SHARED_DATA}",
+            "data=wikipedia",
+            f"data_root={FIXTURE_DATA}",
+            f"data.tokenizer.path={bert_vocab()}",
             f"cache_dir={tmp_path}",
             "data.tokenizer.kind=vocab_file",
             "data.max_train_chars=20000",
@@ -198,3 +202,86 @@ def test_character_seen_only_in_validation_has_a_token(tmp_path):
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
     assert data.tokenizer.token_id("é") is not None and len(data.streams["validation"]) > 0
+
+
+def test_the_default_data_ships_with_the_package(tmp_path):
+    cfg = compose([f"cache_dir={tmp_path}"])
+    assert cfg.data.name == "wikipedia_excerpt"
+    assert Path(cfg.data.source).is_relative_to(Path(sharebench.__file__).parent)
+    documents = read_documents(cfg.data)
+    assert sum(map(len, documents["train"])) > 8_000_000 and len(documents["validation"]) == 31
+
+
+def test_wikipedia_comes_from_the_hub_without_a_mirror_and_from_the_mirror_with_one():
+    hub = compose(["data=wikipedia"]).data
+    assert (hub.source, hub.hub_config, hub.validation_split) == ("wikimedia/wikipedia", "20231101.en", None)
+    mirror = compose(["data=wikipedia", f"data_root={FIXTURE_DATA}"]).data
+    assert (mirror.source, mirror.hub_config, mirror.validation_split) == (
+        f"{FIXTURE_DATA}/wikipedia",
+        None,
+        "validation",
+    )
+    glue = compose([f"data_root={FIXTURE_DATA}"]).glue.source, compose([]).glue.source
+    assert glue == (f"{FIXTURE_DATA}/glue", "nyu-mll/glue")
+
+
+def test_a_hub_corpus_of_one_split_is_streamed_to_its_caps_and_held_out(tmp_path):
+    """The hub's code path (load_dataset(name, config, streaming=True)) on a local clone of wikimedia/wikipedia."""
+    cfg = compose(["data=wikipedia", f"data.source={HUB_WIKIPEDIA}", "data.max_train_chars=38000",
+                   "data.max_validation_chars=2000", f"cache_dir={tmp_path}"])  # fmt: skip
+    import pyarrow.parquet as pq
+
+    articles = pq.read_table(next(HUB_WIKIPEDIA.glob("20231101.en/*.parquet"))).column("text").to_pylist()
+    documents = read_documents(cfg.data)
+    train, (validation,) = documents["train"], documents["validation"]
+    assert train[:-1] == articles[: len(train) - 1] and articles[len(train) - 1].startswith(train[-1])
+    # The last 5 % of the articles read (no more than the two caps together, of 30 there) are held out.
+    held_out = next(i for i, article in enumerate(articles) if article.startswith(validation))
+    assert len(train) <= held_out < len(articles) - 5
+    assert sum(map(len, train)) <= 38_000 and len(validation) <= 2_000
+
+
+def test_without_a_network_the_hub_error_names_both_ways(tmp_path):
+    cfg = compose(["data=wikipedia", f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="SHAREBENCH_DATA.*sharebench data download.*data=wikipedia_excerpt"):
+        read_documents(cfg.data)
+
+
+def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
+    """The hub's calls, on local clones in the hub's layout: what `sharebench data download` writes, a run reads."""
+    import zlib
+
+    from sharebench import glue
+    from sharebench.mirror import download
+
+    mirror = tmp_path / "mirror"
+    sources = {"wikipedia": (str(HUB_WIKIPEDIA), "20231101.en"), "glue": (str(FIXTURE_DATA / "glue"), None),
+               "bert-base-uncased": (str(bert_vocab().parent), "vocab.txt")}  # fmt: skip
+    names = ["wikipedia", "glue", "tinyshakespeare", "bert-base-uncased"]
+    lines = download(names, mirror, max_train_chars=30_000, sources=sources)
+    assert [line.split(":")[0] for line in lines] == names
+    cfg = compose(["data=wikipedia", f"data_root={mirror}", "data.tokenizer.kind=vocab_file", f"cache_dir={tmp_path}"])
+    assert cfg.data.source == f"{mirror}/wikipedia" and cfg.data.validation_split == "validation"
+    train = list(data_module._stream_split(cfg.data, "train"))  # 1 % held out of 30 articles: likely none
+    assert 30_000 <= sum(map(len, train)) < 35_000
+    import pyarrow.parquet as pq
+
+    for file in (mirror / "wikipedia").glob("*.parquet"):
+        ids = pq.read_table(file).column("id").to_pylist()
+        assert all((zlib.crc32(str(i).encode()) % 100 == 0) == file.name.startswith("validation") for i in ids)
+    for name in glue.TASKS:
+        for split in glue.TASKS[name].tsv_files:
+            assert glue.load_split(str(mirror / "glue"), name, split) == glue.load_split(
+                str(FIXTURE_DATA / "glue"), name, split
+            )
+    shakespeare = compose(["data=tinyshakespeare", f"data_root={mirror}"]).data.source
+    assert (
+        Path(shakespeare).read_bytes() == (Path(sharebench.__file__).parent / "corpus/tinyshakespeare.txt").read_bytes()
+    )
+    assert (mirror / "bert-base-uncased/vocab.txt").read_bytes() == bert_vocab().read_bytes()
+    again = download(["glue"], mirror, sources=sources)
+    assert "there already" in again[0]
+    with pytest.raises(ConfigError, match="unknown wikipedias; valid: wikipedia, glue"):
+        download(["wikipedias"], mirror)
+    with pytest.raises(ConfigError, match="cannot read wikipedia from wikimedia/wikipedia.*SHAREBENCH_DATA"):
+        download(["wikipedia"], tmp_path / "offline")  # the real hub name, and no network

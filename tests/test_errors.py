@@ -76,7 +76,7 @@ def in_process_error(check, argv: list[str], capsys) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 def test_train_refuses_bad_input(case, tmp_path, capsys):
-    from sharebench.cli import check_command_line
+    from sharebench.train import check_command_line
 
     overrides, expected = CASES[case]
     if "-m" in overrides:  # a sweep's runs are validated by its sweeper, inside Hydra
@@ -114,7 +114,13 @@ def test_sharebench_params_ends_bad_input_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_missing_data_folder_is_named(project_root, tmp_path):
     line = one_line_error(
-        [sys.executable, str(project_root / "train.py"), "size=nano", f"output_root={tmp_path / 'outputs'}"],
+        [
+            sys.executable,
+            str(project_root / "train.py"),
+            "data=wikipedia",
+            "size=nano",
+            f"output_root={tmp_path / 'outputs'}",
+        ],
         tmp_path,
         env={"SHAREBENCH_DATA": str(tmp_path / "nowhere"), "SHAREBENCH_CACHE": str(tmp_path / "cache")},
     )

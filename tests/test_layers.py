@@ -238,15 +238,13 @@ def test_uptraining_refuses_a_vocabulary_of_another_size(nano_cfg, tmp_path):
 
 def test_converted_minilm_scores_sts_b_zero_shot(tmp_path):
     from sharebench.tasks import run_task
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import FIXTURE_DATA
 
-    if not (SHARED_DATA / "glue").is_dir():
-        pytest.skip("no shared GLUE data")
     folder = minilm_folder()
     scores = {}
     for ratio in (0.0, 0.5):
         cfg = compose(["task=sts_zero_shot", f"pretrained={folder}", "convert.to=headwise", f"convert.ratio={ratio}",
-                       "glue.recipe.max_eval_examples=64"])  # fmt: skip
+                       "glue.recipe.max_eval_examples=64", f"glue.source={FIXTURE_DATA / 'glue'}"])  # fmt: skip
         record = run_task(cfg, tmp_path / str(ratio))
         scores[ratio] = record["metrics"]["spearman"]
         assert record["examples"]["validation"] == 64

@@ -14,7 +14,7 @@ from sharebench.collect import collect, csv_text, latex, table_rows
 from sharebench.config import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.results import difference_ci, find_configurations, mean_ci
-from tests.conftest import needs_shared_data, sweep_grid, sweeper_params
+from tests.conftest import FIXTURE_DATA, bert_vocab, sweep_grid, sweeper_params
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml"))
@@ -31,7 +31,7 @@ def test_there_are_sweeps_and_experiments():
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweep_file_composes_into_its_grid(sweep):
     runs = sweep_grid([f"+sweep={sweep}"])
-    assert len(runs) >= 6
+    assert len(runs) >= 3
     assert len({tuple(r) for r in runs}) == len(runs)
     compose(runs[0])
 
@@ -102,10 +102,10 @@ NARROWED = {"leaderboard": ["arch=bert", "data=wikipedia", "layers=none", "iso_b
 
 
 @pytest.mark.slow
-@needs_shared_data
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cache_dir):
-    given = [f"+experiment={experiment}", *FAST, f"cache_dir={cache_dir}", f"output_root={tmp_path / 'runs'}"]
+    given = [f"+experiment={experiment}", *FAST, f"data_root={FIXTURE_DATA}", f"cache_dir={cache_dir}",
+             f"output_root={tmp_path / 'runs'}"]  # fmt: skip
     if experiment in NARROWED:
         axis = NARROWED[experiment]
     else:
@@ -134,11 +134,10 @@ PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.l
 
 
 @pytest.mark.slow
-@needs_shared_data
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_paper_scale_recipe_runs_a_few_steps_with_the_papers_model(experiment, tmp_path, cache_dir):
-    given = [f"+experiment={experiment}", "scale=paper", *PAPER_SMOKE, f"cache_dir={cache_dir}",
-             f"output_root={tmp_path}"]  # fmt: skip
+    given = [f"+experiment={experiment}", "scale=paper", *PAPER_SMOKE, f"data_root={FIXTURE_DATA}",
+             f"data.tokenizer.path={bert_vocab()}", f"cache_dir={cache_dir}", f"output_root={tmp_path}"]  # fmt: skip
     result = train(*given)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]

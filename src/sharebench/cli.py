@@ -1,103 +1,25 @@
-"""The `sharebench` command: parameter accounting without training, run comparisons and sweep tables.
+"""The `sharebench` command: training, parameter accounting, run comparisons and sweep tables, export.
 
+sharebench train sharing=partial_qk ratio=0.9   (Hydra's command line, as `python train.py`)
 sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
 sharebench collect outputs/runs --out results/my_sweep
 sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
 sharebench generate outputs/runs/<run>/seed=0 --prompt "ROMEO:" --tokens 200
 sharebench infer outputs/runs/<run>/seed=0
+sharebench export outputs/runs/<run>/seed=0 my-model   (a Hugging Face folder)
+sharebench data download wikipedia glue --to mirror   (SHAREBENCH_DATA=mirror)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from sharebench.errors import ConfigError, RunInterrupted, RunInUse
-
-# Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
-HYDRA_VALUE_FLAGS = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-    "--info",
-    "-i",
-}
-
-
-@contextlib.contextmanager
-def exit_on_config_error() -> Iterator[None]:
-    """Bad input ends with one line naming the problem and exit status 2 (SHAREBENCH_DEBUG=1: the traceback)."""
-    try:
-        yield
-    except ConfigError as error:
-        if os.environ.get("SHAREBENCH_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-@contextlib.contextmanager
-def skip_runs_in_use() -> Iterator[None]:
-    """In a sweep, a run another process holds (a second sweep over the same runs) is left to it, with one line."""
-    try:
-        yield
-    except RunInUse as error:
-        print(f"skipped: {error}")
-
-
-@contextlib.contextmanager
-def exit_on_interrupt() -> Iterator[None]:
-    """A run stopped by SIGTERM or SIGINT ends with one line and the signal's exit status (a sweep stops with
-    it; run the same command again to resume it and start the runs that remain)."""
-    try:
-        yield
-    except RunInterrupted as stop:
-        print(f"interrupted: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save yet
-        print("interrupted: SIGINT before training started; the same command starts again", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-
-
-def task_overrides(argv: Sequence[str]) -> list[str]:
-    overrides, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = arg in HYDRA_VALUE_FLAGS
-        elif not arg.startswith(("hydra.", "hydra/", "+hydra")):
-            overrides.append(arg)
-    return overrides
-
-
-def check_command_line(argv: Sequence[str]) -> None:
-    """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
-    too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
-    (conf/hydra/sweeper) before the first starts."""
-    from sharebench.config import check_overrides, compose, validate
-
-    if any(arg in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i") for arg in argv):
-        return
-    with exit_on_config_error():
-        (single, *more) = check_overrides(task_overrides(argv))
-        if not more and not any(arg in ("-m", "--multirun") for arg in argv):
-            validate(compose(single))
+from sharebench.errors import ConfigError, exit_on_config_error
 
 
 def params(overrides: Sequence[str]) -> dict:
@@ -128,12 +50,13 @@ def params(overrides: Sequence[str]) -> dict:
 
 def compare(run_dirs: Sequence[str]) -> str:
     """A Markdown table of the runs found under the given folders, one row per run, each labelled by what tells
-    its configuration apart from the others (as in `collect`'s tables): unique parameters, validation loss, speed."""
+    its configuration apart from the others (as in `collect`'s tables): unique parameters, validation loss beside
+    the unigram loss of its data (what a model that learnt no context reaches), speed."""
     from sharebench.results import find_configurations, pretraining
 
     lines = [
-        "| run | seed | status | unique params | val loss | val ppl | tokens/s |",
-        "|---|---|---|---|---|---|---|",
+        "| run | seed | status | unique params | val loss | unigram loss | val ppl | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for configuration in pretraining(find_configurations(run_dirs)):
         for record in sorted(configuration.records + configuration.failed, key=lambda r: r.get("seed") or 0):
@@ -145,7 +68,8 @@ def compare(run_dirs: Sequence[str]) -> str:
             lines.append(
                 f"| {configuration.label} | {cell(record.get('seed'))} | {record['status']} "
                 f"| {cell((record.get('parameters') or {}).get('unique'), ',')} "
-                f"| {cell(metrics.get('val_loss'), '.4f')} | {cell(metrics.get('val_ppl'), '.2f')} "
+                f"| {cell(metrics.get('val_loss'), '.4f')} | {cell(record.get('unigram_val_loss'), '.4f')} "
+                f"| {cell(metrics.get('val_ppl'), '.2f')} "
                 f"| {cell(speed.get('tokens_per_second'), ',.0f')} |"
             )
     return "\n".join(lines)
@@ -189,8 +113,16 @@ def infer(run: Path, seq_len: int | None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # Hydra parses its own command line
+        from sharebench import train
+
+        sys.argv = ["sharebench train", *argv[1:]]
+        train.main()
+        return
     parser = argparse.ArgumentParser(prog="sharebench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="pretrain or fine-tune (Hydra overrides, -m for a sweep; as python train.py)")
     params_parser = commands.add_parser("params", help="parameter accounting of a configuration, as JSON")
     params_parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     compare_parser = commands.add_parser("compare", help="a Markdown table comparing finished runs")
@@ -228,8 +160,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     infer_parser.add_argument("run", type=Path, help="a finished run's folder or a converted checkpoint")
     infer_parser.add_argument("--seq-len", type=int, help="context length (default: the run's data.seq_len)")
+    export_parser = commands.add_parser(
+        "export", help="write a finished run's model as a Hugging Face folder that transformers loads"
+    )
+    export_parser.add_argument("run", type=Path, help="a finished run's folder")
+    export_parser.add_argument("folder", type=Path, help="a new or empty folder")
+    data_parser = commands.add_parser("data", help="data mirrors for machines without a network")
+    data_commands = data_parser.add_subparsers(dest="data_command", required=True)
+    download_parser = data_commands.add_parser(
+        "download", help="write a local mirror from the hub, in the layout SHAREBENCH_DATA reads"
+    )
+    download_parser.add_argument("names", nargs="+", help="wikipedia, glue, tinyshakespeare, bert-base-uncased")
+    download_parser.add_argument("--to", type=Path, required=True, help="the mirror's folder (SHAREBENCH_DATA)")
+    download_parser.add_argument(
+        "--max-train-chars", type=int, help="wikipedia: characters of training text, default 100 M (1 %% more held out)"
+    )
     args = parser.parse_args(argv)
     with exit_on_config_error():
+        if args.command == "export":
+            from sharebench.export import export
+
+            print(json.dumps(export(args.run, args.folder), indent=2))
+            return
+        if args.command == "data":
+            from sharebench.mirror import download
+
+            print(*download(args.names, args.to, args.max_train_chars), sep="\n")
+            print(f"use it with SHAREBENCH_DATA={args.to.resolve()}")
+            return
         if args.command == "generate":
             print(generate(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -22,7 +23,7 @@ from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.limits import check_limits
 from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
-from sharebench.paths import CONFIG_DIR, folder_name, resolve_path
+from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, resolve_path
 from sharebench.record import NOT_RESULT_KEYS, Sharing, sharing_record
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
@@ -290,7 +291,20 @@ def scheme_name(target: str) -> str:
     return get_class(target).name
 
 
+def if_mirror(data_root: str | None, with_mirror: Any, without: Any) -> Any:
+    """`with_mirror` when a local data mirror is set (data_root, from SHAREBENCH_DATA), else `without` (the hub's
+    dataset, or the copy shipped with the package): `${sb.if_mirror:${data_root},${data_root}/glue,nyu-mll/glue}`."""
+    return with_mirror if data_root else without
+
+
+def corpus_path(name: str) -> str:
+    """A file or folder of the embedded default corpus (sharebench/corpus)."""
+    return str(CORPUS_DIR / name)
+
+
 OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("sb.if_mirror", if_mirror, replace=True)
+OmegaConf.register_new_resolver("sb.corpus", corpus_path, replace=True)
 OmegaConf.register_new_resolver("sb.scheme_name", scheme_name, replace=True)
 OmegaConf.register_new_resolver("sb.package_dir", package_dir, replace=True)
 

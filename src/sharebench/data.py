@@ -1,7 +1,8 @@
 """Pretraining data: text through `datasets`, a tokenizer, and packed token blocks cached on disk.
 
 A source is a local file or folder (parquet, json, csv or text; a folder's files name their split, as in the
-hub's layout), a URL of a text file, or a hub dataset name. Documents are read in order up to a character cap,
+hub's layout), a URL of a text file, or a hub dataset name with its config (`hub_config`; a local clone of a hub
+dataset, a folder with a dataset card, loads the same way). Documents are read in order up to a character cap,
 tokenised once, joined with a separator token into one stream per split, and cached as a .npy file keyed by a
 hash of everything that produced it, so a second run does not tokenise again.
 """
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.console import stage
-from sharebench.errors import ConfigError
+from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import atomic_write_bytes, resolve_path
 from sharebench.tokenizer import (
     SPECIAL_TOKENS,
@@ -49,13 +50,17 @@ def is_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).exists()
 
 
+def from_hub(data: DictConfig) -> bool:
+    """Read through `datasets.load_dataset(source, hub_config)`: a hub dataset, or a local clone of one."""
+    return not is_local(data.source) or data.hub_config is not None
+
+
 def local_source(source: str) -> Path:
     path = resolve_path(source)
     if not path.exists():
         raise ConfigError(
-            f"data.source: {path} does not exist; point SHAREBENCH_DATA at the data root "
-            f"(for example SHAREBENCH_DATA=../shared/data) or set data.source to a local file or folder "
-            f"({', '.join(sorted(LOCAL_FORMATS))}) or a hub dataset name"
+            f"data.source: {path} does not exist; set data.source to a local file or folder "
+            f"({', '.join(sorted(LOCAL_FORMATS))}) or a hub dataset name, or point SHAREBENCH_DATA at a data mirror"
         )
     return path
 
@@ -69,7 +74,7 @@ def local_files(path: Path) -> list[Path]:
 
 def source_identity(data: DictConfig) -> dict[str, Any]:
     """What the cached tokens depend on: the files (path, size, modification time) or the hub name."""
-    if not is_local(data.source):
+    if from_hub(data):
         return {"hub": data.source, "config": data.hub_config}
     files = local_files(local_source(data.source))
     return {"files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
@@ -78,6 +83,8 @@ def source_identity(data: DictConfig) -> dict[str, Any]:
 def _open_split(data: DictConfig, split: str) -> Any:
     import datasets
 
+    if from_hub(data):
+        return datasets.load_dataset(data.source, data.hub_config, split=split, streaming=True)
     if is_local(data.source):
         path = local_source(data.source)
         files = local_files(path)
@@ -91,11 +98,8 @@ def _open_split(data: DictConfig, split: str) -> Any:
                 raise ConfigError(f"data: split {split!r} not found in {path}; splits there: {', '.join(found)}")
         kwargs = {"sample_by": "document"} if builder == "text" else {}
         return datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True, **kwargs)
-    if data.source.startswith(("http://", "https://")):
-        return datasets.load_dataset(
-            "text", data_files={split: data.source}, split=split, streaming=True, sample_by="document"
-        )
-    return datasets.load_dataset(data.source, data.hub_config, split=split, streaming=True)
+    return datasets.load_dataset("text", data_files={split: data.source}, split=split, streaming=True,
+                                 sample_by="document")  # fmt: skip
 
 
 def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
@@ -110,12 +114,13 @@ def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
         raise
     except Exception as error:  # a truncated parquet file, a malformed json line, an unreachable hub, ...
         message = f"{type(error).__name__}: {error}".splitlines()[0]
-        raise ConfigError(f"data: cannot read {data.source} ({split}): {message}") from error
+        advice = f"; {WITHOUT_THE_HUB}" if not is_local(data.source) else ""
+        raise ConfigError(f"data: cannot read {data.source} ({split}): {message}{advice}") from error
 
 
 def check_source(data: DictConfig) -> None:
     """The cheap checks of a data configuration: local files exist, the vocabulary file too."""
-    if is_local(data.source):
+    if is_local(data.source) and data.hub_config is None:
         local_files(local_source(data.source))
     if data.tokenizer.kind not in TOKENIZER_KINDS:
         raise ConfigError(
@@ -127,7 +132,8 @@ def check_source(data: DictConfig) -> None:
 
 def read_documents(data: DictConfig) -> dict[str, list[str]]:
     """Train and validation documents. Without a validation split, the last `validation_fraction` is held
-    out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents."""
+    out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents,
+    of which no more are read than the two caps together (a hub corpus of one split is streamed, not read whole)."""
     if data.validation_split is not None:
         return {
             "train": _cap(_stream_split(data, data.train_split), data.max_train_chars),
@@ -137,7 +143,8 @@ def read_documents(data: DictConfig) -> dict[str, list[str]]:
         raise ConfigError(
             f"data: without a validation_split, validation_fraction must lie in (0, 1); got {data.validation_fraction}"
         )
-    documents = _cap(_stream_split(data, data.train_split), None)
+    caps = (data.max_train_chars, data.max_validation_chars)
+    documents = _cap(_stream_split(data, data.train_split), None if None in caps else sum(caps))
     if len(documents) == 1:
         text = documents[0]
         cut = int(len(text) * (1 - data.validation_fraction))
@@ -406,6 +413,12 @@ class PretrainData:
                     f"data: the {split} split has {len(stream)} tokens, fewer than one block of "
                     f"{self.block_len()}; lower data.seq_len or raise data.max_{split}_chars"
                 )
+
+    def unigram_loss(self) -> float:
+        """The validation loss (nats per token) of a model that knows only how often each token occurs in the
+        training split (add-one smoothed): what a model that learnt no context reaches."""
+        counts = np.bincount(self.streams["train"], minlength=self.vocab_size) + 1.0
+        return float(-np.log(counts / counts.sum())[self.streams["validation"]].mean())
 
     def block_len(self) -> int:
         return self.data.seq_len - 2 if self.objective == "mlm" else self.data.seq_len + 1

@@ -1,8 +1,19 @@
 """The exceptions a user sees as one line: bad input, raised before any data is read or model built, and a
-run stopped by a signal after saving its checkpoint."""
+run stopped by a signal after saving its checkpoint; and the handlers that print them so."""
 
+import contextlib
+import os
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+# What a user is told wherever a hub dataset or file could not be read.
+WITHOUT_THE_HUB = (
+    "without a network, point SHAREBENCH_DATA at a local mirror (`sharebench data download <names> --to DIR` "
+    "writes one where there is a network) or train on the corpus shipped with the package (data=wikipedia_excerpt, "
+    "data=tinyshakespeare)"
+)
 
 
 class ConfigError(ValueError):
@@ -24,3 +35,38 @@ class RunInterrupted(Exception):
         self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
         name = signal.Signals(signum).name
         super().__init__(f"{name} at step {step}: checkpoint saved in {checkpoint}; the same command resumes")
+
+
+@contextlib.contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """Bad input ends with one line naming the problem and exit status 2 (SHAREBENCH_DEBUG=1: the traceback)."""
+    try:
+        yield
+    except ConfigError as error:
+        if os.environ.get("SHAREBENCH_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def skip_runs_in_use() -> Iterator[None]:
+    """In a sweep, a run another process holds (a second sweep over the same runs) is left to it, with one line."""
+    try:
+        yield
+    except RunInUse as error:
+        print(f"skipped: {error}")
+
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """A run stopped by SIGTERM or SIGINT ends with one line and the signal's exit status (a sweep stops with
+    it; run the same command again to resume it and start the runs that remain)."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save yet
+        print("interrupted: SIGINT before training started; the same command starts again", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sharebench.errors import ConfigError
+from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import resolve_path
 
 
@@ -101,8 +101,9 @@ def layout(source: str) -> str:
             f"glue.source: {path} does not exist; give a folder in the hub's layout (cola/train-*.parquet), "
             f"the classic TSV layout (CoLA/train.tsv) or the hub name {HUB_NAME}"
         )
-    if any(path.glob("*/*.parquet")):
-        return "parquet"
+    if any(path.glob("*/*.parquet")):  # a local clone of the hub's dataset, its card naming the configs, loads as one
+        card = path / "README.md"
+        return "hub" if card.is_file() and "configs:" in card.read_text() else "parquet"
     if any(path.glob("*/*.tsv")):
         return "tsv"
     raise ConfigError(f"glue.source: {path} holds neither */*.parquet (hub layout) nor */*.tsv (classic layout)")
@@ -127,7 +128,9 @@ def load_split(source: str, name: str, split: str) -> dict[str, list]:
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError(f"glue: cannot read {name}/{split} from {source}: {error}".splitlines()[0]) from error
+        advice = f"; {WITHOUT_THE_HUB}" if kind == "hub" else ""
+        raise ConfigError(f"glue: cannot read {name}/{split} from {source}: {str(error).splitlines()[0]}{advice}"
+                          ) from error  # fmt: skip
     missing = [c for c in (*spec.hub_columns, "label", "idx") if c not in rows.column_names]
     if missing:
         raise ConfigError(f"glue: {name}/{split} lacks columns {missing}; it has {rows.column_names}")

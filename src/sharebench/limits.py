@@ -147,7 +147,7 @@ LIMITS: dict[str, Allowed] = {
     "pretrained": Allowed("text", nullable=True),
     "convert.rank": POSITIVE,
     "output_root": TEXT,
-    "data_root": TEXT,
+    "data_root": Allowed("text", nullable=True),
     "cache_dir": TEXT,
     "optim.lr": number(0, open_low=True),
     "optim.weight_decay": number(0),

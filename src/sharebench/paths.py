@@ -9,14 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The source checkout in a development install (its git commit goes into run records); in a pip install, where
+# the package sits in site-packages, the folder above it, where git finds no commit.
+PROJECT_ROOT = PACKAGE_DIR.parents[1]
+# Configs, recipes (conf/experiment) and sweeps (conf/sweep) ship inside the package; the repository's top-level
+# conf/, experiments/ and sweeps/ link here.
+CONFIG_DIR = PACKAGE_DIR / "conf"
+CORPUS_DIR = PACKAGE_DIR / "corpus"
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A user path: `~` expanded, relative paths taken from the project root (not the working directory)."""
-    expanded = Path(path).expanduser()
-    return expanded if expanded.is_absolute() else (PROJECT_ROOT / expanded).resolve()
+    """A user path: `~` expanded, relative paths taken from the working folder, as Hydra takes run folders."""
+    return Path(path).expanduser().resolve()
 
 
 MAX_FOLDER_NAME = 200  # file systems refuse names over 255 bytes

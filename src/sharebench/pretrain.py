@@ -314,6 +314,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         parameters=counts.to_dict(),
         flops_per_token=flops,
         tokens={split: len(stream) for split, stream in data.streams.items()},
+        unigram_val_loss=data.unigram_loss(),
     )
     record.write()
     main_process = rank_zero_only.rank == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sharebench.errors import ConfigError
+from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -89,9 +89,23 @@ def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
     return tokenizer
 
 
+# The vocabulary of data.tokenizer.kind=vocab_file when no path is given: bert-base-uncased's, from the hub.
+HUB_VOCAB = ("google-bert/bert-base-uncased", "vocab.txt")
+
+
 def vocab_file_path(spec: DictConfig) -> Path:
-    path = resolve_path(spec.path) if spec.path else None
-    if path is None or not path.is_file():
+    if not spec.path:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(*HUB_VOCAB))
+        except Exception as error:  # offline, unreachable, ...
+            raise ConfigError(
+                f"data.tokenizer.path=null reads {'/'.join(HUB_VOCAB)} from the hub, which failed "
+                f"({type(error).__name__}); set data.tokenizer.path to a WordPiece vocab.txt, or {WITHOUT_THE_HUB}"
+            ) from None
+    path = resolve_path(spec.path)
+    if not path.is_file():
         raise ConfigError(f"data.tokenizer.path: vocabulary file {path} not found; a WordPiece vocab.txt is needed")
     return path
 

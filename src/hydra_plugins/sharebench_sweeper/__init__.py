@@ -29,8 +29,8 @@ class SharebenchSweeper(BasicSweeper):
         self.dry_run = dry_run
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
-        from sharebench.cli import exit_on_config_error
         from sharebench.config import sweep_runs
+        from sharebench.errors import exit_on_config_error
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         runs: list[list[str]] = []

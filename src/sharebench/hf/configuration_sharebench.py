@@ -1,0 +1,25 @@
+"""The configuration of a sharebench model exported for `transformers` (`sharebench export`): the suite's model
+shape and sharing, as its checkpoint's model.json stores them."""
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+
+class SharebenchConfig(PretrainedConfig):
+    model_type = "sharebench"
+
+    def __init__(
+        self,
+        model: dict[str, Any] | None = None,
+        sharing: dict[str, Any] | None = None,
+        sharing_name: str = "",
+        layers: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.model = model or {}
+        self.sharing = sharing or {"scheme": "none", "options": {}, "ratio": None}
+        self.sharing_name = sharing_name
+        self.layers = layers or {"name": "none"}
+        kwargs.setdefault("tie_word_embeddings", False)  # the model ties its own tensors, as it was trained
+        super().__init__(**kwargs)

@@ -1,0 +1,127 @@
+"""`sharebench export`: every scheme of both architectures out to `transformers`, with the suite's logits and each
+shared tensor stored once; an unshared BERT as transformers' own BertForMaskedLM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharebench.checkpoint import load_pretrained, save_pretrained
+from sharebench.config import build_model, compose, group_choices, sharing_class
+from sharebench.errors import ConfigError
+from sharebench.export import export
+from sharebench.pretrain import stored_sharing
+from sharebench.tasks import run_task
+
+transformers = pytest.importorskip("transformers")
+ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
+SCHEMES = [[f"sharing={name}"] for name in group_choices("sharing")] + [
+    [f"layers={name}"] for name in group_choices("layers") if name != "none"
+]
+SIZE = ["size.n_layers=4", "size.dim=64", "size.n_heads=4", "size.ffn_dim=128"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, nano_overrides_for_module) -> dict[str, Path]:
+    """A finished nano run of each architecture: its record and tokenizer serve every scheme's checkpoint."""
+    runs = {}
+    for arch, overrides in ARCHS.items():
+        runs[arch] = tmp_path_factory.mktemp(f"run-{arch}")
+        run_task(compose([*nano_overrides_for_module, *overrides, *SIZE]), runs[arch])
+    return runs
+
+
+@pytest.fixture(scope="module")
+def nano_overrides_for_module(corpus, cache_dir, tmp_path_factory) -> list[str]:
+    from tests.conftest import nano_settings
+
+    return [*nano_settings(corpus, cache_dir, tmp_path_factory.mktemp("outputs")), "trainer.max_steps=1"]
+
+
+def scheme_run(trained: Path, overrides: list[str], folder: Path) -> Path:
+    """A copy of a finished run holding a model of another scheme (initialised, not trained)."""
+    cfg = compose(overrides)
+    shutil.copytree(trained, folder)
+    vocab_size = json.loads((trained / "run.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size)
+    ratio = sharing_class(cfg).resolve_ratio(cfg.ratio, cfg.size.dim, cfg.size.n_heads)
+    save_pretrained(model, folder, *stored_sharing(cfg, ratio))
+    return folder
+
+
+def loaded(folder: Path, info: dict, causal: bool) -> torch.nn.Module:
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
+    return auto.from_pretrained(folder, trust_remote_code=info["trust_remote_code"]).eval()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s[0])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_scheme_exports_with_the_suites_logits_and_shared_tensors_once(arch, scheme, trained, tmp_path,
+                                                                               nano_overrides_for_module):  # fmt: skip
+    run = scheme_run(trained[arch], [*nano_overrides_for_module, *ARCHS[arch], *SIZE, *scheme], tmp_path / "run")
+    info = export(run, tmp_path / "hf")
+    model = load_pretrained(run)
+    unique = model.parameter_counts().unique
+    native = arch == "bert" and scheme == ["sharing=none"]
+    assert info["trust_remote_code"] is not native
+    pooler = sum(p.numel() for p in model.pooler.parameters()) if native and model.pooler else 0
+    assert info["stored_parameters"] == unique - pooler  # each shared tensor once
+    assert 4 * info["stored_parameters"] <= info["bytes"] <= 1.06 * 4 * info["stored_parameters"]
+    hf = loaded(tmp_path / "hf", info, model.config.causal)
+    if native:
+        assert type(hf).__name__ == "BertForMaskedLM"
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        for attention_mask in (None, mask):
+            ours = model.head(model.encode(ids, attention_mask))
+            theirs = hf(input_ids=ids, attention_mask=attention_mask).logits
+            keep = slice(None) if attention_mask is None else mask.bool()
+            torch.testing.assert_close(theirs[keep], ours[keep], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_exported_tokenizer_encodes_as_the_run_did(arch, trained, tmp_path):
+    from sharebench.tokenizer import load_run_tokenizer
+
+    export(trained[arch], tmp_path / "hf")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "the king walks over the river. north"
+    ours = load_run_tokenizer(trained[arch]).encode_batch([text])[0]
+    assert theirs(text, add_special_tokens=False)["input_ids"] == ours
+    assert (arch == "bert") == (theirs.mask_token == "[MASK]")
+
+
+def test_unfinished_runs_and_non_empty_folders_are_refused(trained, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty; give a new or empty folder"):
+        export(trained["bert"], tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    unfinished = shutil.copytree(trained["bert"], tmp_path / "unfinished")
+    record = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    with pytest.raises(ConfigError, match="did not complete \\(its status is interrupted\\)"):
+        export(unfinished, tmp_path / "out")
+    with pytest.raises(ConfigError, match="is not a finished run's folder"):
+        export(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_export_command_on_a_trained_run(trained, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sharebench", "export", str(trained["gpt"]), str(tmp_path / "hf")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["loads_as"] == "AutoModelForCausalLM (trust_remote_code=True)"
+    again = subprocess.run([sys.executable, "-m", "sharebench", "export", str(trained["gpt"]), str(tmp_path / "hf")],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "is not empty" in again.stderr
