@@ -29,16 +29,22 @@ WORDS = (
 ).split()
 
 
-def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
+def hydra_config(overrides: list[str]):
+    """The config with Hydra's own (`hydra.*`: sweeper, launcher) composed in."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = hydra_compose("config", overrides=[o for o in overrides if "," not in o], return_hydra_config=True)
+        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
+    from omegaconf import OmegaConf
+
+    cfg = hydra_config([o for o in overrides if "," not in o])
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
     return sweeper["params"] or {}, sweeper["grids"] or [{}]
 

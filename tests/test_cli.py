@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def train(project_root, *args: str, env_cache) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_sweep_lands_each_run_in_its_own_folder(project_root, nano_overrides, tmp_path, cache_dir, launcher):
     result = train(
         project_root,
@@ -151,3 +152,75 @@ def test_a_run_prints_one_line_per_event(nano_cfg, tmp_path, capfd):
     assert lines[-1].startswith(f"done: {tmp_path.resolve()}: validation loss ")
     for noise in ("GPU available", "Tip:", "USDT", "LeafSpec", "Total FLOPs"):
         assert noise not in out + err
+
+
+# The multi-node SLURM command of docs/running.md, and what submitit is asked for.
+SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4",
+         "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=1440", "trainer.num_nodes=2",
+         "trainer.devices=4", "trainer.strategy=ddp", "sharing=partial_qk", "ratio=0.9"]  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
+def test_the_documented_slurm_command_composes_into_its_submitit_parameters(launcher):
+    from sharebench.config import validate
+    from tests.conftest import hydra_config
+
+    cfg = hydra_config([f"hydra/launcher={launcher}", *SLURM[1:]])
+    validate(cfg, data=False)
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+    submitit = cfg.hydra.launcher
+    assert submitit._target_.endswith("SlurmLauncher")
+    assert (submitit.nodes, submitit.tasks_per_node, submitit.gpus_per_node, submitit.timeout_min) == (2, 4, 4, 1440)
+    assert submitit.nodes * submitit.tasks_per_node == cfg.trainer.num_nodes * cfg.trainer.devices  # one per GPU
+
+
+def test_a_launchers_settings_print_without_submitting(project_root, tmp_path):
+    result = subprocess.run([sys.executable, str(project_root / "train.py"), *SLURM, "--cfg", "hydra", "--package",
+                             "hydra.launcher"], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "nodes: 2" in result.stdout and "tasks_per_node: 4" in result.stdout and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_printed_run_folder_is_taken_back_as_typed_relative_to_the_working_folder(project_root, nano_overrides,
+                                                                                    tmp_path):  # fmt: skip
+    from tests.conftest import FIXTURE_DATA
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    kept = [o for o in nano_overrides if not o.startswith("output_root")]
+    pretrained = command(str(project_root / "train.py"), "sharing=partial_qk", "ratio=0.5", *kept)
+    assert pretrained.returncode == 0, pretrained.stderr[-3000:]
+    (folder,) = [line.split(": ")[1] for line in pretrained.stdout.splitlines() if line.startswith("done: ")]
+    assert "=" in folder and "," in folder
+    glue = command(str(project_root / "train.py"), "task=glue", f"pretrained={folder}", "glue.tasks=[rte]",
+                   f"glue.source={FIXTURE_DATA / 'glue'}", "glue.recipe.epochs=1", "glue.predict_test=false",
+                   "trainer.enable_progress_bar=false")  # fmt: skip
+    assert glue.returncode == 0, glue.stderr[-3000:]
+    infer = command("-m", "sharebench", "infer", os.path.relpath(folder, tmp_path))  # relative to the working folder
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert json.loads(infer.stdout)["weights_bytes"] > 0
+
+
+def test_a_sweep_cannot_be_printed(capsys):
+    from sharebench.train import check_command_line
+
+    with pytest.raises(SystemExit) as stop:
+        check_command_line(["-m", "sharing=none,partial_qk", "--cfg", "job"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and "-m starts a sweep" in line
+
+
+def test_a_run_folders_equals_and_commas_are_quoted_for_hydra(tmp_path):
+    from sharebench.train import quote_paths
+
+    folder = tmp_path / "sharing=partial_qk,ratio=0.9" / "seed=0"
+    folder.mkdir(parents=True)
+    comma_only = tmp_path / "a,b"
+    comma_only.mkdir()
+    assert quote_paths([f"pretrained={folder}", f"pretrained={comma_only}", "sharing=none,partial_qk",
+                        "pretrained=x,y", "pretrained='q=1'"]) == [
+        f"pretrained='{folder}'", f"pretrained='{comma_only}'", "sharing=none,partial_qk", "pretrained=x,y",
+        "pretrained='q=1'"]  # fmt: skip

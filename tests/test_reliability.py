@@ -200,9 +200,14 @@ def test_rerun_sweep_skips_completed_runs_and_records_failures(project_root, nan
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
-def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrides, tmp_path):
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_ddp_on_two_cpu_processes_matches_one_process(arch, project_root, nano_overrides, tmp_path):
+    """Lightning's DDP, as docs/running.md types it. A causal LM's processes predict as many tokens each, so their
+    mean loss is the whole batch's and the runs agree to float precision; a masked LM's processes mask different
+    numbers of tokens, so its runs agree closely but not exactly (tests/test_distributed.py checks every scheme
+    with equal counts, exactly)."""
     common = [
-        "arch=gpt", "arch.dropout=0", "arch.attention_dropout=0", "data.batch_size=8", "trainer.max_steps=6",
+        f"arch={arch}", "arch.dropout=0", "arch.attention_dropout=0", "data.batch_size=8", "trainer.max_steps=6",
         "trainer.val_check_interval=6", "trainer.accelerator=cpu",
     ]  # fmt: skip
     kept = [o for o in nano_overrides if not o.startswith(("output_root", "data.batch_size", "trainer.max_steps",
@@ -222,7 +227,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(project_root, nano_overrid
         model = load_pretrained(Path(record["run_dir"]))
         assert model.head.decoder.weight is model.transformer.embeddings.tokens.weight  # still one tensor
         assert model.parameter_counts().unique == record["parameters"]["unique"]
-    assert losses[2] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5 if arch == "gpt" else 1e-2)
 
 
 def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):

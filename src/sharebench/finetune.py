@@ -33,13 +33,16 @@ from sharebench.tokenizer import load_pretrained_tokenizer
 
 
 class SequenceClassifier(nn.Module):
-    """The encoder's [CLS] pooler, dropout and a linear head: class logits, or one score for regression."""
+    """The encoder's [CLS] pooler, dropout and a linear head: class logits, or one score for regression. It holds
+    the encoder's transformer and pooler, not its masked-LM head, which fine-tuning does not train (DDP refuses a
+    parameter no loss reaches)."""
 
     def __init__(self, encoder: LanguageModel, num_labels: int, dropout: float) -> None:
         super().__init__()
         if encoder.pooler is None:
             raise ConfigError("GLUE fine-tuning needs an encoder with a [CLS] pooler (arch=bert)")
-        self.encoder = encoder
+        self.transformer = encoder.transformer
+        self.pooler = encoder.pooler
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.dim, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)
@@ -48,8 +51,8 @@ class SequenceClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.encoder.encode(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(self.encoder.pooler(hidden)))
+        hidden = self.transformer(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(self.pooler(hidden)))
 
 
 # ---- training -----------------------------------------------------------------------------------------------
@@ -219,6 +222,7 @@ def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str
     atomic_write_json(run_dir / "glue_summary.json", summary)
     atomic_write_bytes(run_dir / "glue_summary.md", summary_table(summary).encode())
     print(summary_table(summary))
+    print(f"done: {run_dir}: glue_summary.md there, each task's runs in {run_dir / 'glue'}")
     return summary
 
 
@@ -236,15 +240,14 @@ def summarise(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    lines = ["| task | metric | median | min | max | seeds |", "|---|---|---|---|---|---|"]
+    lines = ["| task | metric | median | min | max | std | seeds |", "|---|---|---|---|---|---|---|"]
     for name, result in summary["tasks"].items():
         for metric in glue.task(name).metrics:
             m = result[metric]
-            lines.append(
-                f"| {name} | {metric} | {m['median']:.4f} | {m['min']:.4f} | {m['max']:.4f} | {len(result['seeds'])} |"
-            )
+            lines.append(f"| {name} | {metric} | {m['median']:.4f} | {m['min']:.4f} | {m['max']:.4f} "
+                         f"| {m['stdev']:.4f} | {len(result['seeds'])} |")  # fmt: skip
     for failure in summary["failed"]:
-        lines.append(f"| {failure['task']} | failed (seed {failure['seed']}) | {failure['error']} | | | |")
+        lines.append(f"| {failure['task']} | failed (seed {failure['seed']}) | {failure['error']} | | | | |")
     score = summary["glue_score"]
     lines.append(f"\nGLUE score over {len(summary['tasks'])} tasks: {score:.4f}" if score is not None else "")
     lines.append(f"unique parameters (encoder): {summary.get('unique_parameters', 0):,}")

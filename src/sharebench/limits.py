@@ -158,6 +158,7 @@ LIMITS: dict[str, Allowed] = {
     "optim.min_lr_ratio": SHARE,
     "trainer.accelerator": one_of(*ACCELERATORS),
     "trainer.devices": POSITIVE | one_of("auto", -1) | list_of(COUNT),
+    "trainer.num_nodes": POSITIVE,
     "trainer.strategy": TEXT,
     "trainer.precision": one_of(*PRECISIONS),
     "trainer.max_steps": POSITIVE,

@@ -302,6 +302,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
     data.prepare()
     model = initial_model(cfg, data.vocab_size)
+    if model.pooler is not None:  # BERT's pooler serves fine-tuning; pretraining has no loss through it, and DDP
+        model.pooler.requires_grad_(False)  # refuses a parameter no loss reaches
     head_pairs = select_shared_heads(model, cfg.postshare_ratio) if cfg.postshare_ratio is not None else None
     if cfg.pretrained:  # the checkpoint's sharing, not the config's
         record.update(sharing=loaded_sharing(model, resolve_path(cfg.pretrained)))

@@ -209,7 +209,11 @@ def start_line(record: Record) -> str:
 
 
 def describe_sharing(sharing: Sharing) -> str:
-    within = sharing["name"] + (f" {sharing['ratio']:g}" if sharing.get("ratio") is not None else "")
+    from sharebench.sharing import SCHEMES
+
+    scheme = SCHEMES.get(sharing["name"])
+    takes_ratio = scheme is None or scheme.ratio_range is not None  # a conversion (headwise) has one
+    within = sharing["name"] + (f" {sharing['ratio']:g}" if sharing.get("ratio") is not None and takes_ratio else "")
     layers = sharing.get("layers") or {"name": "none"}
     across = f", layers={layers['name']}" + (f" {layers['ratio']:g}" if layers.get("ratio") is not None else "")
     return f"sharing={within}" + (across if layers["name"] != "none" else "")

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sharebench.errors import exit_on_config_error, exit_on_interrupt, skip_runs_in_use
+from sharebench.errors import ConfigError, exit_on_config_error, exit_on_interrupt, skip_runs_in_use
 
 # Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
 HYDRA_VALUE_FLAGS = {
@@ -46,13 +46,41 @@ def task_overrides(argv: Sequence[str]) -> list[str]:
     return overrides
 
 
+# Keys whose values are paths: a run folder the suite printed (`sharing=partial_qk,ratio=0.9/seed=0`) holds the
+# '=' and ',' of Hydra's own syntax.
+PATH_KEYS = {"pretrained", "output_root", "cache_dir", "data_root", "data.source", "glue.source", "data.tokenizer.path"}
+
+
+def quote_paths(argv: Sequence[str]) -> list[str]:
+    """The command line with path values quoted for Hydra where they need it (one holding '=', or naming a file
+    or folder that exists), so a run folder is passed back as typed. A comma in any other value still separates
+    the values of a sweep."""
+
+    def quoted(arg: str) -> str:
+        key, equals, value = arg.partition("=")
+        if not equals or key.lstrip("+~") not in PATH_KEYS or value[:1] in ("'", '"'):
+            return arg
+        if "=" in value or ("," in value and Path(value).expanduser().exists()):
+            return f"{key}='{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+        return arg
+
+    return [quoted(arg) for arg in argv]
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
     too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
     (conf/hydra/sweeper) before the first starts."""
     from sharebench.config import check_overrides, compose, validate
 
-    if any(arg in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i") for arg in argv):
+    printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
+    with exit_on_config_error():
+        if printing and {"-m", "--multirun"} & set(argv):
+            raise ConfigError(
+                f"{'/'.join(sorted(printing))} prints one run's settings and -m starts a sweep: give one of them "
+                f"(a launcher's settings: --cfg hydra --package hydra.launcher, without -m)"
+            )
+    if printing or {"--help", "-h", "--hydra-help"} & set(argv):
         return
     with exit_on_config_error():
         (single, *more) = check_overrides(task_overrides(argv))
@@ -75,5 +103,6 @@ def run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Checks the command line (`sys.argv`), then hands it to Hydra."""
+    sys.argv[1:] = quote_paths(sys.argv[1:])
     check_command_line(sys.argv[1:])
     run()
