@@ -90,7 +90,10 @@ def test_iso_twins_are_unshared_models_only(sweep):
     unshared = {"sharing=none,layers=none", "sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true"}
     for label, row in rows.items():
         twin = row["iso-param twin"].split(" (")[0]
-        assert twin == "—" if label in unshared else twin in unshared, (label, twin)
+        own = label.replace("iso_baseline=false", "iso_baseline=true")
+        # a configuration's own twin, else the truly unshared model, named as the closest, never another's twin
+        expected = "—" if label in unshared else own if own in unshared else "closest unshared: sharing=none,layers=none"
+        assert twin == expected, (label, twin)
     partial = rows["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
     assert partial["iso-param twin"].startswith("sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true (")
 
@@ -153,3 +156,34 @@ def test_verdicts_say_better_or_worse_only_outside_the_interval(sweep):
     assert verdict([1.0], higher, "lower") == "—"  # one seed: no interval, no verdict
     row = rows_by_label(sweep)["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
     assert row["verdict vs twin"] == row["verdict vs unshared"] == "—"  # the sweep has one seed per configuration
+
+
+def test_the_same_run_in_two_folders_counts_once(nano_cfg, tmp_path, capsys):
+    import shutil
+
+    from sharebench.results import find_configurations
+    from sharebench.tasks import run_task
+
+    for seed in (0, 1):
+        run_task(nano_cfg(f"seed={seed}"), tmp_path / "runs" / f"seed={seed}")
+    shutil.copytree(tmp_path / "runs" / "seed=0", tmp_path / "copy" / "seed=0")
+    (configuration,) = find_configurations([tmp_path / "runs", tmp_path / "copy"])
+    assert sorted(r["seed"] for r in configuration.records) == [0, 1]
+    assert "repeats the run of" in capsys.readouterr().err
+
+
+def test_without_a_twin_of_its_own_the_closest_truly_unshared_model_is_named_as_such(nano_cfg, tmp_path):
+    from sharebench.results import find_configurations, iso_baseline
+    from sharebench.tasks import run_task
+
+    runs = {"none": [], "cycle": ["layers=cycle", "layers.ratio=0.5"],
+            "twin_of_gqa": ["sharing=gqa", "ratio=0.5", "iso_baseline=true"]}  # fmt: skip
+    for name, overrides in runs.items():
+        run_task(nano_cfg(*overrides), tmp_path / name)
+    configurations = find_configurations([tmp_path])
+    cycle = next(c for c in configurations if c.description.get("layers") == "cycle")
+    twin = iso_baseline(cycle, configurations)
+    assert twin.sharing == "none" and not twin.iso_baseline  # never another configuration's twin
+    header, rows = table_rows(configurations, iso=True)
+    row = next(r for r in rows if "cycle" in r[0])
+    assert row[header.index("iso-param twin")].startswith("closest unshared: ")

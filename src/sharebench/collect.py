@@ -122,8 +122,9 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             values = configuration.metric_values(main[0])
             if twin:
                 twin_values = twin.metric_values(main[0])
+                closest = "" if twin.iso_baseline else "closest unshared: "  # not a twin run for this configuration
                 row += [
-                    f"{twin.label} ({twin.unique_parameters():,})",
+                    f"{closest}{twin.label} ({twin.unique_parameters():,})",
                     _mean_ci_cell(twin_values),
                     _difference_cell(values, twin_values),
                     verdict(values, twin_values, main[1]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,12 @@ def difference_ci(values: Sequence[float], reference: Sequence[float], confidenc
     return difference, t_critical(freedom, confidence) * error
 
 
+def run_seeds(record: dict[str, Any]) -> tuple[Any, Any]:
+    """What tells a configuration's runs apart: the run's seed and its config's (a GLUE task run's fine-tuning
+    seed and the seed its model was pretrained with)."""
+    return record.get("seed"), (record.get("config") or {}).get("seed")
+
+
 def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
     found: dict[str, Configuration] = {}
     for folder in map(Path, folders):
@@ -224,7 +231,15 @@ def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
             described = description(record)
             key = json.dumps(described, sort_keys=True)
             configuration = found.setdefault(key, Configuration(described))
-            (configuration.records if record.get("status") == "completed" else configuration.failed).append(record)
+            if record.get("status") == "completed":
+                counted = next((r for r in configuration.records if run_seeds(r) == run_seeds(record)), None)
+                if counted is not None:  # the same run copied to a second folder, or run again: one sample
+                    print(f"collect: {path} repeats the run of {counted['_path']} (same configuration and seed); "
+                          f"counted once", file=sys.stderr)  # fmt: skip
+                    continue
+                configuration.records.append(record)
+            else:
+                configuration.failed.append(record)
     if not found:
         raise ConfigError(f"collect: no {RECORD_NAME} under {', '.join(map(str, folders))}")
     configurations = list(found.values())
@@ -298,7 +313,8 @@ def reference(configurations: Sequence[Configuration]) -> Configuration | None:
 
 def iso_baseline(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
     """A shared configuration's iso-parameter twin: its own iso baseline (`iso_baseline=true`) if it was run,
-    else the unshared configuration (separate Q/K/V, no cross-layer sharing) with the closest unique count."""
+    else the truly unshared configuration (`sharing=none`, no cross-layer sharing, not another configuration's
+    twin) with the closest unique count, which tables name as such."""
     unique = configuration.unique_parameters()
     if configuration.unshared or unique is None:
         return None
@@ -306,7 +322,8 @@ def iso_baseline(configuration: Configuration, configurations: Sequence[Configur
     own = [c for c in configurations if c.description == twin and c.records]
     if own:
         return own[0]
-    candidates = [c for c in configurations if c.unshared and c.records and c.unique_parameters()]
+    candidates = [c for c in configurations
+                  if c.sharing == "none" and not c.iso_baseline and c.records and c.unique_parameters()]  # fmt: skip
     return min(candidates, key=lambda c: abs(c.unique_parameters() - unique)) if candidates else None
 
 
