@@ -224,3 +224,18 @@ def test_a_run_folders_equals_and_commas_are_quoted_for_hydra(tmp_path):
                         "pretrained=x,y", "pretrained='q=1'"]) == [
         f"pretrained='{folder}'", f"pretrained='{comma_only}'", "sharing=none,partial_qk", "pretrained=x,y",
         "pretrained='q=1'"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [(["hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'; valid choices: basic, joblib, slurm"),
+     (["hydra/launcher=slurm", "hydra.launcher.nodez=2"], "Key 'nodez' not in 'SlurmQueueConf'"),
+     (["-m", "sharing=none,gqa", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'")],
+)  # fmt: skip
+def test_hydras_own_mistakes_are_one_line_and_exit_2(overrides, expected, capsys):
+    from sharebench.train import check_command_line
+
+    with pytest.raises(SystemExit) as stop:
+        check_command_line(overrides)
+    line = capsys.readouterr().err
+    assert stop.value.code == 2 and line.count("\n") == 1 and expected in line, line

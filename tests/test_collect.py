@@ -92,7 +92,9 @@ def test_iso_twins_are_unshared_models_only(sweep):
         twin = row["iso-param twin"].split(" (")[0]
         own = label.replace("iso_baseline=false", "iso_baseline=true")
         # a configuration's own twin, else the truly unshared model, named as the closest, never another's twin
-        expected = "—" if label in unshared else own if own in unshared else "closest unshared: sharing=none,layers=none"
+        expected = (
+            "—" if label in unshared else own if own in unshared else "closest unshared: sharing=none,layers=none"
+        )
         assert twin == expected, (label, twin)
     partial = rows["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
     assert partial["iso-param twin"].startswith("sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true (")

@@ -309,8 +309,9 @@ OmegaConf.register_new_resolver("sb.scheme_name", scheme_name, replace=True)
 OmegaConf.register_new_resolver("sb.package_dir", package_dir, replace=True)
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `python train.py <overrides>` would run, composed with Hydra's compose API."""
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """The config `python train.py <overrides>` would run, composed with Hydra's compose API; `with_hydra`: with
+    Hydra's own settings (`hydra.*`, unresolved: they hold the run's runtime values)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -318,9 +319,17 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        OmegaConf.resolve(cfg)
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+        if not with_hydra:
+            OmegaConf.resolve(cfg)
     except Exception as error:
-        message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {innermost(error)}"
-        raise ConfigError(message.splitlines()[0]) from error
+        message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {one_line(innermost(error))}"
+        raise ConfigError(message) from error
     return cfg
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's first line, with the valid choices it lists below it (a missing config's group options)."""
+    first, _, rest = str(error).partition("\n")
+    options = rest.partition("Available options in ")[2].partition("Config search path")[0].split("\n\t")
+    return f"{first}; valid choices: {', '.join(o.strip() for o in options[1:])}" if len(options) > 1 else first

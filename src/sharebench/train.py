@@ -67,6 +67,10 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
     return [quoted(arg) for arg in argv]
 
 
+def hydra_overrides(argv: Sequence[str]) -> list[str]:
+    return [arg for arg in argv if arg.startswith(("hydra.", "hydra/", "+hydra"))]
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
     too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
@@ -86,6 +90,8 @@ def check_command_line(argv: Sequence[str]) -> None:
         (single, *more) = check_overrides(task_overrides(argv))
         if not more and not any(arg in ("-m", "--multirun") for arg in argv):
             validate(compose(single))
+        if hydra_overrides(argv):  # a launcher or sweeper setting Hydra would refuse in many lines
+            compose([*single, *hydra_overrides(argv)], with_hydra=True)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
