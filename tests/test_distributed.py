@@ -1,6 +1,7 @@
 """Every scheme of both architectures trains under DDP with no parameter the loss leaves out (no
-`find_unused_parameters`): pretraining and GLUE fine-tuning on 2 CPU processes (gloo) end with the parameters of one
-process trained on the same global batches."""
+`find_unused_parameters`), and under FSDP with units that never split a shared tensor: pretraining (and, for DDP,
+GLUE fine-tuning) on 2 CPU processes (gloo) end with the parameters of one process trained on the same global
+batches."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
 from torch.nn.parallel import DistributedDataParallel
 
 from sharebench.config import build_model, compose, group_choices
 from sharebench.finetune import SequenceClassifier
+from sharebench.fsdp import fsdp_units, fsdp_wrap_policy
 
 ARCHS = {"bert": ["arch=bert"], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
 SCHEMES = [f"sharing={name}" for name in group_choices("sharing")] + [
@@ -58,21 +61,37 @@ def train(module: torch.nn.Module, rows: slice, task: str) -> dict[str, torch.Te
         optimizer.zero_grad()
         loss(module, rows, task).backward()
         optimizer.step()
-    inner = module.module if isinstance(module, DistributedDataParallel) else module
-    return {name: tensor.detach().clone() for name, tensor in inner.state_dict().items()}
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
-def worker(rank: int, world: int, port: int, folder: str) -> None:
+def wrapped(case: tuple[str, str, str], strategy: str) -> torch.nn.Module:
+    module = trainable(*case)
+    if strategy == "ddp":
+        return DistributedDataParallel(module)  # find_unused_parameters=False, DDP's default
+    return FullyShardedDataParallel(module, auto_wrap_policy=fsdp_wrap_policy(module), device_id=torch.device("cpu"),
+                                    use_orig_params=True)  # fmt: skip
+
+
+def trained_parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(module, FullyShardedDataParallel):
+        return {name: tensor.detach().clone() for name, tensor in module.module.state_dict().items()}
+    with FullyShardedDataParallel.state_dict_type(module, StateDictType.FULL_STATE_DICT):
+        return {name.replace("_fsdp_wrapped_module.", ""): tensor.detach().clone()
+                for name, tensor in module.state_dict().items()}  # fmt: skip
+
+
+def worker(rank: int, world: int, port: int, folder: str, strategy: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     share = BATCH // world
     results = {}
-    for case in CASES:
-        ddp = DistributedDataParallel(trainable(*case))  # find_unused_parameters=False, DDP's default
-        results[case] = train(ddp, slice(rank * share, (rank + 1) * share), case[2])
+    for case in CASES if strategy == "ddp" else [c for c in CASES if c[2] == "pretrain"]:
+        module = wrapped(case, strategy)
+        train(module, slice(rank * share, (rank + 1) * share), case[2])
+        results[case] = trained_parameters(module)
     if rank == 0:
-        torch.save(results, os.path.join(folder, "ddp.pt"))
+        torch.save(results, os.path.join(folder, f"{strategy}.pt"))
     dist.destroy_process_group()
 
 
@@ -83,11 +102,47 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_every_scheme_trains_under_ddp_as_on_one_process(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    distributed = torch.load(tmp_path / "ddp.pt")
-    assert set(distributed) == set(CASES)
-    for case in CASES:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_every_scheme_trains_on_two_processes_as_on_one(strategy, tmp_path):
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), strategy), nprocs=2, join=True)
+    distributed = torch.load(tmp_path / f"{strategy}.pt")
+    assert set(distributed) == {c for c in CASES if strategy == "ddp" or c[2] == "pretrain"}
+    for case, parameters in distributed.items():
         single = train(trainable(*case), slice(None), case[2])
-        for name, tensor in single.items():
-            torch.testing.assert_close(distributed[case][name], tensor, atol=1e-5, rtol=1e-4, msg=f"{case} {name}")
+        assert parameters.keys() == single.keys()
+        for name, tensor in parameters.items():
+            torch.testing.assert_close(tensor, single[name], atol=1e-5, rtol=1e-4, msg=f"{case} {name}")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fsdp_units_never_split_a_shared_tensor(arch, scheme):
+    model = trainable(arch, scheme, "pretrain")
+    units = fsdp_units(model)
+    for unit in units:
+        inside = {id(m) for m in unit.modules()}
+        outside = {
+            id(p) for m in model.modules() if id(m) not in inside for p in m._parameters.values() if p is not None
+        }
+        assert not outside & {id(p) for p in unit.parameters()}, (type(unit).__name__, scheme)
+    embeddings = model.transformer.embeddings.tokens.weight
+    assert model.head.decoder.weight is embeddings and not any(embeddings is p for u in units for p in u.parameters())
+    if scheme in ("sharing=none", "sharing=partial_qk", "sharing=shared_qkv"):  # nothing shared across layers
+        assert set(model.transformer.blocks) <= units
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only (GPU tier)")
+def test_pretraining_under_lightnings_fsdp_with_the_suites_wrap_policy(nano_overrides, tmp_path):
+    from sharebench.tasks import run_task
+
+    overrides = ["layers=cycle", "layers.ratio=0.5", "trainer.accelerator=gpu", "trainer.strategy=fsdp"]
+    assert run_task(compose([*nano_overrides, *overrides]), tmp_path / "fsdp")["status"] == "completed"
+
+
+def test_fsdp_on_cpu_is_refused_in_one_line():
+    from sharebench.config import validate
+    from sharebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a GPU: Lightning runs FSDP on CUDA only; on CPU use"):
+        validate(compose(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=fsdp"]), data=False)

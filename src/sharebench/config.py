@@ -77,6 +77,13 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
     will record as its sharing, or None for tasks whose model, and so its sharing, comes from `pretrained`.
     `data=False` leaves out the data's files, for what needs none (`sharebench params`)."""
     check_limits(cfg)
+    accelerator = cfg.trainer.accelerator
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if str(cfg.trainer.strategy).startswith("fsdp") and on_cpu:
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
+            f"trainer.strategy=ddp (the suite's FSDP wrap policy itself is tested on CPU with torch's FSDP)"
+        )
     size, arch = cfg.size, cfg.arch
     if size.dim % size.n_heads:
         divisors = [h for h in range(1, size.dim + 1) if size.dim % h == 0]

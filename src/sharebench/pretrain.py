@@ -26,6 +26,7 @@ from sharebench.convert import HeadId, select_shared_heads, share_heads, similar
 from sharebench.cpu import tune_cpu_process
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError
+from sharebench.fsdp import fsdp_wrap_policy
 from sharebench.inference import inference_costs
 from sharebench.memory import training_memory
 from sharebench.model import LanguageModel, perplexity
@@ -331,6 +332,10 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     resume, resumed_step = resume_point(run_dir) or (None, 0)
     logger = make_logger(cfg, run_dir)
     settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
+    if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        settings["strategy"] = FSDPStrategy(auto_wrap_policy=fsdp_wrap_policy(model))
     trainer = L.Trainer(
         **settings,
         default_root_dir=str(run_dir),
