@@ -1,0 +1,90 @@
+"""Docs are tests: every command in a fenced shell block of README.md and docs/ runs as a user would type it, in
+one scratch folder, in the order the docs give them (training shortened by overrides appended to it, sweeps and
+make targets as dry runs, placeholders such as `<run>` filled with a run made before), so no documented command
+breaks silently. Nothing the docs link to lies outside the repository."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sharebench.paths import PROJECT_ROOT
+from tests.conftest import FIXTURE_DATA
+
+DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+# What a documented run is shortened with: two steps on little data, GLUE on one small task of the fixture.
+SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.batch_size=4",
+         "data.max_train_chars=30000", "data.max_validation_chars=10000", "data.tokenizer.train_chars=null",
+         "glue.tasks=[rte]", "glue.recipe.max_train_examples=8", "glue.recipe.max_eval_examples=8",
+         "glue.recipe.epochs=1", "glue.predict_test=false", f"glue.source={FIXTURE_DATA / 'glue'}",
+         "trainer.enable_progress_bar=false"]  # fmt: skip
+NOT_RUN = ("source ", "export ", "make test")  # the environment, and the tests themselves
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    commands = []
+    for path in DOCS:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                command = re.sub(r"\s+#.*$", "", line).strip()
+                if command and not command.startswith("#"):
+                    commands.append((path.name, command))
+    return commands
+
+
+def test_the_docs_link_nothing_outside_the_repository():
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#]+)[^)]*\)", path.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (path.parent / target).resolve().is_relative_to(PROJECT_ROOT), (path.name, target)
+                assert (path.parent / target).exists(), (path.name, target)
+
+
+def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | None:
+    """The command as it runs here, or None where it is not run (see NOT_RUN)."""
+    if command.startswith(NOT_RUN):
+        return None
+    for placeholder in re.findall(r"<[^>]+>", command):
+        kind = "gpt" if "gpt" in placeholder else "out" if placeholder == "<out>" else "bert"
+        command = command.replace(placeholder, str(scratch / "converted") if kind == "out" else runs[kind])
+    words = shlex.split(command.replace("~/", f"{scratch}/"))
+    if words[0] == "make":
+        return ["make", "-n", "-C", str(PROJECT_ROOT), *words[1:]]  # what it would run, and that the target exists
+    if words[:2] == ["python", "train.py"] or words[:2] == ["sharebench", "train"]:
+        words = [sys.executable, str(PROJECT_ROOT / "train.py"), *words[2:]]
+        if "-m" in words:
+            return [*words, "hydra.sweeper.dry_run=true", f"output_root={scratch / 'outputs'}"]
+        gpus = any(w in words for w in ("trainer.devices=4", "trainer.strategy=fsdp"))
+        return [*words, "--cfg", "job"] if gpus else [*words, *SHORT]  # no GPU here: composed, not run
+    if words[0] == "sharebench":
+        return [sys.executable, "-m", "sharebench", *words[1:]]
+    raise AssertionError(f"a documented command this test does not know how to run: {command}")
+
+
+@pytest.mark.slow
+def test_every_documented_command_works_as_typed(tmp_path):
+    runs = {}
+    for arch, overrides in (("bert", ["size=nano"]), ("gpt", ["arch=gpt", "size=nano", "data=tinyshakespeare"])):
+        argv = [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides, *SHORT, f"output_root={tmp_path / 'made'}"]
+        made = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr[-2000:]
+        runs[arch] = next(line.split(": ")[1] for line in made.stdout.splitlines() if line.startswith("done: "))
+    commands = documented_commands()
+    assert len(commands) > 30
+    for source, command in commands:
+        argv = as_run(command, tmp_path, runs)
+        if argv is None:
+            continue
+        started = time.perf_counter()
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        print(f"{time.perf_counter() - started:5.1f} s  {source}: {command}")
+        if command.startswith("sharebench data download"):  # the hub, which this machine cannot reach
+            assert result.returncode == 2 and "SHAREBENCH_DATA" in result.stderr, (source, command, result.stderr)
+            continue
+        assert result.returncode == 0, (source, command, result.stderr[-3000:])
