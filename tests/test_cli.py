@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -194,11 +195,14 @@ def test_a_printed_run_folder_is_taken_back_as_typed_relative_to_the_working_fol
     assert pretrained.returncode == 0, pretrained.stderr[-3000:]
     (folder,) = [line.split(": ")[1] for line in pretrained.stdout.splitlines() if line.startswith("done: ")]
     assert "=" in folder and "," in folder
-    glue = command(str(project_root / "train.py"), "task=glue", f"pretrained={folder}", "glue.tasks=[rte]",
+    relative = os.path.relpath(folder, tmp_path)  # relative paths are read from the working folder
+    glue = command(str(project_root / "train.py"), "task=glue", f"pretrained={relative}", "glue.tasks=[rte]",
                    f"glue.source={FIXTURE_DATA / 'glue'}", "glue.recipe.epochs=1", "glue.predict_test=false",
                    "trainer.enable_progress_bar=false")  # fmt: skip
     assert glue.returncode == 0, glue.stderr[-3000:]
-    infer = command("-m", "sharebench", "infer", os.path.relpath(folder, tmp_path))  # relative to the working folder
+    (glue_folder,) = [line.split(": ")[1] for line in glue.stdout.splitlines() if line.startswith("done: ")]
+    assert (Path(glue_folder) / "glue_summary.md").read_text().count("| std |") == 1
+    infer = command("-m", "sharebench", "infer", folder)  # as printed
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert json.loads(infer.stdout)["weights_bytes"] > 0
 
@@ -239,3 +243,13 @@ def test_hydras_own_mistakes_are_one_line_and_exit_2(overrides, expected, capsys
         check_command_line(overrides)
     line = capsys.readouterr().err
     assert stop.value.code == 2 and line.count("\n") == 1 and expected in line, line
+
+
+def test_help_lists_every_command(capsys):
+    from sharebench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("train", "params", "compare", "collect", "convert", "generate", "infer", "export", "data"):
+        assert command in listed
