@@ -119,14 +119,14 @@ def _glue(source: tuple[str, str | None], folder: Path, _: int) -> str:
     return f"{len(TASKS)} tasks"
 
 
-def write_glue_card(folder: Path) -> None:
+def write_glue_card(folder: Path, about: str = f"written by `sharebench data download` from {HUB_NAME}") -> None:
     """The dataset card by which `datasets.load_dataset(<folder>, <task>)` reads the folder as it reads the hub."""
     lines = ["---", "configs:"]
     for task in sorted(p.name for p in folder.iterdir() if p.is_dir()):
         lines += [f"- config_name: {task}", "  data_files:"]
         for file in sorted((folder / task).glob("*.parquet")):
             lines += [f"  - split: {file.name.split('-')[0]}", f"    path: {task}/{file.name}"]
-    lines += ["---", f"GLUE in the layout of the hub's {HUB_NAME}, written by `sharebench data download`.", ""]
+    lines += ["---", f"GLUE in the layout of the hub's {HUB_NAME}: {about}.", ""]
     (folder / "README.md").write_text("\n".join(lines))
 
 
