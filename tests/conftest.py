@@ -14,7 +14,7 @@ os.environ.pop("SHAREBENCH_DATA", None)
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 from sharebench.config import compose  # noqa: E402  (after the environment is set)
-from sharebench.paths import CONFIG_DIR, PROJECT_ROOT  # noqa: E402
+from sharebench.paths import PROJECT_ROOT  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A data mirror in miniature (tests/fixtures/make_fixtures.py): wikipedia/, tinyshakespeare/, glue/ (the hub's
@@ -29,22 +29,11 @@ WORDS = (
 ).split()
 
 
-def hydra_config(overrides: list[str]):
-    """The config with Hydra's own (`hydra.*`: sweeper, launcher) composed in."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
-
-
 def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
     """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
     from omegaconf import OmegaConf
 
-    cfg = hydra_config([o for o in overrides if "," not in o])
+    cfg = compose([o for o in overrides if "," not in o], with_hydra=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
     return sweeper["params"] or {}, sweeper["grids"] or [{}]
 

@@ -163,10 +163,9 @@ SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launc
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
 def test_the_documented_slurm_command_composes_into_its_submitit_parameters(launcher):
-    from sharebench.config import validate
-    from tests.conftest import hydra_config
+    from sharebench.config import compose, validate
 
-    cfg = hydra_config([f"hydra/launcher={launcher}", *SLURM[1:]])
+    cfg = compose([f"hydra/launcher={launcher}", *SLURM[1:]], with_hydra=True)
     validate(cfg, data=False)
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
     submitit = cfg.hydra.launcher

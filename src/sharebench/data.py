@@ -120,7 +120,7 @@ def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
 
 def check_source(data: DictConfig) -> None:
     """The cheap checks of a data configuration: local files exist, the vocabulary file too."""
-    if is_local(data.source) and data.hub_config is None:
+    if not from_hub(data):
         local_files(local_source(data.source))
     if data.tokenizer.kind not in TOKENIZER_KINDS:
         raise ConfigError(

@@ -135,10 +135,11 @@ def _copy_file(source: tuple[str, str | None], target: Path, _: int) -> str:
     return f"{target.stat().st_size:,} bytes"
 
 
-def _vocab(source: tuple[str, str | None], target: Path, _: int) -> str:
-    repo, filename = source
-    if Path(repo).is_dir():  # a local clone of the model's repository
-        return _copy_file((str(Path(repo) / str(filename)), None), target, 0)
+def _vocab(source: tuple[str, str | None], target: Path, max_train_chars: int) -> str:
+    """A file of a model's repository on the hub, or of a local clone of it."""
+    repo, filename = source[0], str(source[1])
+    if Path(repo).is_dir():
+        return _copy_file((str(Path(repo) / filename), None), target, max_train_chars)
     from huggingface_hub import hf_hub_download
 
-    return _copy_file((hf_hub_download(repo, str(filename)), None), target, 0)
+    return _copy_file((hf_hub_download(repo, filename), None), target, max_train_chars)

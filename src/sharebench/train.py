@@ -34,6 +34,10 @@ HYDRA_VALUE_FLAGS = {
 }
 
 
+# Overrides of Hydra's own settings (launcher, sweeper, run folders), not of the run's config.
+HYDRA_KEYS = ("hydra.", "hydra/", "+hydra")
+
+
 def task_overrides(argv: Sequence[str]) -> list[str]:
     overrides, skip = [], False
     for arg in argv:
@@ -41,7 +45,7 @@ def task_overrides(argv: Sequence[str]) -> list[str]:
             skip = False
         elif arg.startswith("-"):
             skip = arg in HYDRA_VALUE_FLAGS
-        elif not arg.startswith(("hydra.", "hydra/", "+hydra")):
+        elif not arg.startswith(HYDRA_KEYS):
             overrides.append(arg)
     return overrides
 
@@ -61,14 +65,11 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
         if not equals or key.lstrip("+~") not in PATH_KEYS or value[:1] in ("'", '"'):
             return arg
         if "=" in value or ("," in value and Path(value).expanduser().exists()):
-            return f"{key}='{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+            escaped = value.replace("\\", "\\\\").replace("'", "\\'")  # Hydra's escapes in a quoted value
+            return f"{key}='{escaped}'"
         return arg
 
     return [quoted(arg) for arg in argv]
-
-
-def hydra_overrides(argv: Sequence[str]) -> list[str]:
-    return [arg for arg in argv if arg.startswith(("hydra.", "hydra/", "+hydra"))]
 
 
 def check_command_line(argv: Sequence[str]) -> None:
@@ -78,20 +79,21 @@ def check_command_line(argv: Sequence[str]) -> None:
     from sharebench.config import check_overrides, compose, validate
 
     printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
+    sweep = {"-m", "--multirun"} & set(argv)
     with exit_on_config_error():
-        if printing and {"-m", "--multirun"} & set(argv):
+        if printing and sweep:
             raise ConfigError(
                 f"{'/'.join(sorted(printing))} prints one run's settings and -m starts a sweep: give one of them "
                 f"(a launcher's settings: --cfg hydra --package hydra.launcher, without -m)"
             )
-    if printing or {"--help", "-h", "--hydra-help"} & set(argv):
-        return
-    with exit_on_config_error():
+        if printing or {"--help", "-h", "--hydra-help"} & set(argv):
+            return
         (single, *more) = check_overrides(task_overrides(argv))
-        if not more and not any(arg in ("-m", "--multirun") for arg in argv):
+        if not more and not sweep:
             validate(compose(single))
-        if hydra_overrides(argv):  # a launcher or sweeper setting Hydra would refuse in many lines
-            compose([*single, *hydra_overrides(argv)], with_hydra=True)
+        hydra_settings = [arg for arg in argv if arg.startswith(HYDRA_KEYS)]
+        if hydra_settings:  # a launcher or sweeper setting Hydra would refuse in many lines
+            compose([*single, *hydra_settings], with_hydra=True)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
