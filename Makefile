@@ -46,7 +46,7 @@ bench: install
 SCALE ?= cpu
 RESULTS = results/$*$(if $(filter paper,$(SCALE)),-paper)
 reproduce-%: install
-	$(PY) train.py -m +experiment=$* scale=$(SCALE) output_root=outputs/reproduce/$*-$(SCALE) \
+	$(PY) train.py -m experiment=$* scale=$(SCALE) output_root=outputs/reproduce/$*-$(SCALE) \
 		trainer.enable_progress_bar=false; status=$$?; \
 	$(VENV)/bin/sharebench collect outputs/reproduce/$*-$(SCALE) --out $(RESULTS) && exit $$status
 

@@ -31,7 +31,7 @@ def sweep(tmp_path_factory, corpus, cache_dir):
     root = tmp_path_factory.mktemp("sweep")
     for name, overrides in RUNS.items():
         cfg = compose([*nano_settings(corpus, cache_dir, root), *overrides])
-        run_task(cfg, root / "+experiment=x" / name / "seed=0")
+        run_task(cfg, root / "experiment=x" / name / "seed=0")
     return root
 
 
@@ -103,8 +103,8 @@ def test_iso_twins_are_unshared_models_only(sweep):
 def test_a_label_names_only_what_varies(sweep, tmp_path):
     only_ratios = tmp_path / "ratios"
     for name in ("partial", "symmetric_typed_as_1", "symmetric_typed_as_1.0"):
-        for record in (sweep / "+experiment=x" / name).rglob("run.json"):
-            target = only_ratios / name / record.relative_to(sweep / "+experiment=x" / name)
+        for record in (sweep / "experiment=x" / name).rglob("run.json"):
+            target = only_ratios / name / record.relative_to(sweep / "experiment=x" / name)
             target.parent.mkdir(parents=True)
             target.write_text(record.read_text())
     assert sorted(rows_by_label(only_ratios)) == ["ratio=0.5", "ratio=1"]

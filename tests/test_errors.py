@@ -275,7 +275,7 @@ def test_unwritable_output_root_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["arch=gpt", "data=tinyshakespeare"], ["task=pretrain_glue"], ["+experiment=xue23"]]
+    "overrides", [[], ["arch=gpt", "data=tinyshakespeare"], ["task=pretrain_glue"], ["experiment=xue23"]]
 )
 def test_every_key_has_limits(overrides):
     """A key added to conf/ without an entry in sharebench.limits.LIMITS would go unchecked."""

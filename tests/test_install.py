@@ -55,7 +55,7 @@ def test_the_installed_command_works_from_an_empty_folder(installed, tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     sweep = sharebench(installed, tmp_path, "train", "-m", "sharing=none,shared_qkv", *SMALL, cache)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    recipe = sharebench(installed, tmp_path, "train", "+experiment=yang24", "ratio=0.9", "seed=0", "size.n_layers=2",
+    recipe = sharebench(installed, tmp_path, "train", "experiment=yang24", "ratio=0.9", "seed=0", "size.n_layers=2",
                         "size.dim=16", "size.n_heads=2", "trainer.max_steps=2", "trainer.val_check_interval=2",
                         "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", cache)  # fmt: skip
     assert recipe.returncode == 0, recipe.stderr[-3000:]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from sharebench.collect import collect, csv_text, latex, table_rows
 from sharebench.config import compose
@@ -39,7 +40,7 @@ def test_sweep_file_composes_into_its_grid(sweep):
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_at_each_scale(experiment, scale):
-    overrides = [f"+experiment={experiment}", f"scale={scale}"]
+    overrides = [f"experiment={experiment}", f"scale={scale}"]
     cfg = compose(overrides)
     assert cfg.experiment.name == experiment
     assert cfg.experiment.paper, "an experiment prints the paper's figures beside ours"
@@ -47,11 +48,34 @@ def test_experiment_composes_at_each_scale(experiment, scale):
     if cfg.task != "sts_zero_shot":  # a recipe that trains runs several seeds; a zero-shot score is deterministic
         assert len({o for run in runs for o in run if o.startswith("seed=")}) >= 3
     assert len(runs) >= 3
-    assert (PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml").is_file()
+    scale_file = PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml"
+    composed = OmegaConf.to_container(compose(overrides, with_hydra=True), resolve=False)
+    for key, value in leaves(OmegaConf.to_container(OmegaConf.load(scale_file), resolve=False)):
+        assert lookup(composed, key) == value, f"{scale_file.name} sets {key} = {value!r}: the recipe's body won"
+
+
+def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Every value a YAML file sets, by its dotted key (a list is one value, and so is a sweep's grid, whose keys
+    hold dots)."""
+    found = []
+    for key, value in tree.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict) and value and f"{prefix}{key}" != "hydra.sweeper.params":
+            found += leaves(value, f"{prefix}{key}.")
+        else:
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+def lookup(tree: dict, key: str) -> object:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def test_scales_differ_where_the_paper_needs_a_gpu():
-    cpu, paper = compose(["+experiment=yang24", "scale=cpu"]), compose(["+experiment=yang24", "scale=paper"])
+    cpu, paper = compose(["experiment=yang24", "scale=cpu"]), compose(["experiment=yang24", "scale=paper"])
     assert (paper.size.n_layers, paper.size.dim, paper.trainer.max_steps) == (6, 384, 5000)
     assert cpu.size.dim < paper.size.dim and cpu.trainer.max_steps < paper.trainer.max_steps
     assert paper.optim.lr == 3e-4 and paper.data.batch_size == 64 and paper.data.seq_len == 256
@@ -104,7 +128,7 @@ NARROWED = {"leaderboard": ["arch=bert", "data=wikipedia", "layers=none", "iso_b
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cache_dir):
-    given = [f"+experiment={experiment}", *FAST, f"data_root={FIXTURE_DATA}", f"cache_dir={cache_dir}",
+    given = [f"experiment={experiment}", *FAST, f"data_root={FIXTURE_DATA}", f"cache_dir={cache_dir}",
              f"output_root={tmp_path / 'runs'}"]  # fmt: skip
     if experiment in NARROWED:
         axis = NARROWED[experiment]
@@ -136,13 +160,13 @@ PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.l
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_paper_scale_recipe_runs_a_few_steps_with_the_papers_model(experiment, tmp_path, cache_dir):
-    given = [f"+experiment={experiment}", "scale=paper", *PAPER_SMOKE, f"data_root={FIXTURE_DATA}",
+    given = [f"experiment={experiment}", "scale=paper", *PAPER_SMOKE, f"data_root={FIXTURE_DATA}",
              f"data.tokenizer.path={bert_vocab()}", f"cache_dir={cache_dir}", f"output_root={tmp_path}"]  # fmt: skip
     result = train(*given)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
     assert records and all(r["status"] == "completed" for r in records)
-    paper = compose([f"+experiment={experiment}", "scale=paper"])
+    paper = compose([f"experiment={experiment}", "scale=paper"])
     if paper.task != "sts_zero_shot":
         pretraining = next(r for r in records if "task" not in r)
         assert pretraining["config"]["size"] == dict(paper.size)
@@ -221,7 +245,7 @@ def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, t
 
 @pytest.mark.slow
 def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path):
-    result = train("-m", "+experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
+    result = train("-m", "experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = result.stdout.strip().splitlines()
     assert runs[-1] == "234 runs, none launched (dry_run)"  # (1 + 9 × 2 + 10 × 2 configurations) × 2 archs × 3 seeds

@@ -338,5 +338,8 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
 def one_line(error: BaseException) -> str:
     """Hydra's first line, with the valid choices it lists below it (a missing config's group options)."""
     first, _, rest = str(error).partition("\n")
+    if first.startswith("Multiple values for "):  # `+group=x` for a group the defaults already list
+        group = first.removeprefix("Multiple values for ").partition(".")[0]
+        return f"{group} has its place in conf/config.yaml's defaults: write {group}=<name>, without '+'"
     options = rest.partition("Available options in ")[2].partition("Config search path")[0].split("\n\t")
     return f"{first}; valid choices: {', '.join(o.strip() for o in options[1:])}" if len(options) > 1 else first

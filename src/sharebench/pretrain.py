@@ -29,7 +29,7 @@ from sharebench.errors import ConfigError
 from sharebench.fsdp import fsdp_wrap_policy
 from sharebench.inference import inference_costs
 from sharebench.memory import training_memory
-from sharebench.model import LanguageModel, perplexity
+from sharebench.model import IGNORE_INDEX, LanguageModel, perplexity
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import resolve_path
 from sharebench.record import (
@@ -192,6 +192,20 @@ class Throughput(L.Callback):
             "data_wait_fraction": self.wait_s / total if total else None,
             "measured_steps": max(0, self.steps - self.skip),
         }
+
+
+def full_split_loss(model: LanguageModel, loader: DataLoader) -> float:
+    """The loss over every predicted token of the split: the run's figure of merit, free of the sampling noise of
+    the few batches the curves are evaluated on."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            predicted = int((batch["labels"] != IGNORE_INDEX).sum())
+            total += float(model(**batch).loss) * predicted
+            count += predicted
+    return total / count
 
 
 def check_resumable(checkpoint: Path, module: L.LightningModule) -> None:
@@ -371,18 +385,23 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     stored = checkpoint_sharing(resolve_path(cfg.pretrained)) if cfg.pretrained else stored_sharing(cfg, ratio)
     weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
     # The saved model as a user loads it to serve it.
-    inference = inference_costs(load_pretrained(run_dir).to(device), cfg.data.seq_len) if main_process else None
+    served = load_pretrained(run_dir).to(device) if main_process else None
+    val_loss_full = full_split_loss(served, data.loader("validation", cfg.seed)) if served is not None else None
+    inference = inference_costs(served, cfg.data.seq_len) if served is not None else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
+    tokens_seen = trainer.global_step * trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len
     record.update(
         metrics={
             # The eval-mode estimate when eval_train_loss is on, else the loss of the last training step.
             "train_loss": final.get("train_loss", float(train_loss) if train_loss is not None else None),
             "val_loss": final["val_loss"],
             "val_ppl": perplexity(final["val_loss"]),
+            "val_loss_full": val_loss_full,
             "val_history": module.validation_history,
             "steps": trainer.global_step,
         },
+        compute={"tokens_seen": tokens_seen, "training_flops": tokens_seen * flops},
         speed={
             **speed,
             "device": str(device),

@@ -81,6 +81,7 @@ class Record(TypedDict, total=False):
     tokenizer: dict[str, Any]
     flops_per_token: int
     tokens: dict[str, int]
+    compute: dict[str, int]
     unigram_val_loss: float
     speed: dict[str, Any]
     checkpoint: dict[str, Any]

@@ -89,8 +89,9 @@ def check_command_line(argv: Sequence[str]) -> None:
         if printing or {"--help", "-h", "--hydra-help"} & set(argv):
             return
         (single, *more) = check_overrides(task_overrides(argv))
+        first_run = compose(single)
         if not more and not sweep:
-            validate(compose(single))
+            validate(first_run)
         hydra_settings = [arg for arg in argv if arg.startswith(HYDRA_KEYS)]
         if hydra_settings:  # a launcher or sweeper setting Hydra would refuse in many lines
             compose([*single, *hydra_settings], with_hydra=True)

@@ -4,7 +4,7 @@ Besides `hydra.sweeper.params` (one grid: every combination of its values), a re
 grids whose runs are joined: a comparison of chosen configurations rather than of every combination (the
 leaderboard's within-layer schemes with `layers=none` and cross-layer schemes with `sharing=none`). `params`
 then holds the axes common to every grid (seeds), and the command line wins over both. `dry_run=true` prints the
-runs, validated, and launches none: `python train.py -m +experiment=leaderboard hydra.sweeper.dry_run=true`.
+runs, validated, and launches none: `python train.py -m experiment=leaderboard hydra.sweeper.dry_run=true`.
 
 Hydra discovers sweepers in the `hydra_plugins` package only; the checks themselves live in `sharebench.config`.
 """
