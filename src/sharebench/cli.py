@@ -140,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "include iso_baseline=true twins, each with its own)",
     )
     collect_parser.add_argument("--no-plots", action="store_true", help="with --out: tables and records only")
+    collect_parser.add_argument(
+        "--margin",
+        type=float,
+        help="equivalence margin of the main metric: a difference whose 90 %% CI lies inside ±margin is "
+        "'equivalent' (default: the recipe's experiment.margin; none: nothing is called equivalent)",
+    )
     convert_parser = commands.add_parser(
         "convert", help="apply sharing to a trained model (suite or Hugging Face BERT) and save it as a checkpoint"
     )
@@ -207,9 +213,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             from sharebench import collect
 
-            report = collect.collect(args.folders, args.out, args.iso, plots=not args.no_plots)
+            report = collect.collect(args.folders, args.out, args.iso, plots=not args.no_plots, margin=args.margin)
             if args.format == "md":
                 print(report, end="")
             else:
-                header, rows = collect.table_rows(collect.find_configurations(args.folders), args.iso)
+                header, rows, _ = collect.table_rows(collect.find_configurations(args.folders), args.iso, args.margin)
                 print(collect.csv_text(header, rows) if args.format == "csv" else collect.latex(header, rows), end="")

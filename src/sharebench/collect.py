@@ -16,41 +16,35 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json
-from sharebench.record import RECORD_NAME
+from sharebench.record import RECORD_NAME, config_leaves
 from sharebench.results import (
     COMPARED_TOO,
     STAGING,
     Configuration,
     by_arch,
-    difference_ci,
     find_configurations,
     iso_baseline,
+    iso_compute_twin,
+    label_value,
     main_metric,
-    mean_ci,
     pretraining,
     reference,
+    shares_data_order,
     unshared_unique_parameters,
 )
+from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 
-def _difference_cell(values: Sequence[float], reference_values: Sequence[float]) -> str:
-    difference, half = difference_ci(values, reference_values)
-    if difference is None:
+def _difference_cell(comparison: Comparison | None) -> str:
+    if comparison is None:
         return "—"
-    return f"{difference:+.4f} ± {half:.4f}" if half is not None else f"{difference:+.4f}"
-
-
-def verdict(values: Sequence[float], reference_values: Sequence[float], order: str) -> str:
-    """Whether a configuration's main metric is better or worse than the reference's at 95 % (Welch), or neither."""
-    difference, half = difference_ci(values, reference_values)
-    if difference is None or half is None:
-        return "—"
-    if abs(difference) <= half:
-        return "no difference"
-    return "better" if (difference < 0) == (order == "lower") else "worse"
+    if comparison.half_width is None:
+        return f"{comparison.difference:+.4f}"
+    return f"{comparison.difference:+.4f} ± {comparison.half_width:.4f}"
 
 
 def _format(value: float | None, spec: str) -> str:
@@ -72,25 +66,93 @@ def _mebibytes(size: float | None) -> float | None:
     return size / 2**20 if size is not None else None
 
 
-def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tuple[list[str], list[list[str]]]:
+def compared(configuration: Configuration, other: Configuration, metric: str) -> Comparison | None:
+    return compare(configuration.metric_by_seed(metric), other.metric_by_seed(metric),
+                   shares_data_order(configuration, other))  # fmt: skip
+
+
+class Verdicts:
+    """A table's comparisons of its main metric, judged together: each gets a placeholder cell that `judge` fills
+    with its verdict once all are known (Holm's correction runs over the whole table)."""
+
+    def __init__(self) -> None:
+        self.comparisons: list[Comparison | None] = []
+        self.cells: list[tuple[list[str], int]] = []
+
+    def add(self, comparison: Comparison | None, row: list[str]) -> list[str]:
+        """The comparison's cells (Δ ± 95 % CI, the test, and the verdict to come) appended to `row`."""
+        row += [_difference_cell(comparison), comparison.test_name() if comparison and comparison.half_width is not None
+                else "—", ""]  # fmt: skip
+        self.comparisons.append(comparison)
+        self.cells.append((row, len(row) - 1))
+        return row
+
+    def judge(self, lower_is_better: bool, margin: float | None) -> None:
+        for (row, column), said in zip(self.cells, verdicts(self.comparisons, lower_is_better, margin), strict=True):
+            row[column] = said
+
+    def notes(self, metric: str, margin: float | None) -> list[str]:
+        tested = sum(c is not None and c.p_value is not None for c in self.comparisons)
+        notes = [
+            f"Verdicts on {metric}: `better`/`worse` where the two-sided t-test rejects no difference at 5 % after "
+            f"Holm's correction over the table's {tested} tested comparisons; "
+            + (f"`equivalent within ±{margin:g}` where the 90 % CI of the difference lies inside ±{margin:g} (two "
+               f"one-sided tests); " if margin is not None else "no equivalence margin set (the recipe's "
+               "`experiment.margin`, or `collect --margin`), so nothing is called equivalent; ")
+            + "else `inconclusive`. Test `paired, n seeds`: the difference is taken seed by seed (the seed fixes "
+            "the data order and the evaluation batches); `Welch`: unpaired."
+        ]  # fmt: skip
+        effect = minimal_detectable_effect(self.comparisons)
+        if effect:
+            median, smallest, largest = effect
+            notes.append(
+                f"Minimal detectable effect (80 % power, 5 % two-sided, before Holm's correction) at these seeds: "
+                f"{median:.4f} (median over comparisons; {smallest:.4f} to {largest:.4f})."
+            )
+        return notes
+
+
+def margin_of(configurations: Sequence[Configuration], metric_order: str) -> float | None:
+    """The recipe's equivalence margin for the main metric: `experiment.margin.loss` or `.score`."""
+    for record in (r for c in configurations for r in c.records):
+        margins = ((record.get("config") or {}).get("experiment") or {}).get("margin") or {}
+        value = margins.get("loss" if metric_order == "lower" else "score")
+        if value is not None:
+            return float(value)
+    return None
+
+
+class Table(NamedTuple):
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str]  # how its comparisons were judged
+
+
+def table_rows(configurations: Sequence[Configuration], iso: bool = False, margin: float | None = None) -> Table:
     """The main table: one row per configuration that is not a GLUE fine-tuning run. Its shared configurations
-    are paired with their iso-parameter twins where `iso` asks or where twins (`iso_baseline=true`) were run."""
+    are paired with their iso-parameter twins where `iso` asks or where twins (`iso_baseline=true`) were run, and
+    with their iso-compute twins where those were run. `margin`: the equivalence margin (default: the recipe's)."""
     configurations = pretraining(configurations)
     iso = iso or any(c.iso_baseline and c.records for c in configurations)
     metrics: dict[str, None] = {}
     for configuration in configurations:
         metrics.update(dict.fromkeys(configuration.metrics()))
     header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
-              "vs unshared", "checkpoint MiB", "tokens/s", "training MiB", "KV bytes/token", "inference tokens/s",
-              "wall s/run",
-              *metrics]  # fmt: skip
+              "vs unshared", "tokens seen", "training FLOPs", "checkpoint MiB", "training MiB", "KV bytes/token",
+              "wall s/run", *metrics]  # fmt: skip
     main = main_metric(configurations)
     base = reference(configurations) if main else None
-    compared = [main[0]] + [m for m in COMPARED_TOO if m in metrics and m != main[0]] if base else []
-    header += [f"Δ {metric} vs {base.label}" for metric in compared]
+    also = [m for m in COMPARED_TOO if m in metrics and base and m != main[0]]
+    compute_twins = {c.label: iso_compute_twin(c, configurations) for c in configurations} if main else {}
+    if base:
+        header += [f"Δ {main[0]} vs {base.label}", "test", f"verdict vs {base.label}"]
+        header += [f"Δ {metric} vs {base.label}" for metric in also]
     if iso and main:
-        header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin", "verdict vs twin"]
-        header += ["verdict vs unshared"] if base else []
+        header += ["iso-param twin", f"twin {main[0]}", f"Δ {main[0]} vs twin", "test vs twin", "verdict vs twin"]
+    if any(compute_twins.values()):
+        header += ["iso-compute twin", f"Δ {main[0]} vs iso-compute twin", "test vs iso-compute twin",
+                   "verdict vs iso-compute twin"]  # fmt: skip
+    judged = Verdicts()
     rows = []
     for configuration in configurations:
         unique = configuration.unique_parameters()
@@ -104,46 +166,52 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False) -> tu
             str(len(configuration.failed)),
             _format(unique, ","),
             _format(unique / unshared if unique and unshared else None, ".4f"),
+            _format(configuration.compute("tokens_seen"), ",.0f"),
+            _format(configuration.compute("training_flops"), ".3e"),
             _format(_mebibytes(configuration.mean_of("checkpoint", "bytes")), ",.2f"),
-            _format(configuration.mean_of("speed", "tokens_per_second"), ",.0f"),
             _format(_mebibytes(configuration.mean_of("memory", "training_bytes")), ",.1f"),
             _format(configuration.mean_of("inference", "kv_cache_bytes_per_token"), ",.0f"),
-            _mean_ci_cell(configuration.inference_speed(), ",.0f"),
             _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]
-        row += [
-            "reference" if configuration is base else _difference_cell(configuration.metric_values(m),
-                                                                        base.metric_values(m))
-            for m in compared
-        ]  # fmt: skip
+        if base:
+            if configuration is base:
+                row += ["reference", "—", "reference"]
+            else:
+                judged.add(compared(configuration, base, main[0]), row)
+            row += ["reference" if configuration is base else _difference_cell(compared(configuration, base, m))
+                    for m in also]  # fmt: skip
         if iso and main:
             twin = iso_baseline(configuration, configurations)
-            values = configuration.metric_values(main[0])
             if twin:
-                twin_values = twin.metric_values(main[0])
                 closest = "" if twin.iso_baseline else "closest unshared: "  # not a twin run for this configuration
                 row += [
                     f"{closest}{twin.label} ({twin.unique_parameters():,})",
-                    _mean_ci_cell(twin_values),
-                    _difference_cell(values, twin_values),
-                    verdict(values, twin_values, main[1]),
+                    _mean_ci_cell(twin.metric_values(main[0])),
                 ]
+                judged.add(compared(configuration, twin, main[0]), row)
+            else:
+                row += ["—"] * 5
+        if any(compute_twins.values()):
+            compute_twin = compute_twins[configuration.label]
+            if compute_twin:
+                row.append(f"{compute_twin.label} ({compute_twin.compute('tokens_seen'):,.0f} tokens)")
+                judged.add(compared(configuration, compute_twin, main[0]), row)
             else:
                 row += ["—"] * 4
-            if base:
-                row.append(
-                    "reference" if configuration is base else verdict(values, base.metric_values(main[0]), main[1])
-                )
         rows.append(row)
-    return header, rows
+    if not main:
+        return Table(header, rows, [])
+    margin = margin if margin is not None else margin_of(configurations, main[1])
+    judged.judge(main[1] == "lower", margin)
+    return Table(header, rows, judged.notes(main[0], margin))
 
 
 def pretraining_seed(record: dict[str, Any]) -> Any:
     return (record.get("config") or {}).get("seed", record.get("seed"))
 
 
-def glue_scores(per_task: dict[str, Configuration], tasks: Sequence[str]) -> list[float]:
+def glue_scores(per_task: dict[str, Configuration], tasks: Sequence[str]) -> dict[Any, float]:
     """One GLUE score per pretraining seed that has every task: the mean over tasks of the task's score (averaged
     over fine-tuning seeds)."""
     scores: dict[Any, dict[str, list[float]]] = {}
@@ -152,13 +220,14 @@ def glue_scores(per_task: dict[str, Configuration], tasks: Sequence[str]) -> lis
             score = record.get("metrics", {}).get("score")
             if isinstance(score, (int, float)):
                 scores.setdefault(pretraining_seed(record), {}).setdefault(task, []).append(float(score))
-    return [sum(sum(v) / len(v) for v in by_task.values()) / len(tasks)
-            for by_task in scores.values() if len(by_task) == len(tasks)]  # fmt: skip
+    return {seed: sum(sum(v) / len(v) for v in by_task.values()) / len(tasks)
+            for seed, by_task in scores.items() if len(by_task) == len(tasks)}  # fmt: skip
 
 
-def glue_table_rows(configurations: Sequence[Configuration]) -> tuple[list[str], list[list[str]]] | None:
+def glue_table_rows(configurations: Sequence[Configuration], margin: float | None = None) -> Table | None:
     """One row per pretrained configuration: each task's score (its official metric, or the mean of two) and
-    the GLUE score, with 95 % CIs over pretraining seeds, and its difference to the reference configuration."""
+    the GLUE score, with 95 % CIs over pretraining seeds, and its difference to the reference configuration with
+    its verdict (paired by pretraining seed: GLUE's data and recipe are the same for every configuration)."""
     glue_runs = [c for c in configurations if c.glue_task is not None]
     if not glue_runs:
         return None
@@ -169,18 +238,25 @@ def glue_table_rows(configurations: Sequence[Configuration]) -> tuple[list[str],
     scores = {label: glue_scores(per_task, tasks) for label, per_task in by_label.items()}
     base = reference([next(iter(per_task.values())) for per_task in by_label.values()])
     header = ["configuration", "sharing", "unique params (encoder)", "pretraining seeds", *tasks, "GLUE score"]
-    header += [f"Δ GLUE vs {base.label}"] if base else []
+    header += [f"Δ GLUE vs {base.label}", "test", f"verdict vs {base.label}"] if base else []
+    judged = Verdicts()
     rows = []
     for label, per_task in by_label.items():
         first = next(iter(per_task.values()))
         encoder = (first.first.get("parameters") or {}).get("encoder") or {}
-        rows.append([
+        row = [
             label, scheme_cell(first), _format(encoder.get("unique"), ","), str(len(scores[label])),
             *(_mean_ci_cell(per_task[t].metric_values("score")) if t in per_task else "—" for t in tasks),
-            _mean_ci_cell(scores[label]),
-            *([_difference_cell(scores[label], scores[base.label])] if base else []),
-        ])  # fmt: skip
-    return header, rows
+            _mean_ci_cell(list(scores[label].values())),
+        ]  # fmt: skip
+        if base and label == base.label:
+            row += ["reference", "—", "reference"]
+        elif base:
+            judged.add(compare(scores[label], scores[base.label], paired=True), row)
+        rows.append(row)
+    margin = margin if margin is not None else margin_of(glue_runs, "higher")
+    judged.judge(False, margin)
+    return Table(header, rows, judged.notes("the GLUE score", margin))
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -233,6 +309,52 @@ def paper_claims(configurations: Sequence[Configuration]) -> tuple[str | None, l
     return None, []
 
 
+def setting(configurations: Sequence[Configuration]) -> str:
+    """What the runs were, read from their records: the config values all of them share, those that vary, the
+    data, and the machines and code that ran them. A README quotes this file rather than retyping it."""
+    records = [r for c in configurations for r in c.records]
+    if not records:
+        return "# Setting\n\nNo completed runs.\n"
+    leaves = [config_leaves(r.get("config") or {}) for r in records]
+    keys = sorted({k for leaf in leaves for k in leaf} - {"seed"})
+    values = {k: {label_value(leaf.get(k)) for leaf in leaves} for k in keys}
+    shared = [f"`{k}={next(iter(v))}`" for k, v in values.items() if len(v) == 1]
+    varying = [f"- `{k}`: {', '.join(sorted(v))}" for k, v in values.items() if len(v) > 1]
+
+    def distinct(*path: str) -> str:
+        found: dict[str, None] = {}
+        for record in records:
+            value: Any = record
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            found[label_value(value) if not isinstance(value, dict) else
+                  ", ".join(f"{k} {label_value(v)}" for k, v in value.items())] = None  # fmt: skip
+        return "; ".join(found)
+
+    started = sorted(r["started_at"] for r in records if "started_at" in r)
+    lines = [
+        "# Setting", "",
+        f"Written by `sharebench collect` from the {len(records)} completed runs' records (run.json).", "",
+        "## What the runs vary", "", *(varying or ["- nothing but the seed"]), "",
+        f"Seeds: {', '.join(sorted({label_value(r.get('seed')) for r in records}))}.", "",
+        "## What every run shares", "", ", ".join(shared), "",
+        "## Data and budget", "",
+        f"- tokens in the splits (train, validation): {distinct('tokens')}",
+        f"- vocabulary size: {distinct('vocab_size')}",
+        f"- training steps: {distinct('metrics', 'steps')}",
+        "- tokens seen per run: " + "; ".join(
+            f"{c.label} {c.compute('tokens_seen'):,.0f}" for c in configurations if c.compute("tokens_seen")),
+        "",
+        "## Machine and code", "",
+        f"- hardware: {distinct('hardware')}",
+        f"- packages: {distinct('packages')}",
+        f"- code: {distinct('git')}",
+        f"- started between {started[0]} and {started[-1]}" if started else "- start times not recorded",
+        f"- {run_time(configurations)}",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def run_time(configurations: Sequence[Configuration]) -> str:
     """The runs' own wall times added up (process start and sweep overhead aside)."""
     seconds = [r["wall_time_s"] for c in configurations for r in c.records + c.failed if "wall_time_s" in r]
@@ -240,17 +362,16 @@ def run_time(configurations: Sequence[Configuration]) -> str:
     return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
 
 
-Table = tuple[list[str], list[list[str]]]
-
-
-def tables(configurations: Sequence[Configuration], iso: bool = False) -> dict[str, Table]:
+def tables(configurations: Sequence[Configuration], iso: bool = False, margin: float | None = None
+           ) -> dict[str, Table]:  # fmt: skip
     """The tables the runs give: `table` (pretraining and zero-shot runs; `table-<arch>` per architecture where
     runs of several sit together) and `glue` (GLUE runs), where there are."""
     groups = by_arch(pretraining(configurations))
     made: dict[str, Table | None] = {
-        "table" if len(groups) == 1 else f"table-{arch}": table_rows(group, iso) for arch, group in groups.items()
+        "table" if len(groups) == 1 else f"table-{arch}": table_rows(group, iso, margin)
+        for arch, group in groups.items()
     }
-    made["glue"] = glue_table_rows(configurations)
+    made["glue"] = glue_table_rows(configurations, margin)
     return {name: table for name, table in made.items() if table}
 
 
@@ -259,15 +380,15 @@ def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> s
     for name, table in made.items():
         if name.startswith("table-"):
             parts += [f"Architecture {name.removeprefix('table-')}:", ""]
-        if name.startswith("table"):
-            parts += [markdown(*table), ""]
-    if "glue" in made:
-        parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", "",
-                  markdown(*made["glue"]), ""]  # fmt: skip
+        if name == "glue":
+            parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", ""]
+        parts += [markdown(table.header, table.rows), "", *table.notes, ""]
     parts += [
         "Metrics: mean ± half-width of the 95 % confidence interval over seeds; Δ: difference of means ± the"
-        " half-width of its 95 % confidence interval (Welch's t).",
+        " half-width of its 95 % confidence interval (of the per-seed differences where paired). Training FLOPs:"
+        " the training steps' analytic FLOPs (compute.training_flops; evaluation excluded).",
         run_time(configurations),
+        "The setting, read from the run records: setting.md.",
     ]
     title, claims = paper_claims(configurations)
     if claims:
@@ -277,19 +398,24 @@ def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> s
     return "\n".join(parts) + "\n"
 
 
-def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: bool = False, plots: bool = True) -> str:
+def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: bool = False, plots: bool = True,
+            margin: float | None = None) -> str:  # fmt: skip
     """The Markdown report of the runs under `folders`; with `out`, also table.{md,csv,tex} (and glue.{csv,tex}),
-    the plots and a copy of every run record: runs/<label>/seed=<n>/run.json, a GLUE run's record under
-    runs/<label>/seed=<n>/glue/<task>/seed=<m>/. `out` may be one of `folders` (rebuilding from the copies)."""
+    setting.md, the plots and a copy of every run record: runs/<label>/seed=<n>/run.json, a GLUE run's record
+    under runs/<label>/seed=<n>/glue/<task>/seed=<m>/. `out` may be one of `folders` (rebuilding from the copies).
+    `margin`: the equivalence margin of the main metric (default: the recipe's `experiment.margin`)."""
+    if margin is not None and not margin > 0:
+        raise ConfigError(f"collect: --margin {margin:g} must be a positive difference of the main metric")
     configurations = find_configurations(folders)
-    made = tables(configurations, iso)
+    made = tables(configurations, iso, margin)
     text = report(configurations, made)
     if out is not None:
         out = Path(out)
         atomic_write_bytes(out / "table.md", text.encode())
+        atomic_write_bytes(out / "setting.md", setting(configurations).encode())
         for name, table in made.items():
-            atomic_write_bytes(out / f"{name}.csv", csv_text(*table).encode())
-            atomic_write_bytes(out / f"{name}.tex", latex(*table).encode())
+            atomic_write_bytes(out / f"{name}.csv", csv_text(table.header, table.rows).encode())
+            atomic_write_bytes(out / f"{name}.tex", latex(table.header, table.rows).encode())
         replace_records(configurations, out / "runs")
         if plots:
             from sharebench.plots import plot_all

@@ -116,6 +116,8 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
         raise ConfigError(
             "iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing= or layers="
         )
+    if cfg.get("iso_compute") and not cfg.get("iso_baseline"):
+        raise ConfigError("iso_compute=true sets the training budget of an iso-parameter twin: add iso_baseline=true")
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
     layers.check(size.n_layers)
@@ -229,6 +231,18 @@ def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     if cfg.get("iso_baseline"):
         return LanguageModel(iso_parameter_shape(shape, sharing, layers), Separate, Separate.name)
     return LanguageModel(shape, sharing, sharing_class(cfg).name, layers)
+
+
+def iso_compute_steps(cfg: DictConfig, vocab_size: int) -> int:
+    """The steps an iso-compute twin trains: as many training FLOPs as the shared configuration spends in
+    trainer.max_steps."""
+    with torch.device("meta"):
+        shared = LanguageModel(model_config(cfg, vocab_size), instantiate(cfg.sharing, ratio=cfg.ratio),
+                               layers=layer_sharing(cfg))  # fmt: skip
+        twin = build_model(cfg, vocab_size)
+    fraction = predicted_fraction(cfg)
+    flops = shared.flops_per_token(cfg.data.seq_len, fraction) / twin.flops_per_token(cfg.data.seq_len, fraction)
+    return round(cfg.trainer.max_steps * flops)
 
 
 def iso_parameter_shape(shape: ModelConfig, sharing: Callable[..., AttentionSharing], layers: LayerSharing

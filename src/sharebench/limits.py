@@ -142,6 +142,7 @@ LIMITS: dict[str, Allowed] = {
     "seed": integer(0, 2**32 - 1),  # numpy's seeds
     "tie_embeddings": BOOL,
     "iso_baseline": BOOL,
+    "iso_compute": BOOL,
     "eval_train_loss": BOOL,
     "compile": BOOL,
     "pretrained": Allowed("text", nullable=True),

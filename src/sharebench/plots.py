@@ -1,5 +1,12 @@
 """Plots of a collection of runs (matplotlib, no display needed): loss curves with confidence bands per
-configuration (as Yang et al.'s Fig. 2), the main metric against the share ratio, and against unique parameters."""
+configuration (as Yang et al.'s Fig. 2), the main metric against the share ratio and against unique parameters,
+and Pareto views of the main metric against parameters and memory.
+
+Every scheme keeps one colour and marker across all plots of a collection, and the unshared baseline is always
+black; a panel holds at most MAX_LEGEND entries (more configurations are drawn as small multiples, each with the
+baseline); a point's label is attached to it. Speeds are not plotted: timings taken during a sweep measure the
+machine's load as much as the model (`make bench` times models side by side on an idle machine).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,54 @@ if TYPE_CHECKING:
     from sharebench.results import Configuration
 
 CURVES = ("train_loss", "val_loss")
+MAX_LEGEND = 10
+BASELINE = ("black", "s")
+# tab20 without its greys (the baseline is black), its 9 strong hues before their 9 light ones so that schemes
+# side by side differ in hue: 18 colours, paired with markers so that no two schemes of a collection look alike.
+COLOURS = [matplotlib.colormaps["tab20"](i) for start in (0, 1) for i in range(start, 20, 2) if i not in (14, 15)]
+MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "*")
+# A plot against x needs this many distinct x values to say anything about the trend.
+MIN_X_VALUES = 3
+
+
+def scheme_name(configuration: Configuration) -> str:
+    return "none" if configuration.sharing == "none" and not configuration.iso_baseline else configuration.sharing
+
+
+def scheme_at_ratio(configuration: Configuration) -> tuple[str, str]:
+    """A scheme at its ratios: partial_qk at 0.5 and at 0.9 are drawn apart, a model and its twins alike."""
+    ratios = f"{configuration.ratio}/{configuration.layers_ratio}"
+    return scheme_name(configuration), "" if scheme_name(configuration) == "none" else ratios
+
+
+class Styles:
+    """One (colour, marker) per scheme at its ratios in a collection, assigned in sorted order; the unshared
+    model (`none`) is the baseline's black."""
+
+    def __init__(self, configurations: Sequence[Configuration]) -> None:
+        keys = sorted({scheme_at_ratio(c) for c in configurations} - {("none", "")})
+        self.styles = {("none", ""): BASELINE}
+        self.styles |= {key: (COLOURS[i % len(COLOURS)], MARKERS[(i + i // len(COLOURS)) % len(MARKERS)])
+                        for i, key in enumerate(keys)}  # fmt: skip
+
+    def __call__(self, configuration: Configuration) -> tuple[object, str]:
+        return self.styles[scheme_at_ratio(configuration)]
+
+
+def panels(configurations: Sequence[Configuration]) -> list[list[Configuration]]:
+    """Small multiples: the shared configurations (each with its iso twins) in groups of at most MAX_LEGEND − 1
+    entries, sorted by scheme so that families sit together, each group with the unshared baseline."""
+    baseline = [c for c in configurations if scheme_name(c) == "none"]
+    by_scheme: dict[str, list[Configuration]] = {}
+    for configuration in configurations:
+        if scheme_name(configuration) != "none":
+            by_scheme.setdefault(scheme_name(configuration), []).append(configuration)
+    groups: list[list[Configuration]] = [[]]
+    for scheme in sorted(by_scheme):
+        if groups[-1] and len(groups[-1]) + len(by_scheme[scheme]) > MAX_LEGEND - len(baseline):
+            groups.append([])
+        groups[-1] += by_scheme[scheme]
+    return [baseline + group for group in groups if group] or [baseline]
 
 
 def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list[float], list[float]]:
@@ -32,66 +87,94 @@ def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list
     return steps, [m for m, _ in stats], [h or 0.0 for _, h in stats]
 
 
-def plot_curves(configurations: Sequence[Configuration], path: Path) -> bool:
+def line_style(configuration: Configuration) -> str:
+    return "--" if configuration.iso_baseline else "-"
+
+
+def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styles) -> bool:
     keys = [k for k in CURVES if any(curve_bands(c, k)[0] for c in configurations)]
     if not keys:
         return False
-    figure, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
-    for axis, key in zip(axes[0], keys, strict=True):
-        for configuration in configurations:
-            steps, mean, half = curve_bands(configuration, key)
-            if not steps:
-                continue
-            line = axis.plot(steps, mean, label=f"{configuration.label} (n={len(configuration.records)})")[0]
-            low = [m - h for m, h in zip(mean, half, strict=True)]
-            high = [m + h for m, h in zip(mean, half, strict=True)]
-            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-        axis.set_xlabel("iteration")
-        axis.set_ylabel(key.replace("_", " "))
-        axis.set_title(f"{key.replace('_', ' ')}: mean and 95 % CI over seeds")
-        finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
-        if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
-            axis.set_ylim(min(finals) - 0.15, max(finals) + 0.6)
-        finish_axis(axis)
+    groups = panels(configurations)
+    figure, axes = plt.subplots(len(groups), len(keys), figsize=(8 * len(keys), 4 * len(groups)), squeeze=False)
+    for row, group in zip(axes, groups, strict=True):
+        for axis, key in zip(row, keys, strict=True):
+            for configuration in group:
+                steps, mean, half = curve_bands(configuration, key)
+                if not steps:
+                    continue
+                colour, _ = style(configuration)
+                axis.plot(steps, mean, color=colour, linestyle=line_style(configuration),
+                          label=f"{short_label(configuration)} (n={len(configuration.records)})")  # fmt: skip
+                low = [m - h for m, h in zip(mean, half, strict=True)]
+                high = [m + h for m, h in zip(mean, half, strict=True)]
+                axis.fill_between(steps, low, high, color=colour, alpha=0.15)
+            axis.set_xlabel("iteration")
+            axis.set_ylabel(key.replace("_", " "))
+            axis.set_title(f"{key.replace('_', ' ')}: mean and 95 % CI over seeds", fontsize=10)
+            finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
+            if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
+                axis.set_ylim(min(finals) - 0.1, max(finals) + 0.4)
+            finish_axis(axis)
     return save(figure, path)
 
 
 def finish_axis(axis: plt.Axes) -> None:
+    """A grid, and the legend beside the panel, where it hides no data."""
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+
+
+def short_label(configuration: Configuration) -> str:
+    """The label without the architecture, which a plot (one per architecture) names in its file."""
+    return configuration.label.split(",", 1)[1] if configuration.label.startswith("arch=") else configuration.label
 
 
 def save(figure: plt.Figure, path: Path) -> bool:
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
 
 
-def plot_against(configurations: Sequence[Configuration], x: str, path: Path) -> bool:
-    """The main metric (mean and 95 % CI) against the share ratio (x="ratio") or unique parameters."""
+def plot_against(configurations: Sequence[Configuration], x: str, path: Path, style: Styles) -> bool:
+    """The main metric (mean and 95 % CI) against the share ratio (x="ratio") or unique parameters, a line per
+    scheme; not drawn when the configurations have fewer than MIN_X_VALUES distinct x values."""
     main = main_metric(configurations)
     if main is None:
         return False
-    metric = main[0]
-    by_scheme: dict[str, list[tuple[float, float, float]]] = {}
-    for configuration in configurations:
-        value = configuration.ratio if x == "ratio" else configuration.unique_parameters()
-        mean, half = mean_ci(configuration.metric_values(metric))
-        if value is None or mean is None:
-            continue
-        scheme = f"{configuration.sharing} (iso twin)" if configuration.iso_baseline else configuration.sharing
-        by_scheme.setdefault(scheme, []).append((float(value), mean, half or 0.0))
-    if not by_scheme:
+
+    def x_of(configuration: Configuration) -> float | None:
+        return configuration.ratio if x == "ratio" else configuration.unique_parameters()
+
+    if x == "ratio":  # a scheme run at one ratio (or taking none) has no line to draw against it
+        ratios: dict[str, set] = {}
+        for configuration in configurations:
+            ratios.setdefault(scheme_name(configuration), set()).add(configuration.ratio)
+        configurations = [c for c in configurations if scheme_name(c) == "none" or len(ratios[scheme_name(c)]) > 1]
+    if len({x_of(c) for c in configurations if c.records and x_of(c) is not None}) < MIN_X_VALUES:
         return False
-    figure, axis = plt.subplots(figsize=(6, 4.5))
-    for scheme, points in sorted(by_scheme.items()):
-        points.sort()
-        axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                      marker="o", capsize=3, label=scheme)  # fmt: skip
-    axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
-    axis.set_ylabel(f"{metric.replace('_', ' ')} ({main[1]} is better)")
-    finish_axis(axis)
+    groups = panels(configurations)
+    figure, axes = plt.subplots(len(groups), 1, figsize=(9, 4 * len(groups)), squeeze=False)
+    for axis, group in zip(axes[:, 0], groups, strict=True):
+        lines: dict[tuple[str, bool], list[tuple[float, float, float, Configuration]]] = {}
+        for configuration in group:
+            value, (mean, half) = x_of(configuration), mean_ci(configuration.metric_values(main[0]))
+            if value is not None and mean is not None:
+                key = (scheme_name(configuration), configuration.iso_baseline)
+                lines.setdefault(key, []).append((float(value), mean, half or 0.0, configuration))
+        for (scheme, twin), points in sorted(lines.items()):
+            points.sort(key=lambda p: p[0])
+            colour, marker = style(points[0][3])
+            axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], color=colour,
+                          marker=marker, linestyle="--" if twin else "-", capsize=3,
+                          label=f"{scheme} (iso twins)" if twin else scheme)  # fmt: skip
+        axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
+        if x != "ratio":
+            axis.set_xscale("log")
+        axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
+        finish_axis(axis)
     return save(figure, path)
 
 
@@ -100,15 +183,16 @@ PARETO_AXES = {  # x of a Pareto view: its label, where a run's record holds it,
     "training": ("training memory: weights, gradients, AdamW state, activations (MiB)", ("memory", "training_bytes"),
                  2**20),
     "inference": ("inference peak memory (MiB)", ("inference", "peak_bytes"), 2**20),
-    "speed": ("training tokens/s (as measured during the run)", ("speed", "tokens_per_second"), 1),
 }  # fmt: skip
 
 
-def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> bool:
-    """The main metric against one of PARETO_AXES (unique parameters, training or inference memory, training
-    speed), every shared configuration a labelled point, and the unshared models (separate Q/K/V, and the
-    iso-parameter twins: smaller FFNs) joined by a line: a point beyond the line beats simply using a smaller
+def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, style: Styles) -> bool:
+    """The main metric against one of PARETO_AXES (unique parameters, training or inference memory), every
+    shared configuration a labelled point in its scheme's style, and the unshared models (separate Q/K/V, and the
+    iso-parameter twins: smaller FFNs) joined by a black line: a point below the line beats simply using a smaller
     model."""
+    from adjustText import adjust_text
+
     main = main_metric(configurations)
     if main is None:
         return False
@@ -119,61 +203,45 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path) -> 
         value = configuration.mean_of(*path_in_record)
         if mean is None or value is None:
             continue
-        value = value / unit
-        (unshared if configuration.unshared else shared).append((value, mean, half or 0.0, configuration))
+        (unshared if configuration.unshared else shared).append((value / unit, mean, half or 0.0, configuration))
     if not shared or not unshared:
         return False
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = plt.subplots(figsize=(10, 6))
     unshared.sort(key=lambda point: point[0])
     axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
-                  color="grey", capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
-    names = []
+                  color=BASELINE[0], capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
+    texts = []
     for value, mean, half, configuration in shared:
-        axis.errorbar([value], [mean], yerr=[half], marker="o", capsize=3, linestyle="none")
+        colour, marker = style(configuration)
+        axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none")
         ratio = f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else ""
-        names.append(configuration.sharing.removeprefix("none+") + ratio)
+        texts.append(axis.text(value, mean, configuration.sharing.removeprefix("none+") + ratio, fontsize=7))
     axis.set_xlabel(label)
     axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
     finish_axis(axis)
-    figure.tight_layout()  # the labels are placed in the final layout's display units
-    for (value, mean, _, _), name, lift in zip(shared, names, label_lifts(axis, shared, names), strict=True):
-        axis.annotate(name, (value, mean), textcoords="offset points", xytext=(4, 4 + lift), fontsize=LABEL_SIZE)
+    figure.tight_layout()
+    adjust_text(texts, ax=axis, x=[p[0] for p in shared], y=[p[1] for p in shared],
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
     return save(figure, path)
-
-
-LABEL_SIZE = 7  # points
-
-
-def label_lifts(axis: plt.Axes, points: Sequence[tuple[float, ...]], names: Sequence[str]) -> list[float]:
-    """How many points to raise each point's label so that no two overlap: schemes of nearly the same size and
-    loss (symmetric and pairwise) would otherwise print over each other. Boxes are estimated in display units."""
-    to_points = 72 / axis.figure.dpi
-    height = LABEL_SIZE + 1
-    placed: list[tuple[float, float, float]] = []  # each label's left, bottom and width
-    lifts = []
-    for point, name in zip(points, names, strict=True):
-        x, y = axis.transData.transform(point[:2]) * to_points
-        width, lift = 0.6 * LABEL_SIZE * len(name), 0.0
-        while any(abs(y + lift - other_y) < height and x < other_x + other_width and other_x < x + width
-                  for other_x, other_y, other_width in placed):  # fmt: skip
-            lift += height
-        placed.append((x, y + lift, width))
-        lifts.append(lift)
-    return lifts
 
 
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:
     """Writes curves.png, metric_vs_ratio.png, metric_vs_params.png and, where there are shared and unshared
-    models, pareto_<axis>.png for each of PARETO_AXES the runs have data for, their names ending in
-    `suffix` (one set per architecture)."""
+    models, pareto_<axis>.png for each of PARETO_AXES the runs have data for, their names ending in `suffix`
+    (one set per architecture). A plot the runs cannot fill is not written, and an old copy of it is removed."""
     out.mkdir(parents=True, exist_ok=True)
+    style = Styles(configurations)
+    plots = {
+        "curves": lambda path: plot_curves(configurations, path, style),
+        "metric_vs_ratio": lambda path: plot_against(configurations, "ratio", path, style),
+        "metric_vs_params": lambda path: plot_against(configurations, "params", path, style),
+        **{f"pareto_{x}": (lambda path, x=x: plot_pareto(configurations, x, path, style)) for x in PARETO_AXES},
+    }
     made = []
-    if plot_curves(configurations, out / f"curves{suffix}.png"):
-        made.append(out / f"curves{suffix}.png")
-    for x, name in (("ratio", "metric_vs_ratio"), ("params", "metric_vs_params")):
-        if plot_against(configurations, x, out / f"{name}{suffix}.png"):
-            made.append(out / f"{name}{suffix}.png")
-    for x in PARETO_AXES:
-        if plot_pareto(configurations, x, out / f"pareto_{x}{suffix}.png"):
-            made.append(out / f"pareto_{x}{suffix}.png")
+    for name, plot in plots.items():
+        path = out / f"{name}{suffix}.png"
+        if plot(path):
+            made.append(path)
+        else:
+            path.unlink(missing_ok=True)
     return made

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
-from sharebench.config import build_model, predicted_fraction, sharing_class
+from sharebench.config import build_model, iso_compute_steps, predicted_fraction, sharing_class
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
@@ -341,11 +341,13 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
 
     if cfg.compile:
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-    module = PretrainModule(model, cfg.optim, cfg.trainer.max_steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
+    steps = iso_compute_steps(cfg, data.vocab_size) if cfg.iso_compute else cfg.trainer.max_steps
+    module = PretrainModule(model, cfg.optim, steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
     resume, resumed_step = resume_point(run_dir) or (None, 0)
     logger = make_logger(cfg, run_dir)
     settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
+    settings["max_steps"] = steps
     if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
         from lightning.pytorch.strategies import FSDPStrategy
 

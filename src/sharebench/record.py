@@ -224,8 +224,10 @@ def summary_line(record: dict[str, Any]) -> str:
     """How a finished pretraining run ends on the console: where it went and what it reached."""
     metrics, speed = record["metrics"], record["speed"]
     tokens_per_second = f"{speed['tokens_per_second']:,.0f} tokens/s" if speed.get("tokens_per_second") else "—"
+    full = metrics.get("val_loss_full")
+    loss = f"{full:.4f} over the whole validation split" if full is not None else f"{metrics['val_loss']:.4f}"
     return (
-        f"done: {record['run_dir']}: validation loss {metrics['val_loss']:.4f} after {metrics['steps']:,} steps, "
+        f"done: {record['run_dir']}: validation loss {loss} after {metrics['steps']:,} steps, "
         f"{record['parameters']['unique']:,} unique parameters, {tokens_per_second}, {record['wall_time_s']:,.0f} s"
     )
 

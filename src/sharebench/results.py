@@ -1,6 +1,6 @@
 """A folder of run records as configurations: what identifies a configuration, its runs' metrics, and the
-statistics over seeds (mean and 95 % CI, Welch's CI of a difference). `sharebench.collect` makes tables of them,
-`sharebench.plots` plots.
+metrics of its runs by seed, and which configurations compare fairly (`sharebench.stats` has the statistics).
+`sharebench.collect` makes tables of them, `sharebench.plots` plots.
 
 A configuration is identified by what its runs computed, not by the strings typed or the folders they sit in:
 the within-layer and cross-layer schemes with the ratios they used, and every resolved config value except the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,15 @@ from typing import Any
 from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
 from sharebench.record import RECORD_NAME, config_leaves, normalized
+from sharebench.stats import mean_ci
+
+__all__ = ["mean_ci"]  # plots take it from here with the configurations
 
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
-# The metric that plots and iso-parameter pairs use: a loss (lower is better), a GLUE score or a correlation.
-MAIN_METRICS = (("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
+# The metric that verdicts and plots use, the first that every configuration's runs have: the loss over the whole
+# validation split (runs before it was recorded: over the sampled batches), a GLUE score or a correlation.
+MAIN_METRICS = (("val_loss_full", "lower"), ("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
 # Metrics that get a Δ column beside the main metric's where the runs have them.
 COMPARED_TOO = ("train_loss", "val_rise")
 # Config keys beyond those that do not change what a run computes (record.config_leaves) that do not tell runs
@@ -138,8 +143,16 @@ class Configuration:
         return self.sharing == "none" or self.iso_baseline
 
     def metric_values(self, metric: str) -> list[float]:
-        values = [run_metrics(r).get(metric) for r in self.records]
-        return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return list(self.metric_by_seed(metric).values())
+
+    def metric_by_seed(self, metric: str) -> dict[tuple[Any, Any], float]:
+        values = {run_seeds(r): run_metrics(r).get(metric) for r in self.records}
+        return {seed: float(v) for seed, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def compute(self, key: str) -> float | None:
+        """The mean over runs of `compute.<key>` (tokens_seen, training_flops)."""
+        values = [compute_of(r).get(key) for r in self.records]
+        return statistics.fmean(values) if values and None not in values else None
 
     def metrics(self) -> list[str]:
         names: dict[str, None] = {}
@@ -173,40 +186,18 @@ class Configuration:
         return speeds[0] or speeds[1]
 
 
-def t_critical(degrees_of_freedom: int, confidence: float = 0.95) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + confidence / 2, degrees_of_freedom))
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """The mean and the half-width of its confidence interval (Student's t; None with fewer than 2 values)."""
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, t_critical(len(values) - 1, confidence) * math.sqrt(variance / len(values))
-
-
-def difference_ci(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95
-                  ) -> tuple[float | None, float | None]:  # fmt: skip
-    """The difference of two means and the half-width of its confidence interval (Welch's t; None with fewer
-    than 2 values on either side)."""
-    if not values or not reference:
-        return None, None
-    (mean, _), (reference_mean, _) = mean_ci(values), mean_ci(reference)
-    difference = mean - reference_mean
-    if len(values) < 2 or len(reference) < 2:
-        return difference, None
-    variances = [sum((v - m) ** 2 for v in vs) / (len(vs) - 1) / len(vs)
-                 for vs, m in ((values, mean), (reference, reference_mean))]  # fmt: skip
-    error = math.sqrt(sum(variances))
-    if error == 0:
-        return difference, 0.0
-    freedom = error**4 / sum(v**2 / (len(vs) - 1) for v, vs in zip(variances, (values, reference), strict=True))
-    return difference, t_critical(freedom, confidence) * error
+def compute_of(record: dict[str, Any]) -> dict[str, int | None]:
+    """What a pretraining run spent: its `compute` field, or for runs recorded before it, the same figures from
+    its steps, batch, sequence length and FLOPs per token."""
+    if "compute" in record:
+        return record["compute"]
+    config, steps = record.get("config") or {}, (record.get("metrics") or {}).get("steps")
+    data, flops = config.get("data") or {}, record.get("flops_per_token")
+    if steps is None or flops is None or "batch_size" not in data:
+        return {"tokens_seen": None, "training_flops": None}
+    accumulated = (config.get("trainer") or {}).get("accumulate_grad_batches") or 1
+    tokens = steps * accumulated * data["batch_size"] * data["seq_len"]
+    return {"tokens_seen": tokens, "training_flops": tokens * flops}
 
 
 def run_seeds(record: dict[str, Any]) -> tuple[Any, Any]:
@@ -215,8 +206,9 @@ def run_seeds(record: dict[str, Any]) -> tuple[Any, Any]:
     return record.get("seed"), (record.get("config") or {}).get("seed")
 
 
-def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
-    found: dict[str, Configuration] = {}
+def read_records(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every run record below the folders, each with its `_path`; an unreadable one as a failed run."""
+    records = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise ConfigError(f"collect: {folder} is not a folder of runs")
@@ -228,18 +220,31 @@ def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
             except (OSError, json.JSONDecodeError) as error:
                 record = {"status": "failed", "error": f"unreadable {RECORD_NAME}: {error}"}
             record["_path"] = str(path)
-            described = description(record)
-            key = json.dumps(described, sort_keys=True)
-            configuration = found.setdefault(key, Configuration(described))
-            if record.get("status") == "completed":
-                counted = next((r for r in configuration.records if run_seeds(r) == run_seeds(record)), None)
-                if counted is not None:  # the same run copied to a second folder, or run again: one sample
-                    print(f"collect: {path} repeats the run of {counted['_path']} (same configuration and seed); "
-                          f"counted once", file=sys.stderr)  # fmt: skip
-                    continue
-                configuration.records.append(record)
-            else:
-                configuration.failed.append(record)
+            records.append(record)
+    return records
+
+
+def without_new_keys(descriptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Descriptions without the config keys that only some records have and that hold one value wherever they
+    appear: a key a later version of the suite added (at its default) does not split one configuration in two."""
+    keys = {key for described in descriptions for key in described}
+    partial = {key for key in keys if not all(key in described for described in descriptions)}
+    silent = {key for key in partial if len({repr(d[key]) for d in descriptions if key in d}) == 1}
+    return [{k: v for k, v in described.items() if k not in silent} for described in descriptions]
+
+
+def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
+    found: dict[str, Configuration] = {}
+    records = read_records(folders)
+    for record, described in zip(records, without_new_keys([description(r) for r in records]), strict=True):
+        configuration = found.setdefault(json.dumps(described, sort_keys=True), Configuration(described))
+        if record.get("status") != "completed":
+            configuration.failed.append(record)
+        elif counted := next((r for r in configuration.records if run_seeds(r) == run_seeds(record)), None):
+            print(f"collect: {record['_path']} repeats the run of {counted['_path']} (same configuration and seed); "
+                  f"counted once", file=sys.stderr)  # the same run copied to a second folder, or run again  # fmt: skip
+        else:
+            configuration.records.append(record)
     if not found:
         raise ConfigError(f"collect: no {RECORD_NAME} under {', '.join(map(str, folders))}")
     configurations = list(found.values())
@@ -297,8 +302,21 @@ def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
 
 
 def main_metric(configurations: Sequence[Configuration]) -> tuple[str, str] | None:
-    available = {m for c in configurations for m in c.metrics()}
-    return next(((m, order) for m, order in MAIN_METRICS if m in available), None)
+    measured = [set(c.metrics()) for c in configurations if c.records]
+    return next(((m, order) for m, order in MAIN_METRICS if measured and all(m in ms for ms in measured)), None)
+
+
+def shares_data_order(a: Configuration, b: Configuration) -> bool:
+    """Whether two configurations' runs of one seed saw the same batches in the same order and were evaluated on
+    the same batches: then their difference is taken seed by seed."""
+
+    def data_keys(configuration: Configuration) -> dict[str, Any]:
+        leaves = config_leaves(configuration.first.get("config") or {})
+        return {
+            k: v for k, v in leaves.items() if k.startswith(("data.", "glue.")) or k.endswith("accumulate_grad_batches")
+        }
+
+    return data_keys(a) == data_keys(b)
 
 
 def reference(configurations: Sequence[Configuration]) -> Configuration | None:
@@ -322,9 +340,36 @@ def iso_baseline(configuration: Configuration, configurations: Sequence[Configur
     own = [c for c in configurations if c.description == twin and c.records]
     if own:
         return own[0]
-    candidates = [c for c in configurations
-                  if c.sharing == "none" and not c.iso_baseline and c.records and c.unique_parameters()]  # fmt: skip
+    tokens = configuration.compute("tokens_seen")
+    candidates = [c for c in configurations if c.sharing == "none" and not c.iso_baseline and c.records
+                  and c.unique_parameters() and c.compute("tokens_seen") == tokens]  # fmt: skip
     return min(candidates, key=lambda c: abs(c.unique_parameters() - unique)) if candidates else None
+
+
+# How close an unshared model's unique parameters and training FLOPs must come to a shared model's for it to be
+# that model's iso-compute twin (FLOPs are matched in whole steps).
+ISO_COMPUTE_TOLERANCE = 0.02
+
+
+def iso_compute_twin(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
+    """An unshared configuration with (within ISO_COMPUTE_TOLERANCE) the unique parameters and the training FLOPs
+    of a shared one, trained on more tokens to spend them: its twin at equal compute (`iso_compute=true`)."""
+    unique, flops = configuration.unique_parameters(), configuration.compute("training_flops")
+    tokens = configuration.compute("tokens_seen")
+    if configuration.unshared or not unique or not flops or not tokens:
+        return None
+
+    def close(a: float | None, b: float) -> bool:
+        return a is not None and abs(a - b) <= ISO_COMPUTE_TOLERANCE * b
+
+    candidates = [
+        c
+        for c in configurations
+        if c.unshared and c.records and close(c.unique_parameters(), unique)
+        and close(c.compute("training_flops"), flops) and (c.compute("tokens_seen") or 0) > tokens
+    ]  # fmt: skip
+    own = [c for c in candidates if c.iso_baseline and scheme_of(c.first) == scheme_of(configuration.first)]
+    return (own or candidates or [None])[0]
 
 
 def by_arch(configurations: Sequence[Configuration]) -> dict[str | None, list[Configuration]]:

@@ -1,0 +1,51 @@
+"""What a run spent and what it reached: tokens seen, training FLOPs, the loss over the whole validation split,
+and the iso-compute twin that spends a shared model's FLOPs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharebench.results import find_configurations, iso_compute_twin
+from sharebench.tasks import run_task
+
+
+def test_a_run_records_its_compute_and_its_loss_over_the_whole_validation_split(nano_cfg, tmp_path):
+    whole = run_task(nano_cfg("trainer.limit_val_batches=1.0"), tmp_path / "whole")
+    metrics, config = whole["metrics"], whole["config"]
+    tokens = metrics["steps"] * config["data"]["batch_size"] * config["data"]["seq_len"]
+    assert whole["compute"] == {"tokens_seen": tokens, "training_flops": tokens * whole["flops_per_token"]}
+    # Evaluated on every batch, the curve's last point and the whole-split loss agree (the last batch is smaller
+    # and weighs less in the token-weighted loss).
+    assert metrics["val_loss_full"] == pytest.approx(metrics["val_loss"], rel=0.02)
+    sampled = run_task(nano_cfg("trainer.limit_val_batches=1"), tmp_path / "sampled")
+    assert sampled["metrics"]["val_loss_full"] == pytest.approx(metrics["val_loss_full"], rel=1e-5)
+    assert sampled["metrics"]["val_loss"] != pytest.approx(metrics["val_loss_full"], rel=1e-5)
+
+
+def test_an_iso_compute_twin_trains_until_it_has_spent_the_shared_models_flops(nano_cfg, tmp_path):
+    cycle = [
+        "layers=cycle",
+        "layers.ratio=0.5",
+        "size.n_layers=4",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=20",
+    ]
+    shared = run_task(nano_cfg(*cycle), tmp_path / "cycle")
+    twin = run_task(nano_cfg(*cycle, "iso_baseline=true"), tmp_path / "twin")
+    at_compute = run_task(nano_cfg(*cycle, "iso_baseline=true", "iso_compute=true"), tmp_path / "at_compute")
+    assert twin["metrics"]["steps"] == 20 < at_compute["metrics"]["steps"]
+    assert at_compute["parameters"]["unique"] == twin["parameters"]["unique"]
+    spent = shared["compute"]["training_flops"]
+    assert at_compute["compute"]["training_flops"] == pytest.approx(spent, rel=0.02)  # in whole steps
+    configurations = {c.label: c for c in find_configurations([tmp_path])}
+    cycle_configuration = next(c for c in configurations.values() if c.sharing == "none+cycle" and not c.iso_baseline)
+    found = iso_compute_twin(cycle_configuration, list(configurations.values()))
+    assert found is not None and found.compute("tokens_seen") == at_compute["compute"]["tokens_seen"]
+
+
+def test_iso_compute_is_refused_without_an_iso_baseline(nano_cfg):
+    from sharebench.config import validate
+    from sharebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="iso_compute=true .* add iso_baseline=true"):
+        validate(nano_cfg("layers=cycle", "layers.ratio=0.5", "iso_compute=true"))
