@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from sharebench.collect import collect, table_rows
 from sharebench.config import compose
+from sharebench.paths import PROJECT_ROOT
 from sharebench.results import find_configurations
 from sharebench.tasks import run_task
 from tests.conftest import nano_settings
@@ -200,3 +202,18 @@ def test_a_config_key_added_later_at_one_value_does_not_split_a_configuration(tm
     # Where the new key tells runs apart, it still does; a run without it, whose value is unknown, stays apart.
     record("other", 2, {"lr": 1, "iso_compute": True})
     assert len(find_configurations([tmp_path])) == 3
+
+
+COMMITTED = sorted(p.parent.name for p in (PROJECT_ROOT / "results").glob("*/runs") if (p.parent / "table.md").exists())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("result", COMMITTED)
+def test_every_committed_table_rebuilds_from_its_records(result, tmp_path, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)  # as its README rebuilds it: sharebench collect results/<name> --out …
+    folder = Path("results") / result
+    collect([folder], tmp_path, plots=False)
+    for table in folder.glob("*.csv"):
+        assert (tmp_path / table.name).read_text() == table.read_text(), table.name
+    assert (tmp_path / "table.md").read_text() == (folder / "table.md").read_text()
+    assert (tmp_path / "setting.md").read_text() == (folder / "setting.md").read_text()

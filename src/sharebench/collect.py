@@ -81,8 +81,7 @@ class Verdicts:
 
     def add(self, comparison: Comparison | None, row: list[str]) -> list[str]:
         """The comparison's cells (Δ ± 95 % CI, the test, and the verdict to come) appended to `row`."""
-        row += [_difference_cell(comparison), comparison.test_name() if comparison and comparison.half_width is not None
-                else "—", ""]  # fmt: skip
+        row += [_difference_cell(comparison), comparison.test_name() if comparison else "—", ""]
         self.comparisons.append(comparison)
         self.cells.append((row, len(row) - 1))
         return row
@@ -177,6 +176,9 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
         if base:
             if configuration is base:
                 row += ["reference", "—", "reference"]
+            elif configuration.iso_baseline:  # a twin is there to judge its shared model by, not to be judged
+                comparison = compared(configuration, base, main[0])
+                row += [_difference_cell(comparison), comparison.test_name() if comparison else "—", "—"]
             else:
                 judged.add(compared(configuration, base, main[0]), row)
             row += ["reference" if configuration is base else _difference_cell(compared(configuration, base, m))

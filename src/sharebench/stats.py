@@ -60,6 +60,9 @@ class Comparison:
         return float((t.ppf(1 - ALPHA / 2) + t.ppf(POWER)) * self.standard_error)
 
     def test_name(self) -> str:
+        """How the interval was computed (— without one)."""
+        if self.half_width is None:
+            return "—"
         return f"paired, {self.seeds} seeds" if self.paired else "Welch"
 
 
