@@ -191,7 +191,10 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
                     f"{closest}{twin.label} ({twin.unique_parameters():,})",
                     _mean_ci_cell(twin.metric_values(main[0])),
                 ]
-                judged.add(compared(configuration, twin, main[0]), row)
+                if twin is base:  # the same comparison as against the reference, judged there once
+                    row += ["as vs the reference"] * 3
+                else:
+                    judged.add(compared(configuration, twin, main[0]), row)
             else:
                 row += ["—"] * 5
         if any(compute_twins.values()):

@@ -31,8 +31,14 @@ BASELINE = ("black", "s")
 # side by side differ in hue: 18 colours, paired with markers so that no two schemes of a collection look alike.
 COLOURS = [matplotlib.colormaps["tab20"](i) for start in (0, 1) for i in range(start, 20, 2) if i not in (14, 15)]
 MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "*")
-# A plot against x needs this many distinct x values to say anything about the trend.
+# A plot against x needs this many distinct x values (more than 1 % apart) to say anything about the trend.
 MIN_X_VALUES = 3
+
+
+def distinct_values(values: Sequence[float]) -> int:
+    """How many values differ from the next smaller one by more than 1 %."""
+    ordered = sorted(values)
+    return sum(1 for i, v in enumerate(ordered) if i == 0 or v > ordered[i - 1] * 1.01)
 
 
 def scheme_name(configuration: Configuration) -> str:
@@ -153,7 +159,7 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path, st
         for configuration in configurations:
             ratios.setdefault(scheme_name(configuration), set()).add(configuration.ratio)
         configurations = [c for c in configurations if scheme_name(c) == "none" or len(ratios[scheme_name(c)]) > 1]
-    if len({x_of(c) for c in configurations if c.records and x_of(c) is not None}) < MIN_X_VALUES:
+    if distinct_values([x_of(c) for c in configurations if c.records and x_of(c) is not None]) < MIN_X_VALUES:
         return False
     groups = panels(configurations)
     figure, axes = plt.subplots(len(groups), 1, figsize=(9, 4 * len(groups)), squeeze=False)
@@ -204,7 +210,7 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
         if mean is None or value is None:
             continue
         (unshared if configuration.unshared else shared).append((value / unit, mean, half or 0.0, configuration))
-    if not shared or not unshared:
+    if not shared or not unshared or distinct_values([p[0] for p in shared + unshared]) < MIN_X_VALUES:
         return False
     figure, axis = plt.subplots(figsize=(10, 6))
     unshared.sort(key=lambda point: point[0])
