@@ -132,6 +132,9 @@ def test_compare_lists_runs(nano_cfg, tmp_path):
     table = compare([str(tmp_path)])
     assert "| sharing=none | 0 | completed |" in table and "| sharing=shared_qkv | 0 | completed |" in table
     assert "size" not in table and "output_root" not in table  # only what tells the runs apart
+    row = next(line for line in table.splitlines() if line.startswith("| sharing=none "))
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert f"| {record['metrics']['val_loss_full']:.4f} |" in row  # the whole split beside the curve's sample
 
 
 def test_params_needs_no_data(monkeypatch, tmp_path):
