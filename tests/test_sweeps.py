@@ -123,7 +123,14 @@ FAST = [*TINY, "seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2"
 # A recipe of several grids (the leaderboard's 78 configurations), narrowed to two of its configurations: the
 # command line wins over every grid.
 NARROWED = {
-    "leaderboard": ["arch=bert", "data=wikipedia", "layers=none", "iso_baseline=false", "sharing=none,mqa"],
+    "leaderboard": [
+        "arch=bert",
+        "data=wikipedia",
+        "layers=none",
+        "iso_baseline=false",
+        "iso_compute=false",
+        "sharing=none,mqa",
+    ],
     "takase21": ["layers=none,sequence", "iso_baseline=false", "iso_compute=false"],
 }
 
@@ -245,6 +252,7 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
     runs = result.stdout.strip().splitlines()
     # (1 + 9 × 2 + 10 × 2 configurations, and 7 iso-compute twins) × 2 archs × 3 seeds
     assert runs[-1] == "276 runs, none launched (dry_run)"
-    assert sum("iso_baseline=True" in r for r in runs) == 19 * 2 * 3
-    assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 6
+    assert sum("iso_baseline=True" in r for r in runs) == (19 + 7) * 2 * 3
+    assert sum("iso_compute=True" in r for r in runs) == 7 * 2 * 3
+    assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 9  # the model, its two twins
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["multirun.yaml"]  # Hydra's note, no run
