@@ -219,3 +219,14 @@ def test_every_committed_table_rebuilds_from_its_records(result, tmp_path, monke
         assert (tmp_path / table.name).read_text() == table.read_text(), table.name
     assert (tmp_path / "table.md").read_text() == (folder / "table.md").read_text()
     assert (tmp_path / "setting.md").read_text() == (folder / "setting.md").read_text()
+
+
+def test_plots_of_configurations_told_apart_by_their_architecture_alone(tmp_path, corpus, cache_dir):
+    from sharebench.plots import plot_all
+
+    for arch in ("bert", "gpt"):
+        cfg = compose([*nano_settings(corpus, cache_dir, tmp_path), f"arch={arch}"])
+        run_task(cfg, tmp_path / "runs" / arch / "seed=0")
+    configurations = find_configurations([tmp_path / "runs"])
+    assert sorted(c.label for c in configurations) == ["arch=bert", "arch=gpt"]
+    assert [p.name for p in plot_all(configurations[:1], tmp_path / "out")] == ["curves.png"]

@@ -134,7 +134,8 @@ def finish_axis(axis: plt.Axes) -> None:
 
 def short_label(configuration: Configuration) -> str:
     """The label without the architecture, which a plot (one per architecture) names in its file."""
-    return configuration.label.split(",", 1)[1] if configuration.label.startswith("arch=") else configuration.label
+    rest = configuration.label.partition(",")[2]
+    return rest if configuration.label.startswith("arch=") and rest else configuration.label
 
 
 def save(figure: plt.Figure, path: Path) -> bool:
