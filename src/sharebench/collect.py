@@ -39,6 +39,11 @@ from sharebench.results import (
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 
+def comparison_cells(comparison: Comparison | None) -> list[str]:
+    """Δ ± 95 % CI and the test that gave the interval."""
+    return [_difference_cell(comparison), comparison.test_name() if comparison else "—"]
+
+
 def _difference_cell(comparison: Comparison | None) -> str:
     if comparison is None:
         return "—"
@@ -81,7 +86,7 @@ class Verdicts:
 
     def add(self, comparison: Comparison | None, row: list[str]) -> list[str]:
         """The comparison's cells (Δ ± 95 % CI, the test, and the verdict to come) appended to `row`."""
-        row += [_difference_cell(comparison), comparison.test_name() if comparison else "—", ""]
+        row += [*comparison_cells(comparison), ""]
         self.comparisons.append(comparison)
         self.cells.append((row, len(row) - 1))
         return row
@@ -177,8 +182,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             if configuration is base:
                 row += ["reference", "—", "reference"]
             elif configuration.iso_baseline:  # a twin is there to judge its shared model by, not to be judged
-                comparison = compared(configuration, base, main[0])
-                row += [_difference_cell(comparison), comparison.test_name() if comparison else "—", "—"]
+                row += [*comparison_cells(compared(configuration, base, main[0])), "—"]
             else:
                 judged.add(compared(configuration, base, main[0]), row)
             row += ["reference" if configuration is base else _difference_cell(compared(configuration, base, m))

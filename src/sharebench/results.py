@@ -180,11 +180,6 @@ class Configuration:
         values = self.values_of(*path)
         return sum(values) / len(values) if values else None
 
-    def inference_speed(self) -> list[float]:
-        """Inference tokens/s per run: cached decoding at batch 1 for decoders, encoding at batch 32 for encoders."""
-        speeds = [self.values_of("inference", "tokens_per_second", key) for key in ("batch_1", "batch_32")]
-        return speeds[0] or speeds[1]
-
 
 def compute_of(record: dict[str, Any]) -> dict[str, int | None]:
     """What a pretraining run spent: its `compute` field, or for runs recorded before it, the same figures from
