@@ -45,15 +45,11 @@ def sweeper_params(overrides: list[str]) -> dict[str, str]:
 def sweep_grid(overrides: list[str]) -> list[list[str]]:
     """The runs the sweeper expands a command line into: each grid of the recipe with its common axes, the command
     line winning."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from sharebench.config import check_overrides
 
     params, grids = sweeper_settings(overrides)
-    runs = []
-    for grid in grids:
-        axes = [f"{key}={values}" for key, values in {**params, **grid}.items()]
-        runs += BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(axes + overrides), None)[0]
-    return runs
+    return [run for grid in grids for run in check_overrides([f"{k}={v}" for k, v in {**params, **grid}.items()]
+                                                             + overrides)]  # fmt: skip
 
 
 def bert_vocab() -> Path:

@@ -34,6 +34,7 @@ from sharebench.results import (
     pretraining,
     reference,
     shares_data_order,
+    tuned_rate,
     unshared_unique_parameters,
 )
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
@@ -144,6 +145,9 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     header = ["configuration", "sharing", "ratio", "layers ratio", "seeds", "not completed", "unique params",
               "vs unshared", "tokens seen", "training FLOPs", "checkpoint MiB", "training MiB", "KV bytes/token",
               "wall s/run", *metrics]  # fmt: skip
+    searched = any(c.lr_search for c in configurations)
+    if searched:
+        header.insert(4, "learning rate")
     main = main_metric(configurations)
     base = reference(configurations) if main else None
     also = [m for m in COMPARED_TOO if m in metrics and base and m != main[0]]
@@ -178,6 +182,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             _format(configuration.mean_of("wall_time_s"), ",.0f"),
             *(_mean_ci_cell(configuration.metric_values(m)) for m in metrics),
         ]
+        if searched:
+            row.insert(4, learning_rate_cell(configuration))
         if base:
             if configuration is base:
                 row += ["reference", "—", "reference"]
@@ -214,6 +220,34 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     margin = margin if margin is not None else margin_of(configurations, main[1])
     judged.judge(main[1] == "lower", margin)
     return Table(header, rows, judged.notes(main[0], margin))
+
+
+def learning_rate_cell(configuration: Configuration) -> str:
+    search = configuration.lr_search
+    if search is None:
+        return "—"
+    return f"{search.choice.rate:g}" + (" (grid edge)" if search.choice.at_edge else "")
+
+
+def lr_search_table(configurations: Sequence[Configuration]) -> Table | None:
+    """Each searched configuration's rates with the metric of the seed that ran them, and the rate chosen."""
+    searched = [c for c in configurations if c.lr_search]
+    if not searched:
+        return None
+    rates = sorted({rate for c in searched for rate in c.lr_search.results})
+    header = ["configuration", "sharing", *(f"lr {rate:g}" for rate in rates), "chosen", "at the grid's edge"]
+    rows = [
+        [c.label, scheme_cell(c), *(_format(c.lr_search.results.get(rate), ".4f") for rate in rates),
+         f"{c.lr_search.choice.rate:g}", "yes" if c.lr_search.choice.at_edge else "no"]
+        for c in searched
+    ]  # fmt: skip
+    metric = searched[0].lr_search.metric
+    notes = [
+        f"Learning-rate search (lr_grid): each configuration's {metric} on the seed that ran every rate of its grid "
+        "(— not tried); the lowest wins and the other seeds ran at it. A choice at the grid's edge stayed there "
+        "after the grid was extended as far as lr_grid.extend allows: a better rate may lie beyond."
+    ]
+    return Table(header, rows, notes)
 
 
 def pretraining_seed(record: dict[str, Any]) -> Any:
@@ -366,8 +400,9 @@ def setting(configurations: Sequence[Configuration]) -> str:
 
 def run_time(configurations: Sequence[Configuration]) -> str:
     """The runs' own wall times added up (process start and sweep overhead aside)."""
-    seconds = [r["wall_time_s"] for c in configurations for r in c.records + c.failed if "wall_time_s" in r]
-    runs = sum(len(c.records) + len(c.failed) for c in configurations)
+    every = [r for c in configurations for r in c.records + c.failed + c.grid_runs]
+    seconds = [r["wall_time_s"] for r in every if "wall_time_s" in r]
+    runs = len(every)
     return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
 
 
@@ -380,6 +415,7 @@ def tables(configurations: Sequence[Configuration], iso: bool = False, margin: f
         "table" if len(groups) == 1 else f"table-{arch}": table_rows(group, iso, margin)
         for arch, group in groups.items()
     }
+    made["lr_search"] = lr_search_table(pretraining(configurations))
     made["glue"] = glue_table_rows(configurations, margin)
     return {name: table for name, table in made.items() if table}
 
@@ -389,6 +425,8 @@ def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> s
     for name, table in made.items():
         if name.startswith("table-"):
             parts += [f"Architecture {name.removeprefix('table-')}:", ""]
+        if name == "lr_search":
+            parts += ["Learning rates:", ""]
         if name == "glue":
             parts += ["GLUE (validation; score = the task's official metric, or the mean of its two):", ""]
         parts += [markdown(table.header, table.rows), "", *table.notes, ""]
@@ -436,7 +474,10 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
 
 
 def record_destination(configuration: Configuration, record: dict[str, Any]) -> Path:
-    folder = Path(configuration.label) / f"seed={pretraining_seed(record)}"
+    folder = Path(configuration.label)
+    if record in configuration.grid_runs:
+        folder = folder / "lr_grid" / f"lr={tuned_rate(record):g}"
+    folder = folder / f"seed={pretraining_seed(record)}"
     if configuration.glue_task is not None:
         folder = folder / "glue" / configuration.glue_task / f"seed={record.get('seed')}"
     return folder / RECORD_NAME
@@ -447,7 +488,7 @@ def replace_records(configurations: Sequence[Configuration], target: Path) -> No
     staging = target.parent / f"{STAGING}new"
     shutil.rmtree(staging, ignore_errors=True)
     for configuration in configurations:
-        for record in configuration.records + configuration.failed:
+        for record in configuration.records + configuration.failed + configuration.grid_runs:
             source = Path(record["_path"]).parent
             destination = staging / record_destination(configuration, record)
             atomic_write_json(destination, {k: v for k, v in record.items() if k != "_path"})

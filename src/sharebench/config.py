@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sharebench import glue
+from sharebench import glue, tuning
 from sharebench.convert import CONVERSIONS, HeadwiseRatio
 from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
@@ -29,7 +29,7 @@ from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
 
-GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "scale")
+GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "lr_grid", "scale")
 
 
 def group_choices(group: str) -> list[str]:
@@ -38,14 +38,15 @@ def group_choices(group: str) -> list[str]:
 
 def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Reject unknown group choices on the command line, and expand sweeps (`a=1,2`) into one override list
-    per run, so that every run of a sweep is validated before the first starts."""
+    per run (every combination), so that every run of a sweep is validated before the first starts. A key given
+    twice keeps its last value, where it stands first."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as error:
         raise ConfigError(f"cannot parse the overrides: {error}".splitlines()[0]) from error
-    per_override = []
+    per_override: dict[str, list[str]] = {}
     for override in parsed:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
         if values is None:
@@ -62,10 +63,10 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
                     raise ConfigError(f"unknown {key} {value!r}; valid choices: {', '.join(group_choices(key))}")
         prefix = override.get_key_element()
         if override.is_delete():
-            per_override.append([override.input_line])
+            per_override[prefix] = [override.input_line]
         else:
-            per_override.append([f"{prefix}={value}" for value in values])
-    return [list(combination) for combination in itertools.product(*per_override)]
+            per_override[prefix] = [f"{prefix}={value}" for value in values]
+    return [list(combination) for combination in itertools.product(*per_override.values())]
 
 
 def sharing_class(cfg: DictConfig) -> type[AttentionSharing]:
@@ -95,6 +96,11 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
         raise ConfigError(f"arch.activation={arch.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
     if cfg.data.seq_len > arch.max_positions:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds arch.max_positions={arch.max_positions}")
+    tuning.check(cfg.lr_grid)
+    if cfg.lr_grid.factors is not None and cfg.task != "pretrain":
+        raise ConfigError(
+            f"lr_grid searches pretraining's learning rate; task={cfg.task} fine-tunes at the rates of glue.lrs"
+        )
     if cfg.task != "pretrain":
         glue.check(cfg.glue)
     if cfg.task in ("glue", "sts_zero_shot"):
@@ -128,12 +134,14 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
     return configured
 
 
-def sweep_runs(runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]) -> list[list[str]]:
-    """The runs of a sweep to launch, every one validated before the first starts (`compose_run` is Hydra's
-    config loader). A scheme that takes no ratio meets the ratios of a sweep such as `sharing=none,partial_qk
-    ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run, launched without the ratio.
-    A run given twice (several grids of a recipe naming it) is launched once."""
-    launched: dict[tuple[str, ...], list[str]] = {}
+def sweep_runs(
+    runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]
+) -> list[tuple[list[str], DictConfig]]:
+    """The runs of a sweep to launch with their composed configs, every one validated before the first starts
+    (`compose_run` is Hydra's config loader). A scheme that takes no ratio meets the ratios of a sweep such as
+    `sharing=none,partial_qk ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run,
+    launched without the ratio. A run given twice (several grids of a recipe naming it) is launched once."""
+    launched: dict[tuple[str, ...], tuple[list[str], DictConfig]] = {}
     seen, skipped = set(), []
     for given in runs:
         if (key := tuple(sorted(given))) in seen:
@@ -141,14 +149,14 @@ def sweep_runs(runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]],
         seen.add(key)
         run = list(given)
         try:
-            validate(composed(compose_run, run))
+            validate(cfg := composed(compose_run, run))
         except RatioNotTaken as error:
             run = [o for o in run if o.split("=", 1)[0].lstrip("+~") != "ratio"]
-            validate(composed(compose_run, run))
+            validate(cfg := composed(compose_run, run))
             if tuple(sorted(run)) in launched:
                 reason = str(error).split(" (")[0]
                 skipped.append(f"skipped: {reason}: {' '.join(given)} is the same run without the ratio")
-        launched.setdefault(tuple(sorted(run)), run)
+        launched.setdefault(tuple(sorted(run)), (run, cfg))
     print(*skipped, sep="\n", end="\n" if skipped else "")
     return list(launched.values())
 

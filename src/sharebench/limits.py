@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sharebench import tuning
 from sharebench.errors import ConfigError
 from sharebench.paths import resolve_path
 
@@ -144,6 +145,9 @@ LIMITS: dict[str, Allowed] = {
     "iso_baseline": BOOL,
     "iso_compute": BOOL,
     "eval_train_loss": BOOL,
+    "lr_grid.factors": Allowed("list", item=number(0, open_low=True), nullable=True),
+    "lr_grid.extend": COUNT,
+    "lr_grid.metric": one_of(*tuning.METRICS),
     "compile": BOOL,
     "pretrained": Allowed("text", nullable=True),
     "convert.rank": POSITIVE,

@@ -23,6 +23,7 @@ from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
 from sharebench.record import RECORD_NAME, config_leaves, normalized
 from sharebench.stats import mean_ci
+from sharebench.tuning import LR_KEY, Choice, choose, metric_of
 
 __all__ = ["mean_ci"]  # plots take it from here with the configurations
 
@@ -65,12 +66,32 @@ def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def description(record: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task."""
-    config = {key: value for key, value in config_leaves(record.get("config") or {}).items() if key not in NOT_COMPARED}
+    """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task. A run of a
+    learning-rate search is its configuration's whatever its rate (the search chooses among them)."""
+    ignored = NOT_COMPARED | ({LR_KEY} if tuned_rate(record) is not None else set())
+    config = {key: value for key, value in config_leaves(record.get("config") or {}).items() if key not in ignored}
     described = {**{key: normalized(value) for key, value in scheme_of(record).items()}, **config}
     if "task" in record:
         described["glue_task"] = record["task"]
     return described
+
+
+def tuned_rate(record: dict[str, Any]) -> float | None:
+    """The learning rate of a run of a learning-rate search (`lr_grid.factors` set), else None."""
+    config = record.get("config") or {}
+    if (config.get("lr_grid") or {}).get("factors") is None:
+        return None
+    return float(config["optim"]["lr"])
+
+
+@dataclass(frozen=True)
+class LrSearch:
+    """A configuration's learning-rate search as its records show it: the metric of the seed that ran the grid at
+    each rate tried, and the rate chosen (`sharebench.tuning.choose`, as the sweeper chose it)."""
+
+    metric: str
+    results: dict[float, float]
+    choice: Choice
 
 
 def label_value(value: Any) -> str:
@@ -106,6 +127,9 @@ class Configuration:
     label: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    # A learning-rate search's runs at the rates not chosen, and the search.
+    grid_runs: list[dict[str, Any]] = field(default_factory=list)
+    lr_search: LrSearch | None = None
 
     @property
     def first(self) -> dict[str, Any]:
@@ -235,7 +259,7 @@ def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
         configuration = found.setdefault(json.dumps(described, sort_keys=True), Configuration(described))
         if record.get("status") != "completed":
             configuration.failed.append(record)
-        elif counted := next((r for r in configuration.records if run_seeds(r) == run_seeds(record)), None):
+        elif counted := next((r for r in configuration.records if run_key(r) == run_key(record)), None):
             print(f"collect: {record['_path']} repeats the run of {counted['_path']} (same configuration and seed); "
                   f"counted once", file=sys.stderr)  # the same run copied to a second folder, or run again  # fmt: skip
         else:
@@ -243,9 +267,35 @@ def find_configurations(folders: Sequence[str | Path]) -> list[Configuration]:
     if not found:
         raise ConfigError(f"collect: no {RECORD_NAME} under {', '.join(map(str, folders))}")
     configurations = list(found.values())
+    for configuration in configurations:
+        settle_learning_rate(configuration)
     assign_labels(configurations)
     return sorted(configurations, key=lambda c: (c.glue_task or "", c.sharing, c.ratio if c.ratio is not None else -1,
                                                  c.layers_ratio or 0, c.iso_baseline, c.label))  # fmt: skip
+
+
+def run_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells a configuration's runs apart: their seeds and, in a learning-rate search, their rate."""
+    return (*run_seeds(record), tuned_rate(record))
+
+
+def settle_learning_rate(configuration: Configuration) -> None:
+    """A searched configuration keeps the runs at its chosen rate as its runs, the others as its grid's."""
+    if not configuration.records or tuned_rate(configuration.first) is None:
+        return
+    metric = configuration.first["config"]["lr_grid"]["metric"]
+    by_seed: dict[tuple[Any, Any], dict[float, float]] = {}
+    for record in configuration.records:
+        value = metric_of(record, metric)
+        if value is not None:
+            by_seed.setdefault(run_seeds(record), {})[tuned_rate(record)] = value
+    if not by_seed:
+        return
+    results = max(by_seed.values(), key=len)  # the grid's seed: the one that ran at every rate
+    choice = choose(results)
+    configuration.lr_search = LrSearch(metric, results, choice)
+    configuration.grid_runs = [r for r in configuration.records if tuned_rate(r) != choice.rate]
+    configuration.records = [r for r in configuration.records if tuned_rate(r) == choice.rate]
 
 
 def assign_labels(configurations: Sequence[Configuration]) -> None:

@@ -8,6 +8,7 @@ sharebench train -m sharing=none,partial_qk ratio=0.5,0.9
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -92,13 +93,17 @@ def check_command_line(argv: Sequence[str]) -> None:
         first_run = compose(single)
         if not more and not sweep:
             validate(first_run)
+            if (factors := first_run.lr_grid.factors) is not None:
+                raise ConfigError(
+                    f"lr_grid.factors={list(factors)} searches a learning rate over the runs of a sweep: add -m"
+                )
         hydra_settings = [arg for arg in argv if arg.startswith(HYDRA_KEYS)]
         if hydra_settings:  # a launcher or sweeper setting Hydra would refuse in many lines
             compose([*single, *hydra_settings], with_hydra=True)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict[str, Any] | None:
     from sharebench.tasks import run_task  # Lightning loads only once the command line has been checked
 
     hydra_cfg = HydraConfig.get()
@@ -107,7 +112,8 @@ def run(cfg: DictConfig) -> None:
     # process holds is left to it.
     failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else skip_runs_in_use()
     with exit_on_interrupt(), failures:
-        run_task(cfg, Path(hydra_cfg.runtime.output_dir))
+        return run_task(cfg, Path(hydra_cfg.runtime.output_dir))  # a sweep's learning-rate search reads it
+    return None
 
 
 def main() -> None:

@@ -1,0 +1,124 @@
+"""The learning-rate search (lr_grid): the choice, the grid's extension past a winning edge, the sweep that runs
+it, and collect reading the same choice back from the records."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from sharebench.collect import collect
+from sharebench.paths import PROJECT_ROOT
+from sharebench.results import find_configurations
+from sharebench.tuning import Search, beyond, choose, grid, metric_of
+
+
+def test_grid_is_the_base_rate_times_each_factor_rounded_as_folder_names_show_it():
+    assert grid(1e-3, [0.5, 1, 2]) == [0.0005, 0.001, 0.002]
+    assert grid(6e-4, [2, 0.5, 1]) == [0.0003, 0.0006, 0.0012]
+    assert grid(1 / 3 * 1e-3, [1]) == [0.0003333]
+
+
+def test_the_lowest_metric_wins_and_a_winner_at_either_end_is_at_the_edge():
+    assert choose({0.001: 3.0, 0.002: 2.9, 0.004: 3.1}).at_edge is False
+    assert choose({0.001: 3.0, 0.002: 2.9, 0.004: 2.8}) == choose({0.004: 2.8, 0.001: 3.0, 0.002: 2.9})
+    assert choose({0.001: 2.0, 0.002: 2.9}).rate == 0.001 and choose({0.001: 2.0, 0.002: 2.9}).at_edge
+    assert choose({0.001: math.inf, 0.002: 5.0}).rate == 0.002  # a diverged run loses
+
+
+def test_the_grid_extends_one_step_beyond_the_edge_that_wins():
+    assert beyond([0.0005, 0.001, 0.002], 0.002) == 0.004
+    assert beyond([0.0005, 0.001, 0.002], 0.0005) == 0.00025
+
+
+def search(extend: int = 2) -> Search:
+    return Search(["sharing=none"], ["0", "1", "2"], 1e-3, [0.5, 1, 2], extend, "val_loss_full")
+
+
+def run_grid(found: Search, loss) -> list[float]:
+    """Feed a search the metric `loss(rate)` until it has no rate left to try; the rates in the order tried."""
+    tried = []
+    while runs := found.next_runs():
+        for rate, overrides in runs:
+            assert overrides == ["sharing=none", "seed=0", f"optim.lr={rate!r}"]
+            found.record(rate, loss(rate))
+            tried.append(rate)
+    return tried
+
+
+def test_a_search_tries_its_grid_on_the_first_seed_then_runs_the_others_at_the_choice():
+    found = search()
+    assert run_grid(found, lambda rate: abs(math.log(rate / 0.001))) == [0.0005, 0.001, 0.002]
+    assert found.remaining_runs() == [["sharing=none", f"seed={s}", "optim.lr=0.001"] for s in ("1", "2")]
+    assert "→ 0.001" in found.describe() and "edge" not in found.describe()
+
+
+def test_a_winning_edge_extends_the_grid_at_most_extend_times_and_stays_flagged():
+    found = search(extend=2)
+    assert run_grid(found, lambda rate: -rate) == [0.0005, 0.001, 0.002, 0.004, 0.008]
+    assert found.remaining_runs()[0][-1] == "optim.lr=0.008"
+    assert "→ 0.008 (at the grid's edge)" in found.describe()
+    stops = search(extend=2)
+    assert run_grid(stops, lambda rate: abs(math.log(rate / 0.004))) == [0.0005, 0.001, 0.002, 0.004, 0.008]
+    assert "→ 0.004" in stops.describe() and "edge" not in stops.describe()  # 0.008 showed 0.004 is a minimum
+
+
+def test_a_search_with_a_run_that_did_not_complete_chooses_nothing():
+    found = search()
+    run_grid(found, lambda rate: None if rate == 0.002 else 1.0)
+    assert found.remaining_runs() == []
+    assert "no choice" in found.describe()
+
+
+def test_the_metric_comes_from_the_returned_record_and_a_diverged_run_is_infinitely_bad():
+    assert metric_of({"metrics": {"val_loss_full": 2.5}}, "val_loss_full") == 2.5
+    assert metric_of({"metrics": {"val_loss_full": float("nan")}}, "val_loss_full") == math.inf
+    assert metric_of(None, "val_loss_full") is None  # a run another process holds returns nothing
+    assert metric_of({"metrics": {}}, "val_loss_full") is None
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=900, cwd=PROJECT_ROOT)  # fmt: skip
+
+
+def test_a_search_needs_a_sweep():
+    result = train("lr_grid=factor2", "output_root=/nonexistent/never-made")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: lr_grid.factors=[0.5, 1.0, 2.0] searches a learning rate over the runs of a sweep: add -m"
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_searches_each_configurations_rate_and_collect_reads_the_choice_back(nano_overrides, tmp_path):
+    command = ["-m", *nano_overrides, "sharing=none,shared_qkv", "seed=0,1", "lr_grid=factor2", "lr_grid.extend=1"]
+    result = train(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    for scheme in ("none", "shared_qkv"):
+        mine = [r for r in records if r["sharing"]["name"] == scheme]
+        grid_runs = {r["config"]["optim"]["lr"]: r["metrics"]["val_loss_full"] for r in mine if r["seed"] == 0}
+        assert 3 <= len(grid_runs) <= 4  # the grid, and one rate beyond a winning edge
+        best = min(grid_runs, key=grid_runs.get)
+        assert [r["config"]["optim"]["lr"] for r in mine if r["seed"] == 1] == [best]
+        assert f"→ {best:g}" in result.stdout
+    again = train(*command)  # completed runs are skipped: the same choices, nothing trained twice
+    assert again.returncode == 0 and len(list(tmp_path.rglob("run.json"))) == len(records)
+    assert [line for line in again.stdout.splitlines() if line.startswith("lr_grid:")] == [
+        line for line in result.stdout.splitlines() if line.startswith("lr_grid:")
+    ]
+    configurations = find_configurations([tmp_path])
+    assert len(configurations) == 2
+    for configuration in configurations:
+        assert len(configuration.records) == 2 and {r["seed"] for r in configuration.records} == {0, 1}
+        assert configuration.lr_search and len(configuration.grid_runs) == len(configuration.lr_search.results) - 1
+    out = tmp_path / "results"
+    text = collect([tmp_path], out, plots=False)
+    assert "Learning rates:" in text and "| learning rate |" in text
+    assert len(list((out / "runs").rglob("lr_grid/lr=*/seed=0/run.json"))) == sum(len(c.grid_runs)
+                                                                                   for c in configurations)  # fmt: skip
+    assert collect([out], plots=False) == text  # the copied records give the same tables
