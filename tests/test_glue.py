@@ -135,6 +135,8 @@ def test_metrics_match_scikit_learn_and_scipy(seed):
     stsb = glue.compute_metrics("stsb", x, y)
     assert stsb["pearson"] == pytest.approx(stats.pearsonr(y, x)[0], abs=1e-6)
     assert stsb["spearman"] == pytest.approx(stats.spearmanr(y, x)[0], abs=1e-6)
+    constant = np.ones(200, dtype=int)  # a collapsed classifier: scikit-learn's (GLUE's) correlation is 0
+    assert glue.compute_metrics("cola", constant, refs)["matthews_correlation"] == sk.matthews_corrcoef(refs, constant)
 
 
 @pytest.fixture(scope="session")
@@ -240,3 +242,47 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(pretrained_nano, 
     shutil.copy(Path(minilm.__file__).parent / "model" / "tokenizer.json", folder / "tokenizer.json")
     with pytest.raises(ConfigError, match="30522 tokens, more than the model's 200 embeddings"):
         load_pretrained_tokenizer(folder, 128, 200)
+
+
+def test_the_majority_class_score_is_the_score_of_always_answering_the_most_frequent_label():
+    assert glue.majority_score("sst2", {"validation": [1, 1, 0]}) == pytest.approx(2 / 3)
+    assert glue.majority_score("mrpc", {"validation": [1, 1, 0, 0, 1]}) == pytest.approx((0.75 + 0.6) / 2)
+    assert glue.majority_score("cola", {"validation": [0, 1, 1]}) == 0.0  # Matthews' correlation of a constant
+    assert glue.majority_score("stsb", {"validation": [0.5, 4.0]}) is None
+    both = {"validation_matched": [0, 0, 1], "validation_mismatched": [2, 1, 2, 2]}
+    assert glue.majority_score("mnli", both) == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert glue.at_majority(2 / 3, 2 / 3) and not glue.at_majority(0.7, 2 / 3) and not glue.at_majority(0.7, None)
+
+
+def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pretrained_nano, glue_fixture, tmp_path):
+    from sharebench.collect import glue_table_rows
+    from sharebench.results import find_configurations
+
+    cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[sst2,stsb]", "glue.lrs=[1.0e-4,1.0e-3]",
+                   "glue.seeds=[0,1]", "glue.recipe.epochs=1", "glue.recipe.batch_size=8", "glue.predict_test=false",
+                   "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
+    summary = run_glue(cfg, pretrained_nano, tmp_path)
+    assert not summary["failed"]
+    for task in ("sst2", "stsb"):
+        scores = {
+            lr: [json.loads((tmp_path / "glue" / task / f"lr={lr:g}" / f"seed={s}" / "run.json").read_text())
+                 ["metrics"]["score"] for s in (0, 1)]
+            for lr in (1e-4, 1e-3)
+        }  # fmt: skip
+        best = max(scores, key=lambda lr: sum(scores[lr]))
+        result = summary["tasks"][task]
+        assert result["lr"] == best and result["score"]["median"] == pytest.approx(
+            sorted(scores[best])[0] / 2 + sorted(scores[best])[1] / 2
+        )
+    record = json.loads((tmp_path / "glue" / "sst2" / "lr=0.001" / "seed=0" / "run.json").read_text())
+    labels = [int(label) for label in glue.load_split(str(glue_fixture), "sst2", "validation")["label"]]
+    assert record["metrics"]["majority_score"] == max(labels.count(0), labels.count(1)) / len(labels)
+    assert record["metrics"]["at_majority"] == (record["metrics"]["score"] == record["metrics"]["majority_score"])
+    assert "| majority class |" in (tmp_path / "glue_summary.md").read_text()
+    configurations = find_configurations([tmp_path])
+    sst2 = next(c for c in configurations if c.glue_task == "sst2")
+    assert sst2.glue_rates == {0: summary["tasks"]["sst2"]["lr"]} and len(sst2.grid_runs) == 2  # one model, seed 0
+    header, rows, notes = glue_table_rows(configurations)
+    assert "sst2 lr" in header and "runs at the majority class" in header
+    assert rows[0][header.index("sst2 lr")] == f"{summary['tasks']['sst2']['lr']:g} ×1"
+    assert any(note.startswith("Majority-class score") for note in notes)

@@ -280,7 +280,11 @@ def glue_table_rows(configurations: Sequence[Configuration], margin: float | Non
         by_label.setdefault(configuration.label, {})[configuration.glue_task] = configuration
     scores = {label: glue_scores(per_task, tasks) for label, per_task in by_label.items()}
     base = reference([next(iter(per_task.values())) for per_task in by_label.values()])
+    searched = any(c.glue_rates for c in glue_runs)
+    majorities = majority_scores(glue_runs)
     header = ["configuration", "sharing", "unique params (encoder)", "pretraining seeds", *tasks, "GLUE score"]
+    header += [f"{task} lr" for task in tasks] if searched else []
+    header += ["runs at the majority class"] if majorities else []
     header += [f"Δ GLUE vs {base.label}", "test", f"verdict vs {base.label}"] if base else []
     judged = Verdicts()
     rows = []
@@ -292,6 +296,10 @@ def glue_table_rows(configurations: Sequence[Configuration], margin: float | Non
             *(_mean_ci_cell(per_task[t].metric_values("score")) if t in per_task else "—" for t in tasks),
             _mean_ci_cell(list(scores[label].values())),
         ]  # fmt: skip
+        if searched:
+            row += [chosen_rates_cell(per_task[t]) if t in per_task else "—" for t in tasks]
+        if majorities:
+            row.append(", ".join(at_majority_cell(t, per_task[t]) for t in tasks if t in majorities and t in per_task))
         if base and label == base.label:
             row += ["reference", "—", "reference"]
         elif base:
@@ -299,7 +307,40 @@ def glue_table_rows(configurations: Sequence[Configuration], margin: float | Non
         rows.append(row)
     margin = margin if margin is not None else margin_of(glue_runs, "higher")
     judged.judge(False, margin)
-    return Table(header, rows, judged.notes("the GLUE score", margin))
+    notes = judged.notes("the GLUE score", margin)
+    if searched:
+        notes.append("Learning rates (glue.lrs, BERT's protocol): each pretrained model is fine-tuned on each task at "
+                     "every rate and scored at the rate with the best mean validation score; `<task> lr` counts the "
+                     "models that chose each rate. The scores are of the choice, made on the validation set they are "
+                     "reported on, so optimistic by that choice as in the BERT paper.")  # fmt: skip
+    if majorities:
+        scores = ", ".join(f"{t} {score:.4f}" for t, score in majorities.items())
+        notes.append(f"Majority-class score (always the most frequent validation label): {scores}; `runs at the "
+                     "majority class`: runs scored exactly there, that learnt nothing from the text.")  # fmt: skip
+    return Table(header, rows, notes)
+
+
+def majority_scores(glue_runs: Sequence[Configuration]) -> dict[str, float]:
+    """Each classification task's majority-class score, from runs that recorded it."""
+    found: dict[str, float] = {}
+    for configuration in glue_runs:
+        for record in configuration.records:
+            score = (record.get("metrics") or {}).get("majority_score")
+            if score is not None:
+                found.setdefault(configuration.glue_task, score)
+    return found
+
+
+def at_majority_cell(task: str, configuration: Configuration) -> str:
+    runs = configuration.records
+    return f"{task} {sum(bool(r['metrics'].get('at_majority')) for r in runs)}/{len(runs)}"
+
+
+def chosen_rates_cell(configuration: Configuration) -> str:
+    counts: dict[float, int] = {}
+    for rate in configuration.glue_rates.values():
+        counts[rate] = counts.get(rate, 0) + 1
+    return ", ".join(f"{rate:g} ×{n}" for rate, n in sorted(counts.items())) or "—"
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -475,11 +516,13 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
 
 def record_destination(configuration: Configuration, record: dict[str, Any]) -> Path:
     folder = Path(configuration.label)
-    if record in configuration.grid_runs:
+    if record in configuration.grid_runs and configuration.glue_task is None:
         folder = folder / "lr_grid" / f"lr={tuned_rate(record):g}"
     folder = folder / f"seed={pretraining_seed(record)}"
     if configuration.glue_task is not None:
-        folder = folder / "glue" / configuration.glue_task / f"seed={record.get('seed')}"
+        rate = tuned_rate(record)
+        folder = folder / "glue" / configuration.glue_task / ("" if rate is None else f"lr={rate:g}")
+        folder = folder / f"seed={record.get('seed')}"
     return folder / RECORD_NAME
 
 

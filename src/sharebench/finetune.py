@@ -30,6 +30,7 @@ from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.record import RunRecord, completed_record
 from sharebench.tokenizer import load_pretrained_tokenizer
+from sharebench.tuning import best_mean
 
 
 class SequenceClassifier(nn.Module):
@@ -126,18 +127,26 @@ def evaluate(classifier: SequenceClassifier, task: glue.Task, validation: dict[s
     return metrics
 
 
-def recipe_for(cfg: DictConfig, task_name: str) -> DictConfig:
+def recipe_for(cfg: DictConfig, task_name: str, lr: float | None = None) -> DictConfig:
+    """The task's recipe: glue.recipe, its per_task changes, and a rate of glue.lrs where one is given."""
     per_task = cfg.glue.per_task.get(task_name) or {}
-    return OmegaConf.merge(cfg.glue.recipe, per_task)
+    return OmegaConf.merge(cfg.glue.recipe, per_task, {"lr": lr} if lr is not None else {})
 
 
-def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, root: Path) -> dict[str, Any]:
-    """Fine-tune one task with one seed; its record goes to <root>/glue/<task>/seed=<seed>/run.json (also when
-    it fails), its test predictions to <root>/glue_submission/seed=<seed>/."""
-    run_dir = root / "glue" / task_name / f"seed={seed}"
+def grid_folder(lr: float | None) -> str:
+    """The part of a run's folder that names its rate of glue.lrs ('' without a grid)."""
+    return f"lr={lr:g}/" if lr is not None else ""
+
+
+def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, root: Path,
+                  lr: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune one task with one seed (at `lr`, a rate of glue.lrs); its record goes to
+    <root>/glue/<task>/[lr=<lr>/]seed=<seed>/run.json (also when it fails), its test predictions to
+    <root>/glue_submission/[lr=<lr>/]seed=<seed>/."""
+    run_dir = root / "glue" / task_name / f"{grid_folder(lr)}seed={seed}"
     if previous := completed_record(run_dir):
         return previous
-    spec, recipe = glue.task(task_name), recipe_for(cfg, task_name)
+    spec, recipe = glue.task(task_name), recipe_for(cfg, task_name, lr)
     with RunRecord(cfg, run_dir) as record:
         record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
         L.seed_everything(seed, workers=True, verbose=False)
@@ -169,24 +178,32 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         if module.best is not None:
             classifier.load_state_dict(module.best[1])
         metrics = evaluate(classifier, spec, validation, recipe.batch_size)
+        score = glue.main_score(task_name, metrics)
+        majority = glue.majority_score(task_name, {s: [e["labels"] for e in v] for s, v in validation.items()})
         counts = encoder.parameter_counts(lm_head=False)
         head = sum(p.numel() for p in classifier.classifier.parameters())
         record.update(
-            metrics={**metrics, "score": glue.main_score(task_name, metrics), "epochs": module.history},
+            metrics={
+                **metrics,
+                "score": score,
+                "majority_score": majority,
+                "at_majority": glue.at_majority(score, majority),
+                "epochs": module.history,
+            },  # fmt: skip
             parameters={"unique": counts.unique + head, "total": counts.total + head, "encoder": counts.to_dict()},
             sharing=loaded_sharing(encoder, pretrained),
             speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
             examples={"train": len(train), **{s: len(v) for s, v in validation.items()}},
         )
         if cfg.glue.predict_test:
-            write_predictions(cfg, classifier, tokenizer, spec, recipe, root, seed)
+            write_predictions(cfg, classifier, tokenizer, spec, recipe, root / "glue_submission" /
+                              f"{grid_folder(lr)}seed={seed}")  # fmt: skip
     return record.data
 
 
 def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer: Any, spec: glue.Task,
-                      recipe: DictConfig, root: Path, seed: int) -> None:  # fmt: skip
+                      recipe: DictConfig, folder: Path) -> None:  # fmt: skip
     """Test-set predictions as GLUE submission files; the MNLI model also predicts the diagnostic set (AX.tsv)."""
-    folder = root / "glue_submission" / f"seed={seed}"
     targets = [(spec, split) for split in spec.test_splits]
     if spec.name == "mnli":
         targets.append((glue.task("ax"), "test"))
@@ -198,25 +215,36 @@ def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer
 
 
 def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str, Any]:
-    """Every task × seed; returns (and writes) the summary: per task the median and spread over seeds of each
-    metric, the GLUE score over the tasks run, and the model's unique parameters."""
+    """Every task × seed (× rate of glue.lrs); returns (and writes) the summary: per task the median and spread
+    over seeds of each metric at the task's chosen rate, the GLUE score over the tasks run, and the model's unique
+    parameters."""
     glue.check(cfg.glue)
     pretrained = resolve_path(str(pretrained))
     tasks = [t for t in cfg.glue.tasks if t != "ax"]
+    rates = [float(lr) for lr in cfg.glue.lrs] if cfg.glue.lrs is not None else [None]
     summary: dict[str, Any] = {"pretrained": str(pretrained), "tasks": {}, "failed": []}
     for name in tasks:
-        results = []
-        for seed in cfg.glue.seeds:
-            try:
-                results.append(finetune_task(cfg, pretrained, name, seed, run_dir))
-            except ConfigError:
-                raise
-            except Exception as error:
-                summary["failed"].append({"task": name, "seed": seed, "error": f"{type(error).__name__}: {error}"})
-        if results:
-            summary["tasks"][name] = summarise(name, results)
-            summary["unique_parameters"] = results[0]["parameters"]["encoder"]["unique"]
-            summary["sharing"] = results[0]["sharing"]["name"]
+        by_rate: dict[float | None, list[dict[str, Any]]] = {}
+        for lr in rates:
+            for seed in cfg.glue.seeds:
+                try:
+                    record = finetune_task(cfg, pretrained, name, seed, run_dir, lr)
+                except ConfigError:
+                    raise
+                except Exception as error:
+                    summary["failed"].append({"task": name, "seed": seed, "lr": lr,
+                                              "error": f"{type(error).__name__}: {error}"})  # fmt: skip
+                else:
+                    by_rate.setdefault(lr, []).append(record)
+        if by_rate:
+            lr = best_mean({rate: [r["metrics"]["score"] for r in runs] for rate, runs in by_rate.items()})
+            summary["tasks"][name] = (
+                summarise(name, by_rate[lr])
+                | {"lr": lr}
+                | ({"lrs": {rate: mean_score(runs) for rate, runs in by_rate.items()}} if lr is not None else {})
+            )
+            summary["unique_parameters"] = by_rate[lr][0]["parameters"]["encoder"]["unique"]
+            summary["sharing"] = by_rate[lr][0]["sharing"]["name"]
     scores = [t["score"]["median"] for t in summary["tasks"].values()]
     summary["glue_score"] = sum(scores) / len(scores) if scores else None
     atomic_write_json(run_dir / "glue_summary.json", summary)
@@ -224,6 +252,10 @@ def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str
     print(summary_table(summary))
     print(f"done: {run_dir}: glue_summary.md there, each task's runs in {run_dir / 'glue'}")
     return summary
+
+
+def mean_score(runs: list[dict[str, Any]]) -> float:
+    return statistics.fmean(r["metrics"]["score"] for r in runs)
 
 
 def summarise(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,18 +268,34 @@ def summarise(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
             "stdev": statistics.stdev(r["metrics"][key] for r in results) if len(results) > 1 else 0.0,
         }
         for key in keys
-    } | {"seeds": [r["seed"] for r in results]}
+    } | {
+        "seeds": [r["seed"] for r in results],
+        "majority_score": results[0]["metrics"].get("majority_score"),  # runs recorded before it: None
+        "at_majority": sum(bool(r["metrics"].get("at_majority")) for r in results),
+    }
+
+
+def rate_cell(result: dict[str, Any]) -> str:
+    """The task's rate, and where glue.lrs gave a grid, each rate's mean score."""
+    if "lrs" not in result:
+        return "recipe"
+    tried = ", ".join(f"{lr:g}: {score:.4f}" for lr, score in result["lrs"].items())
+    return f"{result['lr']:g} ({tried})"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    lines = ["| task | metric | median | min | max | std | seeds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | median | min | max | std | seeds | lr | majority class | runs at it |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, result in summary["tasks"].items():
+        majority = result["majority_score"]
         for metric in glue.task(name).metrics:
             m = result[metric]
             lines.append(f"| {name} | {metric} | {m['median']:.4f} | {m['min']:.4f} | {m['max']:.4f} "
-                         f"| {m['stdev']:.4f} | {len(result['seeds'])} |")  # fmt: skip
+                         f"| {m['stdev']:.4f} | {len(result['seeds'])} | {rate_cell(result)} "
+                         f"| {'—' if majority is None else f'{majority:.4f}'} | {result['at_majority']} |")  # fmt: skip
     for failure in summary["failed"]:
-        lines.append(f"| {failure['task']} | failed (seed {failure['seed']}) | {failure['error']} | | | | |")
+        lines.append(f"| {failure['task']} | failed (seed {failure['seed']}, lr {failure['lr']}) | {failure['error']}"
+                     " | | | | | | | |")  # fmt: skip
     score = summary["glue_score"]
     lines.append(f"\nGLUE score over {len(summary['tasks'])} tasks: {score:.4f}" if score is not None else "")
     lines.append(f"unique parameters (encoder): {summary.get('unique_parameters', 0):,}")

@@ -198,6 +198,9 @@ def check(settings: Any) -> None:
         task(name)
         if name == "ax" and "mnli" not in settings.tasks:
             raise ConfigError("glue.tasks: ax is predicted by the MNLI model; add mnli to glue.tasks")
+    if settings.lrs is not None and len({float(lr) for lr in settings.lrs}) < 2:
+        raise ConfigError(f"glue.lrs={list(settings.lrs)}: a grid needs two or more distinct learning rates (null: "
+                          f"glue.recipe.lr alone)")  # fmt: skip
     if settings.recipe.select not in ("last", "best"):
         raise ConfigError(f"glue.recipe.select={settings.recipe.select!r} is unknown; valid: last, best")
     layout(settings.source)
@@ -219,10 +222,32 @@ def compute_metrics(name: str, predictions: Any, references: Any) -> dict[str, f
     preds, refs = preds.long(), refs.long()
     accuracy = (preds == refs).double().mean().item()
     if spec.name == "cola":
-        return {"matthews_correlation": M.matthews_corrcoef(preds, refs, task="binary").item()}
+        # A constant answer (or constant labels) leaves the correlation undefined: 0, as GLUE's scorer
+        # (scikit-learn) has it; torchmetrics returns a non-zero value there.
+        constant = len(preds.unique()) == 1 or len(refs.unique()) == 1
+        return {"matthews_correlation": 0.0 if constant else M.matthews_corrcoef(preds, refs, task="binary").item()}
     if spec.name in ("mrpc", "qqp"):
         return {"f1": M.f1_score(preds, refs, task="binary").item(), "accuracy": accuracy}
     return {"accuracy": accuracy}
+
+
+def majority_score(name: str, references: dict[str, list[Any]]) -> float | None:
+    """The task's score for a model that always answers the most frequent label of each validation split
+    (`references`: labels by split; None for a regression task): the score of a run that learnt nothing from the
+    text."""
+    if not task(name).labels:
+        return None
+    metrics = {}
+    for split, labels in references.items():
+        labels = [int(label) for label in labels]
+        majority = max(set(labels), key=labels.count)
+        suffix = split.removeprefix("validation")  # mnli: _matched / _mismatched
+        metrics |= {f"{k}{suffix}": v for k, v in compute_metrics(name, [majority] * len(labels), labels).items()}
+    return main_score(name, metrics)
+
+
+def at_majority(score: float, majority: float | None) -> bool:
+    return majority is not None and abs(score - majority) < 1e-9
 
 
 def main_score(name: str, metrics: dict[str, float]) -> float:

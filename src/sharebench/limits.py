@@ -219,6 +219,7 @@ LIMITS: dict[str, Allowed] = {
     "glue.source": TEXT,
     "glue.tasks": list_of(TEXT),  # which names: glue.check
     "glue.seeds": list_of(integer(0, 2**32 - 1)),
+    "glue.lrs": Allowed("list", item=number(0, open_low=True), nullable=True),
     "glue.predict_test": BOOL,
     **{f"glue.recipe.{key}": allowed for key, allowed in GLUE_RECIPE.items()},
 }

@@ -23,7 +23,7 @@ from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
 from sharebench.record import RECORD_NAME, config_leaves, normalized
 from sharebench.stats import mean_ci
-from sharebench.tuning import LR_KEY, Choice, choose, metric_of
+from sharebench.tuning import LR_KEY, Choice, best_mean, choose, metric_of
 
 __all__ = ["mean_ci"]  # plots take it from here with the configurations
 
@@ -77,8 +77,11 @@ def description(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def tuned_rate(record: dict[str, Any]) -> float | None:
-    """The learning rate of a run of a learning-rate search (`lr_grid.factors` set), else None."""
+    """The learning rate of a run of a learning-rate search (a pretraining run with `lr_grid.factors` set, a GLUE
+    run with `glue.lrs`), else None."""
     config = record.get("config") or {}
+    if "task" in record:
+        return float(record["recipe"]["lr"]) if (config.get("glue") or {}).get("lrs") is not None else None
     if (config.get("lr_grid") or {}).get("factors") is None:
         return None
     return float(config["optim"]["lr"])
@@ -130,6 +133,8 @@ class Configuration:
     # A learning-rate search's runs at the rates not chosen, and the search.
     grid_runs: list[dict[str, Any]] = field(default_factory=list)
     lr_search: LrSearch | None = None
+    # A GLUE task's rate of glue.lrs chosen for each pretrained model (by its pretraining seed).
+    glue_rates: dict[Any, float] = field(default_factory=dict)
 
     @property
     def first(self) -> dict[str, Any]:
@@ -283,6 +288,9 @@ def settle_learning_rate(configuration: Configuration) -> None:
     """A searched configuration keeps the runs at its chosen rate as its runs, the others as its grid's."""
     if not configuration.records or tuned_rate(configuration.first) is None:
         return
+    if configuration.glue_task is not None:
+        settle_glue_rates(configuration)
+        return
     metric = configuration.first["config"]["lr_grid"]["metric"]
     by_seed: dict[tuple[Any, Any], dict[float, float]] = {}
     for record in configuration.records:
@@ -296,6 +304,19 @@ def settle_learning_rate(configuration: Configuration) -> None:
     configuration.lr_search = LrSearch(metric, results, choice)
     configuration.grid_runs = [r for r in configuration.records if tuned_rate(r) != choice.rate]
     configuration.records = [r for r in configuration.records if tuned_rate(r) == choice.rate]
+
+
+def settle_glue_rates(configuration: Configuration) -> None:
+    """A GLUE task's runs at the rate of glue.lrs with the best mean validation score, per pretrained model (BERT's
+    protocol; `sharebench.tuning.best_mean`, as the fine-tuning chose it)."""
+    by_model: dict[Any, dict[float, list[float]]] = {}
+    for record in configuration.records:
+        scores = by_model.setdefault(run_seeds(record)[1], {}).setdefault(tuned_rate(record), [])
+        scores.append(float(record["metrics"]["score"]))
+    configuration.glue_rates = {model: best_mean(by_rate) for model, by_rate in by_model.items()}
+    chosen = [r for r in configuration.records if tuned_rate(r) == configuration.glue_rates[run_seeds(r)[1]]]
+    configuration.grid_runs = [r for r in configuration.records if r not in chosen]
+    configuration.records = chosen
 
 
 def assign_labels(configurations: Sequence[Configuration]) -> None:

@@ -4,12 +4,14 @@ In a sweep, each configuration first trains on its first seed at each rate of it
 each factor); the rate with the lowest `lr_grid.metric` wins. A winner at the grid's edge extends the grid by one
 more rate beyond it, up to `lr_grid.extend` times; a winner still at the edge is flagged as such. The remaining
 seeds then train at the chosen rate. The sweeper (src/hydra_plugins) drives the search and `sharebench collect`
-reads the same choice back from the run records, both with `choose`.
+reads the same choice back from the run records, both with `choose`. GLUE fine-tuning's grid (glue.lrs) is
+BERT's protocol instead: every rate for every pretrained model, the best on the validation set (`best_mean`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,12 @@ def choose(results: Mapping[float, float]) -> Choice:
     """The rate with the lowest metric among those tried."""
     rate = min(results, key=lambda r: (results[r], r))
     return Choice(rate, at_edge=len(results) > 1 and rate in (min(results), max(results)))
+
+
+def best_mean(scores_by_rate: Mapping[Any, Sequence[float]]) -> Any:
+    """The rate whose scores (higher is better: a GLUE task's validation score over fine-tuning seeds) have the
+    best mean, the lowest rate among equals: how GLUE fine-tuning chooses among glue.lrs."""
+    return max(scores_by_rate, key=lambda rate: (statistics.fmean(scores_by_rate[rate]), -(rate or 0)))
 
 
 def beyond(rates: Sequence[float], edge: float) -> float:
