@@ -49,3 +49,22 @@ def test_iso_compute_is_refused_without_an_iso_baseline(nano_cfg):
 
     with pytest.raises(ConfigError, match="iso_compute=true .* add iso_baseline=true"):
         validate(nano_cfg("layers=cycle", "layers.ratio=0.5", "iso_compute=true"))
+
+
+def test_a_budget_per_unique_parameter_trains_whole_steps_to_at_least_that_many_tokens(nano_cfg, tmp_path):
+    for sharing in ("none", "shared_qkv"):
+        record = run_task(nano_cfg(f"sharing={sharing}", "tokens_per_parameter=0.05"), tmp_path / sharing)
+        per_step = record["config"]["data"]["batch_size"] * record["config"]["data"]["seq_len"]
+        budget = 0.05 * record["parameters"]["unique"]
+        assert budget <= record["compute"]["tokens_seen"] < budget + per_step
+
+
+def test_a_budget_is_one_rule(nano_cfg):
+    from sharebench.config import devices, validate
+    from sharebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="iso_compute=true and tokens_per_parameter both set the training budget"):
+        validate(nano_cfg("layers=cycle", "layers.ratio=0.5", "iso_baseline=true", "iso_compute=true",
+                          "tokens_per_parameter=2"))  # fmt: skip
+    assert devices(nano_cfg("trainer.devices=2", "trainer.num_nodes=3").trainer) == 6
+    assert devices(nano_cfg("trainer.devices=[0,1]").trainer) == 2

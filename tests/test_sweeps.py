@@ -117,12 +117,14 @@ FAST = [*TINY, "seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2"
         "data.batch_size=4", "data.seq_len=32", "data.max_train_chars=100000", "data.max_validation_chars=20000",
         "data.tokenizer.vocab_size=300", "data.tokenizer.train_chars=100000", "glue.tasks=[rte]",
         "glue.predict_test=false", "glue.recipe.max_train_examples=16", "glue.recipe.max_eval_examples=16",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "lr_grid=none", "tokens_per_parameter=null"]  # fmt: skip  (the search is tests/test_tuning.py's)
 
 
 # A recipe of several grids (the leaderboard's 78 configurations), narrowed to two of its configurations: the
 # command line wins over every grid.
 NARROWED = {
+    "scaling": ["size=ladder-l2-d64", "layers=none", "sharing=none,shared_qkv"],
     "leaderboard": [
         "arch=bert",
         "data=wikipedia",
@@ -166,7 +168,8 @@ PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.l
                "data.batch_size=2", "data.max_train_chars=50000", "data.max_validation_chars=20000",
                "data.tokenizer.train_chars=50000", "glue.tasks=[rte]", "glue.seeds=[0]", "glue.predict_test=false",
                "glue.recipe.max_train_examples=4", "glue.recipe.max_eval_examples=4", "glue.recipe.epochs=1",
-               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "lr_grid=none",
+               "tokens_per_parameter=null"]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from sharebench.results import (
     STAGING,
     Configuration,
     by_arch,
+    by_model,
     find_configurations,
     iso_baseline,
     iso_compute_twin,
@@ -37,6 +38,8 @@ from sharebench.results import (
     tuned_rate,
     unshared_unique_parameters,
 )
+from sharebench.scaling import MIN_RUNGS, Ladder, Worth, analyse, ladder, scheme_of
+from sharebench.scaling import Result as LadderResult
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 
@@ -250,6 +253,60 @@ def lr_search_table(configurations: Sequence[Configuration]) -> Table | None:
     return Table(header, rows, notes)
 
 
+def ladders_of(configurations: Sequence[Configuration]) -> dict[str | None, tuple[Ladder, LadderResult]]:
+    """Each architecture's scaling ladder (unshared runs at MIN_RUNGS sizes or more) with its fitted laws."""
+    found = {}
+    for arch, group in by_arch(pretraining(configurations)).items():
+        main = main_metric(group)
+        rungs = ladder(group, main[0]) if main and main[1] == "lower" else None
+        result = analyse(rungs) if rungs else None
+        if result:
+            found[arch] = (rungs, result)
+    return found
+
+
+def ladder_table(found: Ladder, result: LadderResult) -> Table:
+    """Every shared configuration's effective parameters (and compute) on the unshared runs' fitted laws."""
+    header = ["configuration", "scheme", "rung", "unique params", "seeds", found.metric, "effective params",
+              "× params (95 % CI)", "worth in parameters", "× FLOPs (95 % CI)", "worth in compute"]  # fmt: skip
+    rows = [
+        ["unshared", "none", rung.size, f"{rung.unique:,.0f}", str(len(rung.losses)), _mean_ci_cell(rung.losses),
+         "(the fit)", "1", "—", "1", "—"]
+        for rung in found.rungs
+    ]  # fmt: skip
+    for shared in sorted(found.shared, key=lambda s: (scheme_of(s), s.rung.unique)):
+        params, flops = result.worth[shared.configuration.label]
+        rows.append([
+            shared.configuration.label, scheme_of(shared), shared.rung.size, f"{shared.unique:,.0f}",
+            str(len(shared.losses)), _mean_ci_cell(shared.losses),
+            _format(params.multiplier * shared.unique if params else None, ",.0f"),
+            worth_cell(params), params.verdict() if params else "—", worth_cell(flops),
+            flops.verdict() if flops else "—",
+        ])  # fmt: skip
+    law, flops_law = result.laws
+    notes = [
+        f"Fit over the unshared runs' mean {found.metric} at {len(found.rungs)} rungs: loss = {law.floor:.4f} + "
+        f"{law.scale:.4f}·(N/{law.x0:,.0f})^−{law.exponent:.4f} over unique parameters N"
+        + (f"; over training FLOPs C: {flops_law.floor:.4f} + {flops_law.scale:.4f}·(C/{flops_law.x0:.3e})"
+           f"^−{flops_law.exponent:.4f}" if flops_law else "") + ".",
+        "Effective params: the unshared size with the configuration's mean loss on the fit; × params: effective over "
+        "unique parameters; × FLOPs: the training FLOPs an unshared model needs for that loss over those the "
+        f"configuration spent. 95 % intervals: {len(result.draws)} bootstrap replicates over rungs (at least "
+        f"{MIN_RUNGS} distinct) and seeds; `worth more`/`worth less` where the interval excludes 1. A multiplier "
+        "marked * lies outside the fitted rungs (extrapolated).",
+    ]  # fmt: skip
+    for scheme, (slope, low, high) in result.trend.items():
+        direction = "grows" if low > 0 else "shrinks" if high < 0 else "no clear trend"
+        notes.append(f"Trend with size, {scheme}: log-log slope {slope:+.3f} [{low:+.3f}, {high:+.3f}]: {direction}.")
+    return Table(header, rows, notes)
+
+
+def worth_cell(worth: Worth | None) -> str:
+    if worth is None:
+        return "—"
+    return f"{worth.multiplier:.3g} [{worth.low:.3g}, {worth.high:.3g}]" + ("*" if worth.extrapolated else "")
+
+
 def pretraining_seed(record: dict[str, Any]) -> Any:
     return (record.get("config") or {}).get("seed", record.get("seed"))
 
@@ -447,15 +504,18 @@ def run_time(configurations: Sequence[Configuration]) -> str:
     return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
 
 
-def tables(configurations: Sequence[Configuration], iso: bool = False, margin: float | None = None
-           ) -> dict[str, Table]:  # fmt: skip
-    """The tables the runs give: `table` (pretraining and zero-shot runs; `table-<arch>` per architecture where
-    runs of several sit together) and `glue` (GLUE runs), where there are."""
-    groups = by_arch(pretraining(configurations))
+def tables(configurations: Sequence[Configuration], iso: bool = False, margin: float | None = None,
+           ladders: dict[str | None, tuple[Ladder, LadderResult]] | None = None) -> dict[str, Table]:  # fmt: skip
+    """The tables the runs give: `table` (pretraining and zero-shot runs; `table-<arch>` per architecture, and
+    `table-<arch>-<size>` per size of a ladder, where runs of several sit together), `scaling` (a ladder's
+    effective parameters), `lr_search` and `glue` (GLUE runs), where there are."""
+    groups = by_model(pretraining(configurations))
     made: dict[str, Table | None] = {
-        "table" if len(groups) == 1 else f"table-{arch}": table_rows(group, iso, margin)
-        for arch, group in groups.items()
+        "table" if len(groups) == 1 else f"table-{key}": table_rows(group, iso, margin) for key, group in groups.items()
     }
+    ladders = ladders_of(configurations) if ladders is None else ladders
+    made |= {"scaling" if len(ladders) == 1 else f"scaling-{arch}": ladder_table(*found)
+             for arch, found in ladders.items()}  # fmt: skip
     made["lr_search"] = lr_search_table(pretraining(configurations))
     made["glue"] = glue_table_rows(configurations, margin)
     return {name: table for name, table in made.items() if table}
@@ -466,6 +526,8 @@ def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> s
     for name, table in made.items():
         if name.startswith("table-"):
             parts += [f"Architecture {name.removeprefix('table-')}:", ""]
+        if name.startswith("scaling"):
+            parts += [f"Effective parameters ({name}):", ""]
         if name == "lr_search":
             parts += ["Learning rates:", ""]
         if name == "glue":
@@ -495,7 +557,8 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
     if margin is not None and not margin > 0:
         raise ConfigError(f"collect: --margin {margin:g} must be a positive difference of the main metric")
     configurations = find_configurations(folders)
-    made = tables(configurations, iso, margin)
+    ladders = ladders_of(configurations)
+    made = tables(configurations, iso, margin, ladders)
     text = report(configurations, made)
     if out is not None:
         out = Path(out)
@@ -506,11 +569,13 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
             atomic_write_bytes(out / f"{name}.tex", latex(table.header, table.rows).encode())
         replace_records(configurations, out / "runs")
         if plots:
-            from sharebench.plots import plot_all
+            from sharebench.plots import plot_all, plot_ladder
 
-            groups = by_arch(pretraining(configurations))
-            for arch, group in groups.items():
-                plot_all(group, out, "" if len(groups) == 1 else f"-{arch}")
+            groups = by_model(pretraining(configurations))
+            for key, group in groups.items():
+                plot_all(group, out, "" if len(groups) == 1 else f"-{key}")
+            for arch, found in ladders.items():
+                plot_ladder(*found, out, "" if len(ladders) == 1 else f"-{arch}")
     return text
 
 

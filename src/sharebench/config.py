@@ -8,6 +8,7 @@ command line, by `check_overrides`.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -124,6 +125,8 @@ def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
         )
     if cfg.get("iso_compute") and not cfg.get("iso_baseline"):
         raise ConfigError("iso_compute=true sets the training budget of an iso-parameter twin: add iso_baseline=true")
+    if cfg.iso_compute and cfg.tokens_per_parameter is not None:
+        raise ConfigError("iso_compute=true and tokens_per_parameter both set the training budget: give one of them")
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
     layers.check(size.n_layers)
@@ -239,6 +242,31 @@ def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
     if cfg.get("iso_baseline"):
         return LanguageModel(iso_parameter_shape(shape, sharing, layers), Separate, Separate.name)
     return LanguageModel(shape, sharing, sharing_class(cfg).name, layers)
+
+
+def training_steps(cfg: DictConfig, vocab_size: int) -> int:
+    """The steps a run trains: trainer.max_steps, or the steps its budget rule gives (an iso-compute twin's, or
+    `tokens_per_parameter` times the model's unique parameters, in whole steps of every device's batches)."""
+    if cfg.iso_compute:
+        return iso_compute_steps(cfg, vocab_size)
+    if cfg.tokens_per_parameter is None:
+        return cfg.trainer.max_steps
+    with torch.device("meta"):
+        unique = build_model(cfg, vocab_size).parameter_counts().unique
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.trainer.accumulate_grad_batches
+    return math.ceil(cfg.tokens_per_parameter * unique / (tokens_per_step * devices(cfg.trainer)))
+
+
+def devices(trainer: DictConfig) -> int:
+    """How many processes train, as Lightning counts them: trainer.devices (on `auto` or -1, every GPU, else one
+    CPU process) on each of trainer.num_nodes machines."""
+    count = trainer.devices
+    if isinstance(count, str) or count == -1:
+        on_gpu = trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif not isinstance(count, int):  # a list of device indices
+        count = len(count)
+    return count * trainer.num_nodes
 
 
 def iso_compute_steps(cfg: DictConfig, vocab_size: int) -> int:

@@ -144,6 +144,7 @@ LIMITS: dict[str, Allowed] = {
     "tie_embeddings": BOOL,
     "iso_baseline": BOOL,
     "iso_compute": BOOL,
+    "tokens_per_parameter": number(0, open_low=True, nullable=True),
     "eval_train_loss": BOOL,
     "lr_grid.factors": Allowed("list", item=number(0, open_low=True), nullable=True),
     "lr_grid.extend": COUNT,

@@ -20,9 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sharebench.results import main_metric, mean_ci  # noqa: E402
+from sharebench.scaling import scheme_of  # noqa: E402
 
 if TYPE_CHECKING:
     from sharebench.results import Configuration
+    from sharebench.scaling import Ladder, Shared
+    from sharebench.scaling import Result as LadderResult
 
 CURVES = ("train_loss", "val_loss")
 MAX_LEGEND = 10
@@ -251,4 +254,60 @@ def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "
             made.append(path)
         else:
             path.unlink(missing_ok=True)
+    return made
+
+
+def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = "") -> list[Path]:
+    """scaling_params.png: the loss against unique parameters (log), the unshared rungs with the fitted law and
+    its bootstrap band, every shared configuration in its scheme's style; scaling_multiplier.png: each scheme's
+    effective-parameter multiplier (95 % interval) against the size of its rung, 1 marking parity."""
+    import numpy as np
+
+    style = Styles([s.configuration for s in found.shared])
+    law = result.laws[0]
+    figure, axis = plt.subplots(figsize=(10, 6))
+    xs = np.geomspace(min(r.unique for r in found.rungs + found.shared) / 1.3, max(r.unique for r in found.rungs) * 1.3)
+    band = np.array([[draw.laws[0].loss(x) for x in xs] for draw in result.draws])
+    if len(band):
+        axis.fill_between(
+            xs, *np.quantile(band, [0.025, 0.975], axis=0), color="0.85", label="fit: 95 % bootstrap band"
+        )
+    axis.plot(xs, [law.loss(x) for x in xs], color=BASELINE[0],
+              label=f"fit: {law.floor:.3f} + {law.scale:.3f}·(N/{law.x0:,.0f})^−{law.exponent:.3f}")  # fmt: skip
+    for rung in found.rungs:
+        axis.scatter([rung.unique] * len(rung.losses), rung.losses, color=BASELINE[0], marker=BASELINE[1], s=14)
+    drawn = set()
+    for shared in found.shared:
+        colour, marker = style(shared.configuration)
+        name = scheme_of(shared)
+        axis.scatter([shared.unique] * len(shared.losses), shared.losses, color=colour, marker=marker, s=22,
+                     label=None if name in drawn else name)  # fmt: skip
+        drawn.add(name)
+    axis.set_xscale("log")
+    axis.set_xlabel("unique parameters")
+    axis.set_ylabel(f"{found.metric.replace('_', ' ')} (lower is better); black squares: unshared runs")
+    finish_axis(axis)
+    made = [out / f"scaling_params{suffix}.png"]
+    save(figure, made[0])
+
+    figure, axis = plt.subplots(figsize=(10, 6))
+    by_scheme: dict[str, list[Shared]] = {}
+    for shared in found.shared:
+        by_scheme.setdefault(scheme_of(shared), []).append(shared)
+    for offset, (name, members) in enumerate(sorted(by_scheme.items())):
+        members.sort(key=lambda s: s.rung.unique)
+        worth = [result.worth[s.configuration.label][0] for s in members]
+        shift = 1 + 0.015 * (offset - len(by_scheme) / 2)  # side by side at each rung, so intervals do not overlap
+        colour, marker = style(members[0].configuration)
+        axis.errorbar([s.rung.unique * shift for s in members], [w.multiplier for w in worth],
+                      yerr=[[w.multiplier - w.low for w in worth], [w.high - w.multiplier for w in worth]],
+                      color=colour, marker=marker, capsize=3, label=name)  # fmt: skip
+    axis.axhline(1, color=BASELINE[0], linewidth=1, label="parity: worth as many unshared parameters")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("size of the rung (unique parameters of its unshared model)")
+    axis.set_ylabel("effective parameters / unique parameters (95 % CI)")
+    finish_axis(axis)
+    made.append(out / f"scaling_multiplier{suffix}.png")
+    save(figure, made[1])
     return made

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
-from sharebench.config import build_model, iso_compute_steps, predicted_fraction, sharing_class
+from sharebench.config import build_model, predicted_fraction, sharing_class, training_steps
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
@@ -341,7 +341,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
 
     if cfg.compile:
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-    steps = iso_compute_steps(cfg, data.vocab_size) if cfg.iso_compute else cfg.trainer.max_steps
+    steps = training_steps(cfg, data.vocab_size)
     module = PretrainModule(model, cfg.optim, steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
     throughput = Throughput()
     resume, resumed_step = resume_point(run_dir) or (None, 0)
@@ -392,7 +392,8 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
     inference = inference_costs(served, cfg.data.seq_len) if served is not None else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
-    tokens_seen = trainer.global_step * trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_step = trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len * trainer.world_size
+    tokens_seen = trainer.global_step * tokens_per_step
     record.update(
         metrics={
             # The eval-mode estimate when eval_train_loss is on, else the loss of the last training step.

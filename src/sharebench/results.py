@@ -447,5 +447,17 @@ def by_arch(configurations: Sequence[Configuration]) -> dict[str | None, list[Co
     return groups
 
 
+def by_model(configurations: Sequence[Configuration]) -> dict[str | None, list[Configuration]]:
+    """Configurations per architecture, and per size where an architecture ran at several (a scaling ladder): each
+    group compares with its own reference and twins."""
+    groups: dict[str | None, list[Configuration]] = {}
+    for arch, group in by_arch(configurations).items():
+        sizes = {c.description.get("size.name") for c in group}
+        for configuration in group:
+            key = arch if len(sizes) == 1 else f"{arch}-{configuration.description.get('size.name')}"
+            groups.setdefault(key, []).append(configuration)
+    return groups
+
+
 def pretraining(configurations: Sequence[Configuration]) -> list[Configuration]:
     return [c for c in configurations if c.glue_task is None]

@@ -1,0 +1,225 @@
+"""What a shared parameter is worth, read off a scaling ladder (experiments/scaling.yaml).
+
+The unshared models of the ladder are fitted with a saturating power law, loss = E + A·(x/x₀)^(−α), once over
+unique parameters N and once over training FLOPs C (x₀, the geometric mean of the rungs, only conditions the fit).
+A shared configuration's **effective parameters** N_eff are the unshared size with its loss on the fit, and its
+multiplier N_eff / N_unique says what each of its parameters is worth in unshared ones (above 1: more); over FLOPs,
+C_eff / C is the compute a plain model would need for its loss over the compute it spent.
+
+The 95 % intervals come from a bootstrap over sizes and seeds: each replicate draws the ladder's rungs with
+replacement (at least MIN_RUNGS distinct), a seed's run with replacement at each rung, and each shared
+configuration's seeds with replacement, refits the law and reads every multiplier again. How a scheme's multiplier
+changes with size is the slope of log multiplier over log rung size, with its bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+from sharebench.results import Configuration
+
+MIN_RUNGS = 4  # a three-parameter law through fewer sizes fits any three points exactly
+BOOTSTRAP = 1000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """loss = floor + scale · (x / x0)^(−exponent)."""
+
+    floor: float
+    scale: float
+    exponent: float
+    x0: float
+
+    def loss(self, x: float) -> float:
+        return self.floor + self.scale * (x / self.x0) ** -self.exponent
+
+    def inverse(self, loss: float) -> float:
+        """The x whose loss on the law is `loss`: infinite at or below the floor."""
+        if loss <= self.floor:
+            return math.inf
+        return self.x0 * (self.scale / (loss - self.floor)) ** (1 / self.exponent)
+
+
+def fit(xs: Sequence[float], losses: Sequence[float]) -> PowerLaw | None:
+    """Least squares in the loss, the floor kept between 0 and the lowest loss; None where it does not converge."""
+    x0 = math.exp(statistics.fmean(math.log(x) for x in xs))
+    lowest = min(losses)
+
+    def law(x: np.ndarray, floor: float, log_scale: float, exponent: float) -> np.ndarray:
+        return floor + np.exp(log_scale) * (x / x0) ** -exponent
+
+    start = (lowest * 0.5, math.log(max(statistics.fmean(losses) - lowest * 0.5, 1e-6)), 0.3)
+    try:
+        (floor, log_scale, exponent), _ = curve_fit(law, np.asarray(xs, float), np.asarray(losses, float), p0=start,
+                                                    bounds=([0, -20, 1e-3], [lowest, 20, 5]), maxfev=20000)  # fmt: skip
+    except (RuntimeError, ValueError):
+        return None
+    return PowerLaw(float(floor), float(math.exp(log_scale)), float(exponent), x0)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """The unshared model at one size of the ladder: its size name, unique parameters, its runs' losses and their
+    mean training FLOPs."""
+
+    size: str
+    unique: float
+    losses: tuple[float, ...]
+    flops: float
+
+
+@dataclass(frozen=True)
+class Worth:
+    """A shared configuration's effective size on the law over `axis` (unique parameters or training FLOPs): the
+    point estimate from all runs and its bootstrap interval, as multipliers of what the configuration has."""
+
+    multiplier: float
+    low: float
+    high: float
+    extrapolated: bool  # the effective size lies outside the rungs the law was fitted on
+
+    def verdict(self) -> str:
+        if self.low > 1:
+            return "worth more"
+        if self.high < 1:
+            return "worth less"
+        return "as much (interval includes 1)"
+
+
+@dataclass(frozen=True)
+class Shared:
+    configuration: Configuration
+    rung: Rung  # the unshared model of the same shape
+    unique: float
+    flops: float
+    losses: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Ladder:
+    rungs: list[Rung]
+    shared: list[Shared]
+    metric: str
+
+
+def ladder(configurations: Sequence[Configuration], metric: str) -> Ladder | None:
+    """The ladder in one architecture's configurations: its unshared rungs (separate Q/K/V, no cross-layer
+    sharing, no twin) and the shared configurations at those sizes; None with fewer than MIN_RUNGS rungs."""
+    rungs: dict[str, Rung] = {}
+    for c in configurations:
+        losses = tuple(c.metric_values(metric))
+        if c.sharing == "none" and not c.iso_baseline and losses and c.unique_parameters():
+            size = str(c.description.get("size.name"))
+            rungs[size] = Rung(size, float(c.unique_parameters()), losses, c.compute("training_flops") or math.nan)
+    if len({r.unique for r in rungs.values()}) < MIN_RUNGS:
+        return None
+    shared = [
+        Shared(c, rungs[str(c.description.get("size.name"))], float(c.unique_parameters()),
+               c.compute("training_flops") or math.nan, tuple(c.metric_values(metric)))
+        for c in configurations
+        if not c.unshared and c.metric_values(metric) and str(c.description.get("size.name")) in rungs
+    ]  # fmt: skip
+    return Ladder(sorted(rungs.values(), key=lambda r: r.unique), shared, metric)
+
+
+def law_of(rungs: Sequence[Rung], losses: Sequence[Sequence[float]], axis: str) -> PowerLaw | None:
+    xs = [r.unique if axis == "params" else r.flops for r in rungs]
+    return fit(xs, [statistics.fmean(values) for values in losses])
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One bootstrap replicate: the laws refitted over parameters and FLOPs, each shared configuration's mean loss."""
+
+    laws: tuple[PowerLaw, PowerLaw | None]
+    means: dict[str, float]
+
+    def multiplier(self, shared: Shared, axis: int) -> float:
+        law = self.laws[axis]
+        has = shared.unique if axis == 0 else shared.flops
+        return law.inverse(self.means[shared.configuration.label]) / has if law else math.nan
+
+
+@dataclass(frozen=True)
+class Result:
+    """The fits over parameters and FLOPs, every shared configuration's worth on both (by its label), the
+    bootstrap's draws, and each scheme's trend with size (slope of log multiplier over log rung size, interval)."""
+
+    laws: tuple[PowerLaw, PowerLaw | None]
+    worth: dict[str, tuple[Worth | None, Worth | None]]
+    draws: list[Draw]
+    trend: dict[str, tuple[float, float, float]]
+
+
+def scheme_of(shared: Shared) -> str:
+    """A scheme at its ratio, the same at every rung."""
+    c = shared.configuration
+    return f"{c.sharing} {c.ratio:g}" if c.ratio is not None and c.sharing.split("+")[0] != "none" else c.sharing
+
+
+def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result | None:
+    laws = (
+        law_of(found.rungs, [r.losses for r in found.rungs], "params"),
+        law_of(found.rungs, [r.losses for r in found.rungs], "flops"),
+    )
+    if laws[0] is None:
+        return None
+    everything = Draw(laws, {s.configuration.label: statistics.fmean(s.losses) for s in found.shared})
+    rng = np.random.default_rng(seed)
+    draws: list[Draw] = []
+    for _ in range(replicates * 3):  # a draw of too few distinct rungs, or a fit that fails, is drawn again
+        if len(draws) == replicates:
+            break
+        picked = [found.rungs[i] for i in rng.integers(len(found.rungs), size=len(found.rungs))]
+        if len({r.unique for r in picked}) < MIN_RUNGS:
+            continue
+        resampled = [rng.choice(r.losses, size=len(r.losses)) for r in picked]
+        refitted = law_of(picked, resampled, "params"), law_of(picked, resampled, "flops")
+        if refitted[0] is not None:
+            means = {
+                s.configuration.label: float(rng.choice(s.losses, size=len(s.losses)).mean()) for s in found.shared
+            }
+            draws.append(Draw(refitted, means))
+
+    def worth(shared: Shared, axis: int) -> Worth | None:
+        point = everything.multiplier(shared, axis)
+        if math.isnan(point):
+            return None
+        low, high = interval([draw.multiplier(shared, axis) for draw in draws])
+        xs = [r.unique if axis == 0 else r.flops for r in found.rungs]
+        has = shared.unique if axis == 0 else shared.flops
+        return Worth(point, low, high, not min(xs) <= point * has <= max(xs))
+
+    trend = {}
+    for scheme in sorted({scheme_of(s) for s in found.shared}):
+        members = [s for s in found.shared if scheme_of(s) == scheme]
+        if len({s.rung.unique for s in members}) >= 2:
+            slopes = [slope(members, [draw.multiplier(s, 0) for s in members]) for draw in draws]
+            trend[scheme] = (slope(members, [everything.multiplier(s, 0) for s in members]), *interval(slopes))
+    worths = {s.configuration.label: (worth(s, 0), worth(s, 1)) for s in found.shared}
+    return Result(laws, worths, draws, trend)
+
+
+def slope(members: Sequence[Shared], multipliers: Sequence[float]) -> float:
+    """Least-squares slope of log multiplier over log rung size (nan where a multiplier is not finite)."""
+    if not all(math.isfinite(m) and m > 0 for m in multipliers):
+        return math.nan
+    return float(np.polyfit([math.log(s.rung.unique) for s in members], np.log(multipliers), 1)[0])
+
+
+def interval(samples: Sequence[float]) -> tuple[float, float]:
+    """The bootstrap's percentile interval (sample values only, so an infinite multiplier stays infinite)."""
+    values = np.asarray([s for s in samples if not math.isnan(s)], float)
+    if not len(values):
+        return math.nan, math.nan
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(values, [tail, 1 - tail], method="inverted_cdf")
+    return float(low), float(high)

@@ -1,0 +1,92 @@
+"""Effective parameters on a scaling ladder: the power law recovered from unshared runs, each shared
+configuration's multiplier with its bootstrap interval, the trend with size, and collect's table and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from sharebench.collect import collect, ladders_of
+from sharebench.results import find_configurations
+from sharebench.scaling import PowerLaw, fit
+
+TRUE = PowerLaw(floor=1.5, scale=1.0, exponent=0.3, x0=1e6)
+RUNGS = {"r1": 2e5, "r2": 5e5, "r3": 1e6, "r4": 2e6, "r5": 4e6}
+NOISE = (-0.002, 0.0, 0.002)  # seeds 0, 1, 2
+TOKENS_PER_PARAMETER = 2
+
+
+def multiplier(scheme: str, rung: float) -> float:
+    """What the made-up runs make each shared parameter worth: shared_qkv more with size, mqa half at any."""
+    return 2 * (rung / 2e5) ** 0.2 if scheme == "shared_qkv" else 0.5
+
+
+def write(root, name: str, scheme: str, size: str, unique: float, loss: float, seed: int, rung: float) -> None:
+    tokens = TOKENS_PER_PARAMETER * unique
+    record = {
+        "status": "completed", "seed": seed,
+        "config": {"seed": seed, "arch": {"name": "gpt"}, "size": {"name": size}, "data": {"name": "wikipedia"}},
+        "sharing": {"name": scheme, "ratio": None, "layers": {"name": "none", "ratio": None}},
+        "parameters": {"unique": int(unique)},
+        "metrics": {"val_loss_full": loss, "val_loss": loss},
+        "compute": {"tokens_seen": tokens, "training_flops": 6 * rung * tokens},
+    }  # fmt: skip
+    path = root / name / f"seed={seed}" / "run.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+
+
+@pytest.fixture(scope="module")
+def ladder_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ladder")
+    for size, n in RUNGS.items():
+        for seed, noise in enumerate(NOISE):
+            write(root, f"none-{size}", "none", size, n, TRUE.loss(n) + noise, seed, n)
+            if size in ("r1", "r2", "r3"):
+                for scheme, fraction in (("shared_qkv", 0.8), ("mqa", 0.9)):
+                    unique = fraction * n
+                    loss = TRUE.loss(multiplier(scheme, n) * unique) + noise
+                    write(root, f"{scheme}-{size}", scheme, size, unique, loss, seed, n)
+    return root
+
+
+def test_the_fit_recovers_a_saturating_power_law():
+    xs = list(RUNGS.values())
+    found = fit(xs, [TRUE.loss(x) for x in xs])
+    assert found.floor == pytest.approx(1.5, abs=1e-3) and found.exponent == pytest.approx(0.3, rel=1e-3)
+    assert found.inverse(TRUE.loss(7e5)) == pytest.approx(7e5, rel=1e-3)
+    assert found.inverse(found.floor) == math.inf  # a loss the law never reaches
+
+
+def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder_runs):
+    ((found, result),) = ladders_of(find_configurations([ladder_runs])).values()
+    assert [r.size for r in found.rungs] == list(RUNGS)
+    for shared in found.shared:
+        params, flops = result.worth[shared.configuration.label]
+        truth = multiplier(shared.configuration.sharing, shared.rung.unique)
+        assert params.multiplier == pytest.approx(truth, rel=0.05)
+        assert params.low < truth < params.high
+        assert params.verdict() == ("worth more" if truth > 1 else "worth less")
+        # Over FLOPs: a plain model needs law⁻¹(loss)·6·2·law⁻¹(loss) FLOPs; the shared one spent 6·rung·2·unique.
+        effective = truth * shared.unique
+        assert flops.multiplier == pytest.approx(effective**2 / (shared.rung.unique * shared.unique), rel=0.1)
+    shared_qkv, mqa = result.trend["shared_qkv"], result.trend["mqa"]
+    assert shared_qkv[0] == pytest.approx(0.2, abs=0.02) and shared_qkv[1] > 0  # grows with size
+    assert abs(mqa[0]) < 0.02
+
+
+@pytest.mark.slow
+def test_collect_writes_the_ladders_table_and_plots(ladder_runs, tmp_path):
+    report = collect([ladder_runs], tmp_path)
+    assert "Effective parameters (scaling):" in report
+    assert "Trend with size, shared_qkv: log-log slope" in report and ": grows." in report
+    with (tmp_path / "scaling.csv").open() as table:
+        mqa = [row for row in csv.DictReader(table) if row["scheme"] == "mqa"]
+    assert len(mqa) == 3 and {row["worth in parameters"] for row in mqa} == {"worth less"}
+    for plot in ("scaling_params.png", "scaling_multiplier.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+    # one main table per rung: each compares with the unshared model of its own size
+    assert {p.name for p in tmp_path.glob("table-gpt-r*.csv")} == {f"table-gpt-{r}.csv" for r in RUNGS}
