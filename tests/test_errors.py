@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sharebench.paths import PROJECT_ROOT
 
@@ -44,7 +45,24 @@ CASES = {
     "unknown task": (["task=finetune"], ["task='finetune' is not valid", "pretrain, glue, pretrain_glue"]),
     "unknown GLUE task": (["task=pretrain_glue", "glue.tasks=[colaa]"], ["unknown GLUE task 'colaa'", "sst2"]),
     "GLUE without a pretrained model": (["task=glue"], ["this task needs pretrained="]),
+    "a key only another task reads": (
+        ["convert.to=gqa"],
+        ["convert.to=gqa is read by task=sts_zero_shot only", "task=pretrain would ignore it"],
+    ),  # fmt: skip
+    "a learning-rate grid of one rate": (["-m", "lr_grid=factor2", "lr_grid.factors=[1]"], ["two or more distinct"]),
 }
+
+
+def test_a_machine_without_the_accelerator_asked_for_is_refused_before_anything_starts(tmp_path, capsys):
+    from sharebench.train import check_command_line
+
+    if not torch.cuda.is_available():
+        line = in_process_error(check_command_line, ["trainer.accelerator=gpu", f"output_root={tmp_path}"], capsys)
+        assert line == "error: trainer.accelerator=gpu: this machine has none; use trainer.accelerator=auto (what " \
+                       "is here) or cpu"  # fmt: skip
+    line = in_process_error(check_command_line, ["trainer.accelerator=tpu", f"output_root={tmp_path}"], capsys)
+    assert "trainer.accelerator=tpu: this machine has none" in line
+    assert not any(tmp_path.iterdir())
 
 
 def one_line_error(command: list[str], tmp_path, env: dict | None = None) -> str:

@@ -286,3 +286,24 @@ def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pr
     assert "sst2 lr" in header and "runs at the majority class" in header
     assert rows[0][header.index("sst2 lr")] == f"{summary['tasks']['sst2']['lr']:g} ×1"
     assert any(note.startswith("Majority-class score") for note in notes)
+
+
+def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture, tmp_path):
+    """Locked while it runs, skipped once completed (also when more tasks are asked for), refused under another
+    recipe."""
+    from sharebench.errors import RunInUse
+    from sharebench.resume import RunLock
+
+    given = [f"glue.source={glue_fixture}", "glue.recipe.epochs=1", "glue.recipe.batch_size=8",
+             "glue.predict_test=false", "trainer.enable_progress_bar=false",
+             "trainer.enable_model_summary=false"]  # fmt: skip
+    first = run_glue(compose([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
+    record = tmp_path / "glue" / "rte" / "seed=0" / "run.json"
+    written = record.stat().st_mtime_ns
+    both = run_glue(compose([*given, "glue.tasks=[rte,wnli]"]), pretrained_nano, tmp_path)
+    assert record.stat().st_mtime_ns == written and both["tasks"]["rte"] == first["tasks"]["rte"]
+    with pytest.raises(ConfigError, match=r"holds a run of another GLUE recipe \(epochs differ\)"):
+        run_glue(compose([*given, "glue.tasks=[rte]", "glue.recipe.epochs=2"]), pretrained_nano, tmp_path)
+    record.unlink()
+    with RunLock(record.parent), pytest.raises(RunInUse, match="is in use by process"):
+        run_glue(compose([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)

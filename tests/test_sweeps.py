@@ -113,12 +113,27 @@ def test_sweep_file_runs_on_nano(sweep, nano_overrides, tmp_path):
 
 
 # Small data, GLUE and model settings that keep every recipe's runs to seconds.
-FAST = [*TINY, "seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=2",
-        "data.batch_size=4", "data.seq_len=32", "data.max_train_chars=100000", "data.max_validation_chars=20000",
-        "data.tokenizer.vocab_size=300", "data.tokenizer.train_chars=100000", "glue.tasks=[rte]",
-        "glue.predict_test=false", "glue.recipe.max_train_examples=16", "glue.recipe.max_eval_examples=16",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "lr_grid=none", "tokens_per_parameter=null"]  # fmt: skip  (the search is tests/test_tuning.py's)
+FAST = [
+    *TINY,
+    "seed=0,1",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "data.batch_size=4",
+    "data.seq_len=32",
+    "data.max_train_chars=100000",
+    "data.max_validation_chars=20000",
+    "data.tokenizer.vocab_size=300",
+    "data.tokenizer.train_chars=100000",
+    "glue.tasks=[rte]",
+    "glue.predict_test=false",
+    "glue.recipe.max_train_examples=16",
+    "glue.recipe.max_eval_examples=16",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "lr_grid=none",
+    "tokens_per_parameter=null",
+]  # fmt: skip  (the search is tests/test_tuning.py's)
 
 
 # A recipe of several grids (the leaderboard's 78 configurations), narrowed to two of its configurations: the
@@ -253,9 +268,12 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
     result = train("-m", "experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = result.stdout.strip().splitlines()
-    # (1 + 9 × 2 + 10 × 2 configurations, and 7 iso-compute twins) × 2 archs × 3 seeds
-    assert runs[-1] == "276 runs, none launched (dry_run)"
+    # (1 + 9 × 2 + 10 × 2 configurations, and 7 iso-compute twins) × 2 archs: each at 3 learning rates on seed 0,
+    # then seeds 1 and 2 at its chosen rate
+    assert runs[-1] == "276 runs, then 184 at the chosen learning rates, none launched (dry_run)"
+    assert all(" seed=0 " in r for r in runs[:-1]) and {r.split()[-1] for r in runs[:-1]} == {
+        "optim.lr=0.0005", "optim.lr=0.001", "optim.lr=0.002"}  # fmt: skip
     assert sum("iso_baseline=True" in r for r in runs) == (19 + 7) * 2 * 3
     assert sum("iso_compute=True" in r for r in runs) == 7 * 2 * 3
     assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 9  # the model, its two twins
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["multirun.yaml"]  # Hydra's note, no run
+    assert not list(tmp_path.rglob("*"))  # nothing written

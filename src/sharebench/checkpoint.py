@@ -24,7 +24,7 @@ from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RECORD_NAME, RunRecord, Sharing, sharing_record
+from sharebench.record import RECORD_NAME, RunRecord, Sharing, run_once, sharing_record
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 from sharebench.tokenizer import TOKENIZER_FILES
@@ -220,11 +220,11 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
 
 def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:
     """Convert the checkpoint in `source` and write it, with its tokenizer files and a run record of the
-    conversion (its sharing, parameters and checkpoint), to `out`."""
+    conversion (its sharing, parameters and checkpoint), to `out`; returns the converted model as written."""
     source, out = Path(source), Path(out)
     conversion = {"to": to, "ratio": ratio, "rank": rank}
     config = OmegaConf.create({"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion})
-    with RunRecord(config, out) as record:
+    def convert(record: RunRecord) -> None:
         converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
         weights_bytes = save_pretrained(converted, out, sharing, sharing_ratio)
         for name in TOKENIZER_FILES:
@@ -236,4 +236,6 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
             parameters=converted.parameter_counts().to_dict(),
             checkpoint={"path": str(out / WEIGHTS_NAME), "bytes": weights_bytes},
         )  # fmt: skip
-    return converted
+
+    run_once(config, out, convert)  # a conversion already written is not made again
+    return load_pretrained(out)

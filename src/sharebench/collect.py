@@ -227,7 +227,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
 
 def learning_rate_cell(configuration: Configuration) -> str:
     search = configuration.lr_search
-    if search is None:
+    if search is None or not search.complete:
         return "—"
     return f"{search.choice.rate:g}" + (" (grid edge)" if search.choice.at_edge else "")
 
@@ -241,7 +241,8 @@ def lr_search_table(configurations: Sequence[Configuration]) -> Table | None:
     header = ["configuration", "sharing", *(f"lr {rate:g}" for rate in rates), "chosen", "at the grid's edge"]
     rows = [
         [c.label, scheme_cell(c), *(_format(c.lr_search.results.get(rate), ".4f") for rate in rates),
-         f"{c.lr_search.choice.rate:g}", "yes" if c.lr_search.choice.at_edge else "no"]
+         f"{c.lr_search.choice.rate:g}" if c.lr_search.complete else "search not finished",
+         "yes" if c.lr_search.choice.at_edge else "no"]
         for c in searched
     ]  # fmt: skip
     metric = searched[0].lr_search.metric

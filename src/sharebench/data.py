@@ -9,8 +9,6 @@ hash of everything that produced it, so a second run does not tokenise again.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -208,13 +207,10 @@ def build_tokenizer(
     return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Holds `path`.lock while the block runs; other processes wait for it."""
+def file_lock(path: Path) -> FileLock:
+    """`path`.lock, held while a block runs (`with file_lock(path):`); other processes wait for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return FileLock(path.with_name(path.name + ".lock"))
 
 
 def tokenizer_vocab_size(data: DictConfig, objective: str) -> int:

@@ -28,7 +28,7 @@ from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.record import RunRecord, completed_record
+from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
 from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean
 
@@ -144,10 +144,10 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
     <root>/glue/<task>/[lr=<lr>/]seed=<seed>/run.json (also when it fails), its test predictions to
     <root>/glue_submission/[lr=<lr>/]seed=<seed>/."""
     run_dir = root / "glue" / task_name / f"{grid_folder(lr)}seed={seed}"
-    if previous := completed_record(run_dir):
-        return previous
     spec, recipe = glue.task(task_name), recipe_for(cfg, task_name, lr)
-    with RunRecord(cfg, run_dir) as record:
+    check_same_recipe(run_dir, recipe)  # the GLUE settings beside the task's own recipe may change (more tasks)
+
+    def finetune(record: RunRecord) -> None:
         record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
         L.seed_everything(seed, workers=True, verbose=False)
         tune_cpu_process()
@@ -189,7 +189,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
                 "majority_score": majority,
                 "at_majority": glue.at_majority(score, majority),
                 "epochs": module.history,
-            },  # fmt: skip
+            },
             parameters={"unique": counts.unique + head, "total": counts.total + head, "encoder": counts.to_dict()},
             sharing=loaded_sharing(encoder, pretrained),
             speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
@@ -198,7 +198,19 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         if cfg.glue.predict_test:
             write_predictions(cfg, classifier, tokenizer, spec, recipe, root / "glue_submission" /
                               f"{grid_folder(lr)}seed={seed}")  # fmt: skip
-    return record.data
+
+    return run_once(cfg, run_dir, finetune, ("glue.", "task"))[0]
+
+
+def check_same_recipe(run_dir: Path, recipe: DictConfig) -> None:
+    """A task's folder holds its run under one recipe: refused under another, as `record.check_same_config`
+    refuses a changed configuration."""
+    if (run_dir / RECORD_NAME).exists():
+        stored = read_record(run_dir).get("recipe")
+        if stored is not None and stored != OmegaConf.to_container(recipe):
+            changed = sorted(k for k in stored.keys() | recipe.keys() if stored.get(k) != recipe.get(k))
+            raise ConfigError(f"{run_dir} holds a run of another GLUE recipe ({', '.join(changed)} differ); move "
+                              f"that folder away to keep it, or set output_root elsewhere")  # fmt: skip
 
 
 def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer: Any, spec: glue.Task,

@@ -6,6 +6,7 @@ cannot be forgotten. Values that depend on each other (dropout against 1, MLM sh
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -271,6 +272,43 @@ def _writable_output_root(cfg: DictConfig) -> None:
         raise ConfigError(f"output_root={cfg.output_root}: {existing} is not a writable folder; choose another")
 
 
+# Keys that only some tasks read, with the tasks that read them: set for another task, they would be ignored.
+TASK_KEYS = {
+    "convert.to": ("sts_zero_shot",),
+    "postshare_ratio": ("pretrain", "pretrain_glue"),
+    "tokens_per_parameter": ("pretrain", "pretrain_glue"),
+}
+
+
+def _keys_the_task_reads(cfg: DictConfig) -> None:
+    for key, tasks in TASK_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and cfg.task not in tasks:
+            raise ConfigError(f"{key}={value} is read by task={' and task='.join(tasks)} only; task={cfg.task} would "
+                              f"ignore it: drop it or choose that task")  # fmt: skip
+
+
+def check_trainer_here(cfg: DictConfig) -> None:
+    """What Lightning would refuse in many lines once the data is read: an accelerator this machine lacks, more
+    GPUs than it has. Checked where the run trains (`tasks.run_task`), not where a sweep is submitted from (a
+    cluster's login node has no GPU)."""
+    accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
+    present = {
+        "gpu": torch.cuda.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "tpu": importlib.util.find_spec("torch_xla") is not None,
+    }
+    if not present.get(accelerator, True):
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has none; use trainer.accelerator=auto "
+                          f"(what is here) or cpu")  # fmt: skip
+    gpus = torch.cuda.device_count()
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus)
+    if on_gpu and isinstance(devices, int) and devices > max(gpus, 1):
+        raise ConfigError(f"trainer.devices={devices}: this machine has {gpus} GPU(s); use trainer.devices={gpus} "
+                          f"or auto (every GPU)")  # fmt: skip
+
+
 def _attention_fits_in_memory(cfg: DictConfig) -> None:
     """On CPU with attention dropout the model computes attention explicitly (torch's fused CPU attention has no
     dropout), so one layer's scores (batch × heads × seq_len² floats) must fit in memory: a seq_len of 100,000
@@ -299,6 +337,7 @@ def _physical_memory() -> int | None:
 CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (
     _masking_shares,
     _writable_output_root,
+    _keys_the_task_reads,
     _attention_fits_in_memory,
 )
 

@@ -36,9 +36,8 @@ from sharebench.record import (
     Record,
     RunRecord,
     Sharing,
-    check_same_config,
-    completed_record,
     measure_matmul_peak,
+    run_once,
     start_line,
     summary_line,
 )
@@ -46,7 +45,6 @@ from sharebench.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
     ResumeCheckpoints,
-    RunLock,
     continue_metrics,
     resume_point,
 )
@@ -249,17 +247,15 @@ def run(cfg: DictConfig, run_dir: str | Path, sharing: Sharing) -> Record:
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it; either
     only under the configuration it was started with."""
     run_dir = Path(run_dir)
-    # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never train one run twice.
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        check_same_config(run_dir, cfg, PRETRAINING_IGNORES)
-        if previous := completed_record(run_dir):
-            return previous
-        with RunRecord(cfg, run_dir) as record:
-            record.update(sharing=sharing)
-            _train(cfg, run_dir, sharing.get("ratio"), record)
-    if rank_zero_only.rank == 0:
-        print(summary_line(record.data))
-    return record.data
+
+    def train(record: RunRecord) -> None:
+        record.update(sharing=sharing)
+        _train(cfg, run_dir, sharing.get("ratio"), record)
+
+    data, ran = run_once(cfg, run_dir, train, PRETRAINING_IGNORES)
+    if ran and rank_zero_only.rank == 0:
+        print(summary_line(data))
+    return data
 
 
 def initial_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:

@@ -3,11 +3,13 @@ fails, by pretraining, GLUE fine-tuning, zero-shot scoring and conversion alike.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -286,6 +288,24 @@ def check_same_config(run_dir: Path, cfg: DictConfig, also_ignored: tuple[str, .
             f"{run_dir} holds a run of another configuration ({'; '.join(differences[:3])}{more}); move that "
             f"folder away to keep it, or set output_root elsewhere"
         )
+
+
+def run_once(cfg: DictConfig, run_dir: Path, body: Callable[[RunRecord], None], ignores: tuple[str, ...] = ()
+             ) -> tuple[Record, bool]:  # fmt: skip
+    """Every task's run lifecycle (pretraining, a GLUE task, zero-shot scoring, a conversion): one process per run
+    folder (its lock), the folder's configuration checked (`check_same_config`, keys starting with `ignores`
+    aside), a completed run not repeated, and the record written however `body` ends (completed, failed,
+    interrupted). Returns the record and whether the run ran now."""
+    from sharebench.resume import RunLock
+
+    # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never run one twice.
+    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        check_same_config(run_dir, cfg, ignores)
+        if previous := completed_record(run_dir):
+            return previous, False
+        with RunRecord(cfg, run_dir) as record:
+            body(record)
+    return record.data, True
 
 
 def completed_record(run_dir: Path) -> dict[str, Any] | None:

@@ -59,9 +59,9 @@ def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
 
     from sharebench.config import validate
 
-    try:
-        return validate(OmegaConf.create(config)) or {}
-    except Exception:  # a config that does not validate (the reason the run failed) names no scheme
+    try:  # without the data's files: a run collected where its data is not still names its scheme
+        return validate(OmegaConf.create(config), data=False) or {}
+    except Exception:  # a config that does not validate (the reason the run failed, or an older suite's) names none
         return {}
 
 
@@ -95,6 +95,7 @@ class LrSearch:
     metric: str
     results: dict[float, float]
     choice: Choice
+    complete: bool  # every factor of the grid tried (a sweep still running, or stopped, has tried fewer)
 
 
 def label_value(value: Any) -> str:
@@ -291,7 +292,8 @@ def settle_learning_rate(configuration: Configuration) -> None:
     if configuration.glue_task is not None:
         settle_glue_rates(configuration)
         return
-    metric = configuration.first["config"]["lr_grid"]["metric"]
+    grid = configuration.first["config"]["lr_grid"]
+    metric = grid["metric"]
     by_seed: dict[tuple[Any, Any], dict[float, float]] = {}
     for record in configuration.records:
         value = metric_of(record, metric)
@@ -301,7 +303,7 @@ def settle_learning_rate(configuration: Configuration) -> None:
         return
     results = max(by_seed.values(), key=len)  # the grid's seed: the one that ran at every rate
     choice = choose(results)
-    configuration.lr_search = LrSearch(metric, results, choice)
+    configuration.lr_search = LrSearch(metric, results, choice, len(results) >= len(grid["factors"]))
     configuration.grid_runs = [r for r in configuration.records if tuned_rate(r) != choice.rate]
     configuration.records = [r for r in configuration.records if tuned_rate(r) == choice.rate]
 

@@ -5,15 +5,15 @@ repeated step, and one process per run folder."""
 from __future__ import annotations
 
 import csv
-import fcntl
 import os
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 import lightning as L
 import torch
+from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from sharebench.errors import RunInterrupted, RunInUse
@@ -126,27 +126,22 @@ def continue_metrics(logger: Logger, step: int) -> None:
 
 
 class RunLock:
-    """One process per run folder: a second start of the same run, while the first is alive, is refused."""
+    """One process per run folder: a second start of the same run, while the first is alive, is refused. The lock
+    is filelock's on <run>/.lock; <run>/.lock.owner names the process holding it."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self._file: TextIO | None = None
+        self.lock = FileLock(run_dir / ".lock", timeout=0)
+        self.owner = run_dir / ".lock.owner"
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a+")
+        self.owner.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            owner = self._file.read().strip() or "another process"
-            self._file.close()
-            raise RunInUse(f"{self.path.parent} is in use by {owner}; wait for it to end or stop it") from None
-        self._file.truncate(0)
-        self._file.write(f"process {os.getpid()}")
-        self._file.flush()
+            self.lock.acquire()
+        except Timeout:
+            owner = (self.owner.read_text().strip() if self.owner.exists() else "") or "another process"
+            raise RunInUse(f"{self.owner.parent} is in use by {owner}; wait for it to end or stop it") from None
+        self.owner.write_text(f"process {os.getpid()}")
         return self
 
     def __exit__(self, *exception: object) -> None:
-        assert self._file is not None
-        self._file.close()  # releases the lock
+        self.lock.release()

@@ -10,9 +10,11 @@ from omegaconf import DictConfig
 
 from sharebench.config import validate
 from sharebench.console import quiet_libraries
+from sharebench.limits import check_trainer_here
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    check_trainer_here(cfg)
     sharing = validate(cfg)
     quiet_libraries()
     from sharebench.finetune import run_glue

@@ -78,6 +78,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
     (conf/hydra/sweeper) before the first starts."""
     from sharebench.config import check_overrides, compose, validate
+    from sharebench.limits import check_trainer_here
 
     printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
     sweep = {"-m", "--multirun"} & set(argv)
@@ -91,7 +92,8 @@ def check_command_line(argv: Sequence[str]) -> None:
             return
         (single, *more) = check_overrides(task_overrides(argv))
         first_run = compose(single)
-        if not more and not sweep:
+        if not more and not sweep:  # a single run trains here: the machine can be asked too
+            check_trainer_here(first_run)
             validate(first_run)
             if (factors := first_run.lr_grid.factors) is not None:
                 raise ConfigError(

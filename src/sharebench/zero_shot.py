@@ -13,16 +13,15 @@ from sharebench.checkpoint import converted_model, load_pretrained
 from sharebench.glue import encode, load_split, pad_batch
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
-from sharebench.record import Record, RunRecord, completed_record, sharing_record
+from sharebench.record import Record, RunRecord, run_once, sharing_record
 from sharebench.tokenizer import load_pretrained_tokenizer
 
 
 def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> Record:
     """task=sts_zero_shot: the pretrained model, converted as `convert` says (or not), scored on the STS-B
     validation split without training; the run record holds the parameters and the correlations."""
-    if previous := completed_record(run_dir):
-        return previous
-    with RunRecord(cfg, run_dir) as record:
+
+    def score(record: RunRecord) -> None:
         source = resolve_path(cfg.pretrained)
         if cfg.convert.to:
             model, _, _ = converted_model(source, cfg.convert.to, cfg.convert.ratio, cfg.convert.rank)
@@ -41,7 +40,8 @@ def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> Record:
             examples={"validation": len(split["label"])},
             metrics=sts_zero_shot(model, tokenizer, split),
         )  # fmt: skip
-    return record.data
+
+    return run_once(cfg, run_dir, score)[0]
 
 
 def mean_pooled(model: LanguageModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
