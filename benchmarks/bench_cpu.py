@@ -5,8 +5,9 @@
   with `torch.optim.AdamW` as a plain loop has it (and once more with the suite's CPU process settings and fused
   AdamW), the suite with the process settings and optimizer it trains with. Also its model FLOPs utilisation
   against the fp32 matrix-multiply peak this run measures.
-- `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict and the one
-  measured.
+- `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict, the one they
+  can attain (only the matrix multiplies shrink, by that saving, weighted by their measured share of the step) and
+  the one measured; the target is the attainable one.
 - Memory: peak RSS per configuration, AdamW state and checkpoint bytes against unique parameters.
 - Where a step's time goes: the share spent in matrix multiplies, timed operator by operator in a few more
   cycles, and per scheme the speed-up of its matrix multiplies alone. A scheme's measured speed-up reaches its
@@ -51,7 +52,15 @@ SEQ_LEN, BATCH, MASKED = 128, 32, 0.15
 SCHEMES = {"none": None, "shared_qkv": 1.0, "partial_qk": 0.9}
 LR = 1e-4
 MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
-TARGETS = {"vs_hugging_face": 4.0, "mfu": 0.60, "checkpoint_overhead": 0.02, "data_wait_fraction": 0.05}
+TARGETS = {"vs_hugging_face": 4.0, "mfu": 0.60, "checkpoint_overhead": 0.02, "data_wait_fraction": 0.05,
+           "speedup_tolerance": 0.02}  # fmt: skip
+
+
+def attainable_speedup(flop_speedup: float, matmul_share: float) -> float:
+    """The speed-up a scheme can reach when only its matrix multiplies shrink, by their FLOP saving: the rest of
+    the step (`1 − matmul_share` of the unshared model's, normalisation, softmax, the optimizer's elementwise
+    work) is the same work in every scheme (Amdahl's law)."""
+    return 1 / ((1 - matmul_share) + matmul_share / flop_speedup)
 
 
 def suite_model(scheme: str, ratio: float | None) -> LanguageModel:
@@ -320,8 +329,10 @@ def main() -> int:
     }
     for scheme in SCHEMES:
         result = measured[scheme]
+        predicted = none["flops_per_token"] / result["flops_per_token"]
         figures["schemes"][scheme] = {
-            "predicted_speedup": none["flops_per_token"] / result["flops_per_token"],
+            "predicted_speedup": predicted,
+            "attainable_speedup": attainable_speedup(predicted, none["matmul_share"]),
             "measured_speedup": cycle_ratios(times["none"], times[scheme]),
             "mfu": mfu[scheme],
             "matmul_speedup": cycle_ratios(matmul_times["none"], matmul_times[scheme]),
@@ -345,9 +356,9 @@ def main() -> int:
             0.98 <= facts["optimizer_state_over_unique_bytes"] <= 1
         )
         if scheme != "none":
-            checks[f"{scheme} speed-up ≥ its FLOP saving"] = (
-                facts["measured_speedup"]["median"] >= facts["predicted_speedup"]
-            )
+            checks[f"{scheme} speed-up ≥ its attainable speed-up (within {TARGETS['speedup_tolerance']:.0%})"] = facts[
+                "measured_speedup"
+            ]["median"] >= facts["attainable_speedup"] * (1 - TARGETS["speedup_tolerance"])
     report = render(figures, measured, checks)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -382,15 +393,16 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         f"tokens/s, MFU {figures['suite_pretraining']['mfu']:.1%}, waiting for data "
         f"{figures['data_wait_fraction']:.2%} of step time",
         "",
-        "| scheme | unique params | predicted speed-up (FLOPs) | measured speed-up [quartiles] | MFU "
-        "| speed-up of the matmuls alone | checkpoint vs 4 B/param | AdamW state vs 8 B/param "
+        "| scheme | unique params | predicted speed-up (FLOPs) | attainable speed-up | measured speed-up "
+        "[quartiles] | MFU | speed-up of the matmuls alone | checkpoint vs 4 B/param | AdamW state vs 8 B/param "
         "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scheme, facts in figures["schemes"].items():
         lines.append(
             f"| {scheme} | {facts['unique_parameters']:,} | {facts['predicted_speedup']:.3f}× "
-            f"| {spread(facts['measured_speedup'], '.3f')}× | {facts['mfu']['median']:.1%} "
+            f"| {facts['attainable_speedup']:.3f}× | {spread(facts['measured_speedup'], '.3f')}× "
+            f"| {facts['mfu']['median']:.1%} "
             f"| {spread(facts['matmul_speedup'], '.3f')}× | {facts['checkpoint_overhead']:+.3%} "
             f"| {facts['optimizer_state_over_unique_bytes']:.3f} | {facts['peak_rss_bytes'] / 2**20:,.0f} |"
         )

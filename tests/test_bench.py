@@ -46,3 +46,10 @@ def test_inference_bench_kv_cache_rows_match_their_formula():
     rows = module.kv_cache()
     assert rows["mqa"]["measured"] * 6 == rows["none"]["measured"]
     assert all(row["measured"] == row["formula"] for row in rows.values()), rows
+
+
+def test_the_attainable_speed_up_shrinks_only_the_matrix_multiplies(bench):
+    assert bench.attainable_speedup(1.5, 1.0) == pytest.approx(1.5)  # a step of matmuls only: all of the saving
+    assert bench.attainable_speedup(1.5, 0.0) == 1.0  # nothing but other work: none of it
+    # results/bench: shared_qkv saves 16.4 % of FLOPs where matmuls take 74.5 % of the step
+    assert bench.attainable_speedup(1.164, 0.745) == pytest.approx(1 / (0.255 + 0.745 / 1.164))
