@@ -259,7 +259,7 @@ def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pr
     from sharebench.results import find_configurations
 
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[sst2,stsb]", "glue.lrs=[1.0e-4,1.0e-3]",
-                   "glue.seeds=[0,1]", "glue.recipe.epochs=1", "glue.recipe.batch_size=8", "glue.predict_test=false",
+                   "glue.seeds=[0,1]", "glue.recipe.epochs=1", "glue.recipe.batch_size=16", "glue.predict_test=false",
                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
     summary = run_glue(cfg, pretrained_nano, tmp_path)
     assert not summary["failed"]

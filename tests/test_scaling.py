@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from sharebench.collect import collect, ladders_of
+from sharebench.collect import collect
 from sharebench.results import find_configurations
-from sharebench.scaling import PowerLaw, fit
+from sharebench.scaling import PowerLaw, analyse, fit, ladder
 
 TRUE = PowerLaw(floor=1.5, scale=1.0, exponent=0.3, x0=1e6)
 RUNGS = {"r1": 2e5, "r2": 5e5, "r3": 1e6, "r4": 2e6, "r5": 4e6}
@@ -62,7 +62,8 @@ def test_the_fit_recovers_a_saturating_power_law():
 
 
 def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder_runs):
-    ((found, result),) = ladders_of(find_configurations([ladder_runs])).values()
+    found = ladder(find_configurations([ladder_runs]), "val_loss_full")
+    result = analyse(found, replicates=300)
     assert [r.size for r in found.rungs] == list(RUNGS)
     for shared in found.shared:
         params, flops = result.worth[shared.configuration.label]
