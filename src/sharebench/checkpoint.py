@@ -224,6 +224,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
     source, out = Path(source), Path(out)
     conversion = {"to": to, "ratio": ratio, "rank": rank}
     config = OmegaConf.create({"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion})
+
     def convert(record: RunRecord) -> None:
         converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
         weights_bytes = save_pretrained(converted, out, sharing, sharing_ratio)

@@ -263,6 +263,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     effective-parameter multiplier (95 % interval) against the size of its rung, 1 marking parity."""
     import numpy as np
 
+    out.mkdir(parents=True, exist_ok=True)
     style = Styles([s.configuration for s in found.shared])
     law = result.laws[0]
     figure, axis = plt.subplots(figsize=(10, 6))
@@ -274,8 +275,9 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
         )
     axis.plot(xs, [law.loss(x) for x in xs], color=BASELINE[0],
               label=f"fit: {law.floor:.3f} + {law.scale:.3f}·(N/{law.x0:,.0f})^−{law.exponent:.3f}")  # fmt: skip
-    for rung in found.rungs:
-        axis.scatter([rung.unique] * len(rung.losses), rung.losses, color=BASELINE[0], marker=BASELINE[1], s=14)
+    for i, rung in enumerate(found.rungs):
+        axis.scatter([rung.unique] * len(rung.losses), rung.losses, color=BASELINE[0], marker=BASELINE[1], s=14,
+                     label=None if i else "unshared runs (the rungs)")  # fmt: skip
     drawn = set()
     for shared in found.shared:
         colour, marker = style(shared.configuration)
@@ -285,7 +287,8 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
         drawn.add(name)
     axis.set_xscale("log")
     axis.set_xlabel("unique parameters")
-    axis.set_ylabel(f"{found.metric.replace('_', ' ')} (lower is better); black squares: unshared runs")
+    axis.set_ylabel(f"{found.metric.replace('_', ' ')} (lower is better)")
+    plain_log_ticks(axis.xaxis)
     finish_axis(axis)
     made = [out / f"scaling_params{suffix}.png"]
     save(figure, made[0])
@@ -307,7 +310,19 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     axis.set_yscale("log")
     axis.set_xlabel("size of the rung (unique parameters of its unshared model)")
     axis.set_ylabel("effective parameters / unique parameters (95 % CI)")
+    plain_log_ticks(axis.xaxis)
+    plain_log_ticks(axis.yaxis)
     finish_axis(axis)
     made.append(out / f"scaling_multiplier{suffix}.png")
     save(figure, made[1])
     return made
+
+
+def plain_log_ticks(axis: matplotlib.axis.Axis) -> None:
+    """A log axis labelled in plain numbers at 1, 2 and 5 of each decade (200,000 and 0.5 rather than 2×10⁵ and
+    5×10⁻¹), other ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
