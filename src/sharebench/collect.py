@@ -14,6 +14,7 @@ import csv
 import io
 import re
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -395,9 +396,7 @@ def at_majority_cell(task: str, configuration: Configuration) -> str:
 
 
 def chosen_rates_cell(configuration: Configuration) -> str:
-    counts: dict[float, int] = {}
-    for rate in configuration.glue_rates.values():
-        counts[rate] = counts.get(rate, 0) + 1
+    counts = Counter(configuration.glue_rates.values())
     return ", ".join(f"{rate:g} ×{n}" for rate, n in sorted(counts.items())) or "—"
 
 
@@ -505,16 +504,15 @@ def run_time(configurations: Sequence[Configuration]) -> str:
     return f"Run time: {runs} runs, their wall times adding up to {sum(seconds) / 60:.1f} min."
 
 
-def tables(configurations: Sequence[Configuration], iso: bool = False, margin: float | None = None,
-           ladders: dict[str | None, tuple[Ladder, LadderResult]] | None = None) -> dict[str, Table]:  # fmt: skip
+def tables(configurations: Sequence[Configuration], ladders: dict[str | None, tuple[Ladder, LadderResult]],
+           iso: bool = False, margin: float | None = None) -> dict[str, Table]:  # fmt: skip
     """The tables the runs give: `table` (pretraining and zero-shot runs; `table-<arch>` per architecture, and
-    `table-<arch>-<size>` per size of a ladder, where runs of several sit together), `scaling` (a ladder's
-    effective parameters), `lr_search` and `glue` (GLUE runs), where there are."""
+    `table-<arch>-<size>` per size of a ladder, where runs of several sit together), `scaling` (each of `ladders`,
+    `ladders_of` the runs), `lr_search` and `glue` (GLUE runs), where there are."""
     groups = by_model(pretraining(configurations))
     made: dict[str, Table | None] = {
         "table" if len(groups) == 1 else f"table-{key}": table_rows(group, iso, margin) for key, group in groups.items()
     }
-    ladders = ladders_of(configurations) if ladders is None else ladders
     made |= {"scaling" if len(ladders) == 1 else f"scaling-{arch}": ladder_table(*found)
              for arch, found in ladders.items()}  # fmt: skip
     made["lr_search"] = lr_search_table(pretraining(configurations))
@@ -559,7 +557,7 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
         raise ConfigError(f"collect: --margin {margin:g} must be a positive difference of the main metric")
     configurations = find_configurations(folders)
     ladders = ladders_of(configurations)
-    made = tables(configurations, iso, margin, ladders)
+    made = tables(configurations, ladders, iso, margin)
     text = report(configurations, made)
     if out is not None:
         out = Path(out)

@@ -249,11 +249,12 @@ def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str
                 else:
                     by_rate.setdefault(lr, []).append(record)
         if by_rate:
-            lr = best_mean({rate: [r["metrics"]["score"] for r in runs] for rate, runs in by_rate.items()})
+            scores = {rate: [r["metrics"]["score"] for r in runs] for rate, runs in by_rate.items()}
+            lr = best_mean(scores)
             summary["tasks"][name] = (
                 summarise(name, by_rate[lr])
                 | {"lr": lr}
-                | ({"lrs": {rate: mean_score(runs) for rate, runs in by_rate.items()}} if lr is not None else {})
+                | ({"lrs": {rate: statistics.fmean(s) for rate, s in scores.items()}} if lr is not None else {})
             )
             summary["unique_parameters"] = by_rate[lr][0]["parameters"]["encoder"]["unique"]
             summary["sharing"] = by_rate[lr][0]["sharing"]["name"]
@@ -264,10 +265,6 @@ def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str
     print(summary_table(summary))
     print(f"done: {run_dir}: glue_summary.md there, each task's runs in {run_dir / 'glue'}")
     return summary
-
-
-def mean_score(runs: list[dict[str, Any]]) -> float:
-    return statistics.fmean(r["metrics"]["score"] for r in runs)
 
 
 def summarise(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Search:
     extend: int
     metric: str
     results: dict[float, float | None] = field(default_factory=dict)
-    pending: list[float] = field(default_factory=list)
+    pending: list[float] = field(init=False)  # rates still to try on the first seed: the grid, then its extensions
 
     def __post_init__(self) -> None:
         self.pending = grid(self.base, self.factors)
