@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sharebench.config import build_model, compose
+from sharebench.config import build_model, compose, validate
 from sharebench.cpu import tune_cpu_process
 from sharebench.inference import kv_cache_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
@@ -47,7 +47,7 @@ def suite_model(*overrides: str) -> torch.nn.Module:
     shape = [f"size.{key}={value}" for key, value in SHAPE.items()]
     cfg = compose(["arch=gpt", "arch.dropout=0", "arch.attention_dropout=0", f"data.seq_len={CONTEXT}", *shape,
                    *overrides])  # fmt: skip
-    return build_model(cfg, VOCAB).eval()
+    return build_model(validate(cfg, data=False), VOCAB).eval()
 
 
 def hugging_face_model() -> torch.nn.Module:

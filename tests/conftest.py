@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 os.environ.pop("SHAREBENCH_DATA", None)
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 from sharebench.config import compose  # noqa: E402  (after the environment is set)
 from sharebench.paths import PROJECT_ROOT  # noqa: E402
+from sharebench.spec import RunSpec  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A data mirror in miniature (tests/fixtures/make_fixtures.py): wikipedia/, tinyshakespeare/, glue/ (the hub's
@@ -27,6 +30,13 @@ WORDS = (
     "the king queen castle river stone bright dark walks sings over under quickly slowly old young "
     "a an of to in and but with from north south ship harbour sail wind rain sun moon star light"
 ).split()
+
+
+def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
+    """The validated run spec of a config or of overrides, without looking at the data's files."""
+    from sharebench.config import validate
+
+    return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 
 
 def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sharebench.cli import params
-from sharebench.config import build_model, compose
+from sharebench.config import build_model
+from tests.conftest import spec_of
 
 SIZES = {"nano": (2, 32, 4, 64), "bert-mini": (4, 256, 4, 1024), "tinybert": (4, 312, 12, 1200)}
 VOCAB = 1000
@@ -14,7 +15,7 @@ VOCAB = 1000
 
 def model_for(*overrides: str, vocab: int = VOCAB):
     with torch.device("meta"):
-        return build_model(compose(list(overrides)), vocab)
+        return build_model(spec_of(overrides), vocab)
 
 
 def qkv(*overrides: str) -> int:

@@ -12,16 +12,16 @@ from sharebench import load_pretrained
 from sharebench.checkpoint import save_pretrained
 from sharebench.config import build_model
 from sharebench.errors import ConfigError
+from sharebench.pretrain import stored_sharing
 from sharebench.sharing import SCHEMES
+from tests.conftest import spec_of
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, scheme):
-    cfg = nano_cfg(f"sharing={scheme}")
-    model = build_model(cfg, 60)
-    from omegaconf import OmegaConf
-
-    save_pretrained(model, tmp_path, OmegaConf.to_container(cfg.sharing), cfg.ratio)
+    spec = spec_of(nano_cfg(f"sharing={scheme}"))
+    model = build_model(spec, 60)
+    save_pretrained(model, tmp_path, *stored_sharing(spec))
     loaded = load_pretrained(tmp_path)
     assert loaded.head.decoder.weight is loaded.transformer.embeddings.tokens.weight
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as stored:
@@ -39,13 +39,11 @@ def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, sc
 def test_a_checkpoint_of_another_shape_is_refused(nano_cfg, tmp_path):
     import json
 
-    cfg = nano_cfg()
-    from omegaconf import OmegaConf
-
-    save_pretrained(build_model(cfg, 60), tmp_path, OmegaConf.to_container(cfg.sharing), None)
-    spec = json.loads((tmp_path / "model.json").read_text())
-    spec["model"]["dim"] = 64
-    (tmp_path / "model.json").write_text(json.dumps(spec))
+    spec = spec_of(nano_cfg())
+    save_pretrained(build_model(spec, 60), tmp_path, *stored_sharing(spec))
+    stored = json.loads((tmp_path / "model.json").read_text())
+    stored["model"]["dim"] = 64
+    (tmp_path / "model.json").write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match="does not match"):
         load_pretrained(tmp_path)
 

@@ -170,8 +170,8 @@ SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launc
 def test_the_documented_slurm_command_composes_into_its_submitit_parameters(launcher):
     from sharebench.config import compose, validate
 
+    validate(compose([f"hydra/launcher={launcher}", *SLURM[1:]]), data=False)
     cfg = compose([f"hydra/launcher={launcher}", *SLURM[1:]], with_hydra=True)
-    validate(cfg, data=False)
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
     submitit = cfg.hydra.launcher
     assert submitit._target_.endswith("SlurmLauncher")

@@ -17,7 +17,7 @@ from sharebench import data as data_module
 from sharebench.config import compose
 from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from sharebench.errors import ConfigError
-from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, bert_vocab
+from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, bert_vocab, spec_of
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
 
@@ -35,7 +35,7 @@ def test_masking_follows_bert():
 
 
 def test_mlm_blocks_wrap_cls_and_sep_and_never_predict_them(nano_overrides):
-    cfg = compose(nano_overrides)
+    cfg = spec_of(nano_overrides)
     data = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
     item = data.dataset("train")[0, 7]
     assert item["input_ids"].shape == (32,)
@@ -48,7 +48,7 @@ def test_mlm_blocks_wrap_cls_and_sep_and_never_predict_them(nano_overrides):
 
 
 def test_causal_blocks_shift_labels(nano_overrides):
-    cfg = compose([*nano_overrides, "arch=gpt"])
+    cfg = spec_of([*nano_overrides, "arch=gpt"])
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     item = data.dataset("train")[3, 0]
     assert torch.equal(item["input_ids"][1:], item["labels"][:-1])
@@ -89,7 +89,7 @@ def test_the_training_loss_estimate_keeps_its_batches_whatever_the_epoch():
 
 
 def test_tokens_are_cached_and_not_tokenised_again(nano_overrides, tmp_path, monkeypatch):
-    cfg = compose([*nano_overrides, f"cache_dir={tmp_path}"])
+    cfg = spec_of([*nano_overrides, f"cache_dir={tmp_path}"])
     first = PretrainData(cfg.data, "mlm", cfg.cache_dir, cfg.arch.mlm)
     first.prepare()
     monkeypatch.setattr(data_module, "tokenize_stream", lambda *a: pytest.fail("tokenised again"))
@@ -102,14 +102,14 @@ def test_tokens_are_cached_and_not_tokenised_again(nano_overrides, tmp_path, mon
 def test_json_and_text_sources(tmp_path, nano_overrides):
     (tmp_path / "train.jsonl").write_text('{"body": "one two three four"}\n{"body": "five six"}\n')
     (tmp_path / "validation.jsonl").write_text('{"body": "seven eight"}\n')
-    cfg = compose([*nano_overrides, f"data.source={tmp_path}", "data.text_column=body"])
+    cfg = spec_of([*nano_overrides, f"data.source={tmp_path}", "data.text_column=body"])
     assert read_documents(cfg.data) == {
         "train": ["one two three four", "five six"],
         "validation": ["seven eight"],
     }
     text = tmp_path / "book.txt"
     text.write_text("abcdefghij" * 10)
-    cfg = compose(
+    cfg = spec_of(
         [*nano_overrides, f"data.source={text}", "data.validation_split=null", "data.validation_fraction=0.1"]
     )
     split = read_documents(cfg.data)
@@ -120,13 +120,13 @@ def test_missing_text_column_is_named(tmp_path, nano_overrides):
     from sharebench.errors import ConfigError
 
     (tmp_path / "train.jsonl").write_text('{"body": "x"}\n')
-    cfg = compose([*nano_overrides, f"data.source={tmp_path}"])
+    cfg = spec_of([*nano_overrides, f"data.source={tmp_path}"])
     with pytest.raises(ConfigError, match="not a column.*columns: body"):
         read_documents(cfg.data)
 
 
 def test_tiny_shakespeare_ships_with_the_package_and_splits_90_10(tmp_path):
-    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"cache_dir={tmp_path}"])
+    cfg = spec_of(["arch=gpt", "data=tinyshakespeare", f"cache_dir={tmp_path}"])
     assert Path(cfg.data.source).is_relative_to(Path(sharebench.__file__).parent)
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
@@ -137,7 +137,7 @@ def test_tiny_shakespeare_ships_with_the_package_and_splits_90_10(tmp_path):
 
 @pytest.mark.slow
 def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
-    cfg = compose(
+    cfg = spec_of(
         [
             "data=wikipedia",
             f"data_root={FIXTURE_DATA}",
@@ -158,10 +158,10 @@ def test_wikipedia_with_the_bert_base_uncased_vocabulary(tmp_path):
 @pytest.mark.slow
 def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_path):
     """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
-    cfg = compose(nano_overrides)
+    cfg = spec_of(nano_overrides)
     script = (
-        "import sys, pathlib; from sharebench.config import compose; from sharebench import data;"
-        "cfg = compose(sys.argv[2:]);"
+        "import sys, pathlib; from sharebench.config import compose, validate; from sharebench import data;"
+        "cfg = validate(compose(sys.argv[2:]), data=False);"
         "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
     )
     builds = []
@@ -179,7 +179,7 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
 def test_jobs_starting_together_train_the_tokenizer_once(nano_overrides, tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    cfg = compose(nano_overrides)
+    cfg = spec_of(nano_overrides)
     trained = []
     train = data_module.train_wordpiece
 
@@ -198,14 +198,14 @@ def test_jobs_starting_together_train_the_tokenizer_once(nano_overrides, tmp_pat
 def test_character_seen_only_in_validation_has_a_token(tmp_path):
     corpus = tmp_path / "input.txt"
     corpus.write_text("to be or not to be " * 200 + "café")  # é only in the last 10 %
-    cfg = compose(["arch=gpt", "data=tinyshakespeare", f"data.source={corpus}", f"cache_dir={tmp_path / 'cache'}"])
+    cfg = spec_of(["arch=gpt", "data=tinyshakespeare", f"data.source={corpus}", f"cache_dir={tmp_path / 'cache'}"])
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
     assert data.tokenizer.token_id("é") is not None and len(data.streams["validation"]) > 0
 
 
 def test_the_default_data_ships_with_the_package(tmp_path):
-    cfg = compose([f"cache_dir={tmp_path}"])
+    cfg = spec_of([f"cache_dir={tmp_path}"])
     assert cfg.data.name == "wikipedia_excerpt"
     assert Path(cfg.data.source).is_relative_to(Path(sharebench.__file__).parent)
     documents = read_documents(cfg.data)
@@ -227,7 +227,7 @@ def test_wikipedia_comes_from_the_hub_without_a_mirror_and_from_the_mirror_with_
 
 def test_a_hub_corpus_of_one_split_is_streamed_to_its_caps_and_held_out(tmp_path):
     """The hub's code path (load_dataset(name, config, streaming=True)) on a local clone of wikimedia/wikipedia."""
-    cfg = compose(["data=wikipedia", f"data.source={HUB_WIKIPEDIA}", "data.max_train_chars=38000",
+    cfg = spec_of(["data=wikipedia", f"data.source={HUB_WIKIPEDIA}", "data.max_train_chars=38000",
                    "data.max_validation_chars=2000", f"cache_dir={tmp_path}"])  # fmt: skip
     import pyarrow.parquet as pq
 
@@ -242,7 +242,7 @@ def test_a_hub_corpus_of_one_split_is_streamed_to_its_caps_and_held_out(tmp_path
 
 
 def test_without_a_network_the_hub_error_names_both_ways(tmp_path):
-    cfg = compose(["data=wikipedia", f"cache_dir={tmp_path}"])
+    cfg = spec_of(["data=wikipedia", f"cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="SHAREBENCH_DATA.*sharebench data download.*data=wikipedia_excerpt"):
         read_documents(cfg.data)
 
@@ -260,7 +260,7 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
     names = ["wikipedia", "glue", "tinyshakespeare", "bert-base-uncased"]
     lines = download(names, mirror, max_train_chars=30_000, sources=sources)
     assert [line.split(":")[0] for line in lines] == names
-    cfg = compose(["data=wikipedia", f"data_root={mirror}", "data.tokenizer.kind=vocab_file", f"cache_dir={tmp_path}"])
+    cfg = spec_of(["data=wikipedia", f"data_root={mirror}", "data.tokenizer.kind=vocab_file", f"cache_dir={tmp_path}"])
     assert cfg.data.source == f"{mirror}/wikipedia" and cfg.data.validation_split == "validation"
     train = list(data_module._stream_split(cfg.data, "train"))  # 1 % held out of 30 articles: likely none
     assert 30_000 <= sum(map(len, train)) < 35_000

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sharebench.config import build_model, compose, group_choices
 from sharebench.finetune import SequenceClassifier
 from sharebench.fsdp import fsdp_units, fsdp_wrap_policy
+from tests.conftest import spec_of
 
 ARCHS = {"bert": ["arch=bert"], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
 SCHEMES = [f"sharing={name}" for name in group_choices("sharing")] + [
@@ -34,7 +35,7 @@ def trainable(arch: str, scheme: str, task: str) -> torch.nn.Module:
     pretraining (pretrain.py), or the sequence classifier over the encoder (finetune.py)."""
     cfg = compose(["size=nano", *ARCHS[arch], scheme, "arch.dropout=0", "arch.attention_dropout=0"])
     torch.manual_seed(0)
-    model = build_model(cfg, VOCAB)
+    model = build_model(spec_of(cfg), VOCAB)
     if task == "glue":
         return SequenceClassifier(model, 2, dropout=0.0)
     if model.pooler is not None:

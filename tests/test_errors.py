@@ -259,7 +259,7 @@ LIMIT_CASES = {
     ),
     "unknown GLUE recipe key": (
         ["task=pretrain_glue", "+glue.per_task.sst2.epoch=2"],
-        "glue.per_task.sst2.epoch: unknown; valid keys: lr, batch_size, epochs",
+        "glue.per_task.sst2.epoch: no such setting; the settings of glue.per_task.sst2: lr, batch_size, epochs",
     ),
     "attention larger than memory": (
         ["arch=gpt", "data=tinyshakespeare", "data.seq_len=100000"],
@@ -295,12 +295,26 @@ def test_unwritable_output_root_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "overrides", [[], ["arch=gpt", "data=tinyshakespeare"], ["task=pretrain_glue"], ["experiment=xue23"]]
 )
-def test_every_key_has_limits(overrides):
-    """A key added to conf/ without an entry in sharebench.limits.LIMITS would go unchecked."""
-    from sharebench.config import compose
-    from sharebench.limits import unchecked_keys
+def test_every_key_is_a_spec_field(overrides):
+    """Every key of a composed config is a field of the run spec, which checks it: a key added to conf/ without
+    a field is refused, and the spec gives back the config the run record stores."""
+    from omegaconf import OmegaConf
 
-    assert unchecked_keys(compose(overrides)) == []
+    from sharebench.config import compose
+    from sharebench.spec import RunSpec
+
+    config = OmegaConf.to_container(compose(overrides), resolve=True)
+    assert RunSpec.from_dict(config).to_dict() == config
+
+
+def test_a_key_the_suite_does_not_read_is_refused():
+    from sharebench.config import compose, validate
+    from sharebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^data\.foo: no such setting; the settings of data: name, source"):
+        validate(compose(["+data.foo=1"]))
+    with pytest.raises(ConfigError, match=r"^glue\.per_task\.rte\.epoch: no such setting; the settings of "):
+        validate(compose(["+glue.per_task.rte.epoch=5"]))
 
 
 @pytest.mark.slow

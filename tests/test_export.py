@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from sharebench.checkpoint import load_pretrained, save_pretrained
-from sharebench.config import build_model, compose, group_choices, sharing_class
+from sharebench.config import build_model, compose, group_choices
 from sharebench.errors import ConfigError
 from sharebench.export import export
 from sharebench.pretrain import stored_sharing
 from sharebench.tasks import run_task
+from tests.conftest import spec_of
 
 transformers = pytest.importorskip("transformers")
 ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
@@ -46,13 +47,11 @@ def nano_overrides_for_module(corpus, cache_dir, tmp_path_factory) -> list[str]:
 
 def scheme_run(trained: Path, overrides: list[str], folder: Path) -> Path:
     """A copy of a finished run holding a model of another scheme (initialised, not trained)."""
-    cfg = compose(overrides)
+    spec = spec_of(overrides)
     shutil.copytree(trained, folder)
     vocab_size = json.loads((trained / "run.json").read_text())["vocab_size"]
     torch.manual_seed(0)
-    model = build_model(cfg, vocab_size)
-    ratio = sharing_class(cfg).resolve_ratio(cfg.ratio, cfg.size.dim, cfg.size.n_heads)
-    save_pretrained(model, folder, *stored_sharing(cfg, ratio))
+    save_pretrained(build_model(spec, vocab_size), folder, *stored_sharing(spec))
     return folder
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sharebench.config import build_model, group_choices
+from tests.conftest import spec_of
 
 WITHIN = group_choices("sharing")
 ACROSS = [c for c in group_choices("layers") if c != "none"]
@@ -17,7 +18,7 @@ ACROSS = [c for c in group_choices("layers") if c != "none"]
 def decoder(nano_cfg, *overrides: str):
     torch.manual_seed(0)
     cfg = nano_cfg("arch=gpt", "arch.dropout=0", "arch.attention_dropout=0", "size.n_layers=4", *overrides)
-    return build_model(cfg, vocab_size=200).eval()
+    return build_model(spec_of(cfg), vocab_size=200).eval()
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_sampling_follows_the_generator(nano_cfg):
 
 
 def test_an_encoder_does_not_generate(nano_cfg):
-    model = build_model(nano_cfg(), vocab_size=200).eval()
+    model = build_model(spec_of(nano_cfg()), vocab_size=200).eval()
     with pytest.raises(ValueError, match="generate needs a decoder"):
         model.generate(torch.zeros(1, 1, dtype=torch.long), 3)
 
@@ -83,7 +84,7 @@ def test_inference_costs_of_a_decoder_and_an_encoder(nano_cfg):
     assert costs["kv_cache_bytes_per_token"] == sum(costs["kv_cache_bytes_per_token_by_layer"]) > 0
     assert set(costs["tokens_per_second"]) == {"batch_1", "batch_8"}
     assert costs["peak_bytes"] > costs["weights_bytes"] > 0
-    encoder = inference_costs(build_model(nano_cfg(), vocab_size=200), seq_len=16)
+    encoder = inference_costs(build_model(spec_of(nano_cfg()), vocab_size=200), seq_len=16)
     assert encoder["kv_cache_bytes_per_token"] is None and encoder["tokens_per_second"]["batch_32"] > 0
 
 

@@ -19,7 +19,7 @@ from sharebench.config import compose
 from sharebench.errors import ConfigError
 from sharebench.finetune import run_glue
 from sharebench.tasks import run_task
-from tests.conftest import FIXTURE_DATA, WORDS
+from tests.conftest import FIXTURE_DATA, WORDS, spec_of
 
 HUB_SPLITS = {"mnli": ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]}
 ROWS = 24
@@ -159,7 +159,7 @@ def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture,
          "glue.recipe.epochs=1", "glue.recipe.batch_size=8", "trainer.enable_progress_bar=false",
          "trainer.enable_model_summary=false"]
     )  # fmt: skip
-    summary = run_glue(cfg, pretrained_nano, tmp_path)
+    summary = run_glue(spec_of(cfg), pretrained_nano, tmp_path)
     assert not summary["failed"]
     assert set(summary["tasks"]) == set(tasks) - {"ax"}
     assert set(summary["tasks"]["mnli"]) >= {"accuracy_matched", "accuracy_mismatched", "score"}
@@ -189,7 +189,7 @@ def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_pat
     convert_checkpoint(pretrained_nano, tmp_path / "recursive", "recursive_lora", 0.5, rank=4)
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[rte]", "glue.recipe.epochs=1",
                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
-    summary = run_glue(cfg, tmp_path / "recursive", tmp_path / "glue")
+    summary = run_glue(spec_of(cfg), tmp_path / "recursive", tmp_path / "glue")
     assert not summary["failed"] and "rte" in summary["tasks"]
     record = json.loads((tmp_path / "glue" / "glue" / "rte" / "seed=0" / "run.json").read_text())
     converted = load_pretrained(tmp_path / "recursive")
@@ -261,7 +261,7 @@ def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pr
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[sst2,stsb]", "glue.lrs=[1.0e-4,1.0e-3]",
                    "glue.seeds=[0,1]", "glue.recipe.epochs=1", "glue.recipe.batch_size=16", "glue.predict_test=false",
                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])  # fmt: skip
-    summary = run_glue(cfg, pretrained_nano, tmp_path)
+    summary = run_glue(spec_of(cfg), pretrained_nano, tmp_path)
     assert not summary["failed"]
     for task in ("sst2", "stsb"):
         scores = {
@@ -297,13 +297,13 @@ def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture
     given = [f"glue.source={glue_fixture}", "glue.recipe.epochs=1", "glue.recipe.batch_size=8",
              "glue.predict_test=false", "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false"]  # fmt: skip
-    first = run_glue(compose([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
+    first = run_glue(spec_of([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
     record = tmp_path / "glue" / "rte" / "seed=0" / "run.json"
     written = record.stat().st_mtime_ns
-    both = run_glue(compose([*given, "glue.tasks=[rte,wnli]"]), pretrained_nano, tmp_path)
+    both = run_glue(spec_of([*given, "glue.tasks=[rte,wnli]"]), pretrained_nano, tmp_path)
     assert record.stat().st_mtime_ns == written and both["tasks"]["rte"] == first["tasks"]["rte"]
     with pytest.raises(ConfigError, match=r"holds a run of another GLUE recipe \(epochs differ\)"):
-        run_glue(compose([*given, "glue.tasks=[rte]", "glue.recipe.epochs=2"]), pretrained_nano, tmp_path)
+        run_glue(spec_of([*given, "glue.tasks=[rte]", "glue.recipe.epochs=2"]), pretrained_nano, tmp_path)
     record.unlink()
     with RunLock(record.parent), pytest.raises(RunInUse, match="is in use by process"):
-        run_glue(compose([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
+        run_glue(spec_of([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)

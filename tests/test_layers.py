@@ -14,6 +14,7 @@ from sharebench.convert import direct_share, select_shared_heads, share_heads, t
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
+from tests.conftest import spec_of
 from tests.test_checkpoint import minilm_folder
 
 VOCAB = 1000
@@ -27,7 +28,7 @@ BLOCK = ATTENTION + FFN + NORMS
 
 def counts(*overrides: str):
     with torch.device("meta"):
-        return build_model(compose([*SIZE, *overrides]), VOCAB).parameter_counts()
+        return build_model(spec_of([*SIZE, *overrides]), VOCAB).parameter_counts()
 
 
 def test_every_layers_yaml_names_a_scheme_and_back():
@@ -74,7 +75,7 @@ def test_cla_removes_the_key_value_projections_of_reusing_layers(factor):
 def test_ffn_wide_keeps_the_parameter_count_with_one_ffn():
     wide = counts("layers=ffn_wide")
     assert abs(wide.unique - counts().unique) <= 2 * D + 1  # one FFN unit
-    model = build_model(compose([*SIZE, "layers=ffn_wide"]), VOCAB)
+    model = build_model(spec_of([*SIZE, "layers=ffn_wide"]), VOCAB)
     assert len({id(b.ffn) for b in model.transformer.blocks}) == 1
     assert len({id(b.attn) for b in model.transformer.blocks}) == L
 
@@ -100,7 +101,7 @@ def test_within_and_cross_layer_schemes_compose():
                                              (CycleRev, [0, 1, 2, 2, 1, 0])])  # fmt: skip
 def test_takase_orders(scheme, expected):
     assert scheme(ratio=0.5).layer_sets(6) == expected
-    model = build_model(compose([*SIZE, f"layers={scheme.name}", "layers.ratio=0.5"]), VOCAB)
+    model = build_model(spec_of([*SIZE, f"layers={scheme.name}", "layers.ratio=0.5"]), VOCAB)
     blocks = list(model.transformer.blocks)
     assert [[blocks.index(b) for b in blocks].index(blocks.index(b)) for b in blocks] == [
         expected.index(s) for s in expected
@@ -127,7 +128,7 @@ def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
 
 def gpt_model(*overrides: str):
     torch.manual_seed(0)
-    return build_model(compose(["arch=gpt", "size.n_layers=3", "size.dim=32", "size.n_heads=4", "size.ffn_dim=64",
+    return build_model(spec_of(["arch=gpt", "size.n_layers=3", "size.dim=32", "size.n_heads=4", "size.ffn_dim=64",
                                 "data.seq_len=16", *overrides]), 50).eval()  # fmt: skip
 
 

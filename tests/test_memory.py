@@ -8,6 +8,7 @@ import torch
 from sharebench.config import build_model
 from sharebench.memory import activation_bytes, training_memory
 from sharebench.optim import adamw_with_schedule
+from tests.conftest import spec_of
 
 
 def mlm_batch(vocab_size: int, batch: int, seq_len: int = 32) -> dict[str, torch.Tensor]:
@@ -20,7 +21,7 @@ def mlm_batch(vocab_size: int, batch: int, seq_len: int = 32) -> dict[str, torch
 @pytest.mark.parametrize("sharing", ["shared_qkv", "mqa", "symmetric"])
 def test_weights_bytes_differ_by_four_bytes_per_unique_parameter(nano_cfg, sharing):
     def measured(*overrides: str) -> tuple[int, dict[str, int]]:
-        model = build_model(nano_cfg(*overrides), vocab_size=200)
+        model = build_model(spec_of(nano_cfg(*overrides)), vocab_size=200)
         optimizer = adamw_with_schedule(model, 1e-3, 0.01, 1, 10, "linear", 0.0)["optimizer"]
         model(**mlm_batch(200, 4)).loss.backward()
         optimizer.step()
@@ -40,14 +41,14 @@ def test_weights_bytes_differ_by_four_bytes_per_unique_parameter(nano_cfg, shari
 
 
 def test_activation_bytes_grow_with_the_batch(nano_cfg):
-    model = build_model(nano_cfg("arch.dropout=0", "arch.attention_dropout=0"), vocab_size=200)
+    model = build_model(spec_of(nano_cfg("arch.dropout=0", "arch.attention_dropout=0")), vocab_size=200)
     small, large = (activation_bytes(model, mlm_batch(200, batch)) for batch in (8, 32))
     assert small > 0
     assert 3.0 < large / small < 4.5  # activations scale with the batch; a few buffers do not
 
 
 def test_measuring_activations_leaves_the_model_and_the_rng_alone(nano_cfg):
-    model = build_model(nano_cfg(), vocab_size=200)
+    model = build_model(spec_of(nano_cfg()), vocab_size=200)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     state = torch.get_rng_state()
     activation_bytes(model, mlm_batch(200, 4))

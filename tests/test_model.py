@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sharebench.sharing import SCHEMES
+from tests.conftest import spec_of
 
 DIM, HEADS = 64, 4
 HEAD_DIM = DIM // HEADS
@@ -50,11 +51,15 @@ def test_pairwise_keys_are_queries_times_a_per_head_coefficient():
 
 
 def test_shared_qkv_roles_are_one_projection_rescaled():
+    """Q = S ⊙ δ_Q, K = S ⊙ δ_K, V = S ⊙ δ_V. The fast path hands attention the keys' scale on the queries: the
+    same scores, one multiply fewer."""
     scheme, (q, k, v) = projections("shared_qkv")
     assert scheme.proj.out_features == DIM  # one projection: the matmul for the other two roles is gone
     scales = {r: scheme.scales[r].view(HEADS, 1, HEAD_DIM) for r in "qkv"}
-    assert torch.allclose(q / scales["q"], k / scales["k"], atol=1e-5)
-    assert torch.allclose(q / scales["q"], v / scales["v"], atol=1e-5)
+    shared = k
+    assert torch.allclose(v, shared * scales["v"], atol=1e-5)
+    paper_scores = (shared * scales["q"]) @ (shared * scales["k"]).transpose(-1, -2)
+    assert torch.allclose(q @ k.transpose(-1, -2), paper_scores, atol=1e-4)
 
 
 @pytest.mark.parametrize("name,combine", [("mhe_add", torch.add), ("mhe_mul", torch.mul)])
@@ -76,7 +81,7 @@ def test_gqa_has_fewer_key_value_heads():
 def test_causal_model_does_not_look_ahead(nano_cfg):
     from sharebench.config import build_model
 
-    model = build_model(nano_cfg("arch=gpt", "sharing=partial_qk"), 50).eval()
+    model = build_model(spec_of(nano_cfg("arch=gpt", "sharing=partial_qk")), 50).eval()
     ids = torch.randint(0, 50, (1, 12))
     changed = ids.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % 50
@@ -87,7 +92,7 @@ def test_causal_model_does_not_look_ahead(nano_cfg):
 def test_padding_does_not_change_the_other_tokens(nano_cfg):
     from sharebench.config import build_model
 
-    model = build_model(nano_cfg(), 50).eval()
+    model = build_model(spec_of(nano_cfg()), 50).eval()
     ids = torch.randint(5, 50, (1, 10))
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
     mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 4)], dim=1).long()
@@ -97,7 +102,7 @@ def test_padding_does_not_change_the_other_tokens(nano_cfg):
 def test_masked_lm_predicts_only_masked_positions(nano_cfg):
     from sharebench.config import build_model
 
-    model = build_model(nano_cfg(), 50)
+    model = build_model(spec_of(nano_cfg()), 50)
     ids = torch.randint(5, 50, (2, 10))
     labels = torch.full_like(ids, -100)
     labels[0, 3], labels[1, 7] = 11, 12
@@ -112,7 +117,7 @@ def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_c
 
     from sharebench.config import build_model
 
-    model = build_model(nano_cfg(f"arch={arch}"), 50)
+    model = build_model(spec_of(nano_cfg(f"arch={arch}")), 50)
     hidden, labels = torch.randn(7, model.config.dim), torch.randint(0, 50, (7,))
     padded = model.head.padded_logits(hidden)
     assert model.head.padding == 14 and padded.shape == (7, 64) and bool((padded[:, 50:] == float("-inf")).all())
@@ -130,7 +135,7 @@ def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_c
 def test_pre_ln_option(nano_cfg):
     from sharebench.config import build_model
 
-    model = build_model(nano_cfg("arch.norm_position=pre"), 50)
+    model = build_model(spec_of(nano_cfg("arch.norm_position=pre")), 50)
     assert model.transformer.final_norm is not None and model.transformer.embeddings.norm is None
     assert model(torch.randint(0, 50, (2, 6))).logits.shape == (2, 6, 50)
 
@@ -182,11 +187,11 @@ def test_masked_lm_head_runs_on_a_multiple_of_64_rows_with_the_same_loss(monkeyp
     tensors come in a few sizes the allocator reuses) and the loss is that of the predicted tokens alone."""
     import torch.nn.functional as F
 
-    from sharebench.config import build_model, compose
+    from sharebench.config import build_model
     from sharebench.model import IGNORE_INDEX, PREDICTED_ROWS, LMHead
 
     torch.manual_seed(0)
-    model = build_model(compose(["size=nano", "data.seq_len=32"]), 100).eval()
+    model = build_model(spec_of(["size=nano", "data.seq_len=32"]), 100).eval()
     seen = []
     padded_logits = LMHead.padded_logits
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.config import build_model, compose
+from sharebench.config import build_model
 from sharebench.convert import direct_share
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.model import IGNORE_INDEX
 from sharebench.reference import reference_loss
 from sharebench.sharing import SCHEMES
+from tests.conftest import spec_of
 
 VOCAB = 97
 SIZE = ["size.n_layers=4", "size.dim=48", "size.n_heads=4", "size.ffn_dim=96", "data.seq_len=24"]
@@ -33,7 +34,7 @@ def batch(objective: str, padded: bool) -> dict[str, torch.Tensor]:
 
 def model_with(*overrides: str):
     torch.manual_seed(0)
-    model = build_model(compose([*SIZE, *overrides]), VOCAB).eval()
+    model = build_model(spec_of([*SIZE, *overrides]), VOCAB).eval()
     with torch.no_grad():  # move every parameter off its initial value (ones, zeros) so each one matters
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -123,7 +124,7 @@ def test_the_walkthrough_scheme_works_as_documented():
     namespace: dict = {}
     exec("\n".join(line.removeprefix("   ") for line in code.splitlines()), namespace)
     scheme = namespace["SharedKV"]
-    cfg = compose([*SIZE, "arch=gpt"])
+    cfg = spec_of([*SIZE, "arch=gpt"])
     torch.manual_seed(0)
     model = LanguageModel(model_config(cfg, VOCAB), partial(scheme), scheme.name).eval()
     assert_same_loss(model, "causal")

@@ -253,3 +253,13 @@ def test_a_run_records_the_tokenizer_it_used(nano_cfg, tmp_path):
     assert record["tokenizer"] == {
         "kind": "wordpiece", "vocab_size": record["vocab_size"], "sha256": hashlib.sha256(saved).hexdigest()
     }  # fmt: skip
+
+
+def test_a_run_hands_back_the_signal_handlers_it_found(nano_cfg, tmp_path):
+    """After training, SIGTERM ends the process as before it: neither Lightning's handler (which only logs it)
+    nor the suite's is left behind."""
+    from sharebench.tasks import run_task
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    run_task(nano_cfg(), tmp_path / "run")
+    assert {signum: signal.getsignal(signum) for signum in before} == before

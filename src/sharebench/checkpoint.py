@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
@@ -24,9 +23,10 @@ from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RECORD_NAME, RunRecord, Sharing, run_once, sharing_record
+from sharebench.record import RECORD_NAME, RunRecord, run_once
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
+from sharebench.spec import SharingSpec
 from sharebench.tokenizer import TOKENIZER_FILES
 
 WEIGHTS_NAME = "model.safetensors"
@@ -61,7 +61,7 @@ def scheme_target(scheme: type) -> dict[str, Any]:
 SEPARATE = scheme_target(Separate)
 
 
-def loaded_sharing(model: LanguageModel, folder: str | Path) -> Sharing:
+def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
     """What a run records as the sharing of a model loaded from `folder`: the sharing its pretraining run
     recorded (iso-parameter baselines keep the configuration they match), or for other checkpoints the scheme
     the checkpoint stores."""
@@ -70,7 +70,7 @@ def loaded_sharing(model: LanguageModel, folder: str | Path) -> Sharing:
     if recorded:
         return {**recorded, "pretrained": str(folder)}
     _, ratio = checkpoint_sharing(folder)
-    return sharing_record(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder))
+    return SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder)).to_record()
 
 
 def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:
@@ -223,7 +223,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
     conversion (its sharing, parameters and checkpoint), to `out`; returns the converted model as written."""
     source, out = Path(source), Path(out)
     conversion = {"to": to, "ratio": ratio, "rank": rank}
-    config = OmegaConf.create({"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion})
+    config = {"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion}
 
     def convert(record: RunRecord) -> None:
         converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
@@ -232,8 +232,8 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
             if (source / name).is_file():
                 shutil.copyfile(source / name, out / name)
         record.update(
-            sharing=sharing_record(converted.sharing_name, ratio, converted.layers.describe(), conversion=conversion,
-                                   pretrained=str(source)),
+            sharing=SharingSpec.of(converted.sharing_name, ratio, converted.layers.describe(), conversion=conversion,
+                                   pretrained=str(source)).to_record(),
             parameters=converted.parameter_counts().to_dict(),
             checkpoint={"path": str(out / WEIGHTS_NAME), "bytes": weights_bytes},
         )  # fmt: skip

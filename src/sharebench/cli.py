@@ -26,23 +26,22 @@ def params(overrides: Sequence[str]) -> dict:
     """Parameter accounting and FLOPs of a configuration, built on the meta device (no memory, no data)."""
     import torch
 
-    from sharebench.config import build_model, check_overrides, compose, predicted_fraction, validate
+    from sharebench.config import build_model, check_overrides, compose, validate
     from sharebench.data import tokenizer_vocab_size
 
     runs = check_overrides(overrides)
     if len(runs) != 1:
         raise ConfigError("params takes one configuration, not a sweep (no comma-separated values)")
-    cfg = compose(runs[0])
-    validate(cfg, data=False)
+    spec = validate(compose(runs[0]), data=False)
     try:
-        vocab_size = tokenizer_vocab_size(cfg.data, cfg.arch.objective)
+        vocab_size = tokenizer_vocab_size(spec.data, spec.arch.objective)
     except ConfigError as error:
-        raise ConfigError(f"params: the {cfg.data.tokenizer.kind} vocabulary is read off the data: {error}") from None
+        raise ConfigError(f"params: the {spec.data.tokenizer.kind} vocabulary is read off the data: {error}") from None
     with torch.device("meta"):
-        model = build_model(cfg, vocab_size)
+        model = build_model(spec, vocab_size)
     return {
         **model.parameter_counts().to_dict(),
-        "flops_per_token": model.flops_per_token(cfg.data.seq_len, predicted_fraction(cfg)),
+        "flops_per_token": model.flops_per_token(spec.data.seq_len, spec.predicted_fraction),
         "vocab_size": vocab_size,
         "sharing": model.sharing_name,
     }

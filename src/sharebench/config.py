@@ -7,9 +7,11 @@ command line, by `check_overrides`.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,18 +19,18 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sharebench import glue, tuning
+from sharebench import glue
 from sharebench.convert import CONVERSIONS, HeadwiseRatio
 from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
-from sharebench.limits import check_limits
-from sharebench.model import ACTIVATIONS, LanguageModel, ModelConfig
+from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, resolve_path
-from sharebench.record import NOT_RESULT_KEYS, Sharing, sharing_record
+from sharebench.record import NOT_RESULT_KEYS
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
+from sharebench.spec import Convert, RunSpec, SharingSpec, Trainer
 
 GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "lr_grid", "scale")
 
@@ -70,81 +72,113 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*per_override.values())]
 
 
-def sharing_class(cfg: DictConfig) -> type[AttentionSharing]:
-    return get_class(cfg.sharing._target_)
+def sharing_class(spec: RunSpec) -> type[AttentionSharing]:
+    return get_class(spec.sharing["_target_"])
 
 
-def validate(cfg: DictConfig, data: bool = True) -> Sharing | None:
-    """Check a composed config (the one place a run is checked, before any data is read); returns what the run
-    will record as its sharing, or None for tasks whose model, and so its sharing, comes from `pretrained`.
-    `data=False` leaves out the data's files, for what needs none (`sharebench params`)."""
-    check_limits(cfg)
-    accelerator = cfg.trainer.accelerator
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if str(cfg.trainer.strategy).startswith("fsdp") and on_cpu:
+def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
+    """Check a composed config (the one place a run is checked, before any data is read) into the run spec the
+    run reads, with what its model shares resolved (`RunSpec.shares`; None for tasks whose model, and so its
+    sharing, comes from `pretrained`). `data=False` leaves out the data's files, for what needs none
+    (`sharebench params`)."""
+    if isinstance(cfg, DictConfig):  # a sweeper's composed run also holds Hydra's own settings, not the run's
+        cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    spec = RunSpec.from_dict(cfg)
+    if str(spec.trainer.strategy).startswith("fsdp") and trains_on(spec.trainer) != "cuda":
         raise ConfigError(
-            f"trainer.strategy={cfg.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
+            f"trainer.strategy={spec.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
             f"trainer.strategy=ddp (the suite's FSDP wrap policy itself is tested on CPU with torch's FSDP)"
         )
-    size, arch = cfg.size, cfg.arch
-    if size.dim % size.n_heads:
-        divisors = [h for h in range(1, size.dim + 1) if size.dim % h == 0]
-        raise ConfigError(
-            f"size: hidden size {size.dim} is not divisible by {size.n_heads} heads; "
-            f"valid size.n_heads for dim={size.dim}: {', '.join(map(str, divisors))}"
-        )
-    if arch.activation not in ACTIVATIONS:
-        raise ConfigError(f"arch.activation={arch.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
-    if cfg.data.seq_len > arch.max_positions:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds arch.max_positions={arch.max_positions}")
-    tuning.check(cfg.lr_grid)
-    if cfg.lr_grid.factors is not None and cfg.task != "pretrain":
-        raise ConfigError(
-            f"lr_grid searches pretraining's learning rate; task={cfg.task} fine-tunes at the rates of glue.lrs"
-        )
-    if cfg.task != "pretrain":
-        glue.check(cfg.glue)
-    if cfg.task in ("glue", "sts_zero_shot"):
-        check_pretrained(cfg.pretrained)
-        check_conversion(cfg.convert)
-        return None
-    if cfg.task == "pretrain_glue" and arch.objective != "mlm":
-        raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
+    check_attention_fits_in_memory(spec)
+    root = resolve_path(spec.output_root)
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_root={spec.output_root}: {existing} is not a writable folder; choose another")
+    if spec.task != "pretrain":
+        glue.check(spec.glue)
+    if spec.task in ("glue", "sts_zero_shot"):
+        check_pretrained(spec.pretrained)
+        check_conversion(spec.convert)
+        return spec
     if data:
-        check_source(cfg.data)
-    if cfg.pretrained:
-        check_pretrained(cfg.pretrained)
-    if cfg.postshare_ratio is not None:
-        if not cfg.pretrained:
+        check_source(spec.data)
+    if spec.pretrained:
+        check_pretrained(spec.pretrained)
+    if spec.postshare_ratio is not None:
+        if not spec.pretrained:
             raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
-        checked_ratio("postshare", "postshare_ratio", cfg.postshare_ratio, HeadwiseRatio)
-    layers = layer_sharing(cfg)
-    if cfg.get("iso_baseline") and sharing_class(cfg) is Separate and isinstance(layers, Unshared):
+        checked_ratio("postshare", "postshare_ratio", spec.postshare_ratio, HeadwiseRatio)
+    layers = layer_sharing(spec)
+    if spec.iso_baseline and sharing_class(spec) is Separate and isinstance(layers, Unshared):
         raise ConfigError(
             "iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing= or layers="
         )
-    if cfg.get("iso_compute") and not cfg.get("iso_baseline"):
-        raise ConfigError("iso_compute=true sets the training budget of an iso-parameter twin: add iso_baseline=true")
-    if cfg.iso_compute and cfg.tokens_per_parameter is not None:
-        raise ConfigError("iso_compute=true and tokens_per_parameter both set the training budget: give one of them")
+    size = spec.size
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
-        instantiate(cfg.sharing, ratio=cfg.ratio)(dim=size.dim, n_heads=size.n_heads, bias=arch.qkv_bias)
+        instantiate(spec.sharing, ratio=spec.ratio)(dim=size.dim, n_heads=size.n_heads, bias=spec.arch.qkv_bias)
     layers.check(size.n_layers)
-    ratio = sharing_class(cfg).resolve_ratio(cfg.ratio, size.dim, size.n_heads)
-    configured = sharing_record(sharing_class(cfg).name, ratio, layers.describe())
-    if cfg.get("iso_baseline"):
-        return sharing_record(Separate.name, None, Unshared().describe(), iso_baseline_of=configured)
-    return configured
+    ratio = sharing_class(spec).resolve_ratio(spec.ratio, size.dim, size.n_heads)
+    shares = SharingSpec.of(sharing_class(spec).name, ratio, layers.describe())
+    if spec.iso_baseline:
+        shares = SharingSpec.of(Separate.name, None, Unshared().describe(), iso_baseline_of=shares)
+    return replace(spec, shares=shares)
+
+
+def trains_on(trainer: Trainer) -> str:
+    """Where Lightning will train: "cuda" (asked for, or `auto` on a machine with a GPU), "cpu", "mps" or "tpu"."""
+    if trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu" if trainer.accelerator == "auto" else trainer.accelerator
+
+
+def check_trainer_here(spec: RunSpec) -> None:
+    """What Lightning would refuse in many lines once the data is read: an accelerator this machine lacks, more
+    GPUs than it has. Checked where the run trains (`tasks.run_task`), not where a sweep is submitted from (a
+    cluster's login node has no GPU)."""
+    accelerator, devices = spec.trainer.accelerator, spec.trainer.devices
+    present = {
+        "gpu": torch.cuda.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "tpu": importlib.util.find_spec("torch_xla") is not None,
+    }
+    if not present.get(accelerator, True):
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has none; use trainer.accelerator=auto "
+                          f"(what is here) or cpu")  # fmt: skip
+    gpus = torch.cuda.device_count()
+    if trains_on(spec.trainer) == "cuda" and isinstance(devices, int) and devices > max(gpus, 1):
+        raise ConfigError(f"trainer.devices={devices}: this machine has {gpus} GPU(s); use trainer.devices={gpus} "
+                          f"or auto (every GPU)")  # fmt: skip
+
+
+def check_attention_fits_in_memory(spec: RunSpec) -> None:
+    """On CPU with attention dropout the model computes attention explicitly (torch's fused CPU attention has no
+    dropout), so one layer's scores (batch × heads × seq_len² floats) must fit in memory: a seq_len of 100,000
+    would otherwise fail minutes later, allocating a terabyte."""
+    if trains_on(spec.trainer) != "cpu" or not spec.arch.attention_dropout:
+        return
+    data = spec.data
+    scores = data.batch_size * spec.size.n_heads * data.seq_len**2 * 4
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if scores > memory:
+        raise ConfigError(
+            f"data.seq_len={data.seq_len} with data.batch_size={data.batch_size} and {spec.size.n_heads} heads "
+            f"needs {scores / 2**30:,.0f} GiB for one layer's attention scores; this machine has "
+            f"{memory / 2**30:,.0f} GiB: lower data.seq_len or data.batch_size"
+        )
 
 
 def sweep_runs(
     runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]
-) -> list[tuple[list[str], DictConfig]]:
-    """The runs of a sweep to launch with their composed configs, every one validated before the first starts
+) -> list[tuple[list[str], RunSpec]]:
+    """The runs of a sweep to launch with their run specs, every one validated before the first starts
     (`compose_run` is Hydra's config loader). A scheme that takes no ratio meets the ratios of a sweep such as
     `sharing=none,partial_qk ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run,
     launched without the ratio. A run given twice (several grids of a recipe naming it) is launched once."""
-    launched: dict[tuple[str, ...], tuple[list[str], DictConfig]] = {}
+    launched: dict[tuple[str, ...], tuple[list[str], RunSpec]] = {}
     seen, skipped = set(), []
     for given in runs:
         if (key := tuple(sorted(given))) in seen:
@@ -152,14 +186,14 @@ def sweep_runs(
         seen.add(key)
         run = list(given)
         try:
-            validate(cfg := composed(compose_run, run))
+            spec = validate(composed(compose_run, run))
         except RatioNotTaken as error:
             run = [o for o in run if o.split("=", 1)[0].lstrip("+~") != "ratio"]
-            validate(cfg := composed(compose_run, run))
+            spec = validate(composed(compose_run, run))
             if tuple(sorted(run)) in launched:
                 reason = str(error).split(" (")[0]
                 skipped.append(f"skipped: {reason}: {' '.join(given)} is the same run without the ratio")
-        launched.setdefault(tuple(sorted(run)), (run, cfg))
+        launched.setdefault(tuple(sorted(run)), (run, spec))
     print(*skipped, sep="\n", end="\n" if skipped else "")
     return list(launched.values())
 
@@ -177,7 +211,7 @@ def innermost(error: BaseException) -> BaseException:
     return error
 
 
-def check_conversion(convert: DictConfig) -> None:
+def check_conversion(convert: Convert) -> None:
     if not convert.to:
         return
     if convert.to not in CONVERSIONS:
@@ -199,86 +233,66 @@ def check_pretrained(pretrained: str | None) -> None:
         )
 
 
-def model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
-    arch, size = cfg.arch, cfg.size
-    return ModelConfig(
-        vocab_size=vocab_size,
-        n_layers=size.n_layers,
-        dim=size.dim,
-        n_heads=size.n_heads,
-        ffn_dim=size.ffn_dim,
-        max_positions=arch.max_positions,
-        objective=arch.objective,
-        norm_position=arch.norm_position,
-        activation=arch.activation,
-        dropout=arch.dropout,
-        attention_dropout=arch.attention_dropout,
-        bias=arch.bias,
-        qkv_bias=arch.qkv_bias,
-        type_vocab_size=arch.type_vocab_size,
-        layer_norm_eps=arch.layer_norm_eps,
-        tie_embeddings=cfg.tie_embeddings,
-        pooler=arch.pooler,
-    )
+def model_config(spec: RunSpec, vocab_size: int) -> ModelConfig:
+    """The model's shape: its architecture's and size's settings that the model reads."""
+    tie = {"tie_embeddings": spec.tie_embeddings}
+    return ModelConfig.from_settings(vocab_size, spec.arch.to_dict(), spec.size.to_dict(), tie)
 
 
-def layer_sharing(cfg: DictConfig) -> LayerSharing:
+def layer_sharing(spec: RunSpec) -> LayerSharing:
     """The cross-layer scheme (`layers=<name>`, its ratio `layers.ratio`)."""
-    if not cfg.get("layers"):
-        return Unshared()
     try:
-        return instantiate(cfg.layers)
+        return instantiate(spec.layers)
     except Exception as error:  # Hydra wraps the scheme's ConfigError
         while error.__cause__ is not None and not isinstance(error, ConfigError):
             error = error.__cause__
         raise (error if isinstance(error, ConfigError) else ConfigError(f"layers: {error}")) from None
 
 
-def build_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
-    """The model a validated config describes."""
-    sharing = instantiate(cfg.sharing, ratio=cfg.ratio)
-    shape = model_config(cfg, vocab_size)
-    layers = layer_sharing(cfg)
-    if cfg.get("iso_baseline"):
+def build_model(spec: RunSpec, vocab_size: int) -> LanguageModel:
+    """The model a validated spec describes."""
+    sharing = instantiate(spec.sharing, ratio=spec.ratio)
+    shape = model_config(spec, vocab_size)
+    layers = layer_sharing(spec)
+    if spec.iso_baseline:
         return LanguageModel(iso_parameter_shape(shape, sharing, layers), Separate, Separate.name)
-    return LanguageModel(shape, sharing, sharing_class(cfg).name, layers)
+    return LanguageModel(shape, sharing, sharing_class(spec).name, layers)
 
 
-def training_steps(cfg: DictConfig, vocab_size: int) -> int:
+def training_steps(spec: RunSpec, vocab_size: int) -> int:
     """The steps a run trains: trainer.max_steps, or the steps its budget rule gives (an iso-compute twin's, or
     `tokens_per_parameter` times the model's unique parameters, in whole steps of every device's batches)."""
-    if cfg.iso_compute:
-        return iso_compute_steps(cfg, vocab_size)
-    if cfg.tokens_per_parameter is None:
-        return cfg.trainer.max_steps
+    if spec.iso_compute:
+        return iso_compute_steps(spec, vocab_size)
+    if spec.tokens_per_parameter is None:
+        return spec.trainer.max_steps
     with torch.device("meta"):
-        unique = build_model(cfg, vocab_size).parameter_counts().unique
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.trainer.accumulate_grad_batches
-    return math.ceil(cfg.tokens_per_parameter * unique / (tokens_per_step * devices(cfg.trainer)))
+        unique = build_model(spec, vocab_size).parameter_counts().unique
+    tokens_per_step = spec.data.batch_size * spec.data.seq_len * spec.trainer.accumulate_grad_batches
+    return math.ceil(spec.tokens_per_parameter * unique / (tokens_per_step * devices(spec.trainer)))
 
 
-def devices(trainer: DictConfig) -> int:
+def devices(trainer: Trainer) -> int:
     """How many processes train, as Lightning counts them: trainer.devices (on `auto` or -1, every GPU, else one
-    CPU process) on each of trainer.num_nodes machines."""
+    process) on each of trainer.num_nodes machines."""
     count = trainer.devices
     if isinstance(count, str) or count == -1:
-        on_gpu = trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-        count = torch.cuda.device_count() if on_gpu else 1
+        count = torch.cuda.device_count() if trains_on(trainer) == "cuda" else 1
     elif not isinstance(count, int):  # a list of device indices
         count = len(count)
     return count * trainer.num_nodes
 
 
-def iso_compute_steps(cfg: DictConfig, vocab_size: int) -> int:
+def iso_compute_steps(spec: RunSpec, vocab_size: int) -> int:
     """The steps an iso-compute twin trains: as many training FLOPs as the shared configuration spends in
     trainer.max_steps."""
     with torch.device("meta"):
-        shared = LanguageModel(model_config(cfg, vocab_size), instantiate(cfg.sharing, ratio=cfg.ratio),
-                               layers=layer_sharing(cfg))  # fmt: skip
-        twin = build_model(cfg, vocab_size)
-    fraction = predicted_fraction(cfg)
-    flops = shared.flops_per_token(cfg.data.seq_len, fraction) / twin.flops_per_token(cfg.data.seq_len, fraction)
-    return round(cfg.trainer.max_steps * flops)
+        shared = LanguageModel(model_config(spec, vocab_size), instantiate(spec.sharing, ratio=spec.ratio),
+                               layers=layer_sharing(spec))  # fmt: skip
+        twin = build_model(spec, vocab_size)
+    seq_len, fraction = spec.data.seq_len, spec.predicted_fraction
+    flops = shared.flops_per_token(seq_len, fraction) / twin.flops_per_token(seq_len, fraction)
+    return round(spec.trainer.max_steps * flops)
 
 
 def iso_parameter_shape(shape: ModelConfig, sharing: Callable[..., AttentionSharing], layers: LayerSharing
@@ -301,11 +315,6 @@ def iso_parameter_shape(shape: ModelConfig, sharing: Callable[..., AttentionShar
         if ffn_dim >= 1:
             return replace(fewer, ffn_dim=ffn_dim)
     return replace(shape, n_layers=1, ffn_dim=1)
-
-
-def predicted_fraction(cfg: DictConfig) -> float:
-    """The share of tokens the LM head runs on: the masked share for MLM, every token for causal LM."""
-    return float(cfg.arch.mlm.probability) if cfg.arch.objective == "mlm" else 1.0
 
 
 # Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.

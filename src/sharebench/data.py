@@ -15,12 +15,11 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.console import stage
@@ -36,6 +35,9 @@ from sharebench.tokenizer import (
     wordpiece_pipeline,
 )
 
+if TYPE_CHECKING:
+    from sharebench.spec import Data, Masking
+
 # Part of every cache key: a change to how text becomes tokens (here: WordPiece pieces numbered in order, not in
 # hash order) must not reuse tokens or vocabularies cached before it.
 TOKENIZATION = 2
@@ -49,7 +51,7 @@ def is_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).exists()
 
 
-def from_hub(data: DictConfig) -> bool:
+def from_hub(data: Data) -> bool:
     """Read through `datasets.load_dataset(source, hub_config)`: a hub dataset, or a local clone of one."""
     return not is_local(data.source) or data.hub_config is not None
 
@@ -71,7 +73,7 @@ def local_files(path: Path) -> list[Path]:
     return files
 
 
-def source_identity(data: DictConfig) -> dict[str, Any]:
+def source_identity(data: Data) -> dict[str, Any]:
     """What the cached tokens depend on: the files (path, size, modification time) or the hub name."""
     if from_hub(data):
         return {"hub": data.source, "config": data.hub_config}
@@ -79,7 +81,7 @@ def source_identity(data: DictConfig) -> dict[str, Any]:
     return {"files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
 
 
-def _open_split(data: DictConfig, split: str) -> Any:
+def _open_split(data: Data, split: str) -> Any:
     import datasets
 
     if from_hub(data):
@@ -101,7 +103,7 @@ def _open_split(data: DictConfig, split: str) -> Any:
                                  sample_by="document")  # fmt: skip
 
 
-def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
+def _stream_split(data: Data, split: str) -> Iterator[str]:
     try:
         for row in _open_split(data, split):
             if data.text_column not in row:
@@ -117,7 +119,7 @@ def _stream_split(data: DictConfig, split: str) -> Iterator[str]:
         raise ConfigError(f"data: cannot read {data.source} ({split}): {message}{advice}") from error
 
 
-def check_source(data: DictConfig) -> None:
+def check_source(data: Data) -> None:
     """The cheap checks of a data configuration: local files exist, the vocabulary file too."""
     if not from_hub(data):
         local_files(local_source(data.source))
@@ -129,7 +131,7 @@ def check_source(data: DictConfig) -> None:
         vocab_file_path(data.tokenizer)
 
 
-def read_documents(data: DictConfig) -> dict[str, list[str]]:
+def read_documents(data: Data) -> dict[str, list[str]]:
     """Train and validation documents. Without a validation split, the last `validation_fraction` is held
     out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents,
     of which no more are read than the two caps together (a hub corpus of one split is streamed, not read whole)."""
@@ -174,9 +176,7 @@ def _cap(documents: Iterable[str], max_chars: int | None) -> list[str]:
 # ---- tokenizers ---------------------------------------------------------------------------------------------
 
 
-def build_tokenizer(
-    data: DictConfig, objective: str, documents: Callable[[], dict[str, list[str]]], cache_dir: Path
-) -> Any:
+def build_tokenizer(data: Data, objective: str, documents: Callable[[], dict[str, list[str]]], cache_dir: Path) -> Any:
     """The configured tokenizer; `documents` (the splits' texts) is called only when the vocabulary must be
     learnt: a WordPiece vocabulary from the training text, a character vocabulary from all of it (a character
     seen only in validation still has a token)."""
@@ -213,7 +213,7 @@ def file_lock(path: Path) -> FileLock:
     return FileLock(path.with_name(path.name + ".lock"))
 
 
-def tokenizer_vocab_size(data: DictConfig, objective: str) -> int:
+def tokenizer_vocab_size(data: Data, objective: str) -> int:
     """The embedding size a configuration needs, without tokenising (a trained WordPiece vocabulary is padded
     to its configured size, so the size is known before training it)."""
     spec = data.tokenizer
@@ -265,7 +265,7 @@ class BlockDataset(Dataset):
         objective: str,
         special_ids: dict[str, int],
         vocab_size: int,
-        mlm: DictConfig | None = None,
+        mlm: Masking | None = None,
     ) -> None:
         self.stream = stream
         self.objective = objective
@@ -350,7 +350,7 @@ def _seed(*parts: int) -> int:
 
 def mask_tokens(
     tokens: torch.Tensor,
-    mlm: DictConfig,
+    mlm: Masking,
     mask_id: int,
     vocab_size: int,
     generator: torch.Generator | None = None,
@@ -372,7 +372,7 @@ def mask_tokens(
 class PretrainData:
     """Reads, tokenises (cached) and serves the blocks of one pretraining configuration."""
 
-    def __init__(self, data: DictConfig, objective: str, cache_dir: str | Path, mlm: DictConfig | None = None) -> None:
+    def __init__(self, data: Data, objective: str, cache_dir: str | Path, mlm: Masking | None = None) -> None:
         self.data = data
         self.objective = objective
         self.mlm = mlm
@@ -387,10 +387,13 @@ class PretrainData:
         key = _hash(
             TOKENIZATION,
             source_identity(self.data),
-            {k: self.data[k] for k in ("train_split", "validation_split", "validation_fraction", "text_column")},
+            {
+                k: getattr(self.data, k)
+                for k in ("train_split", "validation_split", "validation_fraction", "text_column")
+            },
             self.data.max_train_chars,
             self.data.max_validation_chars,
-            dict(self.data.tokenizer),
+            self.data.tokenizer.to_dict(),
             self.objective,
         )
         folder = self.cache_dir / "tokens" / f"{self.data.name}-{key}"

@@ -16,7 +16,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,6 +28,7 @@ from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
+from sharebench.spec import GlueRecipe, RunSpec
 from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean
 
@@ -63,7 +63,7 @@ class GlueModule(L.LightningModule):
     """Fine-tunes on one task; after every epoch scores the validation split(s) and keeps the weights the
     recipe selects (the last epoch's, or the best epoch's by validation score)."""
 
-    def __init__(self, classifier: SequenceClassifier, task: glue.Task, recipe: DictConfig, total_steps: int,
+    def __init__(self, classifier: SequenceClassifier, task: glue.Task, recipe: GlueRecipe, total_steps: int,
                  validation: dict[str, list[dict[str, torch.Tensor]]]) -> None:  # fmt: skip
         super().__init__()
         self.classifier = classifier
@@ -127,46 +127,40 @@ def evaluate(classifier: SequenceClassifier, task: glue.Task, validation: dict[s
     return metrics
 
 
-def recipe_for(cfg: DictConfig, task_name: str, lr: float | None = None) -> DictConfig:
-    """The task's recipe: glue.recipe, its per_task changes, and a rate of glue.lrs where one is given."""
-    per_task = cfg.glue.per_task.get(task_name) or {}
-    return OmegaConf.merge(cfg.glue.recipe, per_task, {"lr": lr} if lr is not None else {})
-
-
 def grid_folder(lr: float | None) -> str:
     """The part of a run's folder that names its rate of glue.lrs ('' without a grid)."""
     return f"lr={lr:g}/" if lr is not None else ""
 
 
-def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, root: Path,
+def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, root: Path,
                   lr: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Fine-tune one task with one seed (at `lr`, a rate of glue.lrs); its record goes to
     <root>/glue/<task>/[lr=<lr>/]seed=<seed>/run.json (also when it fails), its test predictions to
     <root>/glue_submission/[lr=<lr>/]seed=<seed>/."""
     run_dir = root / "glue" / task_name / f"{grid_folder(lr)}seed={seed}"
-    spec, recipe = glue.task(task_name), recipe_for(cfg, task_name, lr)
+    task, recipe = glue.task(task_name), spec.glue.recipe_for(task_name, lr)
     check_same_recipe(run_dir, recipe)  # the GLUE settings beside the task's own recipe may change (more tasks)
 
     def finetune(record: RunRecord) -> None:
-        record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=OmegaConf.to_container(recipe))
+        record.update(task=task_name, seed=seed, pretrained=str(pretrained), recipe=recipe.to_dict())
         L.seed_everything(seed, workers=True, verbose=False)
         tune_cpu_process()
         encoder = load_pretrained(pretrained).train()
-        classifier = SequenceClassifier(encoder, spec.num_labels, recipe.dropout)
+        classifier = SequenceClassifier(encoder, task.num_labels, recipe.dropout)
         tokenizer = load_pretrained_tokenizer(pretrained, recipe.max_length, encoder.config.vocab_size)
-        regression = spec.num_labels == 1
-        train = glue.encode(tokenizer, glue.load_split(cfg.glue.source, task_name, "train"), regression)
+        regression = task.num_labels == 1
+        train = glue.encode(tokenizer, glue.load_split(spec.glue.source, task_name, "train"), regression)
         if recipe.max_train_examples is not None:
             train = train[: recipe.max_train_examples]
         validation = {
-            split: glue.encode(tokenizer, glue.load_split(cfg.glue.source, task_name, split), regression)
-            for split in spec.validation_splits
+            split: glue.encode(tokenizer, glue.load_split(spec.glue.source, task_name, split), regression)
+            for split in task.validation_splits
         }
         validation = {split: examples[: recipe.max_eval_examples] for split, examples in validation.items()}
         loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, collate_fn=glue.pad_batch)
         total_steps = len(loader) * recipe.epochs
-        module = GlueModule(classifier, spec, recipe, total_steps, validation)
-        settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
+        module = GlueModule(classifier, task, recipe, total_steps, validation)
+        settings, shown = progress(spec.trainer.to_dict())
         trainer = L.Trainer(
             **{**settings, "max_steps": -1, "val_check_interval": None, "max_epochs": recipe.epochs,
                "enable_checkpointing": False},
@@ -177,7 +171,7 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
         seconds = time.perf_counter() - started
         if module.best is not None:
             classifier.load_state_dict(module.best[1])
-        metrics = evaluate(classifier, spec, validation, recipe.batch_size)
+        metrics = evaluate(classifier, task, validation, recipe.batch_size)
         score = glue.main_score(task_name, metrics)
         majority = glue.majority_score(task_name, {s: [e["labels"] for e in v] for s, v in validation.items()})
         counts = encoder.parameter_counts(lm_head=False)
@@ -195,52 +189,52 @@ def finetune_task(cfg: DictConfig, pretrained: Path, task_name: str, seed: int, 
             speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
             examples={"train": len(train), **{s: len(v) for s, v in validation.items()}},
         )
-        if cfg.glue.predict_test:
-            write_predictions(cfg, classifier, tokenizer, spec, recipe, root / "glue_submission" /
+        if spec.glue.predict_test:
+            write_predictions(spec, classifier, tokenizer, task, recipe, root / "glue_submission" /
                               f"{grid_folder(lr)}seed={seed}")  # fmt: skip
 
-    return run_once(cfg, run_dir, finetune, ("glue.", "task"))[0]
+    return run_once(spec.to_dict(), run_dir, finetune, ("glue.", "task"))[0]
 
 
-def check_same_recipe(run_dir: Path, recipe: DictConfig) -> None:
+def check_same_recipe(run_dir: Path, recipe: GlueRecipe) -> None:
     """A task's folder holds its run under one recipe: refused under another, as `record.check_same_config`
     refuses a changed configuration."""
     if (run_dir / RECORD_NAME).exists():
         stored = read_record(run_dir).get("recipe")
-        if stored is not None and stored != OmegaConf.to_container(recipe):
-            changed = sorted(k for k in stored.keys() | recipe.keys() if stored.get(k) != recipe.get(k))
+        if stored is not None and stored != (current := recipe.to_dict()):
+            changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
             raise ConfigError(f"{run_dir} holds a run of another GLUE recipe ({', '.join(changed)} differ); move "
                               f"that folder away to keep it, or set output_root elsewhere")  # fmt: skip
 
 
-def write_predictions(cfg: DictConfig, classifier: SequenceClassifier, tokenizer: Any, spec: glue.Task,
-                      recipe: DictConfig, folder: Path) -> None:  # fmt: skip
+def write_predictions(spec: RunSpec, classifier: SequenceClassifier, tokenizer: Any, task: glue.Task,
+                      recipe: GlueRecipe, folder: Path) -> None:  # fmt: skip
     """Test-set predictions as GLUE submission files; the MNLI model also predicts the diagnostic set (AX.tsv)."""
-    targets = [(spec, split) for split in spec.test_splits]
-    if spec.name == "mnli":
+    targets = [(task, split) for split in task.test_splits]
+    if task.name == "mnli":
         targets.append((glue.task("ax"), "test"))
     for target, split in targets:
-        data = glue.load_split(cfg.glue.source, target.name, split)
-        predictions = predict(classifier, glue.encode(tokenizer, data, spec.num_labels == 1), recipe.batch_size)
+        data = glue.load_split(spec.glue.source, target.name, split)
+        predictions = predict(classifier, glue.encode(tokenizer, data, task.num_labels == 1), recipe.batch_size)
         rows = glue.submission_rows(target.name, data["idx"], predictions)
         atomic_write_bytes(folder / target.submission[split], ("\n".join(rows) + "\n").encode())
 
 
-def run_glue(cfg: DictConfig, pretrained: str | Path, run_dir: Path) -> dict[str, Any]:
+def run_glue(spec: RunSpec, pretrained: str | Path, run_dir: Path) -> dict[str, Any]:
     """Every task × seed (× rate of glue.lrs); returns (and writes) the summary: per task the median and spread
     over seeds of each metric at the task's chosen rate, the GLUE score over the tasks run, and the model's unique
     parameters."""
-    glue.check(cfg.glue)
+    glue.check(spec.glue)
     pretrained = resolve_path(str(pretrained))
-    tasks = [t for t in cfg.glue.tasks if t != "ax"]
-    rates = [float(lr) for lr in cfg.glue.lrs] if cfg.glue.lrs is not None else [None]
+    tasks = [t for t in spec.glue.tasks if t != "ax"]
+    rates = [float(lr) for lr in spec.glue.lrs] if spec.glue.lrs is not None else [None]
     summary: dict[str, Any] = {"pretrained": str(pretrained), "tasks": {}, "failed": []}
     for name in tasks:
         by_rate: dict[float | None, list[dict[str, Any]]] = {}
         for lr in rates:
-            for seed in cfg.glue.seeds:
+            for seed in spec.glue.seeds:
                 try:
-                    record = finetune_task(cfg, pretrained, name, seed, run_dir, lr)
+                    record = finetune_task(spec, pretrained, name, seed, run_dir, lr)
                 except ConfigError:
                     raise
                 except Exception as error:

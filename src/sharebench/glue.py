@@ -10,13 +10,16 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import resolve_path
+
+if TYPE_CHECKING:
+    from sharebench.spec import Glue
 
 
 @dataclass(frozen=True)
@@ -192,17 +195,12 @@ def _label(spec: Task, value: str) -> int | float:
         raise ConfigError(f"glue: {spec.name} label {value!r} is not one of {', '.join(spec.labels)}") from error
 
 
-def check(settings: Any) -> None:
-    """The cheap checks of the `glue` config group, before any model is loaded."""
+def check(settings: Glue) -> None:
+    """The checks of the `glue` config group that need the task table or the files, before any model is loaded."""
     for name in settings.tasks:
         task(name)
         if name == "ax" and "mnli" not in settings.tasks:
             raise ConfigError("glue.tasks: ax is predicted by the MNLI model; add mnli to glue.tasks")
-    if settings.lrs is not None and len({float(lr) for lr in settings.lrs}) < 2:
-        raise ConfigError(f"glue.lrs={list(settings.lrs)}: a grid needs two or more distinct learning rates (null: "
-                          f"glue.recipe.lr alone)")  # fmt: skip
-    if settings.recipe.select not in ("last", "best"):
-        raise ConfigError(f"glue.recipe.select={settings.recipe.select!r} is unknown; valid: last, best")
     layout(settings.source)
 
 

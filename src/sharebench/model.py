@@ -8,10 +8,10 @@ accounting that every run records (unique parameters by component, FLOPs per tok
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +47,13 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     tie_embeddings: bool = True
     pooler: bool = True
+
+    @classmethod
+    def from_settings(cls, vocab_size: int, *settings: Mapping[str, Any]) -> ModelConfig:
+        """The shape the given settings describe (a run's `arch`, `size`, ...; later ones win), from the keys that
+        are fields here."""
+        given = {key: value for mapping in settings for key, value in mapping.items()}
+        return cls(vocab_size=vocab_size, **{f.name: given[f.name] for f in fields(cls) if f.name in given})
 
     @property
     def causal(self) -> bool:

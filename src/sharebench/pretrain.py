@@ -16,11 +16,10 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
-from sharebench.config import build_model, predicted_fraction, sharing_class, training_steps
+from sharebench.config import build_model, sharing_class, training_steps
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
@@ -35,7 +34,6 @@ from sharebench.paths import resolve_path
 from sharebench.record import (
     Record,
     RunRecord,
-    Sharing,
     measure_matmul_peak,
     run_once,
     start_line,
@@ -48,6 +46,7 @@ from sharebench.resume import (
     continue_metrics,
     resume_point,
 )
+from sharebench.spec import Optim, RunSpec
 
 
 class PretrainModule(L.LightningModule):
@@ -56,7 +55,7 @@ class PretrainModule(L.LightningModule):
     def __init__(
         self,
         model: LanguageModel,
-        optim: DictConfig,
+        optim: Optim,
         max_steps: int,
         data: PretrainData,
         seed: int,
@@ -240,49 +239,49 @@ def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
 PRETRAINING_IGNORES = ("glue.", "task")
 
 
-def run(cfg: DictConfig, run_dir: str | Path, sharing: Sharing) -> Record:
-    """Pretrain one validated configuration (`sharing`: what `config.validate` found it shares) into `run_dir` and
-    return its run record (also written as run.json).
+def run(spec: RunSpec, run_dir: str | Path) -> Record:
+    """Pretrain one validated configuration (`config.validate`'s spec) into `run_dir` and return its run record
+    (also written as run.json).
 
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it; either
     only under the configuration it was started with."""
     run_dir = Path(run_dir)
 
     def train(record: RunRecord) -> None:
-        record.update(sharing=sharing)
-        _train(cfg, run_dir, sharing.get("ratio"), record)
+        record.update(sharing=spec.shares.to_record())
+        _train(spec, run_dir, record)
 
-    data, ran = run_once(cfg, run_dir, train, PRETRAINING_IGNORES)
+    data, ran = run_once(spec.to_dict(), run_dir, train, PRETRAINING_IGNORES)
     if ran and rank_zero_only.rank == 0:
         print(summary_line(data))
     return data
 
 
-def initial_model(cfg: DictConfig, vocab_size: int) -> LanguageModel:
+def initial_model(spec: RunSpec, vocab_size: int) -> LanguageModel:
     """A new model as the config says, or with `pretrained`, that checkpoint's model to train further."""
-    if not cfg.pretrained:
-        return build_model(cfg, vocab_size)
-    model = load_pretrained(resolve_path(cfg.pretrained)).train()
+    if not spec.pretrained:
+        return build_model(spec, vocab_size)
+    model = load_pretrained(resolve_path(spec.pretrained)).train()
     if model.config.vocab_size != vocab_size:
         raise ConfigError(
-            f"pretrained={cfg.pretrained} has {model.config.vocab_size} token embeddings but the data's tokenizer "
+            f"pretrained={spec.pretrained} has {model.config.vocab_size} token embeddings but the data's tokenizer "
             f"has {vocab_size} tokens; use its vocabulary (data.tokenizer.kind=vocab_file "
             f"data.tokenizer.path=<its vocab.txt>)"
         )
-    if cfg.data.seq_len > model.config.max_positions:
+    if spec.data.seq_len > model.config.max_positions:
         positions = model.config.max_positions
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the {positions} positions of pretrained")
+        raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds the {positions} positions of pretrained")
     return model
 
 
-def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+def make_logger(spec: RunSpec, run_dir: Path) -> Logger:
     """The configured logger writing into the run's folder; a wandb run is named after the run's folder and
     grouped by the sweep's output_root unless the config names them."""
     extra: dict[str, Any] = {"save_dir": str(run_dir)}
-    if get_class(cfg.logger._target_) is WandbLogger:
-        extra["name"] = cfg.logger.get("name") or f"{run_dir.parent.name}/{run_dir.name}"
-        extra["group"] = cfg.logger.get("group") or str(cfg.output_root)
-    return instantiate(cfg.logger, **extra)
+    if get_class(spec.logger["_target_"]) is WandbLogger:
+        extra["name"] = spec.logger.get("name") or f"{run_dir.parent.name}/{run_dir.name}"
+        extra["group"] = spec.logger.get("group") or str(spec.output_root)
+    return instantiate(spec.logger, **extra)
 
 
 @contextlib.contextmanager
@@ -298,29 +297,27 @@ def finished_logger(logger: Logger) -> Iterator[None]:
         logger.experiment.finish()
 
 
-def stored_sharing(cfg: DictConfig, ratio: float | None) -> tuple[dict[str, Any], float | None]:
+def stored_sharing(spec: RunSpec) -> tuple[dict[str, Any], float | None]:
     """The scheme's config and ratio as the checkpoint stores them (schemes without a ratio refuse one)."""
-    if cfg.get("iso_baseline"):
+    if spec.iso_baseline:
         return SEPARATE, None
-    stored_ratio = ratio if sharing_class(cfg).ratio_range is not None else None
-    return OmegaConf.to_container(cfg.sharing, resolve=True), stored_ratio
+    return dict(spec.sharing), spec.shares.ratio if sharing_class(spec).ratio_range is not None else None
 
 
-def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecord) -> None:
+def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     tune_cpu_process()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    mlm = cfg.arch.get("mlm")
-    data = PretrainData(cfg.data, cfg.arch.objective, cfg.cache_dir, mlm)
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    data = PretrainData(spec.data, spec.arch.objective, spec.cache_dir, spec.arch.mlm)
     data.prepare()
-    model = initial_model(cfg, data.vocab_size)
+    model = initial_model(spec, data.vocab_size)
     if model.pooler is not None:  # BERT's pooler serves fine-tuning; pretraining has no loss through it, and DDP
         model.pooler.requires_grad_(False)  # refuses a parameter no loss reaches
-    head_pairs = select_shared_heads(model, cfg.postshare_ratio) if cfg.postshare_ratio is not None else None
-    if cfg.pretrained:  # the checkpoint's sharing, not the config's
-        record.update(sharing=loaded_sharing(model, resolve_path(cfg.pretrained)))
+    head_pairs = select_shared_heads(model, spec.postshare_ratio) if spec.postshare_ratio is not None else None
+    if spec.pretrained:  # the checkpoint's sharing, not the config's
+        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained)))
     counts = model.parameter_counts()
-    fraction = predicted_fraction(cfg)
-    flops = model.flops_per_token(cfg.data.seq_len, fraction)
+    fraction = spec.predicted_fraction
+    flops = model.flops_per_token(spec.data.seq_len, fraction)
     record.update(
         vocab_size=data.vocab_size,
         tokenizer=data.tokenizer.describe(),
@@ -335,14 +332,14 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         print(start_line(record.data), flush=True)
         data.tokenizer.save(run_dir)
 
-    if cfg.compile:
+    if spec.compile:
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
-    steps = training_steps(cfg, data.vocab_size)
-    module = PretrainModule(model, cfg.optim, steps, data, cfg.seed, cfg.eval_train_loss, head_pairs)
+    steps = training_steps(spec, data.vocab_size)
+    module = PretrainModule(model, spec.optim, steps, data, spec.seed, spec.eval_train_loss, head_pairs)
     throughput = Throughput()
     resume, resumed_step = resume_point(run_dir) or (None, 0)
-    logger = make_logger(cfg, run_dir)
-    settings, shown = progress(OmegaConf.to_container(cfg.trainer, resolve=True))
+    logger = make_logger(spec, run_dir)
+    settings, shown = progress(spec.trainer.to_dict())
     settings["max_steps"] = steps
     if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
         from lightning.pytorch.strategies import FSDPStrategy
@@ -368,27 +365,27 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
         if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
             trainer.validate(module, verbose=False)
         if head_pairs is not None:  # PostShare: the trained pairs now share one copy of their weights
-            record.update(postshare={"ratio": cfg.postshare_ratio, "pairs": len(head_pairs),
+            record.update(postshare={"ratio": spec.postshare_ratio, "pairs": len(head_pairs),
                                      "val_loss_before_sharing": module.validation_history[-1]["val_loss"]})  # fmt: skip
             share_heads(model, head_pairs)
             record.update(parameters=model.parameter_counts().to_dict())
             trainer.validate(module, verbose=False)
 
     # Measured after training, on a copy: the run's curves and RNG are those of a run without the measurement.
-    memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", cfg.seed))))
+    memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
     speed = throughput.summary()
     device = trainer.strategy.root_device
     peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
-    stored = checkpoint_sharing(resolve_path(cfg.pretrained)) if cfg.pretrained else stored_sharing(cfg, ratio)
+    stored = checkpoint_sharing(resolve_path(spec.pretrained)) if spec.pretrained else stored_sharing(spec)
     weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None
-    val_loss_full = full_split_loss(served, data.loader("validation", cfg.seed)) if served is not None else None
-    inference = inference_costs(served, cfg.data.seq_len) if served is not None else None
+    val_loss_full = full_split_loss(served, data.loader("validation", spec.seed)) if served is not None else None
+    inference = inference_costs(served, spec.data.seq_len) if served is not None else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
-    tokens_per_step = trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len * trainer.world_size
+    tokens_per_step = trainer.accumulate_grad_batches * spec.data.batch_size * spec.data.seq_len * trainer.world_size
     tokens_seen = trainer.global_step * tokens_per_step
     record.update(
         metrics={
@@ -406,7 +403,7 @@ def _train(cfg: DictConfig, run_dir: Path, ratio: float | None, record: RunRecor
             "device": str(device),
             "world_size": trainer.world_size,
             "peak_matmul_flops": peak,
-            "mfu": model.estimate_mfu(tokens_per_second, peak, cfg.data.seq_len, fraction)
+            "mfu": model.estimate_mfu(tokens_per_second, peak, spec.data.seq_len, fraction)
             if tokens_per_second
             else None,
         },

@@ -9,14 +9,13 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 
 from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
@@ -29,34 +28,6 @@ NOT_RESULT_KEYS = {
     "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary"
 }  # fmt: skip
 NOT_RESULT_PREFIXES = ("experiment.", "logger.")
-
-
-class Layers(TypedDict):
-    """The cross-layer scheme (`layers=<name>`) and its ratio (`layers.ratio`)."""
-
-    name: str
-    ratio: float | None
-
-
-class Sharing(TypedDict, total=False):
-    """What a run's model shares: its within-layer scheme, that scheme's ratio and its cross-layer scheme. An
-    iso-parameter baseline is `none` and names the configuration it matches in `iso_baseline_of`; a model loaded
-    from a checkpoint names the checkpoint's folder in `pretrained`; a converted one its `conversion`."""
-
-    name: str
-    ratio: float | None
-    layers: Layers
-    iso_baseline_of: Sharing
-    pretrained: str
-    conversion: dict[str, Any]
-
-
-def sharing_record(name: str, ratio: float | None, layers: Layers, **context: Any) -> Sharing:
-    """The one shape of a record's `sharing` (context: iso_baseline_of, pretrained or conversion)."""
-    unknown = context.keys() - Sharing.__annotations__.keys()
-    if unknown:
-        raise TypeError(f"sharing has no field {', '.join(sorted(unknown))}")
-    return Sharing(name=name, ratio=ratio, layers=layers, **context)
 
 
 class Record(TypedDict, total=False):
@@ -75,7 +46,7 @@ class Record(TypedDict, total=False):
     wall_time_s: float
     error: str
     traceback: str
-    sharing: Sharing
+    sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record()
     parameters: dict[str, Any]
     metrics: dict[str, Any]
     memory: dict[str, int | None]
@@ -154,14 +125,14 @@ def hardware() -> dict[str, Any]:
 class RunRecord:
     """Collects a run's facts and writes them to <run>/run.json; `write` is safe to call at any point."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, config: Mapping[str, Any], run_dir: Path) -> None:
         self.path = Path(run_dir) / RECORD_NAME
         self.started = time.time()
         self.data: Record = {
             "status": "running",
             "run_dir": str(Path(run_dir).resolve()),
-            "seed": cfg.seed,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "seed": config.get("seed"),
+            "config": dict(config),
             "git": dict(git_commit()),
             "packages": package_versions(),
             "hardware": hardware(),
@@ -211,7 +182,7 @@ def start_line(record: Record) -> str:
     )
 
 
-def describe_sharing(sharing: Sharing) -> str:
+def describe_sharing(sharing: dict[str, Any]) -> str:
     from sharebench.sharing import SCHEMES
 
     scheme = SCHEMES.get(sharing["name"])
@@ -269,14 +240,14 @@ def config_leaves(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_same_config(run_dir: Path, cfg: DictConfig, also_ignored: tuple[str, ...] = ()) -> None:
+def check_same_config(run_dir: Path, config: Mapping[str, Any], also_ignored: tuple[str, ...] = ()) -> None:
     """A run's folder holds the run of one configuration: skipping or resuming it under another (a recipe whose
     budget changed, say) would report the old run as the new one. Keys only one of the two configs has (a
     version of the suite that added or dropped one) and keys starting with `also_ignored` are not compared."""
     if not (run_dir / RECORD_NAME).exists():
         return
     stored = config_leaves(read_record(run_dir).get("config") or {})
-    current = config_leaves(OmegaConf.to_container(cfg, resolve=True))
+    current = config_leaves(config)
     differences = [
         f"{key}={stored[key]!r} there, {current[key]!r} here"
         for key in sorted(stored.keys() & current.keys())
@@ -290,20 +261,20 @@ def check_same_config(run_dir: Path, cfg: DictConfig, also_ignored: tuple[str, .
         )
 
 
-def run_once(cfg: DictConfig, run_dir: Path, body: Callable[[RunRecord], None], ignores: tuple[str, ...] = ()
-             ) -> tuple[Record, bool]:  # fmt: skip
+def run_once(config: Mapping[str, Any], run_dir: Path, body: Callable[[RunRecord], None],
+             ignores: tuple[str, ...] = ()) -> tuple[Record, bool]:  # fmt: skip
     """Every task's run lifecycle (pretraining, a GLUE task, zero-shot scoring, a conversion): one process per run
-    folder (its lock), the folder's configuration checked (`check_same_config`, keys starting with `ignores`
-    aside), a completed run not repeated, and the record written however `body` ends (completed, failed,
-    interrupted). Returns the record and whether the run ran now."""
+    folder (its lock), the folder's configuration (`config`, as the record stores it) checked (`check_same_config`,
+    keys starting with `ignores` aside), a completed run not repeated, and the record written however `body` ends
+    (completed, failed, interrupted). Returns the record and whether the run ran now."""
     from sharebench.resume import RunLock
 
     # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never run one twice.
     with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        check_same_config(run_dir, cfg, ignores)
+        check_same_config(run_dir, config, ignores)
         if previous := completed_record(run_dir):
             return previous, False
-        with RunRecord(cfg, run_dir) as record:
+        with RunRecord(config, run_dir) as record:
             body(record)
     return record.data, True
 

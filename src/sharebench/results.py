@@ -46,23 +46,11 @@ STAGING = ".runs-"  # collect --out builds the new copy of the records beside th
 
 def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
     """The schemes a run used, or for an iso-parameter baseline the schemes of the configuration it matches."""
-    sharing = record.get("sharing") or configured_sharing(record.get("config"))
+    sharing = record.get("sharing") or {}  # every run records it before it can fail
     scheme = sharing.get("iso_baseline_of") or sharing
     layers = scheme.get("layers") or {}
     return {"sharing": scheme.get("name"), "ratio": scheme.get("ratio"), "layers": layers.get("name", "none"),
             "layers.ratio": layers.get("ratio")}  # fmt: skip
-
-
-def configured_sharing(config: dict[str, Any] | None) -> dict[str, Any]:
-    """The sharing a run's config asks for: for a run that failed before it recorded the sharing it used."""
-    from omegaconf import OmegaConf
-
-    from sharebench.config import validate
-
-    try:  # without the data's files: a run collected where its data is not still names its scheme
-        return validate(OmegaConf.create(config), data=False) or {}
-    except Exception:  # a config that does not validate (the reason the run failed, or an older suite's) names none
-        return {}
 
 
 def description(record: dict[str, Any]) -> dict[str, Any]:
@@ -357,15 +345,14 @@ def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
     if not config or not vocab_size or "size" not in config:
         return None
     import torch
-    from omegaconf import OmegaConf
 
-    from sharebench.config import model_config
-    from sharebench.model import LanguageModel
+    from sharebench.model import LanguageModel, ModelConfig
     from sharebench.sharing.none import Separate
 
-    cfg = OmegaConf.create(config)
+    tie = {"tie_embeddings": config["tie_embeddings"]}
+    shape = ModelConfig.from_settings(vocab_size, config["arch"], config["size"], tie)
     with torch.device("meta"):
-        model = LanguageModel(model_config(cfg, vocab_size), Separate)
+        model = LanguageModel(shape, Separate)
     return model.parameter_counts().unique
 
 

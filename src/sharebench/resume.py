@@ -26,25 +26,35 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class ResumeCheckpoints(L.Callback):
     """Writes <run>/checkpoints/last.ckpt after every validation of training, and at the first step boundary
-    after SIGTERM or SIGINT, which then ends the run with RunInterrupted. A checkpoint is written to a
-    temporary file, synced and renamed, and the one it replaces is kept as previous.ckpt."""
+    after SIGTERM or SIGINT, which then ends the run with RunInterrupted once Lightning has logged that step (and
+    validated, where the step ends at a validation). A checkpoint is written to a temporary file, synced and
+    renamed, and the one it replaces is kept as previous.ckpt."""
 
     def __init__(self, run_dir: Path) -> None:
         self.folder = run_dir / CHECKPOINT_FOLDER
         self.received: int | None = None
+        self.stopped_at: int | None = None  # the step of the checkpoint a signal asked for
         self._handlers: dict[int, Any] = {}
 
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._take_signals()  # the curve's first validation, before training: Lightning's handler would drop them
+
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Installed after Lightning's own SIGTERM handler, which would stop the run mid-validation without saving.
+        self._take_signals()
+
+    def _take_signals(self) -> None:
+        """Installed after Lightning's own SIGTERM handler, which would stop the run mid-validation unsaved."""
         for signum in STOP_SIGNALS:
-            self._handlers[signum] = signal.signal(signum, self._receive)
+            if signum not in self._handlers:
+                self._handlers[signum] = signal.signal(signum, self._receive)
 
     def _receive(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._handlers.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._receive:  # Lightning has put back its predecessors' already
+                signal.signal(signum, handler)
         self._handlers.clear()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -54,11 +64,20 @@ class ResumeCheckpoints(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         # Every process stops at the same step, whichever of them received the signal.
         if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
-            # Lightning logs this step's metrics only after this hook; the run ends here, so they are logged now.
-            trainer._logger_connector.on_batch_end()
-            trainer._logger_connector.update_train_step_metrics()
             self.save(trainer)
-            raise RunInterrupted(self.received or signal.SIGTERM, trainer.global_step, self.folder / NEWEST)
+            self.stopped_at = trainer.global_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._stop_if_asked(trainer)
+
+    def _stop_if_asked(self, trainer: L.Trainer) -> None:
+        if self.stopped_at is not None:
+            for logger in trainer.loggers:  # the step's metrics, which Lightning logged after the checkpoint
+                logger.save()
+            raise RunInterrupted(self.received or signal.SIGTERM, self.stopped_at, self.folder / NEWEST)
 
     def save(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:  # the metrics up to this step are on disk before the checkpoint is

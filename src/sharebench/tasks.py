@@ -8,24 +8,23 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sharebench.config import validate
+from sharebench.config import check_trainer_here, validate
 from sharebench.console import quiet_libraries
-from sharebench.limits import check_trainer_here
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    check_trainer_here(cfg)
-    sharing = validate(cfg)
+    spec = validate(cfg)
+    check_trainer_here(spec)
     quiet_libraries()
     from sharebench.finetune import run_glue
     from sharebench.pretrain import run
     from sharebench.zero_shot import run_sts_zero_shot
 
-    if cfg.task == "sts_zero_shot":
-        return run_sts_zero_shot(cfg, run_dir)
-    if cfg.task == "glue":
-        return run_glue(cfg, cfg.pretrained, run_dir)
-    record = run(cfg, run_dir, sharing)
-    if cfg.task == "pretrain_glue":
-        return run_glue(cfg, run_dir, run_dir)
+    if spec.task == "sts_zero_shot":
+        return run_sts_zero_shot(spec, run_dir)
+    if spec.task == "glue":
+        return run_glue(spec, spec.pretrained, run_dir)
+    record = run(spec, run_dir)
+    if spec.task == "pretrain_glue":
+        return run_glue(spec, run_dir, run_dir)
     return record

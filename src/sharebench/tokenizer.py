@@ -9,12 +9,13 @@ import json
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
+
+if TYPE_CHECKING:
+    from sharebench.spec import Tokenizer as TokenizerSettings
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
@@ -93,7 +94,7 @@ def wordpiece_pipeline(model: Any, lowercase: bool) -> Any:
 HUB_VOCAB = ("google-bert/bert-base-uncased", "vocab.txt")
 
 
-def vocab_file_path(spec: DictConfig) -> Path:
+def vocab_file_path(spec: TokenizerSettings) -> Path:
     if not spec.path:
         from huggingface_hub import hf_hub_download
 

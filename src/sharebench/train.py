@@ -77,8 +77,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
     too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
     (conf/hydra/sweeper) before the first starts."""
-    from sharebench.config import check_overrides, compose, validate
-    from sharebench.limits import check_trainer_here
+    from sharebench.config import check_overrides, check_trainer_here, compose, validate
 
     printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
     sweep = {"-m", "--multirun"} & set(argv)
@@ -93,9 +92,8 @@ def check_command_line(argv: Sequence[str]) -> None:
         (single, *more) = check_overrides(task_overrides(argv))
         first_run = compose(single)
         if not more and not sweep:  # a single run trains here: the machine can be asked too
-            check_trainer_here(first_run)
-            validate(first_run)
-            if (factors := first_run.lr_grid.factors) is not None:
+            check_trainer_here(spec := validate(first_run))
+            if (factors := spec.lr_grid.factors) is not None:
                 raise ConfigError(
                     f"lr_grid.factors={list(factors)} searches a learning rate over the runs of a sweep: add -m"
                 )

@@ -14,21 +14,13 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sharebench.errors import ConfigError
+if TYPE_CHECKING:
+    from sharebench.spec import RunSpec
 
-# Pretraining metrics a grid may choose by (lower is better).
-METRICS = ("val_loss_full", "val_loss")
 LR_KEY = "optim.lr"
 SEED_KEY = "seed"
-
-
-def check(lr_grid: Mapping[str, Any]) -> None:
-    """What sharebench.limits cannot see key by key: a grid of one rate searches nothing."""
-    factors = lr_grid.get("factors")
-    if factors is not None and len({float(f) for f in factors}) < 2:
-        raise ConfigError(f"lr_grid.factors={list(factors)} needs two or more distinct multiples of optim.lr")
 
 
 def rounded(rate: float) -> float:
@@ -133,15 +125,15 @@ class Search:
         return f"lr_grid: {name}: {self.metric} {tried} → {choice.rate:g}{edge}"
 
 
-def searches(runs: Sequence[tuple[list[str], Any]]) -> list[Search]:
-    """The searches of a sweep's runs (their overrides and composed configs) that set `lr_grid.factors`: one per
+def searches(runs: Sequence[tuple[list[str], RunSpec]]) -> list[Search]:
+    """The searches of a sweep's runs (their overrides and run specs) that set `lr_grid.factors`: one per
     configuration, its seeds in the order the sweep gives them."""
     found: dict[tuple[str, ...], Search] = {}
-    for run, cfg in runs:
+    for run, spec in runs:
         key = tuple(without(run, SEED_KEY, LR_KEY))
         if key not in found:
-            found[key] = Search(list(key), [], float(cfg.optim.lr), list(cfg.lr_grid.factors),
-                                int(cfg.lr_grid.extend), str(cfg.lr_grid.metric))  # fmt: skip
+            grid = spec.lr_grid
+            found[key] = Search(list(key), [], spec.optim.lr, list(grid.factors), grid.extend, grid.metric)
         found[key].seeds.append(seed_of(run))
     return list(found.values())
 

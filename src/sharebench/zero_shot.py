@@ -7,41 +7,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from sharebench.checkpoint import converted_model, load_pretrained
 from sharebench.glue import encode, load_split, pad_batch
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
-from sharebench.record import Record, RunRecord, run_once, sharing_record
+from sharebench.record import Record, RunRecord, run_once
+from sharebench.spec import RunSpec, SharingSpec
 from sharebench.tokenizer import load_pretrained_tokenizer
 
 
-def run_sts_zero_shot(cfg: DictConfig, run_dir: Path) -> Record:
+def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
     """task=sts_zero_shot: the pretrained model, converted as `convert` says (or not), scored on the STS-B
     validation split without training; the run record holds the parameters and the correlations."""
 
     def score(record: RunRecord) -> None:
-        source = resolve_path(cfg.pretrained)
-        if cfg.convert.to:
-            model, _, _ = converted_model(source, cfg.convert.to, cfg.convert.ratio, cfg.convert.rank)
+        source = resolve_path(spec.pretrained)
+        if spec.convert.to:
+            model, _, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
         else:
             model = load_pretrained(source)
-        tokenizer = load_pretrained_tokenizer(source, cfg.glue.recipe.max_length, model.config.vocab_size)
-        split = load_split(cfg.glue.source, "stsb", "validation")
-        if cfg.glue.recipe.max_eval_examples:
-            split = {column: values[: cfg.glue.recipe.max_eval_examples] for column, values in split.items()}
+        tokenizer = load_pretrained_tokenizer(source, spec.glue.recipe.max_length, model.config.vocab_size)
+        split = load_split(spec.glue.source, "stsb", "validation")
+        if spec.glue.recipe.max_eval_examples:
+            split = {column: values[: spec.glue.recipe.max_eval_examples] for column, values in split.items()}
         counts = model.parameter_counts(lm_head=False)
         record.update(
             pretrained=str(source),
-            sharing=sharing_record(model.sharing_name, cfg.convert.ratio if cfg.convert.to else None,
-                                   model.layers.describe(), conversion=OmegaConf.to_container(cfg.convert)),
+            sharing=SharingSpec.of(model.sharing_name, spec.convert.ratio if spec.convert.to else None,
+                                   model.layers.describe(), conversion=spec.convert.to_dict()).to_record(),
             parameters=counts.to_dict(),
             examples={"validation": len(split["label"])},
             metrics=sts_zero_shot(model, tokenizer, split),
         )  # fmt: skip
 
-    return run_once(cfg, run_dir, score)[0]
+    return run_once(spec.to_dict(), run_dir, score)[0]
 
 
 def mean_pooled(model: LanguageModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

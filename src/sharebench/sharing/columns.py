@@ -45,10 +45,11 @@ class ColumnSharing(AttentionSharing):
         batch, tokens, _ = x.shape
         sizes = [self.groups * self.shared_width] + [self.groups * self.role_widths[r] for r in ROLES]
         shared, *owned = self.proj(x).split(sizes, dim=-1)
+        scales = self.lead_scales()
         outputs = []
         for role, own in zip(ROLES, owned, strict=True):
             if role in self.shared_roles and self.shared_width:
-                lead = shared * self.scales[role] if role in self.scales else shared
+                lead = shared * scales[role] if scales[role] is not None else shared
                 if own.size(-1):
                     parts = [lead.view(batch, tokens, self.groups, -1), own.view(batch, tokens, self.groups, -1)]
                     own = torch.cat(parts, dim=-1)
@@ -56,6 +57,15 @@ class ColumnSharing(AttentionSharing):
                     own = lead  # fully shared: no copy
             outputs.append(own.reshape(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2))
         return outputs[0], outputs[1], outputs[2]
+
+    def lead_scales(self) -> dict[str, torch.Tensor | None]:
+        """What each role's shared columns are multiplied by. Attention scores see queries and keys only through
+        their products, so where both are scaled the keys' scale moves onto the queries: the same model, one
+        elementwise multiply of the activations fewer (`role_weights` keeps the scales apart)."""
+        scales = {role: self.scales[role] if role in self.scales else None for role in ROLES}
+        if scales["q"] is not None and scales["k"] is not None:
+            scales["q"], scales["k"] = scales["q"] * scales["k"], None
+        return scales
 
     def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         sizes = [self.groups * self.shared_width] + [self.groups * self.role_widths[r] for r in ROLES]

@@ -1,0 +1,463 @@
+"""The run spec: a composed config checked once, key by key, into typed dataclasses that the run then reads.
+
+Each dataclass mirrors a config group (`arch`, `size`, `data`, ...) and each field carries what it accepts, so a
+value is checked where it is declared and a key the suite does not read (`+data.foo=1`) is refused. Values that
+depend on each other are checked in the dataclass's `__post_init__`. `RunSpec.to_dict()` is the config as the run
+record stores it; `RunSpec.from_dict` reads a record's config back.
+
+What the spec cannot see by itself (a scheme's own ratio range, the data's files, the machine) is checked by
+`sharebench.config.validate`, which builds the spec and resolves what the model shares into `RunSpec.shares`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Self
+
+from sharebench.errors import ConfigError
+from sharebench.model import ACTIVATIONS
+
+# ---- what a value accepts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a field accepts: integers or numbers in a range, booleans, one of some choices, text, or a
+    list of such; `null` when `nullable`. Several `Allowed` joined with | accept either."""
+
+    kind: str  # "int" | "number" | "bool" | "text" | "choice" | "list" | "mapping"
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+    item: Allowed | None = None  # for lists: what each item accepts
+    length: int | None = None  # for lists: the exact length, else any but 0
+    others: tuple[Allowed, ...] = ()
+
+    def __or__(self, other: Allowed) -> Allowed:
+        return replace(self, others=(*self.others, other))
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable or any(o.accepts(value) for o in self.others)
+        return self._accepts(value) or any(o.accepts(value) for o in self.others)
+
+    def _accepts(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "text":
+            return isinstance(value, str) and bool(value)
+        if self.kind == "mapping":
+            return isinstance(value, Mapping)
+        if self.kind == "choice":
+            return value in self.choices and type(value) in {type(c) for c in self.choices}
+        if self.kind == "list":
+            return (
+                isinstance(value, list)
+                and len(value) == (self.length or len(value) or -1)
+                and all(self.item is None or self.item.accepts(i) for i in value)
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind == "int" and not isinstance(value, int):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        alternatives = [self._describe(), *(o.describe() for o in self.others)]
+        return " or ".join(alternatives + (["null"] if self.nullable else []))
+
+    def _describe(self) -> str:
+        if self.kind in ("bool", "text", "mapping"):
+            return {"bool": "true or false", "text": "a non-empty string", "mapping": "a mapping"}[self.kind]
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind == "list":
+            items = f", each {self.item.describe()}" if self.item else ""
+            return f"a list of {self.length or 'one or more'} items{items}"
+        noun = {"int": "an integer", "number": "a number"}[self.kind]
+        if self.low > -math.inf and self.high < math.inf:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"{noun} in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        if self.low > -math.inf:
+            return f"{noun} {'>' if self.open_low else '≥'} {_number(self.low)}"
+        return noun
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if abs(value) < 1e6 else f"{value:,.0f}"
+
+
+def integer(low: float = -math.inf, high: float = math.inf, nullable: bool = False) -> Allowed:
+    return Allowed("int", low, high, nullable=nullable)
+
+
+def number(low: float = -math.inf, high: float = math.inf, open_low: bool = False, open_high: bool = False,
+           nullable: bool = False) -> Allowed:  # fmt: skip
+    return Allowed("number", low, high, open_low, open_high, nullable=nullable)
+
+
+def one_of(*choices: Any, nullable: bool = False) -> Allowed:
+    return Allowed("choice", choices=choices, nullable=nullable)
+
+
+def list_of(item: Allowed, length: int | None = None, nullable: bool = False) -> Allowed:
+    return Allowed("list", item=item, length=length, nullable=nullable)
+
+
+BOOL = Allowed("bool")
+TEXT = Allowed("text")
+OPTIONAL_TEXT = Allowed("text", nullable=True)
+MAPPING = Allowed("mapping")
+POSITIVE = integer(1)
+COUNT = integer(0)
+RATE = number(0, open_low=True)
+SHARE = number(0, 1)  # a fraction, both ends included
+DROPOUT = number(0, 1, open_high=True)  # 1 would zero every activation (and 1/(1-p) divide by zero)
+SEED = integer(0, 2**32 - 1)  # numpy's seeds
+FRACTION_OF_BATCHES = POSITIVE | number(0, 1, open_low=True)  # Lightning: a count, or a share of the batches
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot")
+PRETRAINING = ("pretrain", "pretrain_glue")
+
+
+def accepts(allowed: Allowed, default: Any = MISSING) -> Any:
+    """A field that holds a value `allowed` accepts."""
+    return field(default=default, metadata={"allowed": allowed})
+
+
+def group(spec: type[Spec], default: Any = MISSING) -> Any:
+    """A field that holds a nested group, built from its mapping."""
+    return field(default=default, metadata={"group": spec})
+
+
+# ---- building and checking ----------------------------------------------------------------------------------
+
+
+class Spec:
+    """A config group as a frozen dataclass: `build` makes one from its mapping, refusing unknown keys and values
+    its fields do not accept, in one line naming the key and what is valid."""
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any], prefix: str = "") -> Self:
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown := sorted(set(values) - set(known)):
+            where = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise ConfigError(f"{prefix}{unknown[0]}: no such setting; the settings{where}: {', '.join(known)}")
+        given = {}
+        for name, value in values.items():
+            spec, allowed = known[name].metadata.get("group"), known[name].metadata.get("allowed")
+            if spec is not None and value is not None:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{prefix}{name}={value!r} is not valid; it must be a group of settings")
+                value = spec.build(value, f"{prefix}{name}.")
+            elif allowed is not None and not allowed.accepts(value):
+                raise ConfigError(f"{prefix}{name}={value!r} is not valid; it must be {allowed.describe()}")
+            given[name] = value
+        if missing := [f.name for f in known.values() if f.name not in given and f.default is MISSING]:
+            raise ConfigError(f"{prefix}{missing[0]}: missing; the config must set it")
+        return cls(**given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping `build` reads: a field left at its null default (a recipe's `experiment` where none is
+        chosen, `arch.mlm` of a decoder) is absent, as from the composed config; resolved fields are left out."""
+        return {
+            f.name: value.to_dict() if isinstance(value, Spec) else value
+            for f in fields(self)  # type: ignore[arg-type]
+            if not f.metadata.get("resolved") and not ((value := getattr(self, f.name)) is None and f.default is None)
+        }
+
+
+@dataclass(frozen=True)
+class Masking(Spec):
+    """Masked-LM corruption: the share of tokens predicted, and of those the shares masked and randomised."""
+
+    probability: float = accepts(number(0, 1, open_low=True, open_high=True))
+    mask: float = accepts(SHARE)
+    random: float = accepts(SHARE)
+
+    def __post_init__(self) -> None:
+        if self.mask + self.random > 1:
+            raise ConfigError(f"arch.mlm.mask={self.mask} + arch.mlm.random={self.random} exceed 1: they are shares "
+                              f"of the predicted tokens")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arch(Spec):
+    name: str = accepts(TEXT)
+    objective: str = accepts(one_of("mlm", "causal"))
+    norm_position: str = accepts(one_of("post", "pre"))
+    activation: str = accepts(one_of(*ACTIVATIONS))
+    dropout: float = accepts(DROPOUT)
+    attention_dropout: float = accepts(DROPOUT)
+    bias: bool = accepts(BOOL)
+    qkv_bias: bool = accepts(BOOL)
+    type_vocab_size: int = accepts(COUNT)
+    layer_norm_eps: float = accepts(RATE)
+    max_positions: int = accepts(POSITIVE)
+    pooler: bool = accepts(BOOL)
+    mlm: Masking | None = group(Masking, None)
+
+    def __post_init__(self) -> None:
+        if self.objective == "mlm" and self.mlm is None:
+            raise ConfigError("arch.objective=mlm needs arch.mlm (probability, mask, random)")
+
+
+@dataclass(frozen=True)
+class Size(Spec):
+    name: str = accepts(TEXT)
+    n_layers: int = accepts(POSITIVE)
+    dim: int = accepts(POSITIVE)
+    n_heads: int = accepts(POSITIVE)
+    ffn_dim: int = accepts(POSITIVE)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            divisors = [h for h in range(1, self.dim + 1) if self.dim % h == 0]
+            raise ConfigError(f"size: hidden size {self.dim} is not divisible by {self.n_heads} heads; valid "
+                              f"size.n_heads for dim={self.dim}: {', '.join(map(str, divisors))}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tokenizer(Spec):
+    kind: str = accepts(one_of("wordpiece", "vocab_file", "char"))
+    vocab_size: int | None = accepts(integer(16, 2**31 - 1, nullable=True))  # null: a character vocabulary
+    train_chars: int | None = accepts(integer(1, nullable=True))
+    lowercase: bool = accepts(BOOL)
+    path: str | None = accepts(OPTIONAL_TEXT)
+
+
+@dataclass(frozen=True)
+class Data(Spec):
+    name: str = accepts(TEXT)
+    source: str = accepts(TEXT)
+    hub_config: str | None = accepts(OPTIONAL_TEXT)
+    text_column: str = accepts(TEXT)
+    train_split: str = accepts(TEXT)
+    validation_split: str | None = accepts(OPTIONAL_TEXT)
+    validation_fraction: float | None = accepts(number(0, 1, open_low=True, open_high=True, nullable=True))
+    max_train_chars: int | None = accepts(integer(1, nullable=True))
+    max_validation_chars: int | None = accepts(integer(1, nullable=True))
+    seq_len: int = accepts(integer(3))
+    batch_size: int = accepts(POSITIVE)
+    num_workers: int = accepts(COUNT)
+    tokenizer: Tokenizer = group(Tokenizer)
+
+
+@dataclass(frozen=True)
+class Trainer(Spec):
+    """Lightning's `Trainer` arguments the suite passes on (`lightning.Trainer(**asdict(trainer))`)."""
+
+    accelerator: str = accepts(one_of(*ACCELERATORS))
+    devices: int | str | list[int] = accepts(POSITIVE | one_of("auto", -1) | list_of(COUNT))
+    num_nodes: int = accepts(POSITIVE)
+    strategy: str = accepts(TEXT)
+    precision: str | int = accepts(one_of(*PRECISIONS))
+    max_steps: int = accepts(POSITIVE)
+    val_check_interval: int | float = accepts(FRACTION_OF_BATCHES)
+    check_val_every_n_epoch: int | None = accepts(integer(1, nullable=True))
+    limit_val_batches: int | float = accepts(FRACTION_OF_BATCHES)
+    gradient_clip_val: float | None = accepts(number(0, nullable=True))
+    accumulate_grad_batches: int = accepts(POSITIVE)
+    log_every_n_steps: int = accepts(POSITIVE)
+    num_sanity_val_steps: int = accepts(integer(-1))
+    deterministic: bool | str = accepts(BOOL | one_of("warn"))
+    use_distributed_sampler: bool = accepts(BOOL)
+    enable_progress_bar: bool = accepts(BOOL)
+    enable_model_summary: bool = accepts(BOOL)
+
+
+@dataclass(frozen=True)
+class Optim(Spec):
+    lr: float = accepts(RATE)
+    weight_decay: float = accepts(number(0))
+    betas: list[float] = accepts(list_of(number(0, 1, open_high=True), length=2))
+    eps: float = accepts(RATE)
+    warmup_steps: int = accepts(COUNT)
+    schedule: str = accepts(one_of("linear", "cosine", "constant"))
+    min_lr_ratio: float = accepts(SHARE)
+
+
+@dataclass(frozen=True)
+class GlueRecipe(Spec):
+    """How one GLUE task is fine-tuned (`glue.recipe`, and per task `glue.per_task.<task>`)."""
+
+    lr: float = accepts(RATE)
+    batch_size: int = accepts(POSITIVE)
+    epochs: int = accepts(POSITIVE)
+    warmup_ratio: float = accepts(SHARE)
+    weight_decay: float = accepts(number(0))
+    dropout: float = accepts(DROPOUT)
+    max_length: int = accepts(integer(8, 512))
+    select: str = accepts(one_of("last", "best"))
+    max_train_examples: int | None = accepts(integer(1, nullable=True))
+    max_eval_examples: int | None = accepts(integer(1, nullable=True))
+
+
+@dataclass(frozen=True)
+class Glue(Spec):
+    source: str = accepts(TEXT)
+    tasks: list[str] = accepts(list_of(TEXT))  # which names: glue.check
+    seeds: list[int] = accepts(list_of(SEED))
+    lrs: list[float] | None = accepts(list_of(RATE, nullable=True))
+    predict_test: bool = accepts(BOOL)
+    recipe: GlueRecipe = group(GlueRecipe)
+    per_task: dict[str, dict[str, Any]] = accepts(MAPPING)
+
+    def __post_init__(self) -> None:
+        if self.lrs is not None and len({float(lr) for lr in self.lrs}) < 2:
+            raise ConfigError(f"glue.lrs={list(self.lrs)}: a grid needs two or more distinct learning rates (null: "
+                              f"glue.recipe.lr alone)")  # fmt: skip
+        for task, settings in self.per_task.items():
+            if not isinstance(settings, Mapping):
+                raise ConfigError(
+                    f"glue.per_task.{task}={settings!r} is not valid; it must be a mapping of recipe keys"
+                )
+            GlueRecipe.build({**self.recipe.to_dict(), **settings}, f"glue.per_task.{task}.")
+
+    def recipe_for(self, task: str, lr: float | None = None) -> GlueRecipe:
+        """The recipe of one task: `recipe`, then its `per_task` settings, then the learning rate of a grid."""
+        return replace(self.recipe, **(self.per_task.get(task) or {}), **({"lr": lr} if lr is not None else {}))
+
+
+@dataclass(frozen=True)
+class LrGrid(Spec):
+    """A learning-rate search per configuration of a sweep (sharebench.tuning)."""
+
+    factors: list[float] | None = accepts(list_of(RATE, nullable=True))
+    extend: int = accepts(COUNT)
+    metric: str = accepts(one_of("val_loss_full", "val_loss"))  # pretraining metrics, lower is better
+
+    def __post_init__(self) -> None:
+        if self.factors is not None and len({float(f) for f in self.factors}) < 2:
+            raise ConfigError(f"lr_grid.factors={list(self.factors)} needs two or more distinct multiples of optim.lr")
+
+
+@dataclass(frozen=True)
+class Convert(Spec):
+    """Sharing applied to `pretrained` before task=sts_zero_shot scores it; `to` and `ratio` are checked against
+    the conversions (sharebench.convert) by `validate`."""
+
+    to: str | None = accepts(OPTIONAL_TEXT)
+    ratio: float = accepts(number())
+    rank: int = accepts(POSITIVE)
+
+
+@dataclass(frozen=True)
+class Scale(Spec):
+    name: str = accepts(TEXT)
+
+
+@dataclass(frozen=True)
+class SharingSpec:
+    """What a run's model shares: its within-layer scheme and that scheme's ratio (the default filled in), and its
+    cross-layer scheme and ratio. An iso-parameter baseline shares nothing and names the configuration it matches;
+    a model loaded from a checkpoint names the checkpoint, a converted one its conversion."""
+
+    scheme: str
+    ratio: float | None
+    layers: str = "none"
+    layers_ratio: float | None = None
+    iso_baseline_of: SharingSpec | None = None
+    pretrained: str | None = None
+    conversion: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, scheme: str, ratio: float | None, layers: Mapping[str, Any], **context: Any) -> SharingSpec:
+        """From a cross-layer scheme's description (`LayerSharing.describe()`: its name and ratio)."""
+        return cls(scheme, ratio, layers["name"], layers["ratio"], **context)
+
+    def to_record(self) -> dict[str, Any]:
+        """The run record's `sharing` (record.Sharing, docs/run-record.md)."""
+        record: dict[str, Any] = {"name": self.scheme, "ratio": self.ratio,
+                                  "layers": {"name": self.layers, "ratio": self.layers_ratio}}  # fmt: skip
+        if self.iso_baseline_of is not None:
+            record["iso_baseline_of"] = self.iso_baseline_of.to_record()
+        return record | {
+            key: value for key in ("pretrained", "conversion") if (value := getattr(self, key)) is not None
+        }
+
+
+# Keys that only some tasks read, with the tasks that read them: set for another task, they would be ignored.
+TASK_KEYS = {"convert.to": ("sts_zero_shot",), "postshare_ratio": PRETRAINING, "tokens_per_parameter": PRETRAINING}
+
+
+@dataclass(frozen=True)
+class RunSpec(Spec):
+    """One run, as `python train.py <overrides>` composes it (conf/config.yaml says what each key means)."""
+
+    arch: Arch = group(Arch)
+    size: Size = group(Size)
+    sharing: dict[str, Any] = accepts(MAPPING)  # the scheme's constructor (`_target_`) and its own settings
+    layers: dict[str, Any] = accepts(MAPPING)
+    data: Data = group(Data)
+    trainer: Trainer = group(Trainer)
+    logger: dict[str, Any] = accepts(MAPPING)
+    glue: Glue = group(Glue)
+    lr_grid: LrGrid = group(LrGrid)
+    scale: Scale = group(Scale)
+    task: str = accepts(one_of(*TASKS))
+    pretrained: str | None = accepts(OPTIONAL_TEXT)
+    convert: Convert = group(Convert)
+    postshare_ratio: float | None = accepts(number(nullable=True))  # its range: the conversion's (validate)
+    ratio: float | None = accepts(number(nullable=True))  # its range: the scheme's (validate)
+    seed: int = accepts(SEED)
+    tie_embeddings: bool = accepts(BOOL)
+    iso_baseline: bool = accepts(BOOL)
+    iso_compute: bool = accepts(BOOL)
+    tokens_per_parameter: float | None = accepts(number(0, open_low=True, nullable=True))
+    eval_train_loss: bool = accepts(BOOL)
+    compile: bool = accepts(BOOL)
+    optim: Optim = group(Optim)
+    output_root: str = accepts(TEXT)
+    data_root: str | None = accepts(OPTIONAL_TEXT)
+    cache_dir: str = accepts(TEXT)
+    experiment: dict[str, Any] | None = accepts(Allowed("mapping", nullable=True), None)  # a recipe's notes
+    # Resolved by `validate`, not configured: what the model shares (None where a checkpoint decides).
+    shares: SharingSpec | None = field(default=None, metadata={"resolved": True})
+
+    def __post_init__(self) -> None:
+        for key, tasks in TASK_KEYS.items():
+            value = self.select(key)
+            if value is not None and self.task not in tasks:
+                raise ConfigError(f"{key}={value} is read by task={' and task='.join(tasks)} only; task={self.task} "
+                                  f"would ignore it: drop it or choose that task")  # fmt: skip
+        if self.iso_compute and not self.iso_baseline:
+            raise ConfigError(
+                "iso_compute=true sets the training budget of an iso-parameter twin: add iso_baseline=true"
+            )
+        if self.iso_compute and self.tokens_per_parameter is not None:
+            raise ConfigError(
+                "iso_compute=true and tokens_per_parameter both set the training budget: give one of them"
+            )
+        if self.lr_grid.factors is not None and self.task != "pretrain":
+            raise ConfigError(f"lr_grid searches pretraining's learning rate; task={self.task} fine-tunes at the rates "
+                              f"of glue.lrs")  # fmt: skip
+        if self.task == "pretrain_glue" and self.arch.objective != "mlm":
+            raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
+        if self.data.seq_len > self.arch.max_positions:
+            raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds arch.max_positions={self.arch.max_positions}")
+
+    def select(self, key: str) -> Any:
+        """The value at a dotted key (`convert.to`)."""
+        value: Any = self
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part)
+        return value
+
+    @property
+    def predicted_fraction(self) -> float:
+        """The share of tokens the LM head runs on: the masked share for MLM, every token for causal LM."""
+        return float(self.arch.mlm.probability) if self.arch.mlm and self.arch.objective == "mlm" else 1.0
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> RunSpec:
+        """A composed config's container, or a run record's `config`."""
+        return cls.build(config)
