@@ -39,6 +39,19 @@ def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 
 
+def train_in_process(argv: Sequence[str]) -> None:
+    """`python train.py <argv>` in this process (for input it refuses: anything else would train)."""
+    import sys
+
+    from sharebench.train import main
+
+    saved, sys.argv = sys.argv, ["train.py", *argv]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+
+
 def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
     """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
     from omegaconf import OmegaConf

@@ -212,10 +212,10 @@ def test_a_printed_run_folder_is_taken_back_as_typed_relative_to_the_working_fol
 
 
 def test_a_sweep_cannot_be_printed(capsys):
-    from sharebench.train import check_command_line
+    from tests.conftest import train_in_process
 
     with pytest.raises(SystemExit) as stop:
-        check_command_line(["-m", "sharing=none,partial_qk", "--cfg", "job"])
+        train_in_process(["-m", "sharing=none,partial_qk", "--cfg", "job"])
     assert stop.value.code == 2
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and "-m starts a sweep" in line
@@ -241,10 +241,10 @@ def test_a_run_folders_equals_and_commas_are_quoted_for_hydra(tmp_path):
      (["-m", "sharing=none,gqa", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'")],
 )  # fmt: skip
 def test_hydras_own_mistakes_are_one_line_and_exit_2(overrides, expected, capsys):
-    from sharebench.train import check_command_line
+    from tests.conftest import train_in_process
 
     with pytest.raises(SystemExit) as stop:
-        check_command_line(overrides)
+        train_in_process(overrides)
     line = capsys.readouterr().err
     assert stop.value.code == 2 and line.count("\n") == 1 and expected in line, line
 

@@ -54,13 +54,13 @@ CASES = {
 
 
 def test_a_machine_without_the_accelerator_asked_for_is_refused_before_anything_starts(tmp_path, capsys):
-    from sharebench.train import check_command_line
+    from tests.conftest import train_in_process
 
     if not torch.cuda.is_available():
-        line = in_process_error(check_command_line, ["trainer.accelerator=gpu", f"output_root={tmp_path}"], capsys)
+        line = in_process_error(train_in_process, ["trainer.accelerator=gpu", f"output_root={tmp_path}"], capsys)
         assert line == "error: trainer.accelerator=gpu: this machine has none; use trainer.accelerator=auto (what " \
                        "is here) or cpu"  # fmt: skip
-    line = in_process_error(check_command_line, ["trainer.accelerator=tpu", f"output_root={tmp_path}"], capsys)
+    line = in_process_error(train_in_process, ["trainer.accelerator=tpu", f"output_root={tmp_path}"], capsys)
     assert "trainer.accelerator=tpu: this machine has none" in line
     assert not any(tmp_path.iterdir())
 
@@ -94,14 +94,14 @@ def in_process_error(check, argv: list[str], capsys) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 def test_train_refuses_bad_input(case, tmp_path, capsys):
-    from sharebench.train import check_command_line
+    from tests.conftest import train_in_process
 
     overrides, expected = CASES[case]
     if "-m" in overrides:  # a sweep's runs are validated by its sweeper, inside Hydra
         line = one_line_error([sys.executable, str(PROJECT_ROOT / "train.py"), *overrides,
                                f"output_root={tmp_path / 'outputs'}"], tmp_path)  # fmt: skip
     else:
-        line = in_process_error(check_command_line, [*overrides, f"output_root={tmp_path / 'outputs'}"], capsys)
+        line = in_process_error(train_in_process, [*overrides, f"output_root={tmp_path / 'outputs'}"], capsys)
     for fragment in expected:
         assert fragment in line
 

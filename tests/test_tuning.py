@@ -86,10 +86,10 @@ def train(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_search_needs_a_sweep(tmp_path, capsys):
-    from sharebench.train import check_command_line
+    from tests.conftest import train_in_process
 
     with pytest.raises(SystemExit) as stopped:
-        check_command_line(["lr_grid=factor2", f"output_root={tmp_path}"])
+        train_in_process(["lr_grid=factor2", f"output_root={tmp_path}"])
     assert stopped.value.code == 2 and not any(tmp_path.iterdir())
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: lr_grid.factors=[0.5, 1.0, 2.0] searches a learning rate over the runs of a sweep: add -m"

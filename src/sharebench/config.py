@@ -39,6 +39,18 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def check_choice(group: str, value: str) -> None:
+    """A ConfigError naming the valid choices where `value` is not an option of the config group."""
+    choices = group_choices(group)
+    if group == "sharing" and value in group_choices("layers") and value not in choices:
+        raise ConfigError(
+            f"{value} shares across layers: choose it with layers={value} (and its ratio with layers.ratio); it "
+            f"composes with a within-layer sharing=<{', '.join(choices)}>"
+        )
+    if value not in choices:
+        raise ConfigError(f"unknown {group} {value!r}; valid choices: {', '.join(choices)}")
+
+
 def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Reject unknown group choices on the command line, and expand sweeps (`a=1,2`) into one override list
     per run (every combination), so that every run of a sweep is validated before the first starts. A key given
@@ -54,16 +66,9 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
         if values is None:
             values = [override.get_value_element_as_str()] if not override.is_delete() else [""]
-        key = override.key_or_group
-        if key in GROUPS:
+        if override.key_or_group in GROUPS:
             for value in values:
-                if key == "sharing" and value in group_choices("layers") and value not in group_choices(key):
-                    raise ConfigError(
-                        f"{value} shares across layers: choose it with layers={value} (and its ratio with "
-                        f"layers.ratio); it composes with a within-layer sharing=<{', '.join(group_choices(key))}>"
-                    )
-                if value not in group_choices(key):
-                    raise ConfigError(f"unknown {key} {value!r}; valid choices: {', '.join(group_choices(key))}")
+                check_choice(override.key_or_group, value)
         prefix = override.get_key_element()
         if override.is_delete():
             per_override[prefix] = [override.input_line]

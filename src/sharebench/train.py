@@ -5,6 +5,7 @@ sharebench train sharing=partial_qk ratio=0.9
 sharebench train -m sharing=none,partial_qk ratio=0.5,0.9
 """
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,44 +13,11 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sharebench.errors import ConfigError, exit_on_config_error, exit_on_interrupt, skip_runs_in_use
-
-# Hydra's command-line flags that take a value; everything else not starting with '-' is an override.
-HYDRA_VALUE_FLAGS = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-    "--info",
-    "-i",
-}
-
-
-# Overrides of Hydra's own settings (launcher, sweeper, run folders), not of the run's config.
-HYDRA_KEYS = ("hydra.", "hydra/", "+hydra")
-
-
-def task_overrides(argv: Sequence[str]) -> list[str]:
-    overrides, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = arg in HYDRA_VALUE_FLAGS
-        elif not arg.startswith(HYDRA_KEYS):
-            overrides.append(arg)
-    return overrides
-
 
 # Keys whose values are paths: a run folder the suite printed (`sharing=partial_qk,ratio=0.9/seed=0`) holds the
 # '=' and ',' of Hydra's own syntax.
@@ -73,33 +41,20 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
     return [quoted(arg) for arg in argv]
 
 
-def check_command_line(argv: Sequence[str]) -> None:
-    """Bad input ends in one line before Hydra creates any folder: unknown group choices (`sharing=foo`, in a sweep
-    too) and, for a single run, anything `config.validate` refuses. A sweep's runs are validated by its sweeper
-    (conf/hydra/sweeper) before the first starts."""
-    from sharebench.config import check_overrides, check_trainer_here, compose, validate
+class CheckRun(Callback):
+    """Checks a single run's config, as Hydra composed it, before Hydra makes its folder (conf/config.yaml
+    registers it): the whole run spec, and the machine it is to train on. A sweep's runs are checked by its
+    sweeper (conf/hydra/sweeper) before the first starts."""
 
-    printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
-    sweep = {"-m", "--multirun"} & set(argv)
-    with exit_on_config_error():
-        if printing and sweep:
-            raise ConfigError(
-                f"{'/'.join(sorted(printing))} prints one run's settings and -m starts a sweep: give one of them "
-                f"(a launcher's settings: --cfg hydra --package hydra.launcher, without -m)"
-            )
-        if printing or {"--help", "-h", "--hydra-help"} & set(argv):
-            return
-        (single, *more) = check_overrides(task_overrides(argv))
-        first_run = compose(single)
-        if not more and not sweep:  # a single run trains here: the machine can be asked too
-            check_trainer_here(spec := validate(first_run))
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sharebench.config import check_trainer_here, validate
+
+        with exit_on_config_error():
+            check_trainer_here(spec := validate(config))
             if (factors := spec.lr_grid.factors) is not None:
                 raise ConfigError(
                     f"lr_grid.factors={list(factors)} searches a learning rate over the runs of a sweep: add -m"
                 )
-        hydra_settings = [arg for arg in argv if arg.startswith(HYDRA_KEYS)]
-        if hydra_settings:  # a launcher or sweeper setting Hydra would refuse in many lines
-            compose([*single, *hydra_settings], with_hydra=True)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -117,7 +72,32 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    """Checks the command line (`sys.argv`), then hands it to Hydra."""
-    sys.argv[1:] = quote_paths(sys.argv[1:])
-    check_command_line(sys.argv[1:])
-    run()
+    """Hands the command line (`sys.argv`) to Hydra. What Hydra cannot compose (an unknown group choice, a key
+    of no group, a malformed override) ends in one line, as does what `CheckRun` or the sweeper refuses."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sharebench.config import GROUPS, check_choice, innermost, one_line
+
+    argv = sys.argv[1:] = quote_paths(sys.argv[1:])
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose instead of printing it in many lines
+    with exit_on_config_error():
+        printing = {"--cfg", "-c", "--info", "-i"} & set(argv)
+        if printing and {"-m", "--multirun"} & set(argv):
+            raise ConfigError(
+                f"{'/'.join(sorted(printing))} prints one run's settings and -m starts a sweep: give one of them "
+                f"(a launcher's settings: --cfg hydra --package hydra.launcher, without -m)"
+            )
+        GlobalHydra.instance().clear()  # a process may run more than one command (tests, notebooks)
+        try:
+            run()
+        except MissingConfigException as error:
+            group, _, value = (error.missing_cfg_file or "").rpartition("/")
+            if group in GROUPS:
+                check_choice(group, value)
+            raise ConfigError(one_line(error)) from error
+        except (HydraException, OmegaConfBaseException) as error:
+            cause = innermost(error)
+            said = "" if cause is error else f"{str(error).splitlines()[0].rstrip('.')}: "
+            raise ConfigError(said + one_line(cause)) from error
