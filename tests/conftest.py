@@ -122,6 +122,7 @@ def nano_settings(corpus: Path, cache_dir: Path, output_root: Path) -> list[str]
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "optim.warmup_steps=1",
+        "measure=false",  # tests of the measurements ask for them
         f"cache_dir={cache_dir}",
         f"output_root={output_root}",
     ]

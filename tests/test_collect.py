@@ -32,7 +32,7 @@ RUNS = {  # folder name (as a sweep would type it) → overrides
 def sweep(tmp_path_factory, corpus, cache_dir):
     root = tmp_path_factory.mktemp("sweep")
     for name, overrides in RUNS.items():
-        cfg = compose([*nano_settings(corpus, cache_dir, root), *overrides])
+        cfg = compose([*nano_settings(corpus, cache_dir, root), "measure=true", *overrides])
         run_task(cfg, root / "experiment=x" / name / "seed=0")
     return root
 

@@ -64,3 +64,15 @@ def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
     assert run_name(["iso_baseline=True", "sharing=mqa"]) == run_name(["sharing=mqa", "iso_baseline=true"])
     assert run_name(["iso_baseline=true"]) == "iso_baseline=true"
     assert run_name(["data.batch_size=4", "sharing=mqa", "data.batch_size=16"]) == "sharing=mqa,data.batch_size=16"
+
+
+def test_a_lightning_callback_is_added_from_its_target(nano_cfg, tmp_path):
+    """`+callbacks.<name>._target_=<class>` adds a callback to pretraining's own: Lightning's learning-rate
+    monitor logs the schedule beside the losses."""
+    import csv
+
+    target = "lightning.pytorch.callbacks.LearningRateMonitor"
+    run_task(nano_cfg(f"+callbacks.lr._target_={target}", "trainer.log_every_n_steps=1"), tmp_path)
+    with (tmp_path / "logs" / "metrics.csv").open() as file:
+        rates = [row["lr-AdamW/pg1"] for row in csv.DictReader(file) if row.get("lr-AdamW/pg1")]  # per param group
+    assert len(rates) == 3 and float(rates[0]) > 0

@@ -94,7 +94,9 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
     from sharebench.cli import main
     from sharebench.tasks import run_task
 
-    record = run_task(nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null"), tmp_path)
+    record = run_task(
+        nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null", "measure=true"), tmp_path
+    )
     capsys.readouterr()  # the run's own lines
     main(["generate", str(tmp_path), "--prompt", "The king", "--tokens", "20", "--temperature", "0"])
     text = capsys.readouterr().out

@@ -349,7 +349,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         **settings,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[throughput, ResumeCheckpoints(run_dir), *shown],
+        callbacks=[throughput, ResumeCheckpoints(run_dir), *shown, *map(instantiate, spec.callbacks.values())],
         enable_checkpointing=False,
     )
     with finished_logger(logger):
@@ -371,18 +371,19 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             record.update(parameters=model.parameter_counts().to_dict())
             trainer.validate(module, verbose=False)
 
-    # Measured after training, on a copy: the run's curves and RNG are those of a run without the measurement.
-    memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
     speed = throughput.summary()
     device = trainer.strategy.root_device
-    peak = measure_matmul_peak(device)
+    memory, peak = {}, None
+    if spec.measure:  # after training, on a copy: the run's curves and RNG are those of a run without it
+        memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
+        peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
     stored = checkpoint_sharing(resolve_path(spec.pretrained)) if spec.pretrained else stored_sharing(spec)
     weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None
     val_loss_full = full_split_loss(served, data.loader("validation", spec.seed)) if served is not None else None
-    inference = inference_costs(served, spec.data.seq_len) if served is not None else None
+    inference = inference_costs(served, spec.data.seq_len) if served is not None and spec.measure else None
     train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     tokens_per_step = trainer.accumulate_grad_batches * spec.data.batch_size * spec.data.seq_len * trainer.world_size
@@ -404,7 +405,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             "world_size": trainer.world_size,
             "peak_matmul_flops": peak,
             "mfu": model.estimate_mfu(tokens_per_second, peak, spec.data.seq_len, fraction)
-            if tokens_per_second
+            if tokens_per_second and peak
             else None,
         },
         checkpoint={"path": str(run_dir / "model.safetensors"), "bytes": weights_bytes},

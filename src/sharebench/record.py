@@ -25,7 +25,7 @@ RECORD_NAME = "run.json"
 # Config keys that say where a run lives or how it reports, not what it computes; the recipe's notes (its title,
 # the paper's claims) neither.
 NOT_RESULT_KEYS = {
-    "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary"
+    "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary", "measure"
 }  # fmt: skip
 NOT_RESULT_PREFIXES = ("experiment.", "logger.")
 

@@ -400,6 +400,7 @@ class RunSpec(Spec):
     data: Data = group(Data)
     trainer: Trainer = group(Trainer)
     logger: dict[str, Any] = accepts(MAPPING)
+    callbacks: dict[str, Any] = accepts(MAPPING)  # name: a Lightning callback's `_target_` and arguments
     glue: Glue = group(Glue)
     lr_grid: LrGrid = group(LrGrid)
     scale: Scale = group(Scale)
@@ -415,6 +416,7 @@ class RunSpec(Spec):
     tokens_per_parameter: float | None = accepts(number(0, open_low=True, nullable=True))
     eval_train_loss: bool = accepts(BOOL)
     compile: bool = accepts(BOOL)
+    measure: bool = accepts(BOOL)
     optim: Optim = group(Optim)
     output_root: str = accepts(TEXT)
     data_root: str | None = accepts(OPTIONAL_TEXT)
