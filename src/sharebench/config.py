@@ -113,8 +113,8 @@ def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
         if not spec.pretrained:
             raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
         checked_ratio("postshare", "postshare_ratio", spec.postshare_ratio, HeadwiseRatio)
-    layers = layer_sharing(spec)
-    if spec.iso_baseline and sharing_class(spec) is Separate and isinstance(layers, Unshared):
+    layers, scheme = layer_sharing(spec), sharing_class(spec)
+    if spec.iso_baseline and scheme is Separate and isinstance(layers, Unshared):
         raise ConfigError(
             "iso_baseline=true trains the unshared twin of a shared configuration; choose its sharing= or layers="
         )
@@ -122,8 +122,8 @@ def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(spec.sharing, ratio=spec.ratio)(dim=size.dim, n_heads=size.n_heads, bias=spec.arch.qkv_bias)
     layers.check(size.n_layers)
-    ratio = sharing_class(spec).resolve_ratio(spec.ratio, size.dim, size.n_heads)
-    shares = SharingSpec.of(sharing_class(spec).name, ratio, layers.describe())
+    ratio = scheme.resolve_ratio(spec.ratio, size.dim, size.n_heads)
+    shares = SharingSpec.of(scheme.name, ratio, layers.describe())
     if spec.iso_baseline:
         shares = SharingSpec.of(Separate.name, None, Unshared().describe(), iso_baseline_of=shares)
     return replace(spec, shares=shares)
