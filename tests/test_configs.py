@@ -66,6 +66,24 @@ def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
     assert run_name(["data.batch_size=4", "sharing=mqa", "data.batch_size=16"]) == "sharing=mqa,data.batch_size=16"
 
 
+def test_lightnings_throughput_monitor_logs_tokens_and_flops_per_second(nano_cfg, tmp_path):
+    """`callbacks=[throughput,lr_monitor]` adds Lightning's ThroughputMonitor and learning-rate monitor: tokens/s
+    in the logger, and FLOP/s from the model's analytic FLOPs per batch (the run record's own figure)."""
+    import csv
+
+    record = run_task(nano_cfg("callbacks=[throughput,lr_monitor]", "callbacks.throughput.window_size=2",
+                               "trainer.log_every_n_steps=1"), tmp_path)  # fmt: skip
+    with (tmp_path / "logs" / "metrics.csv").open() as file:  # one process: per-device rates are the rates
+        logged = list(csv.DictReader(file))
+    rows = [row for row in logged if row.get("train/device/items_per_sec")]
+    assert rows and all(float(row["train/device/items_per_sec"]) > 0 for row in rows)
+    assert any(row["lr-AdamW/pg1"] for row in logged)  # the two callbacks chosen together both log
+    row, seq_len = rows[-1], record["config"]["data"]["seq_len"]
+    assert float(row["train/lengths"]) == float(row["train/samples"]) * seq_len  # tokens: sequences × length
+    flops_per_token = float(row["train/device/flops_per_sec"]) / float(row["train/device/items_per_sec"])
+    assert flops_per_token == pytest.approx(record["flops_per_token"])
+
+
 def test_a_lightning_callback_is_added_from_its_target(nano_cfg, tmp_path):
     """`+callbacks.<name>._target_=<class>` adds a callback to pretraining's own: Lightning's learning-rate
     monitor logs the schedule beside the losses."""

@@ -93,6 +93,7 @@ def worker(rank: int, world: int, port: int, folder: str, strategy: str) -> None
         results[case] = trained_parameters(module)
     if rank == 0:
         torch.save(results, os.path.join(folder, f"{strategy}.pt"))
+    dist.barrier()  # a rank that tears down while the other still saves can leave it hanging in its teardown
     dist.destroy_process_group()
 
 

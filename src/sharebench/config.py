@@ -32,7 +32,7 @@ from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
 from sharebench.spec import Convert, RunSpec, SharingSpec, Trainer
 
-GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "glue", "lr_grid", "scale")
+GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "callbacks", "glue", "lr_grid", "scale")
 
 
 def group_choices(group: str) -> list[str]:

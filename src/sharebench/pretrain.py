@@ -61,6 +61,7 @@ class PretrainModule(L.LightningModule):
         seed: int,
         eval_train_loss: bool = False,
         head_pairs: dict[HeadId, HeadId] | None = None,
+        training_flops_per_batch: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -70,8 +71,15 @@ class PretrainModule(L.LightningModule):
         self.seed = seed
         self.eval_train_loss = eval_train_loss
         self.head_pairs = head_pairs
+        self.training_flops_per_batch = training_flops_per_batch
         self.validation_history: list[dict[str, float]] = []
         self._eval_losses: dict[int, list[torch.Tensor]] = {}
+
+    @property
+    def flops_per_batch(self) -> int:
+        """What Lightning's ThroughputMonitor reads for FLOP/s and MFU: a batch's forward and backward in training,
+        its forward (a third, by the FLOP convention of `LanguageModel.flops_per_token`) in validation."""
+        return self.training_flops_per_batch if self.trainer.training else self.training_flops_per_batch // 3
 
     def train_dataloader(self) -> DataLoader:
         return self.data.loader("train", self.seed, self.global_rank, self.trainer.world_size)
@@ -176,7 +184,7 @@ class Throughput(L.Callback):
         self._last_end = time.perf_counter()
         if self.steps >= self.skip:
             self.compute_s += self._last_end - self._batch_start
-            self.tokens += batch["input_ids"].numel()
+            self.tokens += tokens_in(batch)
         self.steps += 1
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -189,6 +197,14 @@ class Throughput(L.Callback):
             "data_wait_fraction": self.wait_s / total if total else None,
             "measured_steps": max(0, self.steps - self.skip),
         }
+
+
+def sequences_in(batch: dict[str, torch.Tensor]) -> int:
+    return batch["input_ids"].size(0)
+
+
+def tokens_in(batch: dict[str, torch.Tensor]) -> int:
+    return batch["input_ids"].numel()
 
 
 def full_split_loss(model: LanguageModel, loader: DataLoader) -> float:
@@ -287,14 +303,16 @@ def make_logger(spec: RunSpec, run_dir: Path) -> Logger:
 @contextlib.contextmanager
 def finished_logger(logger: Logger) -> Iterator[None]:
     """A wandb run ends with its job, marked failed if the job fails, so the next job of a sweep starts its own."""
+    exit_code = 1
     try:
         yield
-    except BaseException:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish(exit_code=1)
-        raise
-    if isinstance(logger, WandbLogger) and logger._experiment is not None:
-        logger.experiment.finish()
+        exit_code = 0
+    finally:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            if wandb.run is not None:  # the job's run, where it started one
+                wandb.finish(exit_code=exit_code)
 
 
 def stored_sharing(spec: RunSpec) -> tuple[dict[str, Any], float | None]:
@@ -335,7 +353,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     if spec.compile:
         model.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
     steps = training_steps(spec, data.vocab_size)
-    module = PretrainModule(model, spec.optim, steps, data, spec.seed, spec.eval_train_loss, head_pairs)
+    module = PretrainModule(model, spec.optim, steps, data, spec.seed, spec.eval_train_loss, head_pairs,
+                            flops * spec.data.batch_size * spec.data.seq_len)  # fmt: skip
     throughput = Throughput()
     resume, resumed_step = resume_point(run_dir) or (None, 0)
     logger = make_logger(spec, run_dir)
