@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,9 +288,12 @@ def test_unwritable_output_root_is_refused(tmp_path):
     not_a_folder.write_text("")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    for blocked in (not_a_folder, *([locked] if not os.access(locked, os.W_OK) else [])):  # root writes anywhere
-        with pytest.raises(ConfigError, match=f"output_root={blocked}/runs: {blocked} is not a writable folder"):
+    proc = [Path("/proc")] if Path("/proc/self").is_dir() else []  # refuses new folders, root's too
+    for blocked in (not_a_folder, *([locked] if not os.access(locked, os.W_OK) else []), *proc):
+        with pytest.raises(ConfigError, match=rf"output_root={blocked}/runs: .*choose a writable folder"):
             validate(compose([f"output_root={blocked}/runs"]))
+    validate(compose([f"output_root={tmp_path}/new/runs"]))
+    assert not (tmp_path / "new").exists()  # checking made no folder
 
 
 @pytest.mark.parametrize(

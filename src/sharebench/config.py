@@ -7,10 +7,12 @@ command line, by `check_overrides`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -95,10 +97,7 @@ def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
             f"trainer.strategy=ddp (the suite's FSDP wrap policy itself is tested on CPU with torch's FSDP)"
         )
     check_attention_fits_in_memory(spec)
-    root = resolve_path(spec.output_root)
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output_root={spec.output_root}: {existing} is not a writable folder; choose another")
+    check_writable(spec.output_root)
     if spec.task != "pretrain":
         glue.check(spec.glue)
     if spec.task in ("glue", "sts_zero_shot"):
@@ -127,6 +126,23 @@ def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
     if spec.iso_baseline:
         shares = SharingSpec.of(Separate.name, None, Unshared().describe(), iso_baseline_of=shares)
     return replace(spec, shares=shares)
+
+
+def check_writable(output_root: str) -> None:
+    """Where runs go must take a folder: tried by making it (and a file in it), since permissions alone do not
+    tell (root passes every permission check, and /proc refuses root too). Folders made here are removed."""
+    root = resolve_path(output_root)
+    made = [folder for folder in (root, *root.parents) if not folder.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as error:
+        raise ConfigError(f"output_root={output_root}: {error.strerror} ({error.filename}); choose a writable "
+                          f"folder") from None  # fmt: skip
+    finally:
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def trains_on(trainer: Trainer) -> str:
