@@ -145,12 +145,10 @@ class Trainee:
             "loss": self.loss.item(),
         }
         if self.kind == "suite":
-            from sharebench.checkpoint import save_pretrained, scheme_target
-            from sharebench.sharing import scheme_class
+            from sharebench.checkpoint import save_pretrained, stored_scheme
 
-            target = scheme_target(scheme_class(self.scheme))
             with tempfile.TemporaryDirectory() as folder:
-                result["checkpoint_bytes"] = save_pretrained(self.model, folder, target, self.ratio)
+                result["checkpoint_bytes"] = save_pretrained(self.model, folder, stored_scheme(self.scheme, self.ratio))
             result.update(
                 unique_parameters=self.model.parameter_counts().unique,
                 flops_per_token=self.model.flops_per_token(SEQ_LEN, MASKED),

@@ -21,7 +21,7 @@ from tests.conftest import spec_of
 def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, scheme):
     spec = spec_of(nano_cfg(f"sharing={scheme}"))
     model = build_model(spec, 60)
-    save_pretrained(model, tmp_path, *stored_sharing(spec))
+    save_pretrained(model, tmp_path, stored_sharing(spec))
     loaded = load_pretrained(tmp_path)
     assert loaded.head.decoder.weight is loaded.transformer.embeddings.tokens.weight
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as stored:
@@ -36,11 +36,31 @@ def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, sc
     assert torch.equal(model.encode(ids), loaded.encode(ids))
 
 
+def test_a_checkpoint_names_its_scheme_and_older_checkpoints_still_load(nano_cfg, tmp_path):
+    """model.json stores the scheme by name with its ratio and options, as an exported Hugging Face config does;
+    a checkpoint written before (the scheme's class path, the ratio beside it) loads into the same model."""
+    import json
+
+    spec = spec_of(nano_cfg("sharing=partial_qk", "ratio=0.5", "sharing.split=matrix"))
+    model = build_model(spec, 60)
+    save_pretrained(model, tmp_path, stored_sharing(spec))
+    stored = json.loads((tmp_path / "model.json").read_text())
+    assert stored["sharing"] == {"scheme": "partial_qk", "ratio": 0.5, "options": {"split": "matrix"}}
+    ids = torch.randint(0, 60, (2, 7))
+    model.eval()
+    assert torch.equal(load_pretrained(tmp_path).encode(ids), model.encode(ids))
+
+    older = {**stored, "ratio": 0.5, "sharing": {"_target_": "sharebench.sharing.partial_qk.PartialQK",
+                                                 "_partial_": True, "split": "matrix"}}  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    assert torch.equal(load_pretrained(tmp_path).encode(ids), model.encode(ids))
+
+
 def test_a_checkpoint_of_another_shape_is_refused(nano_cfg, tmp_path):
     import json
 
     spec = spec_of(nano_cfg())
-    save_pretrained(build_model(spec, 60), tmp_path, *stored_sharing(spec))
+    save_pretrained(build_model(spec, 60), tmp_path, stored_sharing(spec))
     stored = json.loads((tmp_path / "model.json").read_text())
     stored["model"]["dim"] = 64
     (tmp_path / "model.json").write_text(json.dumps(stored))

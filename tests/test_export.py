@@ -51,7 +51,7 @@ def scheme_run(trained: Path, overrides: list[str], folder: Path) -> Path:
     shutil.copytree(trained, folder)
     vocab_size = json.loads((trained / "run.json").read_text())["vocab_size"]
     torch.manual_seed(0)
-    save_pretrained(build_model(spec, vocab_size), folder, *stored_sharing(spec))
+    save_pretrained(build_model(spec, vocab_size), folder, stored_sharing(spec))
     return folder
 
 

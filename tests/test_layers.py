@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sharebench.checkpoint import convert_checkpoint, load_pretrained, save_pretrained
+from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained
 from sharebench.config import build_model, compose
 from sharebench.convert import direct_share, select_shared_heads, share_heads, to_gqa
 from sharebench.layers import LAYER_SCHEMES
@@ -174,7 +174,7 @@ def test_directshare_at_ratio_zero_is_the_identity_and_round_trips(tmp_path):
 
     shared = direct_share(gpt_model(), 0.5)
     assert len(shared.head_sources) == 6
-    save_pretrained(shared, tmp_path, {"_target_": "sharebench.sharing.none.Separate", "_partial_": True}, None)
+    save_pretrained(shared, tmp_path, SEPARATE)
     loaded = load_pretrained(tmp_path)
     assert loaded.parameter_counts() == shared.parameter_counts()
     assert torch.equal(logits(loaded, ids), logits(shared, ids))
@@ -202,8 +202,7 @@ def test_gqa_conversion_at_g_equal_h_is_the_identity_and_mean_pools_groups():
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_recursive_conversion_at_full_rank_reproduces_the_model(tmp_path, ratio):
     model = gpt_model("size.n_layers=4")
-    save_pretrained(model, tmp_path / "source", {"_target_": "sharebench.sharing.none.Separate",
-                                                 "_partial_": True}, None)  # fmt: skip
+    save_pretrained(model, tmp_path / "source", SEPARATE)
     ids = torch.randint(0, 50, (2, 16))
     full = convert_checkpoint(tmp_path / "source", tmp_path / "full", "recursive_lora", ratio, rank=32).eval()
     assert torch.allclose(logits(full, ids), logits(model, ids), atol=1e-5)

@@ -7,14 +7,16 @@ tensor once, and `model.json`, which says how to rebuild the model (its shape an
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
@@ -24,6 +26,7 @@ from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
 from sharebench.record import RECORD_NAME, RunRecord, run_once
+from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 from sharebench.spec import SharingSpec
@@ -33,8 +36,8 @@ WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
 
 
-def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str, Any], ratio: float | None) -> int:
-    """Write the checkpoint; returns the bytes of the weights file."""
+def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str, Any]) -> int:
+    """Write the checkpoint, with `sharing` as `stored_scheme` gives it; returns the bytes of the weights file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{WEIGHTS_NAME}.tmp"
@@ -44,7 +47,6 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
     spec = {
         "model": model.config.to_dict(),
         "sharing": sharing,
-        "ratio": ratio,
         "sharing_name": model.sharing_name,
         "layers": model.layers.describe(),
         "head_sources": getattr(model, "head_sources", None),
@@ -53,12 +55,18 @@ def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str,
     return (folder / WEIGHTS_NAME).stat().st_size
 
 
-def scheme_target(scheme: type) -> dict[str, Any]:
-    """The config that instantiates a within-layer scheme, as checkpoints store it."""
-    return {"_target_": f"{scheme.__module__}.{scheme.__qualname__}", "_partial_": True}
+def stored_scheme(scheme: str, ratio: float | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A within-layer scheme as checkpoints (and exported Hugging Face configs) store it: by its name, with its
+    ratio and its own options (partial_qk's `split`), so a checkpoint does not depend on where the code lives."""
+    return {"scheme": scheme, "ratio": ratio, "options": dict(options or {})}
 
 
-SEPARATE = scheme_target(Separate)
+SEPARATE = stored_scheme(Separate.name)
+
+
+def scheme_factory(stored: Mapping[str, Any]) -> Callable[..., AttentionSharing]:
+    """What builds each layer's attention projections of a stored scheme."""
+    return functools.partial(scheme_class(stored["scheme"]), ratio=stored["ratio"], **stored["options"])
 
 
 def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
@@ -69,15 +77,19 @@ def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
     recorded = json.loads(record.read_text()).get("sharing") if record.is_file() else None
     if recorded:
         return {**recorded, "pretrained": str(folder)}
-    _, ratio = checkpoint_sharing(folder)
+    ratio = checkpoint_sharing(folder)["ratio"]
     return SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder)).to_record()
 
 
-def checkpoint_sharing(folder: str | Path) -> tuple[dict[str, Any], float | None]:
-    """The within-layer scheme config and ratio a checkpoint was saved with (separate Q/K/V for Hugging Face)."""
+def checkpoint_sharing(folder: str | Path) -> dict[str, Any]:
+    """The within-layer scheme a checkpoint was saved with (`stored_scheme`; separate Q/K/V for Hugging Face)."""
     spec_path = Path(folder).expanduser() / SPEC_NAME
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
-    return spec.get("sharing", SEPARATE), spec.get("ratio")
+    sharing = spec.get("sharing", SEPARATE)
+    if "_target_" in sharing:  # written before schemes were stored by name: the class's path and its ratio
+        options = {key: value for key, value in sharing.items() if not key.startswith("_")}
+        return stored_scheme(get_class(sharing["_target_"]).name, spec.get("ratio"), options)
+    return sharing
 
 
 def load_pretrained(path: str | Path) -> LanguageModel:
@@ -98,7 +110,7 @@ def load_pretrained(path: str | Path) -> LanguageModel:
 
 def _load_suite(folder: Path) -> LanguageModel:
     spec = json.loads((folder / SPEC_NAME).read_text())
-    sharing = instantiate(spec["sharing"], ratio=spec["ratio"])
+    sharing = scheme_factory(checkpoint_sharing(folder))
     layers = dict(spec.get("layers") or {"name": "none"})
     layer_scheme = layer_scheme_class(layers.pop("name"))(**layers)
     model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""), layer_scheme)
@@ -183,7 +195,7 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
         tie_embeddings=hf.get("tie_word_embeddings", True),
         pooler="pooler.dense.weight" in state,
     )
-    model = LanguageModel(cfg, instantiate(SEPARATE), "none")
+    model = LanguageModel(cfg, Separate, Separate.name)
     converted: dict[str, torch.Tensor] = {}
     for i in range(cfg.n_layers):
         parts = [f"encoder.layer.{i}.attention.self.{role}" for role in ("query", "key", "value")]
@@ -204,18 +216,18 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
     return model
 
 
-def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) -> tuple[LanguageModel, dict, Any]:
-    """The checkpoint in `source` with the new sharing, and the within-layer scheme config and ratio it stores."""
+def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) -> tuple[LanguageModel, dict]:
+    """The checkpoint in `source` with the new sharing, and the within-layer scheme it stores."""
     if to not in CONVERSIONS:
         raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
     source = Path(source)
     model = load_pretrained(source)
-    sharing, sharing_ratio = checkpoint_sharing(source)
+    sharing = checkpoint_sharing(source)
     if to == "headwise":
-        return direct_share(model, ratio), sharing, sharing_ratio
+        return direct_share(model, ratio), sharing
     if to == "gqa":
-        return to_gqa(model, ratio), scheme_target(GroupedQuery), ratio
-    return to_recursive(model, ratio, rank, sharing, sharing_ratio), sharing, sharing_ratio
+        return to_gqa(model, ratio), stored_scheme(GroupedQuery.name, ratio)
+    return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
 
 
 def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:
@@ -226,8 +238,8 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
     config = {"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion}
 
     def convert(record: RunRecord) -> None:
-        converted, sharing, sharing_ratio = converted_model(source, to, ratio, rank)
-        weights_bytes = save_pretrained(converted, out, sharing, sharing_ratio)
+        converted, sharing = converted_model(source, to, ratio, rank)
+        weights_bytes = save_pretrained(converted, out, sharing)
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, out / name)

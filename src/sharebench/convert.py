@@ -17,12 +17,11 @@ fine-tune; `task=sts_zero_shot` scores it without training (`sharebench.zero_sho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 
 from sharebench.errors import ConfigError
@@ -213,7 +212,8 @@ def to_gqa(model: LanguageModel, ratio: float) -> LanguageModel:
     return converted
 
 
-def to_recursive(model: LanguageModel, ratio: float, rank: int, sharing: dict[str, Any], ratio_of_sharing: Any):
+def to_recursive(model: LanguageModel, ratio: float, rank: int, sharing: Callable[..., AttentionSharing]
+                 ) -> LanguageModel:  # fmt: skip
     """The model as a relaxed recursive transformer with M = L·(1 − r) cycle sets and rank-`rank` LoRAs; at full
     rank (min of a weight's dimensions) it computes what the original does."""
     if model.layers.name != "none":
@@ -221,9 +221,7 @@ def to_recursive(model: LanguageModel, ratio: float, rank: int, sharing: dict[st
     layers = RecursiveLoRA(ratio, rank)
     layers.check(model.config.n_layers)
     with torch.device(next(model.parameters()).device):
-        converted = LanguageModel(
-            model.config, instantiate(sharing, ratio=ratio_of_sharing), model.sharing_name, layers
-        )
+        converted = LanguageModel(model.config, sharing, model.sharing_name, layers)
     converted.load_state_dict(model.state_dict(), strict=False)  # embeddings, heads, final norm
     sets = layers.layer_sets(model.config.n_layers)
     with torch.no_grad():

@@ -16,11 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
 from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 
-from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained
+from sharebench.checkpoint import HF_NAMES, SPEC_NAME, checkpoint_sharing, load_pretrained
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import PACKAGE_DIR
@@ -55,7 +54,7 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
     if native_bert(model):
         written = _export_bert(model, folder)
     else:
-        written = _export_remote_code(model, spec, folder)
+        written = _export_remote_code(model, checkpoint_sharing(run), folder)
     _export_tokenizer(run, folder)
     with safe_open(folder / "model.safetensors", "pt") as weights:
         stored = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
@@ -108,7 +107,7 @@ def _export_bert(model: LanguageModel, folder: Path) -> dict[str, Any]:
     return {"loads_as": "BertForMaskedLM", "trust_remote_code": False}
 
 
-def _export_remote_code(model: LanguageModel, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _export_remote_code(model: LanguageModel, sharing: dict[str, Any], folder: Path) -> dict[str, Any]:
     save_model(model, str(folder / "model.safetensors"))  # each shared tensor once, as the suite's checkpoint
     modules = [*MODEL_MODULES]
     for package in SCHEME_PACKAGES:
@@ -122,15 +121,13 @@ def _export_remote_code(model: LanguageModel, spec: dict[str, Any], folder: Path
     template = (PACKAGE_DIR / "hf" / "modeling_sharebench.py").read_text()
     (folder / "modeling_sharebench.py").write_text(template.replace("# {scheme modules}", schemes))
     shutil.copyfile(PACKAGE_DIR / "hf" / "configuration_sharebench.py", folder / "configuration_sharebench.py")
-    scheme_class = get_class(spec["sharing"]["_target_"])
-    options = {k: v for k, v in spec["sharing"].items() if k not in ("_target_", "_partial_")}
     head = "SharebenchForCausalLM" if model.config.causal else "SharebenchForMaskedLM"
     auto = "AutoModelForCausalLM" if model.config.causal else "AutoModelForMaskedLM"
     config = {
         "architectures": [head], "model_type": "sharebench",
         "auto_map": {"AutoConfig": "configuration_sharebench.SharebenchConfig", auto: f"modeling_sharebench.{head}"},
         "model": model.config.to_dict(),
-        "sharing": {"scheme": scheme_class.name, "ratio": spec.get("ratio"), "options": options},
+        "sharing": sharing,
         "sharing_name": model.sharing_name, "layers": model.layers.describe(), "tie_word_embeddings": False,
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -18,7 +18,14 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import SEPARATE, checkpoint_sharing, load_pretrained, loaded_sharing, save_pretrained
+from sharebench.checkpoint import (
+    SEPARATE,
+    checkpoint_sharing,
+    load_pretrained,
+    loaded_sharing,
+    save_pretrained,
+    stored_scheme,
+)
 from sharebench.config import build_model, sharing_class, training_steps
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
@@ -315,11 +322,13 @@ def finished_logger(logger: Logger) -> Iterator[None]:
                 wandb.finish(exit_code=exit_code)
 
 
-def stored_sharing(spec: RunSpec) -> tuple[dict[str, Any], float | None]:
-    """The scheme's config and ratio as the checkpoint stores them (schemes without a ratio refuse one)."""
+def stored_sharing(spec: RunSpec) -> dict[str, Any]:
+    """The within-layer scheme as the checkpoint stores it (schemes without a ratio refuse one)."""
     if spec.iso_baseline:
-        return SEPARATE, None
-    return dict(spec.sharing), spec.shares.ratio if sharing_class(spec).ratio_range is not None else None
+        return SEPARATE
+    scheme = sharing_class(spec)
+    options = {key: value for key, value in spec.sharing.items() if not key.startswith("_")}
+    return stored_scheme(scheme.name, spec.shares.ratio if scheme.ratio_range is not None else None, options)
 
 
 def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
@@ -398,7 +407,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         peak = measure_matmul_peak(device)
     tokens_per_second = speed["tokens_per_second"]
     stored = checkpoint_sharing(resolve_path(spec.pretrained)) if spec.pretrained else stored_sharing(spec)
-    weights_bytes = save_pretrained(model, run_dir, *stored) if main_process else None
+    weights_bytes = save_pretrained(model, run_dir, stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None
     val_loss_full = full_split_loss(served, data.loader("validation", spec.seed)) if served is not None else None

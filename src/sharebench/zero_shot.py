@@ -24,7 +24,7 @@ def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
         if spec.convert.to:
-            model, _, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
+            model, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
         else:
             model = load_pretrained(source)
         tokenizer = load_pretrained_tokenizer(source, spec.glue.recipe.max_length, model.config.vocab_size)
