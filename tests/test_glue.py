@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +309,33 @@ def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture
     record.unlink()
     with RunLock(record.parent), pytest.raises(RunInUse, match="is in use by process"):
         run_glue(spec_of([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_fine_tuning_ends_the_task_run_interrupted(pretrained_nano, glue_fixture, tmp_path,
+                                                                   monkeypatch, signum):  # fmt: skip
+    """Lightning's own handlers would end the task's fine-tuning as a failure (SIGINT: exit status 1); the
+    suite's end its run interrupted at the step boundary, and the same command runs it again to completion."""
+    from sharebench.errors import RunInterrupted
+    from sharebench.finetune import GlueModule
+
+    training_step = GlueModule.training_step
+
+    def stopping_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            os.kill(os.getpid(), signum)
+        return training_step(self, batch, batch_idx)
+
+    given = spec_of([f"glue.source={glue_fixture}", "glue.tasks=[rte]", "glue.recipe.epochs=1",
+                     "glue.recipe.batch_size=8", "glue.predict_test=false", "trainer.enable_progress_bar=false",
+                     "trainer.enable_model_summary=false"])  # fmt: skip
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(GlueModule, "training_step", stopping_step)
+    with pytest.raises(RunInterrupted, match=f"^{signum.name} at step 2: the same command runs it again$"):
+        run_glue(given, pretrained_nano, tmp_path)
+    record = tmp_path / "glue" / "rte" / "seed=0" / "run.json"
+    assert json.loads(record.read_text())["status"] == "interrupted"
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    monkeypatch.undo()
+    run_glue(given, pretrained_nano, tmp_path)
+    assert json.loads(record.read_text())["status"] == "completed"

@@ -34,10 +34,12 @@ class RunInUse(ConfigError):
 class RunInterrupted(Exception):
     """SIGTERM (preemption, a SLURM time limit) or SIGINT (Ctrl-C) stopped the run after a checkpoint."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
         name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: checkpoint saved in {checkpoint}; the same command resumes")
+        then = f"checkpoint saved in {checkpoint}; the same command resumes" if checkpoint else (
+            "the same command runs it again")  # fmt: skip
+        super().__init__(f"{name} at step {step}: {then}")
 
 
 @contextlib.contextmanager

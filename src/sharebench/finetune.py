@@ -23,11 +23,12 @@ from sharebench import glue
 from sharebench.checkpoint import load_pretrained, loaded_sharing
 from sharebench.console import progress
 from sharebench.cpu import tune_cpu_process
-from sharebench.errors import ConfigError
+from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
+from sharebench.resume import StopOnSignal
 from sharebench.spec import GlueRecipe, RunSpec
 from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean
@@ -164,7 +165,7 @@ def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, ro
         trainer = L.Trainer(
             **{**settings, "max_steps": -1, "val_check_interval": None, "max_epochs": recipe.epochs,
                "enable_checkpointing": False},
-            logger=False, default_root_dir=str(run_dir), callbacks=shown,
+            logger=False, default_root_dir=str(run_dir), callbacks=[StopOnSignal(), *shown],
         )  # fmt: skip
         started = time.perf_counter()
         trainer.fit(module, loader)
@@ -235,7 +236,7 @@ def run_glue(spec: RunSpec, pretrained: str | Path, run_dir: Path) -> dict[str, 
             for seed in spec.glue.seeds:
                 try:
                     record = finetune_task(spec, pretrained, name, seed, run_dir, lr)
-                except ConfigError:
+                except (ConfigError, RunInterrupted):  # bad input, or a stop: not one task's failure
                     raise
                 except Exception as error:
                     summary["failed"].append({"task": name, "seed": seed, "lr": lr,

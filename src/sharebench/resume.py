@@ -24,16 +24,16 @@ NEWEST, PREVIOUS = "last.ckpt", "previous.ckpt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class ResumeCheckpoints(L.Callback):
-    """Writes <run>/checkpoints/last.ckpt after every validation of training, and at the first step boundary
-    after SIGTERM or SIGINT, which then ends the run with RunInterrupted once Lightning has logged that step (and
-    validated, where the step ends at a validation). A checkpoint is written to a temporary file, synced and
-    renamed, and the one it replaces is kept as previous.ckpt."""
+class StopOnSignal(L.Callback):
+    """Takes SIGTERM and SIGINT while its Trainer runs and ends the run with RunInterrupted at the first step
+    boundary after one arrives, once Lightning has logged that step (and validated, where the step ends at a
+    validation). Lightning's own handlers would end the run mid-step as a failure (SIGINT: exit status 1)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.folder = run_dir / CHECKPOINT_FOLDER
+    checkpoint: Path | None = None  # what the run can resume from, where a subclass saves one
+
+    def __init__(self) -> None:
         self.received: int | None = None
-        self.stopped_at: int | None = None  # the step of the checkpoint a signal asked for
+        self.stopped_at: int | None = None  # the step at whose end the run stops
         self._handlers: dict[int, Any] = {}
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -43,7 +43,7 @@ class ResumeCheckpoints(L.Callback):
         self._take_signals()
 
     def _take_signals(self) -> None:
-        """Installed after Lightning's own SIGTERM handler, which would stop the run mid-validation unsaved."""
+        """Installed after Lightning's own SIGTERM handler."""
         for signum in STOP_SIGNALS:
             if signum not in self._handlers:
                 self._handlers[signum] = signal.signal(signum, self._receive)
@@ -57,15 +57,14 @@ class ResumeCheckpoints(L.Callback):
                 signal.signal(signum, handler)
         self._handlers.clear()
 
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self.save(trainer)
-
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         # Every process stops at the same step, whichever of them received the signal.
         if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
-            self.save(trainer)
+            self.stopping(trainer)
             self.stopped_at = trainer.global_step
+
+    def stopping(self, trainer: L.Trainer) -> None:
+        """What to do at the step the run stops at, before Lightning logs it."""
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         self._stop_if_asked(trainer)
@@ -75,9 +74,27 @@ class ResumeCheckpoints(L.Callback):
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
         if self.stopped_at is not None:
-            for logger in trainer.loggers:  # the step's metrics, which Lightning logged after the checkpoint
+            for logger in trainer.loggers:  # the step's metrics, which Lightning logged after `stopping`
                 logger.save()
-            raise RunInterrupted(self.received or signal.SIGTERM, self.stopped_at, self.folder / NEWEST)
+            raise RunInterrupted(self.received or signal.SIGTERM, self.stopped_at, self.checkpoint)
+
+
+class ResumeCheckpoints(StopOnSignal):
+    """Writes <run>/checkpoints/last.ckpt after every validation of training, and at the step a signal stops the
+    run at. A checkpoint is written to a temporary file, synced and renamed, and the one it replaces is kept as
+    previous.ckpt."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.folder = run_dir / CHECKPOINT_FOLDER
+        self.checkpoint = self.folder / NEWEST
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def stopping(self, trainer: L.Trainer) -> None:
+        self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:  # the metrics up to this step are on disk before the checkpoint is
