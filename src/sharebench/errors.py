@@ -1,5 +1,5 @@
 """The exceptions a user sees as one line: bad input, raised before any data is read or model built, and a
-run stopped by a signal after saving its checkpoint; and the handlers that print them so."""
+run stopped by a signal at a step boundary; and the handlers that print them so."""
 
 import contextlib
 import os
@@ -32,7 +32,8 @@ class RunInUse(ConfigError):
 
 
 class RunInterrupted(Exception):
-    """SIGTERM (preemption, a SLURM time limit) or SIGINT (Ctrl-C) stopped the run after a checkpoint."""
+    """SIGTERM (preemption, a SLURM time limit) or SIGINT (Ctrl-C) stopped the run at a step boundary, after a
+    checkpoint where the run saves them (pretraining)."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         self.exit_code = 128 + signum  # what a shell reports for a process killed by that signal
