@@ -64,6 +64,12 @@ def stored_scheme(scheme: str, ratio: float | None = None, options: Mapping[str,
 SEPARATE = stored_scheme(Separate.name)
 
 
+def stored_from_config(config: Mapping[str, Any], ratio: float | None) -> dict[str, Any]:
+    """A scheme's config (`_target_` and its options, conf/sharing/<name>.yaml) with its ratio, as stored."""
+    options = {key: value for key, value in config.items() if not key.startswith("_")}
+    return stored_scheme(get_class(config["_target_"]).name, ratio, options)
+
+
 def scheme_factory(stored: Mapping[str, Any]) -> Callable[..., AttentionSharing]:
     """What builds each layer's attention projections of a stored scheme."""
     return functools.partial(scheme_class(stored["scheme"]), ratio=stored["ratio"], **stored["options"])
@@ -84,11 +90,14 @@ def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
 def checkpoint_sharing(folder: str | Path) -> dict[str, Any]:
     """The within-layer scheme a checkpoint was saved with (`stored_scheme`; separate Q/K/V for Hugging Face)."""
     spec_path = Path(folder).expanduser() / SPEC_NAME
-    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    return spec_sharing(json.loads(spec_path.read_text()) if spec_path.is_file() else {})
+
+
+def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The within-layer scheme of a read model.json."""
     sharing = spec.get("sharing", SEPARATE)
     if "_target_" in sharing:  # written before schemes were stored by name: the class's path and its ratio
-        options = {key: value for key, value in sharing.items() if not key.startswith("_")}
-        return stored_scheme(get_class(sharing["_target_"]).name, spec.get("ratio"), options)
+        return stored_from_config(sharing, spec.get("ratio"))
     return sharing
 
 
@@ -110,7 +119,7 @@ def load_pretrained(path: str | Path) -> LanguageModel:
 
 def _load_suite(folder: Path) -> LanguageModel:
     spec = json.loads((folder / SPEC_NAME).read_text())
-    sharing = scheme_factory(checkpoint_sharing(folder))
+    sharing = scheme_factory(spec_sharing(spec))
     layers = dict(spec.get("layers") or {"name": "none"})
     layer_scheme = layer_scheme_class(layers.pop("name"))(**layers)
     model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""), layer_scheme)

@@ -19,7 +19,7 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 
-from sharebench.checkpoint import HF_NAMES, SPEC_NAME, checkpoint_sharing, load_pretrained
+from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, spec_sharing
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import PACKAGE_DIR
@@ -54,7 +54,7 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
     if native_bert(model):
         written = _export_bert(model, folder)
     else:
-        written = _export_remote_code(model, checkpoint_sharing(run), folder)
+        written = _export_remote_code(model, spec_sharing(spec), folder)
     _export_tokenizer(run, folder)
     with safe_open(folder / "model.safetensors", "pt") as weights:
         stored = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())

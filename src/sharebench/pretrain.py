@@ -24,7 +24,7 @@ from sharebench.checkpoint import (
     load_pretrained,
     loaded_sharing,
     save_pretrained,
-    stored_scheme,
+    stored_from_config,
 )
 from sharebench.config import build_model, sharing_class, training_steps
 from sharebench.console import progress
@@ -326,9 +326,7 @@ def stored_sharing(spec: RunSpec) -> dict[str, Any]:
     """The within-layer scheme as the checkpoint stores it (schemes without a ratio refuse one)."""
     if spec.iso_baseline:
         return SEPARATE
-    scheme = sharing_class(spec)
-    options = {key: value for key, value in spec.sharing.items() if not key.startswith("_")}
-    return stored_scheme(scheme.name, spec.shares.ratio if scheme.ratio_range is not None else None, options)
+    return stored_from_config(spec.sharing, spec.shares.ratio if sharing_class(spec).ratio_range is not None else None)
 
 
 def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
