@@ -26,10 +26,13 @@ def multiplier(scheme: str, rung: float) -> float:
 
 def write(root, name: str, scheme: str, size: str, unique: float, loss: float, seed: int, rung: float) -> None:
     tokens = TOKENS_PER_PARAMETER * unique
+    # mqa's ratio is not given but derived from the rung's heads (1 − 1/heads), so it differs from rung to rung
+    ratio = 1 - 1 / (2 + list(RUNGS).index(size)) if scheme == "mqa" else None
     record = {
         "status": "completed", "seed": seed,
-        "config": {"seed": seed, "arch": {"name": "gpt"}, "size": {"name": size}, "data": {"name": "wikipedia"}},
-        "sharing": {"name": scheme, "ratio": None, "layers": {"name": "none", "ratio": None}},
+        "config": {"seed": seed, "ratio": None, "arch": {"name": "gpt"}, "size": {"name": size},
+                   "data": {"name": "wikipedia"}},
+        "sharing": {"name": scheme, "ratio": ratio, "layers": {"name": "none", "ratio": None}},
         "parameters": {"unique": int(unique)},
         "metrics": {"val_loss_full": loss, "val_loss": loss},
         "compute": {"tokens_seen": tokens, "training_flops": 6 * rung * tokens},

@@ -160,9 +160,11 @@ class Result:
 
 
 def scheme_of(shared: Shared) -> str:
-    """A scheme at its ratio, the same at every rung."""
+    """A scheme at the ratio it was given, the same at every rung. A ratio the scheme derives from the shape (mqa's
+    1 − 1/heads) differs from rung to rung, so it does not name the scheme."""
     c = shared.configuration
-    return f"{c.sharing} {c.ratio:g}" if c.ratio is not None and c.sharing.split("+")[0] != "none" else c.sharing
+    given = (c.first.get("config") or {}).get("ratio")
+    return f"{c.sharing} {given:g}" if given is not None and c.sharing.split("+")[0] != "none" else c.sharing
 
 
 def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result | None:
