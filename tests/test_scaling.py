@@ -82,6 +82,24 @@ def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder
     assert abs(mqa[0]) < 0.02
 
 
+def test_a_configuration_with_one_seed_draws_the_pooled_seed_spread(tmp_path):
+    # As the cpu recipe runs: 3 seeds at the two smallest rungs, one seed above them, shared ones included.
+    for size, n in RUNGS.items():
+        seeds = NOISE if size in ("r1", "r2") else NOISE[1:2]
+        for seed, noise in enumerate(seeds):
+            write(tmp_path, f"none-{size}", "none", size, n, TRUE.loss(n) + noise, seed, n)
+            if size in ("r2", "r3"):
+                unique = 0.8 * n
+                loss = TRUE.loss(multiplier("shared_qkv", n) * unique) + noise
+                write(tmp_path, f"shared_qkv-{size}", "shared_qkv", size, unique, loss, seed, n)
+    result = analyse(ladder(find_configurations([tmp_path]), "val_loss_full"), replicates=300)
+    assert result.seed_spread == pytest.approx(0.002)  # the sample SD of NOISE, pooled
+    (single,) = [s for s in ladder(find_configurations([tmp_path]), "val_loss_full").shared if len(s.losses) == 1]
+    params, _ = result.worth[single.configuration.label]
+    assert params.low < multiplier("shared_qkv", single.rung.unique) < params.high
+    assert params.high / params.low > 1.01  # not the zero-width interval of a loss never redrawn
+
+
 @pytest.mark.slow
 def test_collect_writes_the_ladders_table_and_plots(ladder_runs, tmp_path):
     report = collect([ladder_runs], tmp_path)

@@ -296,6 +296,9 @@ def ladder_table(found: Ladder, result: LadderResult) -> Table:
         f"configuration spent. 95 % intervals: {len(result.draws)} bootstrap replicates over rungs (at least "
         f"{MIN_RUNGS} distinct) and seeds; `worth more`/`worth less` where the interval excludes 1. A multiplier "
         "marked * lies outside the fitted rungs (extrapolated).",
+        "A configuration with one seed has its loss drawn with the seed-to-seed standard deviation pooled over the "
+        "configurations with several: " + (f"{result.seed_spread:.4f}." if result.seed_spread is not None else
+                                           "none has several, so its interval leaves seed noise out."),
     ]  # fmt: skip
     for scheme, (slope, low, high) in result.trend.items():
         direction = "grows" if low > 0 else "shrinks" if high < 0 else "no clear trend"

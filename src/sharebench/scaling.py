@@ -8,8 +8,10 @@ C_eff / C is the compute a plain model would need for its loss over the compute 
 
 The 95 % intervals come from a bootstrap over sizes and seeds: each replicate draws the ladder's rungs with
 replacement (at least MIN_RUNGS distinct), a seed's run with replacement at each rung, and each shared
-configuration's seeds with replacement, refits the law and reads every multiplier again. How a scheme's multiplier
-changes with size is the slope of log multiplier over log rung size, with its bootstrap interval.
+configuration's seeds with replacement, refits the law and reads every multiplier again. A configuration run with
+one seed has no seeds to draw from, so its loss is drawn with the seed-to-seed spread pooled over the
+configurations run with several (normal, with their pooled standard deviation). How a scheme's multiplier changes
+with size is the slope of log multiplier over log rung size, with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class Result:
     worth: dict[str, tuple[Worth | None, Worth | None]]
     draws: list[Draw]
     trend: dict[str, tuple[float, float, float]]
+    seed_spread: float | None  # the pooled seed-to-seed standard deviation single-seed losses are drawn with
 
 
 def scheme_of(shared: Shared) -> str:
@@ -175,7 +178,14 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
     if laws[0] is None:
         return None
     everything = Draw(laws, {s.configuration.label: statistics.fmean(s.losses) for s in found.shared})
+    spread = pooled_spread([r.losses for r in found.rungs] + [s.losses for s in found.shared])
     rng = np.random.default_rng(seed)
+
+    def resample(losses: Sequence[float]) -> np.ndarray:
+        if len(losses) > 1 or spread is None:
+            return rng.choice(losses, size=len(losses))
+        return losses[0] + rng.normal(0.0, spread, size=1)
+
     draws: list[Draw] = []
     for _ in range(replicates * 3):  # a draw of too few distinct rungs, or a fit that fails, is drawn again
         if len(draws) == replicates:
@@ -183,12 +193,10 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         picked = [found.rungs[i] for i in rng.integers(len(found.rungs), size=len(found.rungs))]
         if len({r.unique for r in picked}) < MIN_RUNGS:
             continue
-        resampled = [rng.choice(r.losses, size=len(r.losses)) for r in picked]
+        resampled = [resample(r.losses) for r in picked]
         refitted = law_of(picked, resampled, "params"), law_of(picked, resampled, "flops")
         if refitted[0] is not None:
-            means = {
-                s.configuration.label: float(rng.choice(s.losses, size=len(s.losses)).mean()) for s in found.shared
-            }
+            means = {s.configuration.label: float(resample(s.losses).mean()) for s in found.shared}
             draws.append(Draw(refitted, means))
 
     def worth(shared: Shared, axis: int) -> Worth | None:
@@ -207,7 +215,16 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
             slopes = [slope(members, [draw.multiplier(s, 0) for s in members]) for draw in draws]
             trend[scheme] = (slope(members, [everything.multiplier(s, 0) for s in members]), *interval(slopes))
     worths = {s.configuration.label: (worth(s, 0), worth(s, 1)) for s in found.shared}
-    return Result(laws, worths, draws, trend)
+    return Result(laws, worths, draws, trend, spread)
+
+
+def pooled_spread(groups: Sequence[Sequence[float]]) -> float | None:
+    """The seed-to-seed standard deviation pooled over the groups of two or more seeds; None where there are none."""
+    several = [g for g in groups if len(g) > 1]
+    if not several:
+        return None
+    freedom = sum(len(g) - 1 for g in several)
+    return math.sqrt(sum(statistics.variance(g) * (len(g) - 1) for g in several) / freedom)
 
 
 def slope(members: Sequence[Shared], multipliers: Sequence[float]) -> float:
