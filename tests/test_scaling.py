@@ -100,6 +100,17 @@ def test_a_configuration_with_one_seed_draws_the_pooled_seed_spread(tmp_path):
     assert params.high / params.low > 1.01  # not the zero-width interval of a loss never redrawn
 
 
+def test_without_a_configuration_of_several_seeds_a_single_seed_gets_no_interval(tmp_path):
+    for size, n in RUNGS.items():
+        write(tmp_path, f"none-{size}", "none", size, n, TRUE.loss(n), 0, n)
+    write(tmp_path, "mqa-r2", "mqa", "r2", 0.9 * RUNGS["r2"], TRUE.loss(0.45 * RUNGS["r2"]), 0, RUNGS["r2"])
+    result = analyse(ladder(find_configurations([tmp_path]), "val_loss_full"), replicates=100)
+    ((params, flops),) = result.worth.values()
+    assert result.seed_spread is None
+    assert params.multiplier == pytest.approx(0.5, rel=0.05)
+    assert params.verdict().startswith("no interval") and flops.verdict().startswith("no interval")
+
+
 @pytest.mark.slow
 def test_collect_writes_the_ladders_table_and_plots(ladder_runs, tmp_path):
     report = collect([ladder_runs], tmp_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import shutil
 from collections import Counter
@@ -309,7 +310,8 @@ def ladder_table(found: Ladder, result: LadderResult) -> Table:
 def worth_cell(worth: Worth | None) -> str:
     if worth is None:
         return "—"
-    return f"{worth.multiplier:.3g} [{worth.low:.3g}, {worth.high:.3g}]" + ("*" if worth.extrapolated else "")
+    bounds = "no interval" if math.isnan(worth.low) else f"{worth.low:.3g}, {worth.high:.3g}"
+    return f"{worth.multiplier:.3g} [{bounds}]" + ("*" if worth.extrapolated else "")
 
 
 def pretraining_seed(record: dict[str, Any]) -> Any:

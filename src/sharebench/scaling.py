@@ -89,6 +89,8 @@ class Worth:
     extrapolated: bool  # the effective size lies outside the rungs the law was fitted on
 
     def verdict(self) -> str:
+        if math.isnan(self.low):
+            return "no interval (one seed, and no configuration with several to take the seed spread from)"
         if self.low > 1:
             return "worth more"
         if self.high < 1:
@@ -204,6 +206,8 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         if math.isnan(point):
             return None
         low, high = interval([draw.multiplier(shared, axis) for draw in draws])
+        if spread is None and len(shared.losses) < 2:  # its loss was never redrawn: the interval would say too much
+            low = high = math.nan
         xs = [r.unique if axis == 0 else r.flops for r in found.rungs]
         has = shared.unique if axis == 0 else shared.flops
         return Worth(point, low, high, not min(xs) <= point * has <= max(xs))
