@@ -262,6 +262,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     its bootstrap band, every shared configuration in its scheme's style; scaling_multiplier.png: each scheme's
     effective-parameter multiplier (95 % interval) against the size of its rung, 1 marking parity."""
     import numpy as np
+    from matplotlib.ticker import NullLocator
 
     out.mkdir(parents=True, exist_ok=True)
     style = Styles([s.configuration for s in found.shared])
@@ -310,19 +311,21 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     axis.set_yscale("log")
     axis.set_xlabel("size of the rung (unique parameters of its unshared model)")
     axis.set_ylabel("effective parameters / unique parameters (95 % CI)")
-    plain_log_ticks(axis.xaxis)
-    plain_log_ticks(axis.yaxis)
+    rungs = sorted({s.rung for s in found.shared}, key=lambda r: r.unique)
+    axis.set_xticks([r.unique for r in rungs], [f"{r.size}\n{r.unique:,.0f}" for r in rungs])
+    axis.xaxis.set_minor_locator(NullLocator())
+    plain_log_ticks(axis.yaxis, subs=(1.0, 1.1, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
     finish_axis(axis)
     made.append(out / f"scaling_multiplier{suffix}.png")
     save(figure, made[1])
     return made
 
 
-def plain_log_ticks(axis: matplotlib.axis.Axis) -> None:
-    """A log axis labelled in plain numbers at 1, 2 and 5 of each decade (200,000 and 0.5 rather than 2×10⁵ and
+def plain_log_ticks(axis: matplotlib.axis.Axis, subs: Sequence[float] = (1.0, 2.0, 5.0)) -> None:
+    """A log axis labelled in plain numbers at `subs` of each decade (200,000 and 0.5 rather than 2×10⁵ and
     5×10⁻¹), other ticks unlabelled."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
