@@ -92,9 +92,10 @@ def test_a_configuration_with_one_seed_draws_the_pooled_seed_spread(tmp_path):
                 unique = 0.8 * n
                 loss = TRUE.loss(multiplier("shared_qkv", n) * unique) + noise
                 write(tmp_path, f"shared_qkv-{size}", "shared_qkv", size, unique, loss, seed, n)
-    result = analyse(ladder(find_configurations([tmp_path]), "val_loss_full"), replicates=300)
+    found = ladder(find_configurations([tmp_path]), "val_loss_full")
+    result = analyse(found, replicates=300)
     assert result.seed_spread == pytest.approx(0.002)  # the sample SD of NOISE, pooled
-    (single,) = [s for s in ladder(find_configurations([tmp_path]), "val_loss_full").shared if len(s.losses) == 1]
+    (single,) = [s for s in found.shared if len(s.losses) == 1]
     params, _ = result.worth[single.configuration.label]
     assert params.low < multiplier("shared_qkv", single.rung.unique) < params.high
     assert params.high / params.low > 1.01  # not the zero-width interval of a loss never redrawn

@@ -205,9 +205,10 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         point = everything.multiplier(shared, axis)
         if math.isnan(point):
             return None
-        low, high = interval([draw.multiplier(shared, axis) for draw in draws])
-        if spread is None and len(shared.losses) < 2:  # its loss was never redrawn: the interval would say too much
+        if spread is None and len(shared.losses) < 2:  # its loss is never redrawn: an interval would say too much
             low = high = math.nan
+        else:
+            low, high = interval([draw.multiplier(shared, axis) for draw in draws])
         xs = [r.unique if axis == 0 else r.flops for r in found.rungs]
         has = shared.unique if axis == 0 else shared.flops
         return Worth(point, low, high, not min(xs) <= point * has <= max(xs))
