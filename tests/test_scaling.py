@@ -81,6 +81,16 @@ def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder
     assert shared_qkv[0] == pytest.approx(0.2, abs=0.02) and shared_qkv[1] > 0  # grows with size
     assert abs(mqa[0]) < 0.02
 
+    from sharebench.collect import ladder_by_scheme
+
+    by_scheme = ladder_by_scheme(found, result)  # one line per scheme, a column per rung it ran
+    assert by_scheme.header == ["scheme", "× params at r1", "× params at r2", "× params at r3", "trend with size"]
+    rows = {row[0]: row[1:] for row in by_scheme.rows}
+    assert set(rows) == {"mqa", "shared_qkv"}
+    assert all(cell.endswith("worth less") for cell in rows["mqa"][:3])
+    assert all(cell.endswith("worth more") for cell in rows["shared_qkv"][:3])
+    assert rows["shared_qkv"][3].endswith(": grows") and rows["mqa"][3].endswith(": no clear trend")
+
 
 def test_a_configuration_with_one_seed_draws_the_pooled_seed_spread(tmp_path):
     # As the cpu recipe runs: 3 seeds at the two smallest rungs, one seed above them, shared ones included.
@@ -110,6 +120,19 @@ def test_without_a_configuration_of_several_seeds_a_single_seed_gets_no_interval
     assert result.seed_spread is None
     assert params.multiplier == pytest.approx(0.5, rel=0.05)
     assert params.verdict().startswith("no interval") and flops.verdict().startswith("no interval")
+
+
+def test_a_scheme_keeps_one_colour_and_marker_at_every_rung(ladder_runs):
+    from sharebench.plots import Styles
+    from sharebench.scaling import scheme_of
+
+    found = ladder(find_configurations([ladder_runs]), "val_loss_full")
+    style = Styles([s.configuration for s in found.shared], key=scheme_of)
+    by_scheme: dict[str, set] = {}
+    for shared in found.shared:
+        by_scheme.setdefault(scheme_of(shared.configuration), set()).add(style(shared.configuration))
+    assert {scheme: len(styles) for scheme, styles in by_scheme.items()} == {"mqa": 1, "shared_qkv": 1}
+    assert by_scheme["mqa"] != by_scheme["shared_qkv"]
 
 
 @pytest.mark.slow

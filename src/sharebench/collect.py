@@ -277,10 +277,10 @@ def ladder_table(found: Ladder, result: LadderResult) -> Table:
          "(the fit)", "1", "—", "1", "—"]
         for rung in found.rungs
     ]  # fmt: skip
-    for shared in sorted(found.shared, key=lambda s: (scheme_of(s), s.rung.unique)):
+    for shared in sorted(found.shared, key=lambda s: (scheme_of(s.configuration), s.rung.unique)):
         params, flops = result.worth[shared.configuration.label]
         rows.append([
-            shared.configuration.label, scheme_of(shared), shared.rung.size, f"{shared.unique:,.0f}",
+            shared.configuration.label, scheme_of(shared.configuration), shared.rung.size, f"{shared.unique:,.0f}",
             str(len(shared.losses)), _mean_ci_cell(shared.losses),
             _format(params.multiplier * shared.unique if params else None, ",.0f"),
             worth_cell(params), params.verdict() if params else "—", worth_cell(flops),
@@ -301,10 +301,31 @@ def ladder_table(found: Ladder, result: LadderResult) -> Table:
         "configurations with several: " + (f"{result.seed_spread:.4f}." if result.seed_spread is not None else
                                            "none has several, so its interval leaves seed noise out."),
     ]  # fmt: skip
-    for scheme, (slope, low, high) in result.trend.items():
-        direction = "grows" if low > 0 else "shrinks" if high < 0 else "no clear trend"
-        notes.append(f"Trend with size, {scheme}: log-log slope {slope:+.3f} [{low:+.3f}, {high:+.3f}]: {direction}.")
+    notes += [f"Trend with size, {scheme}: {trend_cell(*trend)}." for scheme, trend in result.trend.items()]
     return Table(header, rows, notes)
+
+
+def trend_cell(slope: float, low: float, high: float) -> str:
+    direction = "grows" if low > 0 else "shrinks" if high < 0 else "no clear trend"
+    return f"log-log slope {slope:+.3f} [{low:+.3f}, {high:+.3f}]: {direction}"
+
+
+def ladder_by_scheme(found: Ladder, result: LadderResult) -> Table:
+    """The multiplier over unique parameters of each scheme (a row) at each rung it ran (a column), with its
+    verdict, and the scheme's trend with size: `ladder_table`'s figures, one line per scheme."""
+    rungs = sorted({s.rung for s in found.shared}, key=lambda r: r.unique)
+    cells: dict[str, dict[str, str]] = {}
+    for shared in found.shared:
+        params = result.worth[shared.configuration.label][0]
+        cell = f"{worth_cell(params)} {params.verdict().split(' (')[0]}" if params else "—"
+        cells.setdefault(scheme_of(shared.configuration), {})[shared.rung.size] = cell
+    header = ["scheme", *(f"× params at {rung.size}" for rung in rungs), "trend with size"]
+    rows = [
+        [scheme, *(by_rung.get(rung.size, "—") for rung in rungs),
+         trend_cell(*result.trend[scheme]) if scheme in result.trend else "—"]
+        for scheme, by_rung in sorted(cells.items())
+    ]  # fmt: skip
+    return Table(header, rows, ["Each scheme's rows of the table above, side by side; * extrapolated."])
 
 
 def worth_cell(worth: Worth | None) -> str:
@@ -518,8 +539,9 @@ def tables(configurations: Sequence[Configuration], ladders: dict[str | None, tu
     made: dict[str, Table | None] = {
         "table" if len(groups) == 1 else f"table-{key}": table_rows(group, iso, margin) for key, group in groups.items()
     }
-    made |= {"scaling" if len(ladders) == 1 else f"scaling-{arch}": ladder_table(*found)
-             for arch, found in ladders.items()}  # fmt: skip
+    for arch, found in ladders.items():
+        name = "scaling" if len(ladders) == 1 else f"scaling-{arch}"
+        made |= {name: ladder_table(*found), f"{name}-by_scheme": ladder_by_scheme(*found)}
     made["lr_search"] = lr_search_table(pretraining(configurations))
     made["glue"] = glue_table_rows(configurations, margin)
     return {name: table for name, table in made.items() if table}
@@ -531,7 +553,8 @@ def report(configurations: Sequence[Configuration], made: dict[str, Table]) -> s
         if name.startswith("table-"):
             parts += [f"Architecture {name.removeprefix('table-')}:", ""]
         if name.startswith("scaling"):
-            parts += [f"Effective parameters ({name}):", ""]
+            what = "Multipliers by scheme and rung" if name.endswith("-by_scheme") else "Effective parameters"
+            parts += [f"{what} ({name}):", ""]
         if name == "lr_search":
             parts += ["Learning rates:", ""]
         if name == "glue":

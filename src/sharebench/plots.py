@@ -10,9 +10,9 @@ machine's load as much as the model (`make bench` times models side by side on a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -55,17 +55,19 @@ def scheme_at_ratio(configuration: Configuration) -> tuple[str, str]:
 
 
 class Styles:
-    """One (colour, marker) per scheme at its ratios in a collection, assigned in sorted order; the unshared
-    model (`none`) is the baseline's black."""
+    """One (colour, marker) per scheme in a collection, assigned in sorted order; the unshared model (`none`) is
+    the baseline's black. A scheme is what `key` names: by default a scheme at its ratios."""
 
-    def __init__(self, configurations: Sequence[Configuration]) -> None:
-        keys = sorted({scheme_at_ratio(c) for c in configurations} - {("none", "")})
-        self.styles = {("none", ""): BASELINE}
-        self.styles |= {key: (COLOURS[i % len(COLOURS)], MARKERS[(i + i // len(COLOURS)) % len(MARKERS)])
-                        for i, key in enumerate(keys)}  # fmt: skip
+    def __init__(
+        self, configurations: Sequence[Configuration], key: Callable[[Configuration], Any] = scheme_at_ratio
+    ) -> None:
+        self.key = key
+        keys = sorted({key(c) for c in configurations if scheme_name(c) != "none"})
+        self.styles = {key: (COLOURS[i % len(COLOURS)], MARKERS[(i + i // len(COLOURS)) % len(MARKERS)])
+                       for i, key in enumerate(keys)}  # fmt: skip
 
     def __call__(self, configuration: Configuration) -> tuple[object, str]:
-        return self.styles[scheme_at_ratio(configuration)]
+        return BASELINE if scheme_name(configuration) == "none" else self.styles[self.key(configuration)]
 
 
 def panels(configurations: Sequence[Configuration]) -> list[list[Configuration]]:
@@ -265,7 +267,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     from matplotlib.ticker import NullLocator
 
     out.mkdir(parents=True, exist_ok=True)
-    style = Styles([s.configuration for s in found.shared])
+    style = Styles([s.configuration for s in found.shared], key=scheme_of)  # mqa alike at every rung
     law = result.laws[0]
     figure, axis = plt.subplots(figsize=(10, 6))
     xs = np.geomspace(min(r.unique for r in found.rungs + found.shared) / 1.3, max(r.unique for r in found.rungs) * 1.3)
@@ -282,7 +284,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     drawn = set()
     for shared in found.shared:
         colour, marker = style(shared.configuration)
-        name = scheme_of(shared)
+        name = scheme_of(shared.configuration)
         axis.scatter([shared.unique] * len(shared.losses), shared.losses, color=colour, marker=marker, s=22,
                      label=None if name in drawn else name)  # fmt: skip
         drawn.add(name)
@@ -297,7 +299,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     figure, axis = plt.subplots(figsize=(10, 6))
     by_scheme: dict[str, list[Shared]] = {}
     for shared in found.shared:
-        by_scheme.setdefault(scheme_of(shared), []).append(shared)
+        by_scheme.setdefault(scheme_of(shared.configuration), []).append(shared)
     for offset, (name, members) in enumerate(sorted(by_scheme.items())):
         members.sort(key=lambda s: s.rung.unique)
         worth = [result.worth[s.configuration.label][0] for s in members]

@@ -164,10 +164,9 @@ class Result:
     seed_spread: float | None  # the pooled seed-to-seed standard deviation single-seed losses are drawn with
 
 
-def scheme_of(shared: Shared) -> str:
+def scheme_of(c: Configuration) -> str:
     """A scheme at the ratio it was given, the same at every rung. A ratio the scheme derives from the shape (mqa's
     1 − 1/heads) differs from rung to rung, so it does not name the scheme."""
-    c = shared.configuration
     given = (c.first.get("config") or {}).get("ratio")
     return f"{c.sharing} {given:g}" if given is not None and c.sharing.split("+")[0] != "none" else c.sharing
 
@@ -214,8 +213,8 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         return Worth(point, low, high, not min(xs) <= point * has <= max(xs))
 
     trend = {}
-    for scheme in sorted({scheme_of(s) for s in found.shared}):
-        members = [s for s in found.shared if scheme_of(s) == scheme]
+    for scheme in sorted({scheme_of(s.configuration) for s in found.shared}):
+        members = [s for s in found.shared if scheme_of(s.configuration) == scheme]
         if len({s.rung.unique for s in members}) >= 2:
             slopes = [slope(members, [draw.multiplier(s, 0) for s in members]) for draw in draws]
             trend[scheme] = (slope(members, [everything.multiplier(s, 0) for s in members]), *interval(slopes))
