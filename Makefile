@@ -17,12 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The fast tier (every scheme's accounting, reference parity, checkpoints, errors); test-full adds the end-to-end
-# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it.
+# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it. Both spread the
+# tests over every core (pytest-xdist).
 test: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto
 
 test-full: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

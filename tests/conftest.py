@@ -14,6 +14,10 @@ from omegaconf import DictConfig
 
 os.environ.pop("SHAREBENCH_DATA", None)
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs pytest -n auto
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))  # share the cores, not oversubscribe them
 
 from sharebench.config import compose  # noqa: E402  (after the environment is set)
 from sharebench.paths import PROJECT_ROOT  # noqa: E402
