@@ -230,3 +230,19 @@ def test_plots_of_configurations_told_apart_by_their_architecture_alone(tmp_path
     configurations = find_configurations([tmp_path / "runs"])
     assert sorted(c.label for c in configurations) == ["arch=bert", "arch=gpt"]
     assert [p.name for p in plot_all(configurations[:1], tmp_path / "out")] == ["curves.png"]
+
+
+def test_the_setting_lists_only_what_records_hold(tmp_path):
+    from sharebench.collect import setting
+
+    def record(name: str, **fields) -> None:
+        path = tmp_path / name / "seed=0" / "run.json"
+        path.parent.mkdir(parents=True)
+        config = {"seed": 0, "task": name, "arch": {"name": "bert"}, "size": {"name": "s"}, "data": {"name": "d"}}
+        path.write_text(json.dumps({"status": "completed", "seed": 0, "config": config, **fields}))
+
+    record("pretrain", vocab_size=2048, metrics={"steps": 800})
+    record("glue", metrics={"score": 0.7})  # a fine-tuning run: no vocabulary or training steps of its own
+    text = setting(find_configurations([tmp_path]))
+    assert "- vocabulary size: 2048\n" in text and "- training steps: 800\n" in text
+    assert "- tokens in the splits (train, validation): not recorded\n" in text and "null" not in text

@@ -494,9 +494,11 @@ def setting(configurations: Sequence[Configuration]) -> str:
             value: Any = record
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None
+            if value is None:  # a GLUE run's record: no pretraining data or budget of its own
+                continue
             found[label_value(value) if not isinstance(value, dict) else
                   ", ".join(f"{k} {label_value(v)}" for k, v in value.items())] = None  # fmt: skip
-        return "; ".join(found)
+        return "; ".join(found) or "not recorded"
 
     started = sorted(r["started_at"] for r in records if "started_at" in r)
     lines = [
