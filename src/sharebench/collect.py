@@ -40,7 +40,7 @@ from sharebench.results import (
     tuned_rate,
     unshared_unique_parameters,
 )
-from sharebench.scaling import MIN_RUNGS, Ladder, Worth, analyse, ladder, scheme_of
+from sharebench.scaling import MIN_RUNGS, Ladder, Shared, Worth, analyse, ladder, scheme_of
 from sharebench.scaling import Result as LadderResult
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
@@ -277,7 +277,7 @@ def ladder_table(found: Ladder, result: LadderResult) -> Table:
          "(the fit)", "1", "—", "1", "—"]
         for rung in found.rungs
     ]  # fmt: skip
-    for shared in sorted(found.shared, key=lambda s: (scheme_of(s.configuration), s.rung.unique)):
+    for shared in (shared for members in found.by_scheme().values() for shared in members):
         params, flops = result.worth[shared.configuration.label]
         rows.append([
             shared.configuration.label, scheme_of(shared.configuration), shared.rung.size, f"{shared.unique:,.0f}",
@@ -313,18 +313,18 @@ def trend_cell(slope: float, low: float, high: float) -> str:
 def ladder_by_scheme(found: Ladder, result: LadderResult) -> Table:
     """The multiplier over unique parameters of each scheme (a row) at each rung it ran (a column), with its
     verdict, and the scheme's trend with size: `ladder_table`'s figures, one line per scheme."""
-    rungs = sorted({s.rung for s in found.shared}, key=lambda r: r.unique)
-    cells: dict[str, dict[str, str]] = {}
-    for shared in found.shared:
+
+    def cell(shared: Shared) -> str:
         params = result.worth[shared.configuration.label][0]
-        cell = f"{worth_cell(params)} {params.verdict().split(' (')[0]}" if params else "—"
-        cells.setdefault(scheme_of(shared.configuration), {})[shared.rung.size] = cell
+        return f"{worth_cell(params)} {params.verdict(explained=False)}" if params else "—"
+
+    rungs = sorted({s.rung for s in found.shared}, key=lambda r: r.unique)
     header = ["scheme", *(f"× params at {rung.size}" for rung in rungs), "trend with size"]
-    rows = [
-        [scheme, *(by_rung.get(rung.size, "—") for rung in rungs),
-         trend_cell(*result.trend[scheme]) if scheme in result.trend else "—"]
-        for scheme, by_rung in sorted(cells.items())
-    ]  # fmt: skip
+    rows = []
+    for scheme, members in found.by_scheme().items():
+        at = {shared.rung.size: cell(shared) for shared in members}
+        trend = trend_cell(*result.trend[scheme]) if scheme in result.trend else "—"
+        rows.append([scheme, *(at.get(rung.size, "—") for rung in rungs), trend])
     return Table(header, rows, ["Each scheme's rows of the table above, side by side; * extrapolated."])
 
 

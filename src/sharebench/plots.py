@@ -24,7 +24,7 @@ from sharebench.scaling import scheme_of  # noqa: E402
 
 if TYPE_CHECKING:
     from sharebench.results import Configuration
-    from sharebench.scaling import Ladder, Shared
+    from sharebench.scaling import Ladder
     from sharebench.scaling import Result as LadderResult
 
 CURVES = ("train_loss", "val_loss")
@@ -63,8 +63,8 @@ class Styles:
     ) -> None:
         self.key = key
         keys = sorted({key(c) for c in configurations if scheme_name(c) != "none"})
-        self.styles = {key: (COLOURS[i % len(COLOURS)], MARKERS[(i + i // len(COLOURS)) % len(MARKERS)])
-                       for i, key in enumerate(keys)}  # fmt: skip
+        self.styles = {name: (COLOURS[i % len(COLOURS)], MARKERS[(i + i // len(COLOURS)) % len(MARKERS)])
+                       for i, name in enumerate(keys)}  # fmt: skip
 
     def __call__(self, configuration: Configuration) -> tuple[object, str]:
         return BASELINE if scheme_name(configuration) == "none" else self.styles[self.key(configuration)]
@@ -297,11 +297,8 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     save(figure, made[0])
 
     figure, axis = plt.subplots(figsize=(10, 6))
-    by_scheme: dict[str, list[Shared]] = {}
-    for shared in found.shared:
-        by_scheme.setdefault(scheme_of(shared.configuration), []).append(shared)
-    for offset, (name, members) in enumerate(sorted(by_scheme.items())):
-        members.sort(key=lambda s: s.rung.unique)
+    by_scheme = found.by_scheme()
+    for offset, (name, members) in enumerate(by_scheme.items()):
         worth = [result.worth[s.configuration.label][0] for s in members]
         shift = 1 + 0.015 * (offset - len(by_scheme) / 2)  # side by side at each rung, so intervals do not overlap
         colour, marker = style(members[0].configuration)

@@ -88,14 +88,15 @@ class Worth:
     high: float
     extrapolated: bool  # the effective size lies outside the rungs the law was fitted on
 
-    def verdict(self) -> str:
+    def verdict(self, explained: bool = True) -> str:
+        """The verdict; with `explained`, also why, where the word alone does not say it."""
         if math.isnan(self.low):
-            return "no interval (one seed, and no configuration with several to take the seed spread from)"
-        if self.low > 1:
-            return "worth more"
-        if self.high < 1:
-            return "worth less"
-        return "as much (interval includes 1)"
+            word, why = "no interval", "one seed, and no configuration with several to take the seed spread from"
+        elif self.low > 1 or self.high < 1:
+            word, why = "worth more" if self.low > 1 else "worth less", None
+        else:
+            word, why = "as much", "interval includes 1"
+        return f"{word} ({why})" if explained and why else word
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ class Ladder:
     rungs: list[Rung]
     shared: list[Shared]
     metric: str
+
+    def by_scheme(self) -> dict[str, list[Shared]]:
+        """The shared configurations of each scheme (`scheme_of`), by scheme name and then by size."""
+        found: dict[str, list[Shared]] = {}
+        for shared in sorted(self.shared, key=lambda s: s.rung.unique):
+            found.setdefault(scheme_of(shared.configuration), []).append(shared)
+        return dict(sorted(found.items()))
 
 
 def ladder(configurations: Sequence[Configuration], metric: str) -> Ladder | None:
@@ -213,8 +221,7 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         return Worth(point, low, high, not min(xs) <= point * has <= max(xs))
 
     trend = {}
-    for scheme in sorted({scheme_of(s.configuration) for s in found.shared}):
-        members = [s for s in found.shared if scheme_of(s.configuration) == scheme]
+    for scheme, members in found.by_scheme().items():
         if len({s.rung.unique for s in members}) >= 2:
             slopes = [slope(members, [draw.multiplier(s, 0) for s in members]) for draw in draws]
             trend[scheme] = (slope(members, [everything.multiplier(s, 0) for s in members]), *interval(slopes))
