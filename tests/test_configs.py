@@ -47,6 +47,9 @@ def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
     assert record["metrics"]["steps"] == 3
     assert math.isfinite(record["metrics"]["val_loss"])
     assert record["parameters"]["unique"] <= record["parameters"]["total"]
+    # what the model would hold without sharing, which collect's "unique / unshared" column divides by
+    assert record["unshared_parameters"] >= record["parameters"]["unique"]
+    assert (record["unshared_parameters"] == record["parameters"]["unique"]) == (sharing == "none")
     assert record["speed"]["tokens_per_second"] > 0
     loaded = load_pretrained(tmp_path)
     assert loaded.sharing_name == sharing

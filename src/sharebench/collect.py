@@ -38,7 +38,6 @@ from sharebench.results import (
     reference,
     shares_data_order,
     tuned_rate,
-    unshared_unique_parameters,
 )
 from sharebench.scaling import MIN_RUNGS, Ladder, Shared, Worth, analyse, ladder, scheme_of
 from sharebench.scaling import Result as LadderResult
@@ -169,7 +168,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     rows = []
     for configuration in configurations:
         unique = configuration.unique_parameters()
-        unshared = unshared_unique_parameters(configuration.first)
+        unshared = configuration.unshared_parameters()
         row = [
             configuration.label,
             scheme_cell(configuration),

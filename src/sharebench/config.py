@@ -323,19 +323,23 @@ def iso_parameter_shape(shape: ModelConfig, sharing: Callable[..., AttentionShar
     smaller model. The FFN shrinks; where even a one-unit FFN would leave too many parameters (ALBERT's single
     block), the model also has fewer layers, as many as keep an FFN of at least one unit."""
 
-    def unique(candidate: ModelConfig, scheme: Callable[..., AttentionSharing], layers: LayerSharing | None = None):
-        with torch.device("meta"):
-            return LanguageModel(candidate, scheme, layers=layers).parameter_counts().unique
-
-    target = unique(shape, sharing, layers)
+    target = unique_parameters(shape, sharing, layers)
     for n_layers in range(shape.n_layers, 0, -1):
         fewer = replace(shape, n_layers=n_layers)
-        at_ffn_dim = unique(fewer, Separate)
-        per_unit = unique(replace(fewer, ffn_dim=shape.ffn_dim + 1), Separate) - at_ffn_dim
+        at_ffn_dim = unique_parameters(fewer)
+        per_unit = unique_parameters(replace(fewer, ffn_dim=shape.ffn_dim + 1)) - at_ffn_dim
         ffn_dim = shape.ffn_dim + round((target - at_ffn_dim) / per_unit)
         if ffn_dim >= 1:
             return replace(fewer, ffn_dim=ffn_dim)
     return replace(shape, n_layers=1, ffn_dim=1)
+
+
+def unique_parameters(shape: ModelConfig, sharing: Callable[..., AttentionSharing] = Separate,
+                      layers: LayerSharing | None = None) -> int:  # fmt: skip
+    """Unique parameters of a model of this shape and sharing, counted on the meta device at no cost; by default
+    with separate Q/K/V and no cross-layer sharing (the model sharing saves from)."""
+    with torch.device("meta"):
+        return LanguageModel(shape, sharing, layers=layers).parameter_counts().unique
 
 
 # Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.

@@ -26,7 +26,7 @@ from sharebench.checkpoint import (
     save_pretrained,
     stored_from_config,
 )
-from sharebench.config import build_model, sharing_class, training_steps
+from sharebench.config import build_model, model_config, sharing_class, training_steps, unique_parameters
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
@@ -347,6 +347,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         vocab_size=data.vocab_size,
         tokenizer=data.tokenizer.describe(),
         parameters=counts.to_dict(),
+        unshared_parameters=unique_parameters(model_config(spec, data.vocab_size)),
         flops_per_token=flops,
         tokens={split: len(stream) for split, stream in data.streams.items()},
         unigram_val_loss=data.unigram_loss(),

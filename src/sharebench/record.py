@@ -48,6 +48,7 @@ class Record(TypedDict, total=False):
     traceback: str
     sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record()
     parameters: dict[str, Any]
+    unshared_parameters: int  # unique parameters of the same shape with separate Q/K/V, no cross-layer sharing
     metrics: dict[str, Any]
     memory: dict[str, int | None]
     vocab_size: int

@@ -183,6 +183,10 @@ class Configuration:
     def unique_parameters(self) -> int | None:
         return (self.first.get("parameters") or {}).get("unique")
 
+    def unshared_parameters(self) -> int | None:
+        """Unique parameters of the same model without sharing (recorded by pretraining runs)."""
+        return self.first.get("unshared_parameters")
+
     def values_of(self, *path: str) -> list[float]:
         """The number at `path` in each completed run's record (runs without it left out)."""
         values = []
@@ -337,23 +341,6 @@ def assign_labels(configurations: Sequence[Configuration]) -> None:
             if key in base and group(base, chosen[:i]) in varying
         ]
         configuration.label = folder_name(",".join(parts) or f"sharing={label_value(base['sharing'])}")
-
-
-def unshared_unique_parameters(record: dict[str, Any]) -> int | None:
-    """Unique parameters of the same model with separate Q/K/V and no cross-layer sharing (meta device)."""
-    config, vocab_size = record.get("config"), record.get("vocab_size")
-    if not config or not vocab_size or "size" not in config:
-        return None
-    import torch
-
-    from sharebench.model import LanguageModel, ModelConfig
-    from sharebench.sharing.none import Separate
-
-    tie = {"tie_embeddings": config["tie_embeddings"]}
-    shape = ModelConfig.from_settings(vocab_size, config["arch"], config["size"], tie)
-    with torch.device("meta"):
-        model = LanguageModel(shape, Separate)
-    return model.parameter_counts().unique
 
 
 def main_metric(configurations: Sequence[Configuration]) -> tuple[str, str] | None:
