@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,3 +248,14 @@ def test_the_setting_lists_only_what_records_hold(tmp_path):
     text = setting(find_configurations([tmp_path]))
     assert "- vocabulary size: 2048\n" in text and "- training steps: 800\n" in text
     assert "- tokens in the splits (train, validation): not recorded\n" in text and "null" not in text
+
+
+def test_reporting_reads_records_only():
+    """Results flow one way: collect and its plots read run records, never the config, the spec or the model
+    that produced them (a record collected on another machine, or by a later version, reads the same)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, sharebench.collect, sharebench.plots; print(*sorted(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "sharebench.collect" in loaded
+    assert not {"sharebench.config", "sharebench.spec", "sharebench.model", "sharebench.checkpoint"} & set(loaded)

@@ -1,5 +1,14 @@
 """sharebench: a benchmark suite for parameter sharing in transformer language models."""
 
-from sharebench.checkpoint import load_pretrained
+from typing import Any
 
 __all__ = ["load_pretrained"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so reporting (`sharebench collect`) runs without importing the model or torch.
+    if name == "load_pretrained":
+        from sharebench.checkpoint import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'sharebench' has no attribute {name!r}")
