@@ -6,7 +6,7 @@ __all__ = ["load_pretrained"]
 
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use, so reporting (`sharebench collect`) runs without importing the model or torch.
+    # Loaded on first use, so reporting (`sharebench collect`) runs without importing the model.
     if name == "load_pretrained":
         from sharebench.checkpoint import load_pretrained
 
