@@ -12,7 +12,7 @@ What the spec cannot see by itself (a scheme's own ratio range, the data's files
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Self
 
@@ -24,97 +24,66 @@ from sharebench.model import ACTIVATIONS
 
 @dataclass(frozen=True)
 class Allowed:
-    """The values a field accepts: integers or numbers in a range, booleans, one of some choices, text, or a
-    list of such; `null` when `nullable`. Several `Allowed` joined with | accept either."""
+    """The values a field accepts (`check`) and how an error message names them; `a | b` accepts either."""
 
-    kind: str  # "int" | "number" | "bool" | "text" | "choice" | "list" | "mapping"
-    low: float = -math.inf
-    high: float = math.inf
-    open_low: bool = False
-    open_high: bool = False
-    choices: tuple[Any, ...] = ()
-    nullable: bool = False
-    item: Allowed | None = None  # for lists: what each item accepts
-    length: int | None = None  # for lists: the exact length, else any but 0
-    others: tuple[Allowed, ...] = ()
+    check: Callable[[Any], bool]
+    description: str
 
     def __or__(self, other: Allowed) -> Allowed:
-        return replace(self, others=(*self.others, other))
+        return Allowed(lambda v: self.check(v) or other.check(v), f"{self.description} or {other.description}")
 
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable or any(o.accepts(value) for o in self.others)
-        return self._accepts(value) or any(o.accepts(value) for o in self.others)
 
-    def _accepts(self, value: Any) -> bool:
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "text":
-            return isinstance(value, str) and bool(value)
-        if self.kind == "mapping":
-            return isinstance(value, Mapping)
-        if self.kind == "choice":
-            return value in self.choices and type(value) in {type(c) for c in self.choices}
-        if self.kind == "list":
-            return (
-                isinstance(value, list)
-                and len(value) == (self.length or len(value) or -1)
-                and all(self.item is None or self.item.accepts(i) for i in value)
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.kind == "int" and not isinstance(value, int):
-            return False
-        above = value > self.low if self.open_low else value >= self.low
-        below = value < self.high if self.open_high else value <= self.high
-        return above and below
+NULL = Allowed(lambda v: v is None, "null")
 
-    def describe(self) -> str:
-        alternatives = [self._describe(), *(o.describe() for o in self.others)]
-        return " or ".join(alternatives + (["null"] if self.nullable else []))
 
-    def _describe(self) -> str:
-        if self.kind in ("bool", "text", "mapping"):
-            return {"bool": "true or false", "text": "a non-empty string", "mapping": "a mapping"}[self.kind]
-        if self.kind == "choice":
-            return "one of " + ", ".join(map(str, self.choices))
-        if self.kind == "list":
-            items = f", each {self.item.describe()}" if self.item else ""
-            return f"a list of {self.length or 'one or more'} items{items}"
-        noun = {"int": "an integer", "number": "a number"}[self.kind]
-        if self.low > -math.inf and self.high < math.inf:
-            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-            return f"{noun} in {left}{_number(self.low)}, {_number(self.high)}{right}"
-        if self.low > -math.inf:
-            return f"{noun} {'>' if self.open_low else '≥'} {_number(self.low)}"
-        return noun
+def _or_null(allowed: Allowed, nullable: bool) -> Allowed:
+    return allowed | NULL if nullable else allowed
 
 
 def _number(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e6 else f"{value:,.0f}"
 
 
+def _in_range(noun: str, kind: type | tuple[type, ...], low: float, high: float, open_low: bool, open_high: bool,
+              nullable: bool) -> Allowed:  # fmt: skip
+    def check(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v):
+            return False
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+    description = noun
+    if low > -math.inf and high < math.inf:
+        description += f" in {'(' if open_low else '['}{_number(low)}, {_number(high)}{')' if open_high else ']'}"
+    elif low > -math.inf:
+        description += f" {'>' if open_low else '≥'} {_number(low)}"
+    return _or_null(Allowed(check, description), nullable)
+
+
 def integer(low: float = -math.inf, high: float = math.inf, nullable: bool = False) -> Allowed:
-    return Allowed("int", low, high, nullable=nullable)
+    return _in_range("an integer", int, low, high, False, False, nullable)
 
 
 def number(low: float = -math.inf, high: float = math.inf, open_low: bool = False, open_high: bool = False,
            nullable: bool = False) -> Allowed:  # fmt: skip
-    return Allowed("number", low, high, open_low, open_high, nullable=nullable)
+    return _in_range("a number", (int, float), low, high, open_low, open_high, nullable)
 
 
-def one_of(*choices: Any, nullable: bool = False) -> Allowed:
-    return Allowed("choice", choices=choices, nullable=nullable)
+def one_of(*choices: Any) -> Allowed:
+    types = {type(c) for c in choices}  # True == 1 and 64.0 == 64: a value must also have a choice's type
+    return Allowed(lambda v: v in choices and type(v) in types, "one of " + ", ".join(map(str, choices)))
 
 
 def list_of(item: Allowed, length: int | None = None, nullable: bool = False) -> Allowed:
-    return Allowed("list", item=item, length=length, nullable=nullable)
+    def check(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == (length or len(v) or -1) and all(map(item.check, v))
+
+    return _or_null(Allowed(check, f"a list of {length or 'one or more'} items, each {item.description}"), nullable)
 
 
-BOOL = Allowed("bool")
-TEXT = Allowed("text")
-OPTIONAL_TEXT = Allowed("text", nullable=True)
-MAPPING = Allowed("mapping")
+BOOL = Allowed(lambda v: isinstance(v, bool), "true or false")
+TEXT = Allowed(lambda v: isinstance(v, str) and bool(v), "a non-empty string")
+OPTIONAL_TEXT = TEXT | NULL
+MAPPING = Allowed(lambda v: isinstance(v, Mapping), "a mapping")
 POSITIVE = integer(1)
 COUNT = integer(0)
 RATE = number(0, open_low=True)
@@ -158,8 +127,8 @@ class Spec:
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"{prefix}{name}={value!r} is not valid; it must be a group of settings")
                 value = spec.build(value, f"{prefix}{name}.")
-            elif allowed is not None and not allowed.accepts(value):
-                raise ConfigError(f"{prefix}{name}={value!r} is not valid; it must be {allowed.describe()}")
+            elif allowed is not None and not allowed.check(value):
+                raise ConfigError(f"{prefix}{name}={value!r} is not valid; it must be {allowed.description}")
             given[name] = value
         if missing := [f.name for f in known.values() if f.name not in given and f.default is MISSING]:
             raise ConfigError(f"{prefix}{missing[0]}: missing; the config must set it")
@@ -421,7 +390,7 @@ class RunSpec(Spec):
     output_root: str = accepts(TEXT)
     data_root: str | None = accepts(OPTIONAL_TEXT)
     cache_dir: str = accepts(TEXT)
-    experiment: dict[str, Any] | None = accepts(Allowed("mapping", nullable=True), None)  # a recipe's notes
+    experiment: dict[str, Any] | None = accepts(MAPPING | NULL, None)  # a recipe's notes
     # Resolved by `validate`, not configured: what the model shares (None where a checkpoint decides).
     shares: SharingSpec | None = field(default=None, metadata={"resolved": True})
 
