@@ -3,13 +3,15 @@ configuration (as Yang et al.'s Fig. 2), the main metric against the share ratio
 and Pareto views of the main metric against parameters and memory.
 
 Every scheme keeps one colour and marker across all plots of a collection, and the unshared baseline is always
-black; a panel holds at most MAX_LEGEND entries (more configurations are drawn as small multiples, each with the
-baseline); a point's label is attached to it. Speeds are not plotted: timings taken during a sweep measure the
-machine's load as much as the model (`make bench` times models side by side on an idle machine).
+black, an iso-parameter twin its scheme's colour with a hollow marker and a dashed line; a panel holds at most
+MAX_LEGEND entries (more configurations are drawn as small multiples by family, within a layer and across layers,
+each with the baseline); a point's label is attached to it. Speeds are not plotted: timings taken during a sweep
+measure the machine's load as much as the model (`make bench` times models side by side on an idle machine).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from sharebench.results import main_metric, mean_ci  # noqa: E402
 from sharebench.scaling import scheme_of  # noqa: E402
@@ -48,6 +51,16 @@ def scheme_name(configuration: Configuration) -> str:
     return "none" if configuration.sharing == "none" and not configuration.iso_baseline else configuration.sharing
 
 
+def family(scheme: str) -> str:
+    """The panel family of a scheme: any cross-layer sharing (`none+cycle`, `partial_qk+cla`) puts it across layers."""
+    return "across layers" if "+" in scheme else "within a layer"
+
+
+def scheme_label(scheme: str) -> str:
+    """How a plot names a scheme: a cross-layer scheme alone by its own name (`cycle`, not `none+cycle`)."""
+    return scheme.removeprefix("none+")
+
+
 def scheme_at_ratio(configuration: Configuration) -> tuple[str, str]:
     """A scheme at its ratios: partial_qk at 0.5 and at 0.9 are drawn apart, a model and its twins alike."""
     ratios = f"{configuration.ratio}/{configuration.layers_ratio}"
@@ -71,19 +84,45 @@ class Styles:
 
 
 def panels(configurations: Sequence[Configuration]) -> list[list[Configuration]]:
-    """Small multiples: the shared configurations (each with its iso twins) in groups of at most MAX_LEGEND − 1
-    entries, sorted by scheme so that families sit together, each group with the unshared baseline."""
+    """Small multiples, each with the unshared baseline, where the shared configurations (each with its iso
+    twins) exceed MAX_LEGEND entries: a family (`family`) per set of panels, its schemes in order, split into
+    panels of about equal size."""
     baseline = [c for c in configurations if scheme_name(c) == "none"]
     by_scheme: dict[str, list[Configuration]] = {}
-    for configuration in configurations:
+    for configuration in sorted(configurations, key=scheme_name):
         if scheme_name(configuration) != "none":
             by_scheme.setdefault(scheme_name(configuration), []).append(configuration)
-    groups: list[list[Configuration]] = [[]]
-    for scheme in sorted(by_scheme):
-        if groups[-1] and len(groups[-1]) + len(by_scheme[scheme]) > MAX_LEGEND - len(baseline):
-            groups.append([])
-        groups[-1] += by_scheme[scheme]
-    return [baseline + group for group in groups if group] or [baseline]
+    room = max(MAX_LEGEND - len(baseline), 1)
+    if sum(map(len, by_scheme.values())) <= room:
+        return [baseline + [c for members in by_scheme.values() for c in members]]
+    groups: list[list[Configuration]] = []
+    for name in ("within a layer", "across layers"):
+        schemes = [members for scheme, members in by_scheme.items() if family(scheme) == name]
+        start = 0
+        for end in even_cuts([len(members) for members in schemes], room):
+            groups.append([c for members in schemes[start:end] for c in members])
+            start = end
+    return [baseline + group for group in groups]
+
+
+def even_cuts(sizes: Sequence[int], room: int) -> tuple[int, ...]:
+    """Where to cut a row of items of these sizes, in order, into the fewest runs holding at most `room` each
+    (an item larger than that alone), as even as can be (the least sum of squared run sizes): each run's end."""
+
+    @functools.cache
+    def best(start: int, runs: int) -> tuple[int, tuple[int, ...]] | None:  # (sum of squares, ends)
+        if start == len(sizes) or runs == 0:
+            return (0, ()) if start == len(sizes) and runs == 0 else None
+        options = []
+        for end in range(start + 1, len(sizes) + 1):
+            size = sum(sizes[start:end])
+            if size > room and end > start + 1:
+                break
+            if (rest := best(end, runs - 1)) is not None:
+                options.append((size**2 + rest[0], (end, *rest[1])))
+        return min(options, default=None)
+
+    return next(found[1] for runs in range(len(sizes) + 1) if (found := best(0, runs)) is not None)
 
 
 def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list[float], list[float]]:
@@ -122,12 +161,23 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
                 axis.fill_between(steps, low, high, color=colour, alpha=0.15)
             axis.set_xlabel("iteration")
             axis.set_ylabel(key.replace("_", " "))
-            axis.set_title(f"{key.replace('_', ' ')}: mean and 95 % CI over seeds", fontsize=10)
+            title = f"{key.replace('_', ' ')}: mean and 95 % CI over seeds"
+            axis.set_title(f"{panel_title(group)}{title}" if len(groups) > 1 else title, fontsize=10)
             finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
             if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
                 axis.set_ylim(min(finals) - 0.1, max(finals) + 0.4)
             finish_axis(axis)
     return save(figure, path)
+
+
+def legend_order(scheme: str, twin: bool) -> tuple[bool, bool, str, bool]:
+    """The baseline first, then the schemes within a layer, then across layers, each before its twins."""
+    return scheme != "none", family(scheme) != "within a layer", scheme, twin
+
+
+def panel_title(group: Sequence[Configuration]) -> str:
+    """A small multiple's family, where a plot has several: "within a layer: ", "across layers: "."""
+    return f"{family(scheme_name(group[-1]))}: "
 
 
 def finish_axis(axis: plt.Axes) -> None:
@@ -176,15 +226,23 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path, st
             if value is not None and mean is not None:
                 key = (scheme_name(configuration), configuration.iso_baseline)
                 lines.setdefault(key, []).append((float(value), mean, half or 0.0, configuration))
-        for (scheme, twin), points in sorted(lines.items()):
+        for (scheme, twin), points in sorted(lines.items(), key=lambda line: legend_order(*line[0])):
             points.sort(key=lambda p: p[0])
             colour, marker = style(points[0][3])
+            name = f"{scheme_label(scheme)} (iso twins)" if twin else scheme_label(scheme)
             axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], color=colour,
-                          marker=marker, linestyle="--" if twin else "-", capsize=3,
-                          label=f"{scheme} (iso twins)" if twin else scheme)  # fmt: skip
+                          marker=marker, markerfacecolor="white" if twin else colour, linestyle="--" if twin else "-",
+                          capsize=3, label=name)  # fmt: skip
+        if len(groups) > 1:
+            axis.set_title(panel_title(group).removesuffix(": "), fontsize=10)
         axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
-        if x != "ratio":
+        values = [p[0] for points in lines.values() for p in points]
+        if x != "ratio" and max(values) > 10 * min(values):  # sizes an order of magnitude or more apart
             axis.set_xscale("log")
+            plain_log_ticks(axis.xaxis)
+        elif x != "ratio":
+            axis.xaxis.set_major_locator(MaxNLocator(6))
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
         finish_axis(axis)
     return save(figure, path)
@@ -227,7 +285,7 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
         colour, marker = style(configuration)
         axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none")
         ratio = f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else ""
-        texts.append(axis.text(value, mean, configuration.sharing.removeprefix("none+") + ratio, fontsize=7))
+        texts.append(axis.text(value, mean, scheme_label(configuration.sharing) + ratio, fontsize=7))
     axis.set_xlabel(label)
     axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
     finish_axis(axis)
@@ -323,7 +381,7 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
 def plain_log_ticks(axis: matplotlib.axis.Axis, subs: Sequence[float] = (1.0, 2.0, 5.0)) -> None:
     """A log axis labelled in plain numbers at `subs` of each decade (200,000 and 0.5 rather than 2×10⁵ and
     5×10⁻¹), other ticks unlabelled."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter
 
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:g}"))
