@@ -259,3 +259,29 @@ def test_reporting_reads_records_only():
     ).stdout.split()  # fmt: skip
     assert "sharebench.collect" in loaded
     assert not {"sharebench.config", "sharebench.spec", "sharebench.model", "sharebench.checkpoint"} & set(loaded)
+
+
+def test_small_multiples_keep_families_apart_and_panels_even():
+    """The leaderboard's 8 within-layer schemes (partial_qk at two ratios) and 10 cross-layer ones, each with its
+    twin: panels of at most 10 legend entries with the baseline, a family per panel, as even as the schemes allow."""
+    from types import SimpleNamespace
+
+    from sharebench.plots import MAX_LEGEND, even_cuts, family, panels, scheme_name
+
+    within = ["gqa", "mhe_add", "mhe_mul", "mqa", "pairwise", "partial_qk", "shared_qkv", "symmetric"]
+    across = [f"none+{s}" for s in ("all", "attn", "cla", "cycle", "cycle_rev", "ffn", "ffn_wide", "recursive_lora",
+                                    "sandwich", "sequence")]  # fmt: skip
+    configurations = [SimpleNamespace(sharing="none", iso_baseline=False)] + [
+        SimpleNamespace(sharing=scheme, iso_baseline=twin)
+        for scheme in within + across
+        for twin in (False, True)
+        for _ in range(2 if scheme == "partial_qk" else 1)
+    ]
+    groups = panels(configurations)
+    sizes = [len(group) for group in groups]
+    assert all(size <= MAX_LEGEND for size in sizes) and sum(sizes) == len(configurations) + len(groups) - 1
+    assert all(scheme_name(group[0]) == "none" for group in groups)
+    assert all(len({family(scheme_name(c)) for c in group[1:]}) == 1 for group in groups)
+    assert sizes == [5, 7, 9, 7, 7, 9]  # 18 within-layer entries in three panels, 20 cross-layer ones in three
+    assert even_cuts([2] * 10, 9) == (3, 6, 10) and even_cuts([12, 1], 9) == (1, 2) and even_cuts([], 9) == ()
+    assert panels(configurations[:7]) == [configurations[:7]]  # what fits in one panel stays in one
