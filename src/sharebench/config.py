@@ -83,14 +83,16 @@ def sharing_class(spec: RunSpec) -> type[AttentionSharing]:
     return get_class(spec.sharing["_target_"])
 
 
-def validate(cfg: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
+def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
     """Check a composed config (the one place a run is checked, before any data is read) into the run spec the
     run reads, with what its model shares resolved (`RunSpec.shares`; None for tasks whose model, and so its
     sharing, comes from `pretrained`). `data=False` leaves out the data's files, for what needs none
     (`sharebench params`)."""
-    if isinstance(cfg, DictConfig):  # a sweeper's composed run also holds Hydra's own settings, not the run's
-        cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-    spec = RunSpec.from_dict(cfg)
+    if isinstance(config, DictConfig):  # a sweeper's composed run also holds Hydra's own settings, not the run's
+        config = OmegaConf.to_container(
+            OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True
+        )
+    spec = RunSpec.from_dict(config)
     if str(spec.trainer.strategy).startswith("fsdp") and trains_on(spec.trainer) != "cuda":
         raise ConfigError(
             f"trainer.strategy={spec.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
@@ -410,13 +412,13 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+            config = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
         if not with_hydra:
-            OmegaConf.resolve(cfg)
+            OmegaConf.resolve(config)
     except Exception as error:
         message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {one_line(innermost(error))}"
         raise ConfigError(message) from error
-    return cfg
+    return config
 
 
 def one_line(error: BaseException) -> str:

@@ -12,8 +12,8 @@ from sharebench.config import check_trainer_here, validate
 from sharebench.console import quiet_libraries
 
 
-def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    spec = validate(cfg)
+def run_task(config: DictConfig, run_dir: Path) -> dict[str, Any]:
+    spec = validate(config)
     check_trainer_here(spec)
     quiet_libraries()
     from sharebench.finetune import run_glue

@@ -58,16 +58,16 @@ class CheckRun(Callback):
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
-def run(cfg: DictConfig) -> dict[str, Any] | None:
+def run(config: DictConfig) -> dict[str, Any] | None:
     from sharebench.tasks import run_task  # Lightning loads only once the command line has been checked
 
-    hydra_cfg = HydraConfig.get()
+    hydra_config = HydraConfig.get()
     # A sweep's runs were validated by its sweeper before the first started (conf/hydra/sweeper); in a sweep,
     # a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero; a run another
     # process holds is left to it.
-    failures = exit_on_config_error() if hydra_cfg.mode == RunMode.RUN else skip_runs_in_use()
+    failures = exit_on_config_error() if hydra_config.mode == RunMode.RUN else skip_runs_in_use()
     with exit_on_interrupt(), failures:
-        return run_task(cfg, Path(hydra_cfg.runtime.output_dir))  # a sweep's learning-rate search reads it
+        return run_task(config, Path(hydra_config.runtime.output_dir))  # a sweep's learning-rate search reads it
     return None
 
 

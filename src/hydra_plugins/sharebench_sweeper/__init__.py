@@ -56,8 +56,8 @@ class SharebenchSweeper(Sweeper):
                 for run in check_overrides([*(f"{k}={v}" for k, v in {**self.params, **grid}.items()), *arguments])
             ]
             checked = sweep_runs(runs, self.compose_run)
-        plain = [run for run, cfg in checked if cfg.lr_grid.factors is None]
-        tuned = searches([(run, cfg) for run, cfg in checked if cfg.lr_grid.factors is not None])
+        plain = [run for run, spec in checked if spec.lr_grid.factors is None]
+        tuned = searches([(run, spec) for run, spec in checked if spec.lr_grid.factors is not None])
         if self.dry_run:
             first = [run for search in tuned for _, run in search.next_runs()]
             later = sum(len(search.seeds) - 1 for search in tuned)
