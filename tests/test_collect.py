@@ -285,3 +285,18 @@ def test_small_multiples_keep_families_apart_and_panels_even():
     assert sizes == [5, 7, 9, 7, 7, 9]  # 18 within-layer entries in three panels, 20 cross-layer ones in three
     assert even_cuts([2] * 10, 9) == (3, 6, 10) and even_cuts([12, 1], 9) == (1, 2) and even_cuts([], 9) == ()
     assert panels(configurations[:7]) == [configurations[:7]]  # what fits in one panel stays in one
+
+
+def test_a_pareto_panel_spreads_its_own_points_and_the_line_between_them():
+    import matplotlib.pyplot as plt
+
+    from sharebench.plots import zoom
+
+    figure, axis = plt.subplots()
+    shown = [(700_000, 2.0, 0.05, None), (800_000, 2.1, 0.02, None)]
+    line = [(200_000, 2.5, 0.1, None), (699_000, 1.9, 0.01, None), (750_000, 2.05, 0.0, None)]
+    zoom(axis, shown, line)
+    (left, right), (bottom, top) = axis.get_xlim(), axis.get_ylim()
+    assert 690_000 <= left < 699_000 and 800_000 < right <= 810_000  # the far end of the line is outside
+    assert 1.85 < bottom < 1.89 and 2.12 < top < 2.2  # the line's point beside the panel's first one is inside
+    plt.close(figure)

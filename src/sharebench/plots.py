@@ -260,7 +260,7 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
     """The main metric against one of PARETO_AXES (unique parameters, training or inference memory), every
     shared configuration a labelled point in its scheme's style, and the unshared models (separate Q/K/V, and the
     iso-parameter twins: smaller FFNs) joined by a black line: a point below the line beats simply using a smaller
-    model."""
+    model. More than MAX_LEGEND shared configurations are drawn in a panel per family, each with the line."""
     from adjustText import adjust_text
 
     main = main_metric(configurations)
@@ -276,23 +276,46 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
         (unshared if configuration.unshared else shared).append((value / unit, mean, half or 0.0, configuration))
     if not shared or not unshared or distinct_values([p[0] for p in shared + unshared]) < MIN_X_VALUES:
         return False
-    figure, axis = plt.subplots(figsize=(10, 6))
     unshared.sort(key=lambda point: point[0])
-    axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
-                  color=BASELINE[0], capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
-    texts = []
-    for value, mean, half, configuration in shared:
-        colour, marker = style(configuration)
-        axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none")
-        ratio = f" {configuration.ratio:g}" if configuration.ratio not in (None, 0, 1) else ""
-        texts.append(axis.text(value, mean, scheme_label(configuration.sharing) + ratio, fontsize=7))
-    axis.set_xlabel(label)
-    axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
-    finish_axis(axis)
+    families = [[p for p in shared if family(p[3].sharing) == name] for name in ("within a layer", "across layers")]
+    groups = [shared] if len(shared) <= MAX_LEGEND else [group for group in families if group]
+    figure, axes = plt.subplots(len(groups), 1, figsize=(10, 6 * len(groups)), squeeze=False)
+    labelled = []
+    for axis, group in zip(axes[:, 0], groups, strict=True):
+        axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
+                      color=BASELINE[0], capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
+        texts = []
+        for value, mean, half, configuration in group:
+            colour, marker = style(configuration)
+            axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none")
+            ratio = f" {configuration.ratio:.3g}" if configuration.ratio not in (None, 0, 1) else ""
+            texts.append(axis.text(value, mean, scheme_label(configuration.sharing) + ratio, fontsize=7))
+        if len(groups) > 1:
+            axis.set_title(family(group[0][3].sharing), fontsize=10)
+            zoom(axis, group + [p for p in unshared if scheme_name(p[3]) == "none"], unshared)
+        if unit == 1:  # counts, in plain numbers
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        axis.set_xlabel(label)
+        axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
+        finish_axis(axis)
+        labelled.append((axis, texts, group))
     figure.tight_layout()
-    adjust_text(texts, ax=axis, x=[p[0] for p in shared], y=[p[1] for p in shared],
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
+    for axis, texts, group in labelled:  # once the layout is final, or the labels move again
+        adjust_text(texts, ax=axis, x=[p[0] for p in group], y=[p[1] for p in group],
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
     return save(figure, path)
+
+
+Point = tuple[float, float, float, Any]  # x, mean, CI half-width, its configuration
+
+
+def zoom(axis: plt.Axes, shown: Sequence[Point], line: Sequence[Point]) -> None:
+    """Limits that spread the `shown` points and the part of the `line` between them."""
+    margin = 0.05 * ((high := max(p[0] for p in shown)) - (low := min(p[0] for p in shown)) or high)
+    inside = [*shown, *(p for p in line if low - margin <= p[0] <= high + margin)]
+    bottom, top = min(p[1] - p[2] for p in inside), max(p[1] + p[2] for p in inside)
+    axis.set_xlim(low - margin, high + margin)
+    axis.set_ylim(bottom - 0.05 * (top - bottom or 1), top + 0.05 * (top - bottom or 1))
 
 
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:
