@@ -128,6 +128,15 @@ def test_collect_writes_records_by_label_and_can_rebuild_from_them(sweep, tmp_pa
     assert json.loads((out / records[0]).read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
+def test_the_same_records_give_the_same_plots(sweep, tmp_path):
+    collect([sweep], tmp_path / "first", iso=True)
+    collect([sweep], tmp_path / "again", iso=True)
+    plots = sorted(path.name for path in (tmp_path / "first").glob("*.png"))
+    assert "pareto_params.png" in plots  # labels placed by adjustText, for a fixed number of steps
+    assert all((tmp_path / "first" / name).read_bytes() == (tmp_path / "again" / name).read_bytes() for name in plots)
+
+
 def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir):
     """The leaderboard's encoder and decoder runs sit in one folder; each architecture's table compares with its
     own unshared model and its own twins, and has its own plots."""

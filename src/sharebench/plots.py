@@ -37,6 +37,10 @@ BASELINE = ("black", "s")
 # side by side differ in hue: 18 colours, paired with markers so that no two schemes of a collection look alike.
 COLOURS = [matplotlib.colormaps["tab20"](i) for start in (0, 1) for i in range(start, 20, 2) if i not in (14, 15)]
 MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "*")
+Point = tuple[float, float, float, Any]  # a plotted configuration: x, mean, CI half-width, the configuration
+# adjustText's label placement stops after this many steps rather than after its default second, which would
+# place labels by the machine's speed and load: the same records give the same plot.
+ADJUST_ITERATIONS = 300
 # A plot against x needs this many distinct x values (more than 1 % apart) to say anything about the trend.
 MIN_X_VALUES = 3
 
@@ -162,7 +166,7 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
             axis.set_xlabel("iteration")
             axis.set_ylabel(key.replace("_", " "))
             title = f"{key.replace('_', ' ')}: mean and 95 % CI over seeds"
-            axis.set_title(f"{panel_title(group)}{title}" if len(groups) > 1 else title, fontsize=10)
+            axis.set_title(f"{family(scheme_name(group[-1]))}: {title}" if len(groups) > 1 else title, fontsize=10)
             finals = [m for c in configurations for m in curve_bands(c, key)[1][-1:]]
             if finals:  # the start of the curves (loss ≈ ln V) would squash the differences that matter
                 axis.set_ylim(min(finals) - 0.1, max(finals) + 0.4)
@@ -173,11 +177,6 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
 def legend_order(scheme: str, twin: bool) -> tuple[bool, bool, str, bool]:
     """The baseline first, then the schemes within a layer, then across layers, each before its twins."""
     return scheme != "none", family(scheme) != "within a layer", scheme, twin
-
-
-def panel_title(group: Sequence[Configuration]) -> str:
-    """A small multiple's family, where a plot has several: "within a layer: ", "across layers: "."""
-    return f"{family(scheme_name(group[-1]))}: "
 
 
 def finish_axis(axis: plt.Axes) -> None:
@@ -234,7 +233,7 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path, st
                           marker=marker, markerfacecolor="white" if twin else colour, linestyle="--" if twin else "-",
                           capsize=3, label=name)  # fmt: skip
         if len(groups) > 1:
-            axis.set_title(panel_title(group).removesuffix(": "), fontsize=10)
+            axis.set_title(family(scheme_name(group[-1])), fontsize=10)
         axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
         values = [p[0] for points in lines.values() for p in points]
         if x != "ratio" and max(values) > 10 * min(values):  # sizes an order of magnitude or more apart
@@ -242,7 +241,7 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path, st
             plain_log_ticks(axis.xaxis)
         elif x != "ratio":
             axis.xaxis.set_major_locator(MaxNLocator(6))
-            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+            axis.xaxis.set_major_formatter(FuncFormatter(plain_number))
         axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
         finish_axis(axis)
     return save(figure, path)
@@ -293,8 +292,8 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
         if len(groups) > 1:
             axis.set_title(family(group[0][3].sharing), fontsize=10)
             zoom(axis, group + [p for p in unshared if scheme_name(p[3]) == "none"], unshared)
-        if unit == 1:  # counts, in plain numbers
-            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        if unit == 1:  # counts
+            axis.xaxis.set_major_formatter(FuncFormatter(plain_number))
         axis.set_xlabel(label)
         axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
         finish_axis(axis)
@@ -302,16 +301,14 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
     figure.tight_layout()
     for axis, texts, group in labelled:  # once the layout is final, or the labels move again
         adjust_text(texts, ax=axis, x=[p[0] for p in group], y=[p[1] for p in group],
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
+                    iter_lim=ADJUST_ITERATIONS, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
     return save(figure, path)
-
-
-Point = tuple[float, float, float, Any]  # x, mean, CI half-width, its configuration
 
 
 def zoom(axis: plt.Axes, shown: Sequence[Point], line: Sequence[Point]) -> None:
     """Limits that spread the `shown` points and the part of the `line` between them."""
-    margin = 0.05 * ((high := max(p[0] for p in shown)) - (low := min(p[0] for p in shown)) or high)
+    low, high = min(p[0] for p in shown), max(p[0] for p in shown)
+    margin = 0.05 * (high - low or high)
     inside = [*shown, *(p for p in line if low - margin <= p[0] <= high + margin)]
     bottom, top = min(p[1] - p[2] for p in inside), max(p[1] + p[2] for p in inside)
     axis.set_xlim(low - margin, high + margin)
@@ -401,11 +398,16 @@ def plot_ladder(found: Ladder, result: LadderResult, out: Path, suffix: str = ""
     return made
 
 
+def plain_number(value: float, _position: object = None) -> str:
+    """A tick label in plain numbers: 200,000 and 0.5 rather than 2×10⁵ and 5×10⁻¹."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:g}"
+
+
 def plain_log_ticks(axis: matplotlib.axis.Axis, subs: Sequence[float] = (1.0, 2.0, 5.0)) -> None:
     """A log axis labelled in plain numbers at `subs` of each decade (200,000 and 0.5 rather than 2×10⁵ and
     5×10⁻¹), other ticks unlabelled."""
     from matplotlib.ticker import LogLocator, NullFormatter
 
     axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:g}"))
+    axis.set_major_formatter(FuncFormatter(plain_number))
     axis.set_minor_formatter(NullFormatter())
