@@ -37,6 +37,7 @@ BASELINE = ("black", "s")
 # side by side differ in hue: 18 colours, paired with markers so that no two schemes of a collection look alike.
 COLOURS = [matplotlib.colormaps["tab20"](i) for start in (0, 1) for i in range(start, 20, 2) if i not in (14, 15)]
 MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "*")
+FAMILIES = ("within a layer", "across layers")  # the panels of a crowded plot, in this order
 Point = tuple[float, float, float, Any]  # a plotted configuration: x, mean, CI half-width, the configuration
 # adjustText's label placement stops after this many steps rather than after its default second, which would
 # place labels by the machine's speed and load: the same records give the same plot.
@@ -57,7 +58,7 @@ def scheme_name(configuration: Configuration) -> str:
 
 def family(scheme: str) -> str:
     """The panel family of a scheme: any cross-layer sharing (`none+cycle`, `partial_qk+cla`) puts it across layers."""
-    return "across layers" if "+" in scheme else "within a layer"
+    return FAMILIES[1] if "+" in scheme else FAMILIES[0]
 
 
 def scheme_label(scheme: str) -> str:
@@ -100,7 +101,7 @@ def panels(configurations: Sequence[Configuration]) -> list[list[Configuration]]
     if sum(map(len, by_scheme.values())) <= room:
         return [baseline + [c for members in by_scheme.values() for c in members]]
     groups: list[list[Configuration]] = []
-    for name in ("within a layer", "across layers"):
+    for name in FAMILIES:
         schemes = [members for scheme, members in by_scheme.items() if family(scheme) == name]
         start = 0
         for end in even_cuts([len(members) for members in schemes], room):
@@ -174,9 +175,9 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
     return save(figure, path)
 
 
-def legend_order(scheme: str, twin: bool) -> tuple[bool, bool, str, bool]:
+def legend_order(scheme: str, twin: bool) -> tuple[bool, int, str, bool]:
     """The baseline first, then the schemes within a layer, then across layers, each before its twins."""
-    return scheme != "none", family(scheme) != "within a layer", scheme, twin
+    return scheme != "none", FAMILIES.index(family(scheme)), scheme, twin
 
 
 def finish_axis(axis: plt.Axes) -> None:
@@ -276,7 +277,7 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
     if not shared or not unshared or distinct_values([p[0] for p in shared + unshared]) < MIN_X_VALUES:
         return False
     unshared.sort(key=lambda point: point[0])
-    families = [[p for p in shared if family(p[3].sharing) == name] for name in ("within a layer", "across layers")]
+    families = [[p for p in shared if family(p[3].sharing) == name] for name in FAMILIES]
     groups = [shared] if len(shared) <= MAX_LEGEND else [group for group in families if group]
     figure, axes = plt.subplots(len(groups), 1, figsize=(10, 6 * len(groups)), squeeze=False)
     labelled = []
