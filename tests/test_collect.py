@@ -309,3 +309,33 @@ def test_a_pareto_panel_spreads_its_own_points_and_the_line_between_them():
     assert 690_000 <= left < 699_000 and 800_000 < right <= 810_000  # the far end of the line is outside
     assert 1.85 < bottom < 1.89 and 2.12 < top < 2.2  # the line's point beside the panel's first one is inside
     plt.close(figure)
+
+
+def test_an_iso_compute_twin_is_drawn_apart_from_the_unshared_line(monkeypatch, tmp_path):
+    """takase21's twin trained to the stacks' FLOPs, past the recipe's budget: off the line of unshared models at
+    that budget, a half-filled point of its scheme; a dotted curve."""
+    from sharebench import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure) or True)
+    configurations = find_configurations([PROJECT_ROOT / "results" / "takase21" / "runs"])
+    twin = next(c for c in configurations if c.iso_compute)
+    style = plots.Styles(configurations)
+    assert plots.plot_pareto(configurations, "training", tmp_path / "pareto.png", style)
+    assert plots.plot_curves(configurations, tmp_path / "curves.png", style)
+    lines = figures[0].axes[0].get_lines()
+    (unshared,) = [line for line in lines if line.get_marker() == plots.BASELINE[1]]
+    assert len(unshared.get_xdata()) == 1  # the vanilla model alone
+    (half_filled,) = [line for line in lines if line.get_fillstyle() == "left"]
+    assert half_filled.get_xdata()[0] == twin.mean_of("memory", "training_bytes") / 2**20
+    assert [line.get_linestyle() for line in figures[1].axes[0].get_lines()].count(":") == 1
+
+
+def test_a_far_point_is_left_out_of_the_range_that_spreads_the_others():
+    from sharebench.plots import bulk
+
+    assert bulk([136.1, 300.6, 139.0, 143.2, 57.0]) == (136.1, 143.2)  # ffn_wide's memory, a twin's at 57 MiB
+    assert bulk([1.0, 2.0, 3.0, 10.0, 11.0, 12.0]) == (1.0, 12.0)  # two clusters: no bulk
+    assert bulk([1.0, 1.1, 1.2, 5.0, 6.0, 7.0, 9.0]) == (1.0, 9.0)  # three far points are a cluster of their own
+    assert bulk([5.0]) == (5.0, 5.0)
+    assert bulk([1.0, 2.0, 3.0, 4.0]) == (1.0, 4.0)

@@ -3,15 +3,17 @@ configuration (as Yang et al.'s Fig. 2), the main metric against the share ratio
 and Pareto views of the main metric against parameters and memory.
 
 Every scheme keeps one colour and marker across all plots of a collection, and the unshared baseline is always
-black, an iso-parameter twin its scheme's colour with a hollow marker and a dashed line; a panel holds at most
-MAX_LEGEND entries (more configurations are drawn as small multiples by family, within a layer and across layers,
-each with the baseline); a point's label is attached to it. Speeds are not plotted: timings taken during a sweep
+black, an iso-parameter twin its scheme's colour with a hollow marker and a dashed line, an iso-compute twin a
+half-filled marker and a dotted line (`ROLES`); a panel holds at most MAX_LEGEND entries or labelled points (more
+are drawn as small multiples by family, within a layer and across layers, each with the baseline); a point's label
+is attached to it, and a Pareto panel spreads its points (`zoom`). Speeds are not plotted: timings taken during a sweep
 measure the machine's load as much as the model (`make bench` times models side by side on an idle machine).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,14 @@ Point = tuple[float, float, float, Any]  # a plotted configuration: x, mean, CI 
 # adjustText's label placement stops after this many steps rather than after its default second, which would
 # place labels by the machine's speed and load: the same records give the same plot.
 ADJUST_ITERATIONS = 300
+# How a configuration is drawn by its role (`role`): the shared model filled, with a solid line; its iso-parameter
+# twin hollow and dashed; its iso-compute twin (the same model trained to the shared model's FLOPs) half-filled and
+# dotted. Each: the legend's suffix, the line style, the marker's fill.
+ROLES = (
+    ("", "-", {}),
+    (" (iso twins)", "--", {"markerfacecolor": "white"}),
+    (" (iso-compute twins)", ":", {"fillstyle": "left", "markerfacecoloralt": "white"}),
+)
 # A plot against x needs this many distinct x values (more than 1 % apart) to say anything about the trend.
 MIN_X_VALUES = 3
 
@@ -142,8 +152,10 @@ def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list
     return steps, [m for m, _ in stats], [h or 0.0 for _, h in stats]
 
 
-def line_style(configuration: Configuration) -> str:
-    return "--" if configuration.iso_baseline else "-"
+def role(configuration: Configuration) -> int:
+    """Which of ROLES a configuration plays: 0 a shared (or the unshared) model, 1 an iso-parameter twin, 2 an
+    iso-compute twin."""
+    return 2 if configuration.iso_compute else int(configuration.iso_baseline)
 
 
 def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styles) -> bool:
@@ -159,7 +171,7 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
                 if not steps:
                     continue
                 colour, _ = style(configuration)
-                axis.plot(steps, mean, color=colour, linestyle=line_style(configuration),
+                axis.plot(steps, mean, color=colour, linestyle=ROLES[role(configuration)][1],
                           label=f"{short_label(configuration)} (n={len(configuration.records)})")  # fmt: skip
                 low = [m - h for m, h in zip(mean, half, strict=True)]
                 high = [m + h for m, h in zip(mean, half, strict=True)]
@@ -175,9 +187,9 @@ def plot_curves(configurations: Sequence[Configuration], path: Path, style: Styl
     return save(figure, path)
 
 
-def legend_order(scheme: str, twin: bool) -> tuple[bool, int, str, bool]:
-    """The baseline first, then the schemes within a layer, then across layers, each before its twins."""
-    return scheme != "none", FAMILIES.index(family(scheme)), scheme, twin
+def legend_order(scheme: str, kind: int) -> tuple[bool, int, str, int]:
+    """The baseline first, then the schemes within a layer, then across layers, each before its twins (`role`)."""
+    return scheme != "none", FAMILIES.index(family(scheme)), scheme, kind
 
 
 def finish_axis(axis: plt.Axes) -> None:
@@ -220,19 +232,19 @@ def plot_against(configurations: Sequence[Configuration], x: str, path: Path, st
     groups = panels(configurations)
     figure, axes = plt.subplots(len(groups), 1, figsize=(9, 4 * len(groups)), squeeze=False)
     for axis, group in zip(axes[:, 0], groups, strict=True):
-        lines: dict[tuple[str, bool], list[tuple[float, float, float, Configuration]]] = {}
+        lines: dict[tuple[str, int], list[tuple[float, float, float, Configuration]]] = {}
         for configuration in group:
             value, (mean, half) = x_of(configuration), mean_ci(configuration.metric_values(main[0]))
             if value is not None and mean is not None:
-                key = (scheme_name(configuration), configuration.iso_baseline)
+                key = (scheme_name(configuration), role(configuration))
                 lines.setdefault(key, []).append((float(value), mean, half or 0.0, configuration))
-        for (scheme, twin), points in sorted(lines.items(), key=lambda line: legend_order(*line[0])):
+        for (scheme, kind), points in sorted(lines.items(), key=lambda line: legend_order(*line[0])):
             points.sort(key=lambda p: p[0])
             colour, marker = style(points[0][3])
-            name = f"{scheme_label(scheme)} (iso twins)" if twin else scheme_label(scheme)
+            suffix, linestyle, fill = ROLES[kind]
             axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], color=colour,
-                          marker=marker, markerfacecolor="white" if twin else colour, linestyle="--" if twin else "-",
-                          capsize=3, label=name)  # fmt: skip
+                          marker=marker, linestyle=linestyle, capsize=3, label=scheme_label(scheme) + suffix,
+                          **fill)  # fmt: skip
         if len(groups) > 1:
             axis.set_title(family(scheme_name(group[-1])), fontsize=10)
         axis.set_xlabel("share ratio" if x == "ratio" else "unique parameters")
@@ -260,7 +272,9 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
     """The main metric against one of PARETO_AXES (unique parameters, training or inference memory), every
     shared configuration a labelled point in its scheme's style, and the unshared models (separate Q/K/V, and the
     iso-parameter twins: smaller FFNs) joined by a black line: a point below the line beats simply using a smaller
-    model. More than MAX_LEGEND shared configurations are drawn in a panel per family, each with the line."""
+    model. An iso-compute twin trained past the recipe's budget: it is a half-filled point of its scheme, off the
+    line. More than MAX_LEGEND labelled points are drawn as small multiples (`panels`), each panel with the line
+    and zoomed to its own points (`zoom`)."""
     from adjustText import adjust_text
 
     main = main_metric(configurations)
@@ -273,47 +287,76 @@ def plot_pareto(configurations: Sequence[Configuration], x: str, path: Path, sty
         value = configuration.mean_of(*path_in_record)
         if mean is None or value is None:
             continue
-        (unshared if configuration.unshared else shared).append((value / unit, mean, half or 0.0, configuration))
+        on_line = configuration.unshared and not configuration.iso_compute
+        (unshared if on_line else shared).append((value / unit, mean, half or 0.0, configuration))
     if not shared or not unshared or distinct_values([p[0] for p in shared + unshared]) < MIN_X_VALUES:
         return False
     unshared.sort(key=lambda point: point[0])
-    families = [[p for p in shared if family(p[3].sharing) == name] for name in FAMILIES]
-    groups = [shared] if len(shared) <= MAX_LEGEND else [group for group in families if group]
+    point = {id(p[3]): p for p in shared}
+    groups = [[point[id(c)] for c in group] for group in panels([p[3] for p in shared])]
     figure, axes = plt.subplots(len(groups), 1, figsize=(10, 6 * len(groups)), squeeze=False)
     labelled = []
     for axis, group in zip(axes[:, 0], groups, strict=True):
         axis.errorbar([p[0] for p in unshared], [p[1] for p in unshared], yerr=[p[2] for p in unshared], marker="s",
                       color=BASELINE[0], capsize=3, label="unshared: none and the iso-parameter twins")  # fmt: skip
-        texts = []
-        for value, mean, half, configuration in group:
-            colour, marker = style(configuration)
-            axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none")
-            ratio = f" {configuration.ratio:.3g}" if configuration.ratio not in (None, 0, 1) else ""
-            texts.append(axis.text(value, mean, scheme_label(configuration.sharing) + ratio, fontsize=7))
+        left, right = -math.inf, math.inf
         if len(groups) > 1:
             axis.set_title(family(group[0][3].sharing), fontsize=10)
-            zoom(axis, group + [p for p in unshared if scheme_name(p[3]) == "none"], unshared)
+            low, high = zoom(axis, group + [p for p in unshared if scheme_name(p[3]) == "none"], unshared)
+            left, right = low + 0.01 * (high - low), high - 0.01 * (high - low)  # a marker there shows whole
+        texts, placed = [], []
+        for value, mean, half, configuration in group:
+            colour, marker = style(configuration)
+            ratio = f" {configuration.ratio:.3g}" if configuration.ratio not in (None, 0, 1) else ""
+            twin = " (iso-compute twin)" if configuration.iso_compute else ""
+            name = scheme_label(configuration.sharing) + ratio + twin
+            if value > right:  # beyond the panel: drawn at its edge, pointing the way, with its value
+                value, marker, name = right, ">", f"{name} at {plain_number(value)} →"
+            elif value < left:
+                value, marker, name = left, "<", f"← {name} at {plain_number(value)}"
+            axis.errorbar([value], [mean], yerr=[half], marker=marker, color=colour, capsize=3, linestyle="none",
+                          **ROLES[role(configuration)][2])  # fmt: skip
+            texts.append(axis.text(value, mean, name, fontsize=7))
+            placed.append((value, mean))
         if unit == 1:  # counts
             axis.xaxis.set_major_formatter(FuncFormatter(plain_number))
         axis.set_xlabel(label)
         axis.set_ylabel(f"{main[0].replace('_', ' ')} ({main[1]} is better)")
         finish_axis(axis)
-        labelled.append((axis, texts, group))
+        labelled.append((axis, texts, placed))
     figure.tight_layout()
-    for axis, texts, group in labelled:  # once the layout is final, or the labels move again
-        adjust_text(texts, ax=axis, x=[p[0] for p in group], y=[p[1] for p in group],
+    for axis, texts, placed in labelled:  # once the layout is final, or the labels move again
+        adjust_text(texts, ax=axis, x=[p[0] for p in placed], y=[p[1] for p in placed],
                     iter_lim=ADJUST_ITERATIONS, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})  # fmt: skip
     return save(figure, path)
 
 
-def zoom(axis: plt.Axes, shown: Sequence[Point], line: Sequence[Point]) -> None:
-    """Limits that spread the `shown` points and the part of the `line` between them."""
-    low, high = min(p[0] for p in shown), max(p[0] for p in shown)
+def zoom(axis: plt.Axes, shown: Sequence[Point], line: Sequence[Point]) -> tuple[float, float]:
+    """Limits that spread the `shown` points and the part of the `line` between them, leaving out of x the few
+    points that `bulk` leaves out (the caller draws them at the edge); returns the x limits."""
+    low, high = bulk([p[0] for p in shown])
     margin = 0.05 * (high - low or high)
     inside = [*shown, *(p for p in line if low - margin <= p[0] <= high + margin)]
     bottom, top = min(p[1] - p[2] for p in inside), max(p[1] + p[2] for p in inside)
     axis.set_xlim(low - margin, high + margin)
     axis.set_ylim(bottom - 0.05 * (top - bottom or 1), top + 0.05 * (top - bottom or 1))
+    return low - margin, high + margin
+
+
+def bulk(values: Sequence[float]) -> tuple[float, float]:
+    """The range of the values, but for one or two at either end that lie beyond a gap wider than twice the span
+    of the others (at least three): one far point (`ffn_wide`'s training memory, twice the others') would squeeze
+    the rest into a corner."""
+    ordered = sorted(values)
+    for left_out in (1, 2):
+        for start in range(left_out + 1):
+            rest = ordered[start : len(ordered) - left_out + start]
+            if len(rest) < 3:
+                continue
+            beyond = ordered[:start] + ordered[start + len(rest) :]
+            if min(max(rest[0] - value, value - rest[-1]) for value in beyond) > 2 * (rest[-1] - rest[0]):
+                return rest[0], rest[-1]
+    return ordered[0], ordered[-1]
 
 
 def plot_all(configurations: Sequence[Configuration], out: Path, suffix: str = "") -> list[Path]:

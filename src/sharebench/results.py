@@ -156,6 +156,11 @@ class Configuration:
         return bool(self.description.get("iso_baseline"))
 
     @property
+    def iso_compute(self) -> bool:
+        """An iso-parameter twin trained to its shared model's FLOPs, past the recipe's budget (`iso_compute=true`)."""
+        return bool(self.description.get("iso_compute"))
+
+    @property
     def unshared(self) -> bool:
         """Separate Q/K/V and no cross-layer sharing: a model an iso-parameter pairing may take as a twin."""
         return self.sharing == "none" or self.iso_baseline
