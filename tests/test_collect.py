@@ -259,6 +259,20 @@ def test_the_setting_lists_only_what_records_hold(tmp_path):
     assert "- tokens in the splits (train, validation): not recorded\n" in text and "null" not in text
 
 
+def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path):
+    from sharebench.collect import setting
+
+    for seed, cpu in enumerate(("Intel Xeon", "AMD EPYC", "AMD EPYC")):
+        path = tmp_path / "run" / f"seed={seed}" / "run.json"
+        path.parent.mkdir(parents=True)
+        config = {"seed": seed, "task": "pretrain", "arch": {"name": "gpt"}}
+        path.write_text(json.dumps({"status": "completed", "seed": seed, "config": config, "hardware": {"cpu": cpu},
+                                    "vocab_size": 65}))  # fmt: skip
+    text = setting(find_configurations([tmp_path]))
+    assert "- hardware: cpu Intel Xeon (1 run); cpu AMD EPYC (2 runs)\n" in text
+    assert "- vocabulary size: 65\n" in text  # one value: no count
+
+
 def test_reporting_reads_records_only():
     """Results flow one way: collect and its plots read run records, never the config, the spec or the model
     that produced them (a record collected on another machine, or by a later version, reads the same)."""

@@ -488,7 +488,9 @@ def setting(configurations: Sequence[Configuration]) -> str:
     varying = [f"- `{k}`: {', '.join(sorted(v))}" for k, v in values.items() if len(v) > 1]
 
     def distinct(*path: str) -> str:
-        found: dict[str, None] = {}
+        """The values recorded at `path`, each with its count of runs where they differ (a result whose runs
+        spanned sessions on different machines says which ran how many)."""
+        found: Counter[str] = Counter()
         for record in records:
             value: Any = record
             for key in path:
@@ -496,8 +498,10 @@ def setting(configurations: Sequence[Configuration]) -> str:
             if value is None:  # a GLUE run's record: no pretraining data or budget of its own
                 continue
             found[label_value(value) if not isinstance(value, dict) else
-                  ", ".join(f"{k} {label_value(v)}" for k, v in value.items())] = None  # fmt: skip
-        return "; ".join(found) or "not recorded"
+                  ", ".join(f"{k} {label_value(v)}" for k, v in value.items())] += 1  # fmt: skip
+        if len(found) <= 1:
+            return next(iter(found), "not recorded")
+        return "; ".join(f"{value} ({count} {'run' if count == 1 else 'runs'})" for value, count in found.items())
 
     started = sorted(r["started_at"] for r in records if "started_at" in r)
     lines = [
