@@ -68,3 +68,10 @@ def test_a_budget_is_one_rule(nano_cfg):
                           "tokens_per_parameter=2"))  # fmt: skip
     assert devices(nano_cfg("trainer.devices=2", "trainer.num_nodes=3").trainer) == 6
     assert devices(nano_cfg("trainer.devices=[0,1]").trainer) == 2
+
+
+def test_a_run_that_ends_between_validations_still_records_its_training_loss(nano_cfg, tmp_path):
+    # The last step is validated after training (as an iso-compute twin's or a token budget's whole steps are).
+    record = run_task(nano_cfg("trainer.max_steps=3", "trainer.val_check_interval=2"), tmp_path / "run")
+    assert record["metrics"]["steps"] == 3 and [h["step"] for h in record["metrics"]["val_history"]] == [0, 2, 3]
+    assert record["metrics"]["train_loss"] > 0

@@ -387,6 +387,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             check_disk_space(run_dir, counts.unique)
             trainer.validate(module, verbose=False)
         trainer.fit(module, ckpt_path=resume)
+        # Read before any further validation, which clears the trainer's logged metrics.
+        train_loss = trainer.callback_metrics.get("train/loss")
         if main_process:  # trained to the end, the run no longer needs a fallback
             (run_dir / CHECKPOINT_FOLDER / PREVIOUS).unlink(missing_ok=True)
         if not module.validation_history or module.validation_history[-1]["step"] != trainer.global_step:
@@ -411,7 +413,6 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     served = load_pretrained(run_dir).to(device) if main_process else None
     val_loss_full = full_split_loss(served, data.loader("validation", spec.seed)) if served is not None else None
     inference = inference_costs(served, spec.data.seq_len) if served is not None and spec.measure else None
-    train_loss = trainer.callback_metrics.get("train/loss")
     final = module.validation_history[-1]
     tokens_per_step = trainer.accumulate_grad_batches * spec.data.batch_size * spec.data.seq_len * trainer.world_size
     tokens_seen = trainer.global_step * tokens_per_step
