@@ -1,5 +1,6 @@
-"""The exceptions a user sees as one line: bad input, raised before any data is read or model built, and a
-run stopped by a signal at a step boundary; and the handlers that print them so."""
+"""The exceptions a user sees as one line: bad input, raised before any data is read or model built; a run
+stopped by a signal at a step boundary; a fault of the machine mid-run; a run that diverged; and the handlers that
+print them so, each with its exit status (docs/errors.md)."""
 
 import contextlib
 import os
@@ -43,6 +44,27 @@ class RunInterrupted(Exception):
         super().__init__(f"{name} at step {step}: {then}")
 
 
+class RunFault(Exception):
+    """A fault of the machine, not of the input or the suite, that stopped a run (a full disk, a folder that
+    became unwritable, an I/O error reading data, memory exhausted), after its record says failed: the same
+    command resumes from the last checkpoint once the cause is gone (sharebench.resume.fault_of builds it)."""
+
+    exit_code = 3
+
+
+class RunDiverged(Exception):
+    """A non-finite training loss, or a validation loss past warm-up above `diverged_above` times the unigram
+    loss: the run ends, its record says diverged (a result, not an error: a learning-rate search excludes the
+    rate), and it is not run again."""
+
+    exit_code = 4
+
+    def __init__(self, step: int, reason: str) -> None:
+        self.step = step
+        self.reason = reason
+        super().__init__(f"{reason} at step {step}")
+
+
 @contextlib.contextmanager
 def exit_on_config_error() -> Iterator[None]:
     """Bad input ends with one line naming the problem and exit status 2 (SHAREBENCH_DEBUG=1: the traceback)."""
@@ -62,6 +84,20 @@ def skip_runs_in_use() -> Iterator[None]:
         yield
     except RunInUse as error:
         print(f"skipped: {error}")
+
+
+@contextlib.contextmanager
+def exit_on_fault() -> Iterator[None]:
+    """A fault of the machine ends with one line saying what to do and exit status 3 (a sweep stops with it: the
+    next runs would meet the same full disk or memory; the same command resumes it). SHAREBENCH_DEBUG=1: the
+    traceback, which the run's record keeps as well."""
+    try:
+        yield
+    except RunFault as fault:
+        if os.environ.get("SHAREBENCH_DEBUG"):
+            raise
+        print(f"fault: {fault}", file=sys.stderr)
+        sys.exit(fault.exit_code)
 
 
 @contextlib.contextmanager

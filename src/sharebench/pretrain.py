@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import tune_cpu_process
 from sharebench.data import PretrainData
-from sharebench.errors import ConfigError
+from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy
 from sharebench.inference import inference_costs
 from sharebench.memory import training_memory
@@ -41,6 +43,7 @@ from sharebench.paths import resolve_path
 from sharebench.record import (
     Record,
     RunRecord,
+    diverged_line,
     measure_matmul_peak,
     run_once,
     start_line,
@@ -206,6 +209,38 @@ class Throughput(L.Callback):
         }
 
 
+class StopOnDivergence(L.Callback):
+    """Ends a run that diverged (`RunDiverged`, recorded as diverged): at the first non-finite training loss, or
+    at a validation past warm-up whose loss is non-finite or above `above` times the unigram loss (null: the
+    non-finite check alone)."""
+
+    def __init__(self, unigram_loss: float, above: float | None, warmup_steps: int) -> None:
+        self.unigram_loss = unigram_loss
+        self.above = above
+        self.warmup_steps = warmup_steps
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise RunDiverged(trainer.global_step, f"the training loss is {float(loss)}")
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking or not module.validation_history:
+            return
+        loss = module.validation_history[-1]["val_loss"]
+        if not math.isfinite(loss):
+            raise RunDiverged(trainer.global_step, f"the validation loss is {loss}")
+        limit = None if self.above is None else self.above * self.unigram_loss
+        if limit is not None and trainer.global_step > self.warmup_steps and loss > limit:
+            raise RunDiverged(
+                trainer.global_step,
+                f"the validation loss {loss:.4f} is above diverged_above={self.above:g} × the unigram loss "
+                f"{self.unigram_loss:.4f} past warm-up",
+            )
+
+
 def sequences_in(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].size(0)
 
@@ -276,7 +311,10 @@ def run(spec: RunSpec, run_dir: str | Path) -> Record:
 
     data, ran = run_once(spec.to_dict(), run_dir, train, PRETRAINING_IGNORES)
     if ran and rank_zero_only.rank == 0:
-        print(summary_line(data))
+        if data["status"] == "completed":
+            print(summary_line(data))
+        else:
+            print(diverged_line(data), file=sys.stderr)
     return data
 
 
@@ -376,7 +414,13 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         **settings,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[throughput, ResumeCheckpoints(run_dir), *shown, *map(instantiate, spec.callbacks.values())],
+        callbacks=[
+            throughput,
+            ResumeCheckpoints(run_dir),
+            *shown,
+            *map(instantiate, spec.callbacks.values()),
+            StopOnDivergence(record.data["unigram_val_loss"], spec.diverged_above, spec.optim.warmup_steps),
+        ],
         enable_checkpointing=False,
     )
     with finished_logger(logger):

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypedDict
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from sharebench.errors import ConfigError, RunInterrupted
+from sharebench.errors import ConfigError, RunDiverged, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
 
@@ -35,7 +35,7 @@ class Record(TypedDict, total=False):
     vocab_size … inference (and postshare); a GLUE task run task, pretrained, recipe, metrics, examples, speed;
     a zero-shot run pretrained, metrics and examples; a conversion checkpoint. docs/run-record.md says more."""
 
-    status: Literal["running", "completed", "failed", "interrupted"]
+    status: Literal["running", "completed", "failed", "interrupted", "diverged"]
     run_dir: str
     seed: int | None
     config: dict[str, Any]
@@ -46,6 +46,7 @@ class Record(TypedDict, total=False):
     wall_time_s: float
     error: str
     traceback: str
+    diverged: dict[str, Any]  # the step and the reason: a non-finite loss, or one above `diverged_above`
     sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record()
     parameters: dict[str, Any]
     unshared_parameters: int  # unique parameters of the same shape with separate Q/K/V, no cross-layer sharing
@@ -129,6 +130,7 @@ class RunRecord:
     def __init__(self, config: Mapping[str, Any], run_dir: Path) -> None:
         self.path = Path(run_dir) / RECORD_NAME
         self.started = time.time()
+        self.unwritten: OSError | None = None  # why the last write failed, where one did (a full disk)
         self.data: Record = {
             "status": "running",
             "run_dir": str(Path(run_dir).resolve()),
@@ -147,8 +149,15 @@ class RunRecord:
         self.data.update(facts)
 
     def finish(self, error: BaseException | None = None) -> None:
+        """Writes the record as the run ended. Where the write fails (a full disk) after the run itself failed,
+        that failure goes on (the next start marks the record interrupted); after a run that went well, the
+        write's error is raised."""
         if error is None:
             self.data["status"] = "completed"
+        elif isinstance(error, RunDiverged):
+            self.data["status"] = "diverged"
+            self.data["diverged"] = {"step": error.step, "reason": error.reason}
+            self.data["error"] = f"diverged: {error}"
         else:
             self.data["status"] = "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
             self.data["error"] = f"{type(error).__name__}: {error}"
@@ -158,18 +167,34 @@ class RunRecord:
         self.data.setdefault("memory", {})["process_peak_rss_bytes"] = process_peak_rss_bytes()
         if torch.cuda.is_available():
             self.data["memory"]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
-        self.write()
+        try:
+            self.write()
+        except OSError:
+            if error is None:
+                raise
 
     def __enter__(self) -> RunRecord:
         self.write()
         return self
 
-    def __exit__(self, kind: type | None, error: BaseException | None, trace: Any) -> None:
-        self.finish(error)  # the error, if any, goes on after it is recorded
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: Any) -> bool:
+        self.finish(error)
+        return isinstance(error, RunDiverged)  # a result, recorded; any other error goes on after it is recorded
 
     def write(self) -> None:
         if rank_zero_only.rank == 0:  # under DDP every process runs the same code; one writes
-            atomic_write_json(self.path, self.data)
+            try:
+                atomic_write_json(self.path, self.data)
+            except OSError as error:
+                self.unwritten = error
+                raise
+            self.unwritten = None
+
+    def says(self) -> str:
+        """What the run's run.json says now, for a fault's line."""
+        if self.unwritten is not None:
+            return "its run.json could not be written; the next start marks it interrupted"
+        return f"run.json says {self.data['status']}"
 
 
 def start_line(record: Record) -> str:
@@ -192,6 +217,15 @@ def describe_sharing(sharing: dict[str, Any]) -> str:
     layers = sharing.get("layers") or {"name": "none"}
     across = f", layers={layers['name']}" + (f" {layers['ratio']:g}" if layers.get("ratio") is not None else "")
     return f"sharing={within}" + (across if layers["name"] != "none" else "")
+
+
+def diverged_line(record: dict[str, Any]) -> str:
+    """How a diverged run ends on the console."""
+    lr = (record.get("config") or {}).get("optim", {}).get("lr")
+    return (
+        f"diverged: {record['run_dir']}: {record['diverged']['reason']} at step {record['diverged']['step']}; "
+        f"run.json says diverged (a lower optim.lr than {lr:g} may train)"
+    )
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -268,24 +302,47 @@ def run_once(config: Mapping[str, Any], run_dir: Path, body: Callable[[RunRecord
     folder (its lock), the folder's configuration (`config`, as the record stores it) checked (`check_same_config`,
     keys starting with `ignores` aside), a completed run not repeated, and the record written however `body` ends
     (completed, failed, interrupted). Returns the record and whether the run ran now."""
-    from sharebench.resume import RunLock
+    from sharebench.resume import RunLock, fault_of, remove_temporary_files
 
-    # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never run one twice.
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
-        check_same_config(run_dir, config, ignores)
-        if previous := completed_record(run_dir):
-            return previous, False
-        with RunRecord(config, run_dir) as record:
-            body(record)
+    record: RunRecord | None = None
+    try:
+        # Looked at under the lock: two sweeps over the same runs (two lanes of a recipe) never run one twice.
+        with RunLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+            if rank_zero_only.rank == 0:
+                remove_temporary_files(run_dir)
+                mark_stale_record(run_dir)
+            check_same_config(run_dir, config, ignores)
+            if previous := finished_record(run_dir):
+                return previous, False
+            record = RunRecord(config, run_dir)
+            with record:
+                body(record)
+    except Exception as error:  # a fault of the machine becomes one line; anything else keeps its traceback
+        fault = fault_of(error, run_dir, record.says() if record else "no run.json was written")
+        if fault is None:
+            raise
+        raise fault from error
     return record.data, True
 
 
-def completed_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record of a run that already completed in `run_dir` (it is not run again), else None."""
+# What a run.json says when the process that ran it died without recording how it ended.
+STALE = "the process running it ended without recording how (killed, or its run.json could not be written)"
+
+
+def mark_stale_record(run_dir: Path) -> None:
+    """A record still saying running when its run's lock is free (the caller holds it) was left by a dead
+    process: it is marked interrupted before the run resumes."""
+    if (run_dir / RECORD_NAME).exists() and (stale := read_record(run_dir)).get("status") == "running":
+        atomic_write_json(run_dir / RECORD_NAME, stale | {"status": "interrupted", "error": STALE})
+        print(f"{run_dir / RECORD_NAME} said running, but no process held the run: marked interrupted")
+
+
+def finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record of a run that already completed or diverged in `run_dir` (it is not run again), else None."""
     if (run_dir / RECORD_NAME).exists():
         previous = read_record(run_dir)
-        if previous.get("status") == "completed":
-            print(f"{run_dir} already completed; nothing to do (delete the folder to run it again)")
+        if (status := previous.get("status")) in ("completed", "diverged"):
+            print(f"{run_dir} already {status}; nothing to do (delete the folder to run it again)")
             return previous
     return None
 

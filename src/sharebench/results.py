@@ -21,7 +21,8 @@ from typing import Any
 
 from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
-from sharebench.record import RECORD_NAME, config_leaves, normalized
+from sharebench.record import RECORD_NAME, STALE, config_leaves, normalized
+from sharebench.resume import RunLock
 from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, metric_of
 
@@ -241,6 +242,8 @@ def read_records(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 record = {"status": "failed", "error": f"unreadable {RECORD_NAME}: {error}"}
+            if record.get("status") == "running" and not RunLock.held(path.parent):
+                record |= {"status": "interrupted", "error": STALE}  # listed apart from runs still running
             record["_path"] = str(path)
             records.append(record)
     return records
@@ -292,7 +295,8 @@ def settle_learning_rate(configuration: Configuration) -> None:
     grid = configuration.first["config"]["lr_grid"]
     metric = grid["metric"]
     by_seed: dict[tuple[Any, Any], dict[float, float]] = {}
-    for record in configuration.records:
+    diverged = [record for record in configuration.failed if record.get("status") == "diverged"]
+    for record in configuration.records + diverged:  # a rate at which a seed diverged is tried, and never chosen
         value = metric_of(record, metric)
         if value is not None:
             by_seed.setdefault(run_seeds(record), {})[tuned_rate(record)] = value

@@ -1,11 +1,15 @@
 """What lets a run stop and go on: checkpoints written atomically after every validation and when SIGTERM or
 SIGINT arrives, the newest readable one found again at restart, a metrics.csv continued without a gap or a
-repeated step, and one process per run folder."""
+repeated step, one process per run folder, what a stopped run left behind cleared at the next start, and the
+faults of the machine that stop a run told apart from the suite's own errors (docs/errors.md)."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import os
+import re
 import signal
 from pathlib import Path
 from types import FrameType
@@ -16,7 +20,7 @@ import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from sharebench.errors import RunInterrupted, RunInUse
+from sharebench.errors import RunFault, RunInterrupted, RunInUse
 
 CHECKPOINT_FOLDER = "checkpoints"
 # The newest checkpoint and the one before it, in case the newest is damaged (a full disk, a kill mid-write).
@@ -100,14 +104,18 @@ class ResumeCheckpoints(StopOnSignal):
         for logger in trainer.loggers:  # the metrics up to this step are on disk before the checkpoint is
             logger.save()
         temporary = self.folder / f"{NEWEST}.tmp"
-        trainer.save_checkpoint(temporary, weights_only=False)  # the optimizer too: a resumable checkpoint
-        if trainer.is_global_zero:
-            with temporary.open("rb") as file:
-                os.fsync(file.fileno())
-            newest = self.folder / NEWEST
-            if newest.exists():
-                os.replace(newest, self.folder / PREVIOUS)
-            os.replace(temporary, newest)
+        try:
+            trainer.save_checkpoint(temporary, weights_only=False)  # the optimizer too: a resumable checkpoint
+            if trainer.is_global_zero:
+                with temporary.open("rb") as file:
+                    os.fsync(file.fileno())
+                newest = self.folder / NEWEST
+                if newest.exists():
+                    os.replace(newest, self.folder / PREVIOUS)
+                os.replace(temporary, newest)
+        except BaseException:  # a full disk, a folder made unwritable: the checkpoints before it stay whole
+            temporary.unlink(missing_ok=True)
+            raise
         trainer.strategy.barrier("resume-checkpoint")
 
 
@@ -117,6 +125,12 @@ def checkpoint_step(path: Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for damaged files
         return None
+
+
+def resumable_step(run_dir: Path) -> int | None:
+    """The step the next start resumes from (`resume_point`'s, without renaming anything), None to start over."""
+    paths = [run_dir / CHECKPOINT_FOLDER / name for name in (NEWEST, PREVIOUS)]
+    return next((step for path in paths if path.exists() and (step := checkpoint_step(path)) is not None), None)
 
 
 def resume_point(run_dir: Path) -> tuple[Path, int] | None:
@@ -161,6 +175,56 @@ def continue_metrics(logger: Logger, step: int) -> None:
             table.writerows(kept)
 
 
+def remove_temporary_files(run_dir: Path) -> None:
+    """A checkpoint or record half written when its process was killed is removed at the next start (a write
+    that fails removes its own)."""
+    for leftover in [*(run_dir / CHECKPOINT_FOLDER).glob("*.tmp"), *run_dir.glob(".*.tmp")]:
+        leftover.unlink()
+        print(f"removed {leftover}, left half written by a run that stopped while writing it")
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+IO_ERRORS = {errno.EIO, errno.ESTALE, errno.ENXIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.EREMOTEIO}
+
+
+def machine_fault(error: BaseException) -> tuple[str, str] | None:
+    """What went wrong and what to do, where `error` is a fault of the machine rather than a bug: a full disk, a
+    folder that cannot be written, an I/O error, memory exhausted. None for anything else (which keeps its
+    traceback)."""
+    if isinstance(error, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)  # torch's CPU allocator
+    ):
+        said = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        return f"out of memory ({said})", "Free memory (another process may hold it)"
+    if not isinstance(error, OSError):
+        return None
+    number = error.errno
+    if number is None and (found := re.search(r"\[Errno (\d+)\]", str(error))):  # re-raised by a loader worker
+        number = int(found.group(1))
+    where = f" ({error.filename})" if error.filename else ""
+    reason = os.strerror(number) if number is not None else ""
+    if number in DISK_FULL:
+        return f"no space left on device{where}", "Free space on that disk"
+    if number in UNWRITABLE:
+        return f"{reason.lower()}{where}", "Make that folder writable again"
+    if number in IO_ERRORS:
+        return f"I/O error{where}: {reason}", "Check that disk or network file system"
+    return None
+
+
+def fault_of(error: BaseException, run_dir: Path, record: str) -> RunFault | None:
+    """The one line of a machine fault that stopped the run in `run_dir` (`record`: what its run.json says now),
+    or None where `error` is not one."""
+    found = machine_fault(error)
+    if found is None:
+        return None
+    what, todo = found
+    step = resumable_step(run_dir)
+    then = f"it resumes from step {step}" if step is not None else "it starts over (no checkpoint was written yet)"
+    return RunFault(f"{what}: the run stopped ({record}). {todo}, then run the same command: {then}")
+
+
 class RunLock:
     """One process per run folder: a second start of the same run, while the first is alive, is refused. The lock
     is filelock's on <run>/.lock; <run>/.lock.owner names the process holding it."""
@@ -181,3 +245,17 @@ class RunLock:
 
     def __exit__(self, *exception: object) -> None:
         self.lock.release()
+
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        """Whether a live process holds the run's lock (a dead one's lock is free: the kernel releases it)."""
+        path = run_dir / ".lock"
+        if not path.exists():
+            return False
+        with path.open("rb") as file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        return False

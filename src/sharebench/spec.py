@@ -355,7 +355,8 @@ class SharingSpec:
 
 
 # Keys that only some tasks read, with the tasks that read them: set for another task, they would be ignored.
-TASK_KEYS = {"convert.to": ("sts_zero_shot",), "postshare_ratio": PRETRAINING, "tokens_per_parameter": PRETRAINING}
+TASK_KEYS = {"convert.to": ("sts_zero_shot",), "postshare_ratio": PRETRAINING, "tokens_per_parameter": PRETRAINING,
+             "diverged_above": PRETRAINING}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -383,6 +384,7 @@ class RunSpec(Spec):
     iso_baseline: bool = accepts(BOOL)
     iso_compute: bool = accepts(BOOL)
     tokens_per_parameter: float | None = accepts(number(0, open_low=True, nullable=True))
+    diverged_above: float | None = accepts(number(0, open_low=True, nullable=True))  # × the unigram loss
     eval_train_loss: bool = accepts(BOOL)
     compile: bool = accepts(BOOL)
     measure: bool = accepts(BOOL)

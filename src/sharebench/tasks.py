@@ -25,6 +25,6 @@ def run_task(config: DictConfig, run_dir: Path) -> dict[str, Any]:
     if spec.task == "glue":
         return run_glue(spec, spec.pretrained, run_dir)
     record = run(spec, run_dir)
-    if spec.task == "pretrain_glue":
+    if spec.task == "pretrain_glue" and record["status"] == "completed":  # a diverged model is not fine-tuned
         return run_glue(spec, run_dir, run_dir)
     return record

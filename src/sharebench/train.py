@@ -17,7 +17,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sharebench.errors import ConfigError, exit_on_config_error, exit_on_interrupt, skip_runs_in_use
+from sharebench.errors import (
+    ConfigError,
+    RunDiverged,
+    exit_on_config_error,
+    exit_on_fault,
+    exit_on_interrupt,
+    skip_runs_in_use,
+)
 
 # Keys whose values are paths: a run folder the suite printed (`sharing=partial_qk,ratio=0.9/seed=0`) holds the
 # '=' and ',' of Hydra's own syntax.
@@ -64,10 +71,15 @@ def run(config: DictConfig) -> dict[str, Any] | None:
     hydra_config = HydraConfig.get()
     # A sweep's runs were validated by its sweeper before the first started (conf/hydra/sweeper); in a sweep,
     # a failing run is recorded as failed, the other runs go on, and the sweep exits non-zero; a run another
-    # process holds is left to it.
-    failures = exit_on_config_error() if hydra_config.mode == RunMode.RUN else skip_runs_in_use()
-    with exit_on_interrupt(), failures:
-        return run_task(config, Path(hydra_config.runtime.output_dir))  # a sweep's learning-rate search reads it
+    # process holds is left to it; a run that diverged is a result the sweep goes on from. A fault of the
+    # machine stops a single run and a sweep alike.
+    single = hydra_config.mode == RunMode.RUN
+    failures = exit_on_config_error() if single else skip_runs_in_use()
+    with exit_on_interrupt(), exit_on_fault(), failures:
+        record = run_task(config, Path(hydra_config.runtime.output_dir))  # a sweep's learning-rate search reads it
+        if single and record.get("status") == "diverged":
+            sys.exit(RunDiverged.exit_code)  # its line is printed
+        return record
     return None
 
 

@@ -139,8 +139,10 @@ def searches(runs: Sequence[tuple[list[str], RunSpec]]) -> list[Search]:
 
 
 def metric_of(returned: Any, metric: str) -> float | None:
-    """A run's metric from what the run returned (its record): infinite for a run that diverged, None for one
-    that did not complete."""
+    """A run's metric from what the run returned (its record): infinite for a run that diverged (its record
+    says so, or its loss is not finite), None for one that did not complete."""
+    if isinstance(returned, dict) and returned.get("status") == "diverged":
+        return math.inf
     value = (returned.get("metrics") or {}).get(metric) if isinstance(returned, dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
