@@ -202,7 +202,9 @@ def machine_fault(error: BaseException) -> tuple[str, str] | None:
     number = error.errno
     if number is None and (found := re.search(r"\[Errno (\d+)\]", str(error))):  # re-raised by a loader worker
         number = int(found.group(1))
-    where = f" ({error.filename})" if error.filename else ""
+    # A move (Lightning writes a checkpoint elsewhere first) names both files: the one written is the second.
+    path = error.filename2 if number in DISK_FULL | UNWRITABLE and error.filename2 else error.filename
+    where = f" ({path})" if path else ""
     reason = os.strerror(number) if number is not None else ""
     if number in DISK_FULL:
         return f"no space left on device{where}", "Free space on that disk"
