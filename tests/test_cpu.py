@@ -1,4 +1,5 @@
-"""The CPU process settings: freed memory is reused rather than faulted in afresh at every step."""
+"""The CPU process settings: freed memory is reused rather than faulted in afresh at every step; and the precision
+`trainer.precision=auto` trains in on the hardware at hand."""
 
 from __future__ import annotations
 
@@ -39,3 +40,31 @@ def test_tuned_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     plain, tuned = faults("plain"), faults("tuned")
     assert plain > 74e6 / 4096 * 0.9  # the allocation faulted in page by page
     assert tuned < plain / 20
+
+
+@pytest.mark.parametrize(
+    "features, expected",
+    [
+        (("amx_bf16", "avx512_bf16"), ("bf16-mixed", "auto: the CPU has amx_bf16 and avx512_bf16")),
+        (("avx512_bf16",), ("bf16-mixed", "auto: the CPU has avx512_bf16")),
+        ((), ("32-true", "auto: the CPU has neither amx_bf16 nor avx512_bf16")),
+    ],
+)
+def test_auto_precision_is_bf16_mixed_where_the_cpu_computes_bf16(features, expected, monkeypatch):
+    from sharebench import cpu
+
+    monkeypatch.setattr(cpu, "cpu_features", lambda: features)
+    assert cpu.precision_here("auto", "cpu") == expected
+    assert cpu.precision_here("32-true", "cpu") == ("32-true", "set by trainer.precision")  # given: used as given
+
+
+def test_a_run_records_the_precision_it_used_and_why(nano_cfg, tmp_path):
+    from sharebench.cpu import cpu_features
+    from sharebench.tasks import run_task
+
+    record = run_task(nano_cfg("trainer.precision=auto"), tmp_path / "run")
+    used = "bf16-mixed" if cpu_features() else "32-true"
+    assert record["precision"]["configured"] == "auto" and record["precision"]["used"] == used
+    assert record["precision"]["why"].startswith("auto: the CPU has")
+    assert record["hardware"]["cpu_bf16"] == list(cpu_features())
+    assert record["status"] == "completed"

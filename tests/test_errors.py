@@ -243,7 +243,10 @@ LIMIT_CASES = {
         ["trainer.val_check_interval=0"],
         "trainer.val_check_interval=0 is not valid; it must be an integer ≥ 1 or a number in (0, 1]",
     ),
-    "unknown precision": (["trainer.precision=bogus"], "trainer.precision='bogus' is not valid; it must be one of 64"),
+    "unknown precision": (
+        ["trainer.precision=bogus"],
+        "trainer.precision='bogus' is not valid; it must be one of auto, 64",
+    ),
     "dropout of one": (["arch.dropout=1.0"], "arch.dropout=1.0 is not valid; it must be a number in [0, 1)"),
     "dropout above one": (["arch.dropout=1.5"], "arch.dropout=1.5 is not valid; it must be a number in [0, 1)"),
     "negative warmup": (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is not valid; it must be an integer ≥ 0"),

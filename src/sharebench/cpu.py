@@ -1,9 +1,12 @@
-"""Process-wide settings that make CPU training fast; every training entry point applies them."""
+"""Process-wide settings that make CPU training fast, which every training entry point applies, and the precision
+the hardware at hand trains fastest in (`trainer.precision=auto`)."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
+from pathlib import Path
 
 import torch
 
@@ -30,3 +33,46 @@ def tune_cpu_process() -> None:
         return
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
+# The CPU features that compute bf16 matrix multiplies natively (oneDNN uses them under torch.autocast): Intel's
+# AMX tiles (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later).
+BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_features() -> tuple[str, ...]:
+    """The CPU's bf16 matrix features, as Linux names them in /proc/cpuinfo (none found elsewhere)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ()
+    present = set(flags.split(":", 1)[1].split())
+    return tuple(feature for feature in BF16_FEATURES if feature in present)
+
+
+def precision_here(precision: str | int, device: str) -> tuple[str | int, str]:
+    """The precision a run trains in on `device` ("cpu", "cuda", ...), and why: `auto` is bf16-mixed where the
+    hardware computes bf16 natively (a CPU with AMX or AVX512-BF16, a GPU with bf16), 32-true elsewhere; any other
+    value is used as given."""
+    if precision != "auto":
+        return precision, "set by trainer.precision"
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed", f"auto: {torch.cuda.get_device_name()} computes bf16"
+        return "32-true", f"auto: {torch.cuda.get_device_name()} has no bf16"
+    if device == "cpu":
+        if features := cpu_features():
+            return "bf16-mixed", f"auto: the CPU has {' and '.join(features)}"
+        return "32-true", f"auto: the CPU has neither {' nor '.join(BF16_FEATURES)}"
+    return "32-true", f"auto: bf16 is not used on {device}"
+
+
+def matmul_dtype(precision: str | int) -> torch.dtype:
+    """The dtype of the matrix multiplies under a Lightning precision: what an MFU is measured against."""
+    name = str(precision)
+    if name.startswith("bf16"):
+        return torch.bfloat16
+    if name.startswith("16"):
+        return torch.float16
+    return torch.float64 if name.startswith("64") else torch.float32

@@ -28,10 +28,17 @@ from sharebench.checkpoint import (
     save_pretrained,
     stored_from_config,
 )
-from sharebench.config import build_model, model_config, sharing_class, training_steps, unique_parameters
+from sharebench.config import (
+    build_model,
+    model_config,
+    sharing_class,
+    training_steps,
+    trains_on,
+    unique_parameters,
+)
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
-from sharebench.cpu import tune_cpu_process
+from sharebench.cpu import matmul_dtype, precision_here, tune_cpu_process
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy
@@ -406,6 +413,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     logger = make_logger(spec, run_dir)
     settings, shown = progress(spec.trainer.to_dict())
     settings["max_steps"] = steps
+    settings["precision"], why = precision_here(spec.trainer.precision, trains_on(spec.trainer))
+    record.update(precision={"configured": spec.trainer.precision, "used": settings["precision"], "why": why})
     if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
         from lightning.pytorch.strategies import FSDPStrategy
 
@@ -449,7 +458,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     memory, peak = {}, None
     if spec.measure:  # after training, on a copy: the run's curves and RNG are those of a run without it
         memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
-        peak = measure_matmul_peak(device)
+        peak = measure_matmul_peak(device, matmul_dtype(settings["precision"]))
     tokens_per_second = speed["tokens_per_second"]
     stored = checkpoint_sharing(resolve_path(spec.pretrained)) if spec.pretrained else stored_sharing(spec)
     weights_bytes = save_pretrained(model, run_dir, stored) if main_process else None

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypedDict
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from sharebench.cpu import cpu_features
 from sharebench.errors import ConfigError, RunDiverged, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_json
@@ -52,6 +53,7 @@ class Record(TypedDict, total=False):
     unshared_parameters: int  # unique parameters of the same shape with separate Q/K/V, no cross-layer sharing
     metrics: dict[str, Any]
     memory: dict[str, int | None]
+    precision: dict[str, Any]  # what trainer.precision asked for, what was used, and why
     vocab_size: int
     tokenizer: dict[str, Any]
     flops_per_token: int
@@ -117,6 +119,7 @@ def hardware() -> dict[str, Any]:
         "cpu_count": torch.multiprocessing.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "cpu_bf16": list(cpu_features()),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

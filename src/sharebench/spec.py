@@ -91,7 +91,8 @@ SHARE = number(0, 1)  # a fraction, both ends included
 DROPOUT = number(0, 1, open_high=True)  # 1 would zero every activation (and 1/(1-p) divide by zero)
 SEED = integer(0, 2**32 - 1)  # numpy's seeds
 FRACTION_OF_BATCHES = POSITIVE | number(0, 1, open_low=True)  # Lightning: a count, or a share of the batches
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
+# Lightning's, and `auto`: bf16-mixed where the hardware computes bf16, 32-true elsewhere (sharebench.cpu).
+PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot")
 PRETRAINING = ("pretrain", "pretrain_glue")
