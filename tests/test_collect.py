@@ -62,7 +62,7 @@ def test_cross_layer_and_combined_schemes_are_named_with_their_ratios(sweep):
         "none (iso twin of partial_qk)"
     )
     assert rows["sharing=partial_qk,ratio=1"]["seeds"] == "2"  # ratio=1 and ratio=1.0 are one configuration
-    reference = "Δ val_loss_full vs sharing=none,layers=none"
+    reference = "Δ test_loss_full vs sharing=none,layers=none"
     assert rows["sharing=none,layers=none"][reference] == "reference"
     assert rows["sharing=none,layers=cycle"][reference][0] in "+-"
     rise = rows["sharing=none,layers=cycle"]["val_rise"]  # read off the validation curve: ≥ 0 by definition
@@ -85,7 +85,7 @@ def test_training_memory_shows_what_sharing_saves(sweep):
 def test_runs_with_twins_are_paired_without_asking(sweep):
     row = rows_by_label(sweep, iso=False)["sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=false"]
     assert row["iso-param twin"].startswith("sharing=partial_qk,ratio=0.5,layers=none,iso_baseline=true (")
-    assert row["Δ val_loss_full vs twin"][0] in "+-"
+    assert row["Δ test_loss_full vs twin"][0] in "+-"
 
 
 def test_iso_twins_are_unshared_models_only(sweep):
@@ -152,7 +152,7 @@ def test_runs_of_two_architectures_get_a_table_each(tmp_path, corpus, cache_dir)
         header, *rows = csv.reader((tmp_path / "out" / f"table-{arch}.csv").read_text().splitlines())
         assert len(rows) == 3 and sum("reference" in row for row in rows) == 1
         assert all(row[0].startswith(f"arch={arch},sharing=") for row in rows)  # labelled as a user types it
-        references.add(next(column for column in header if column.startswith("Δ val_loss_full vs")))
+        references.add(next(column for column in header if column.startswith("Δ test_loss_full vs")))
         assert sum("none (iso twin of mqa)" in row for row in rows) == 1
         assert (tmp_path / "out" / f"curves-{arch}.png").stat().st_size > 0
         # mqa and its twin have nearly the same parameters: too few distinct x values for the views against size

@@ -103,9 +103,10 @@ def test_json_and_text_sources(tmp_path, nano_overrides):
     (tmp_path / "train.jsonl").write_text('{"body": "one two three four"}\n{"body": "five six"}\n')
     (tmp_path / "validation.jsonl").write_text('{"body": "seven eight"}\n')
     cfg = spec_of([*nano_overrides, f"data.source={tmp_path}", "data.text_column=body"])
-    assert read_documents(cfg.data) == {
+    assert read_documents(cfg.data) == {  # one held-out document: validation and test cut it by characters
         "train": ["one two three four", "five six"],
-        "validation": ["seven eight"],
+        "validation": ["seven"],
+        "test": [" eight"],
     }
     text = tmp_path / "book.txt"
     text.write_text("abcdefghij" * 10)
@@ -113,7 +114,7 @@ def test_json_and_text_sources(tmp_path, nano_overrides):
         [*nano_overrides, f"data.source={text}", "data.validation_split=null", "data.validation_fraction=0.1"]
     )
     split = read_documents(cfg.data)
-    assert split["train"] == ["abcdefghij" * 9] and split["validation"] == ["abcdefghij"]
+    assert split["train"] == ["abcdefghij" * 9] and split["validation"] == ["abcde"] and split["test"] == ["fghij"]
 
 
 def test_missing_text_column_is_named(tmp_path, nano_overrides):
@@ -131,8 +132,9 @@ def test_tiny_shakespeare_ships_with_the_package_and_splits_90_10(tmp_path):
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
     assert data.vocab_size == 65
-    total = len(data.streams["train"]) + len(data.streams["validation"])
+    total = sum(len(data.streams[split]) for split in ("train", "validation", "test"))
     assert total == 1_115_394 and len(data.streams["train"]) == int(1_115_394 * 0.9)
+    assert len(data.streams["validation"]) == int((total - len(data.streams["train"])) * 0.5)
 
 
 @pytest.mark.slow
@@ -198,10 +200,11 @@ def test_jobs_starting_together_train_the_tokenizer_once(nano_overrides, tmp_pat
 def test_character_seen_only_in_validation_has_a_token(tmp_path):
     corpus = tmp_path / "input.txt"
     corpus.write_text("to be or not to be " * 200 + "café")  # é only in the last 10 %
-    cfg = spec_of(["arch=gpt", "data=tinyshakespeare", f"data.source={corpus}", f"cache_dir={tmp_path / 'cache'}"])
+    cfg = spec_of(["arch=gpt", "data=tinyshakespeare", f"data.source={corpus}", f"cache_dir={tmp_path / 'cache'}",
+                   "data.seq_len=64"])  # fmt: skip
     data = PretrainData(cfg.data, "causal", cfg.cache_dir)
     data.prepare()
-    assert data.tokenizer.token_id("é") is not None and len(data.streams["validation"]) > 0
+    assert data.tokenizer.token_id("é") is not None and len(data.streams["test"]) > 0
 
 
 def test_the_default_data_ships_with_the_package(tmp_path):
@@ -209,7 +212,32 @@ def test_the_default_data_ships_with_the_package(tmp_path):
     assert cfg.data.name == "wikipedia_excerpt"
     assert Path(cfg.data.source).is_relative_to(Path(sharebench.__file__).parent)
     documents = read_documents(cfg.data)
-    assert sum(map(len, documents["train"])) > 8_000_000 and len(documents["validation"]) == 31
+    assert sum(map(len, documents["train"])) > 8_000_000
+    assert (len(documents["validation"]), len(documents["test"])) == (16, 15)  # the 31 held-out articles
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_the_test_split_is_disjoint_from_validation_by_document(fraction):
+    from sharebench.data import held_out_as_validation_and_test
+
+    documents = [f"article {i}" for i in range(20)]
+    split = held_out_as_validation_and_test(documents, fraction)
+    assert sorted(split["validation"] + split["test"]) == sorted(documents)  # each held-out article in one split
+    assert not set(split["validation"]) & set(split["test"])
+    assert len(split["test"]) == int(20 * fraction)
+    if fraction == 0.5:
+        assert split["test"] == documents[1::2]  # spread through the held-out text, not its end
+
+
+def test_bits_per_byte_is_the_loss_in_bits_times_tokens_per_byte(tmp_path):
+    import math
+
+    cfg = spec_of(["arch=gpt", "data=tinyshakespeare", f"cache_dir={tmp_path}"])
+    data = PretrainData(cfg.data, "causal", cfg.cache_dir)
+    data.prepare()
+    # One character a token, and Tiny Shakespeare's characters are ASCII: a byte a token.
+    assert data.bytes["test"] == len(data.streams["test"])
+    assert data.bits_per_byte(math.log(2), "test") == pytest.approx(1.0)
 
 
 def test_wikipedia_comes_from_the_hub_without_a_mirror_and_from_the_mirror_with_one():
@@ -285,3 +313,16 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
         download(["wikipedias"], mirror)
     with pytest.raises(ConfigError, match="cannot read wikipedia from wikimedia/wikipedia.*SHAREBENCH_DATA"):
         download(["wikipedia"], tmp_path / "offline")  # the real hub name, and no network
+
+
+def test_a_pretraining_run_reports_the_test_split_and_bits_per_byte(nano_cfg, tmp_path):
+    import math
+
+    from sharebench.tasks import run_task
+
+    metrics = run_task(nano_cfg(), tmp_path / "run")["metrics"]
+    for name in ("val_loss_full", "test_loss_full", "val_bpb", "test_bpb"):
+        assert math.isfinite(metrics[name]) and metrics[name] > 0, name
+    assert metrics["test_loss_full"] != metrics["val_loss_full"]  # another text
+    # WordPiece pieces hold several bytes each: fewer bits per byte than nats per token.
+    assert metrics["test_bpb"] < metrics["test_loss_full"]

@@ -50,13 +50,14 @@ def params(overrides: Sequence[str]) -> dict:
 def compare(run_dirs: Sequence[str]) -> str:
     """A Markdown table of the runs found under the given folders, one row per run, each labelled by what tells
     its configuration apart from the others (as in `collect`'s tables): unique parameters, validation loss (the
-    curve's sample and the whole split) beside the unigram loss of its data (what a model that learnt no context
-    reaches), speed."""
+    curve's sample and the whole split), the whole test split's, beside the unigram loss of its data (what a model
+    that learnt no context reaches), speed."""
     from sharebench.results import find_configurations, pretraining
 
     lines = [
-        "| run | seed | status | unique params | val loss | whole split | unigram loss | val ppl | tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | seed | status | unique params | val loss | whole split | test split | unigram loss | val ppl "
+        "| tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for configuration in pretraining(find_configurations(run_dirs)):
         for record in sorted(configuration.records + configuration.failed, key=lambda r: r.get("seed") or 0):
@@ -69,6 +70,7 @@ def compare(run_dirs: Sequence[str]) -> str:
                 f"| {configuration.label} | {cell(record.get('seed'))} | {record['status']} "
                 f"| {cell((record.get('parameters') or {}).get('unique'), ',')} "
                 f"| {cell(metrics.get('val_loss'), '.4f')} | {cell(metrics.get('val_loss_full'), '.4f')} "
+                f"| {cell(metrics.get('test_loss_full'), '.4f')} "
                 f"| {cell(record.get('unigram_val_loss'), '.4f')} "
                 f"| {cell(metrics.get('val_ppl'), '.2f')} "
                 f"| {cell(speed.get('tokens_per_second'), ',.0f')} |"

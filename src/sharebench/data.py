@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.console import stage
 from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
-from sharebench.paths import atomic_write_bytes, resolve_path
+from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.tokenizer import (
     SPECIAL_TOKENS,
     TOKENIZER_KINDS,
@@ -131,15 +132,19 @@ def check_source(data: Data) -> None:
         vocab_file_path(data.tokenizer)
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def read_documents(data: Data) -> dict[str, list[str]]:
-    """Train and validation documents. Without a validation split, the last `validation_fraction` is held
-    out: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of the documents,
-    of which no more are read than the two caps together (a hub corpus of one split is streamed, not read whole)."""
+    """Train, validation and test documents. The held-out text is the validation split, or without one the last
+    `validation_fraction`: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of
+    the documents, of which no more are read than the two caps together (a hub corpus of one split is streamed,
+    not read whole). `max_validation_chars` caps the held-out text, which validation and test then share
+    (`held_out_as_validation_and_test`)."""
     if data.validation_split is not None:
-        return {
-            "train": _cap(_stream_split(data, data.train_split), data.max_train_chars),
-            "validation": _cap(_stream_split(data, data.validation_split), data.max_validation_chars),
-        }
+        train = _cap(_stream_split(data, data.train_split), data.max_train_chars)
+        held_out = _cap(_stream_split(data, data.validation_split), data.max_validation_chars)
+        return {"train": train, **held_out_as_validation_and_test(held_out, data.test_fraction)}
     if data.validation_fraction is None or not 0 < data.validation_fraction < 1:
         raise ConfigError(
             f"data: without a validation_split, validation_fraction must lie in (0, 1); got {data.validation_fraction}"
@@ -153,9 +158,23 @@ def read_documents(data: Data) -> dict[str, list[str]]:
     else:
         cut = int(len(documents) * (1 - data.validation_fraction))
         train, validation = documents[:cut], documents[cut:]
+    held_out = _cap(validation, data.max_validation_chars)
+    return {"train": _cap(train, data.max_train_chars), **held_out_as_validation_and_test(held_out, data.test_fraction)}
+
+
+def held_out_as_validation_and_test(documents: list[str], test_fraction: float) -> dict[str, list[str]]:
+    """The held-out text split in two, disjoint by document: `test_fraction` of the documents, spread evenly
+    through them (at 0.5, every second one), are the test split; a single document (Tiny Shakespeare's held-out
+    tenth) is cut by characters, its end the test split. Selection (learning-rate searches, the curves) reads
+    validation; tables and verdicts read test."""
+    if len(documents) == 1:
+        text = documents[0]
+        cut = int(len(text) * (1 - test_fraction))
+        return {"validation": [text[:cut]], "test": [text[cut:]]}
+    in_test = [int((i + 1) * test_fraction) > int(i * test_fraction) for i in range(len(documents))]
     return {
-        "train": _cap(train, data.max_train_chars),
-        "validation": _cap(validation, data.max_validation_chars),
+        "validation": [text for text, test in zip(documents, in_test, strict=True) if not test],
+        "test": [text for text, test in zip(documents, in_test, strict=True) if test],
     }
 
 
@@ -389,7 +408,7 @@ class PretrainData:
             source_identity(self.data),
             {
                 k: getattr(self.data, k)
-                for k in ("train_split", "validation_split", "validation_fraction", "text_column")
+                for k in ("train_split", "validation_split", "validation_fraction", "test_fraction", "text_column")
             },
             self.data.max_train_chars,
             self.data.max_validation_chars,
@@ -399,13 +418,18 @@ class PretrainData:
         folder = self.cache_dir / "tokens" / f"{self.data.name}-{key}"
         documents = functools.cache(lambda: read_documents(self.data))
         self.tokenizer = build_tokenizer(self.data, self.objective, documents, self.cache_dir)
-        for split in ("train", "validation"):
+        for split in SPLITS:
             path = folder / f"{split}.npy"
             if not path.exists():
                 with stage(f"tokenizing the {split} split (cached in {folder})"):
                     stream = tokenize_stream(self.tokenizer, documents()[split], self.separator_id)
                 _atomic_save_npy(path, stream)
             self.streams[split] = np.load(path, mmap_mode="r")
+        sizes = folder / "bytes.json"
+        if not sizes.exists():
+            counts = {split: sum(len(text.encode()) for text in documents()[split]) for split in SPLITS}
+            atomic_write_json(sizes, counts)
+        self.bytes: dict[str, int] = json.loads(sizes.read_text())
         for split, stream in self.streams.items():
             if len(stream) < self.block_len():
                 raise ConfigError(
@@ -418,6 +442,12 @@ class PretrainData:
         training split (add-one smoothed): what a model that learnt no context reaches."""
         counts = np.bincount(self.streams["train"], minlength=self.vocab_size) + 1.0
         return float(-np.log(counts / counts.sum())[self.streams["validation"]].mean())
+
+    def bits_per_byte(self, loss: float, split: str) -> float:
+        """A split's loss in bits per UTF-8 byte of its text, comparable across tokenizers and corpora: the loss
+        per predicted token in bits times the split's tokens per byte (a masked LM predicts a sample of the
+        tokens; its figure assumes the rest cost as much)."""
+        return loss / math.log(2) * len(self.streams[split]) / self.bytes[split]
 
     def block_len(self) -> int:
         return self.data.seq_len - 2 if self.objective == "mlm" else self.data.seq_len + 1

@@ -464,7 +464,9 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     weights_bytes = save_pretrained(model, run_dir, stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None
-    val_loss_full = full_split_loss(served, data.loader("validation", spec.seed)) if served is not None else None
+    # The saved model's loss over every held-out token: validation is what selection reads, test what tables report.
+    full = {split: full_split_loss(served, data.loader(split, spec.seed)) for split in ("validation", "test")
+            } if served is not None else {}  # fmt: skip
     inference = inference_costs(served, spec.data.seq_len) if served is not None and spec.measure else None
     final = module.validation_history[-1]
     tokens_per_step = trainer.accumulate_grad_batches * spec.data.batch_size * spec.data.seq_len * trainer.world_size
@@ -475,7 +477,12 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             "train_loss": final.get("train_loss", float(train_loss) if train_loss is not None else None),
             "val_loss": final["val_loss"],
             "val_ppl": perplexity(final["val_loss"]),
-            "val_loss_full": val_loss_full,
+            "val_loss_full": full.get("validation"),
+            "test_loss_full": full.get("test"),
+            **{
+                f"{name}_bpb": data.bits_per_byte(full[split], split) if full else None
+                for name, split in (("val", "validation"), ("test", "test"))
+            },  # fmt: skip
             "val_history": module.validation_history,
             "steps": trainer.global_step,
         },

@@ -31,8 +31,10 @@ __all__ = ["mean_ci"]  # plots take it from here with the configurations
 # Run-level metrics that are not a quality measure of the model.
 NOT_METRICS = {"steps", "epochs"}
 # The metric that verdicts and plots use, the first that every configuration's runs have: the loss over the whole
-# validation split (runs before it was recorded: over the sampled batches), a GLUE score or a correlation.
-MAIN_METRICS = (("val_loss_full", "lower"), ("val_loss", "lower"), ("score", "higher"), ("spearman", "higher"))
+# test split, which no selection reads (runs before the test split: over the whole validation split, and before
+# that over its sampled batches), a GLUE score or a correlation.
+MAIN_METRICS = (("test_loss_full", "lower"), ("val_loss_full", "lower"), ("val_loss", "lower"), ("score", "higher"),
+                ("spearman", "higher"))  # fmt: skip
 # Metrics that get a Δ column beside the main metric's where the runs have them.
 COMPARED_TOO = ("train_loss", "val_rise")
 # Config keys beyond those that do not change what a run computes (record.config_leaves) that do not tell runs

@@ -213,6 +213,7 @@ class Data(Spec):
     train_split: str = accepts(TEXT)
     validation_split: str | None = accepts(OPTIONAL_TEXT)
     validation_fraction: float | None = accepts(number(0, 1, open_low=True, open_high=True, nullable=True))
+    test_fraction: float = accepts(number(0, 1, open_low=True, open_high=True))  # of the held-out documents
     max_train_chars: int | None = accepts(integer(1, nullable=True))
     max_validation_chars: int | None = accepts(integer(1, nullable=True))
     seq_len: int = accepts(integer(3))
