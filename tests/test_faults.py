@@ -255,7 +255,7 @@ def test_a_learning_rate_search_never_chooses_a_rate_that_diverged():
     assert metric_of({"status": "diverged", "metrics": {}}, "val_loss_full") == math.inf
     search = Search(["sharing=none"], ["0", "1"], 1e-3, [0.5, 1, 2], extend=0, metric="val_loss_full")
     for rate, value in ((5e-4, 3.1), (1e-3, 3.0), (2e-3, metric_of({"status": "diverged"}, "val_loss_full"))):
-        search.record(rate, value)
+        search.record(rate, "0", value)
     assert search.remaining_runs() == [["sharing=none", "seed=1", "optim.lr=0.001"]]
 
 

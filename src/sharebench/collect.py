@@ -27,6 +27,7 @@ from sharebench.results import (
     COMPARED_TOO,
     STAGING,
     Configuration,
+    LrSearch,
     by_arch,
     by_model,
     find_configurations,
@@ -241,7 +242,7 @@ def lr_search_table(configurations: Sequence[Configuration]) -> Table | None:
     rates = sorted({rate for c in searched for rate in c.lr_search.results})
     header = ["configuration", "sharing", *(f"lr {rate:g}" for rate in rates), "chosen", "at the grid's edge"]
     rows = [
-        [c.label, scheme_cell(c), *(_format(c.lr_search.results.get(rate), ".4f") for rate in rates),
+        [c.label, scheme_cell(c), *(search_cell(c.lr_search, rate) for rate in rates),
          f"{c.lr_search.choice.rate:g}" if c.lr_search.complete else "search not finished",
          "yes" if c.lr_search.choice.at_edge else "no"]
         for c in searched
@@ -252,7 +253,23 @@ def lr_search_table(configurations: Sequence[Configuration]) -> Table | None:
         "(— not tried); the lowest wins and the other seeds ran at it. A choice at the grid's edge stayed there "
         "after the grid was extended as far as lr_grid.extend allows: a better rate may lie beyond."
     ]
+    if any(len(values) > 1 for c in searched for values in c.lr_search.by_seed.values()):
+        notes = [
+            f"Learning-rate search (lr_grid): each configuration's mean {metric} over the seeds that ran every rate "
+            "of its grid, each seed's in brackets in seed order (— not tried; inf: diverged, or within lr_grid.plateau "
+            "of the unigram loss, so never chosen); the lowest mean wins and the other seeds ran at it. A choice at "
+            "the grid's edge stayed there after the grid was extended as far as lr_grid.extend allows."
+        ]
     return Table(header, rows, notes)
+
+
+def search_cell(search: LrSearch, rate: float) -> str:
+    """A rate's mean metric, with each searching seed's where there are several."""
+    seeds = search.by_seed.get(rate, {})
+    mean = _format(search.results.get(rate), ".4f")
+    if len(seeds) < 2:
+        return mean
+    return f"{mean} ({' / '.join(_format(seeds[seed], '.4f') for seed in sorted(seeds, key=str))})"
 
 
 def ladders_of(configurations: Sequence[Configuration]) -> dict[str | None, tuple[Ladder, LadderResult]]:

@@ -24,7 +24,7 @@ from sharebench.paths import folder_name
 from sharebench.record import RECORD_NAME, STALE, config_leaves, normalized
 from sharebench.resume import RunLock
 from sharebench.stats import mean_ci
-from sharebench.tuning import LR_KEY, Choice, best_mean, choose, metric_of
+from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
 
 __all__ = ["mean_ci"]  # plots take it from here with the configurations
 
@@ -80,13 +80,14 @@ def tuned_rate(record: dict[str, Any]) -> float | None:
 
 @dataclass(frozen=True)
 class LrSearch:
-    """A configuration's learning-rate search as its records show it: the metric of the seed that ran the grid at
-    each rate tried, and the rate chosen (`sharebench.tuning.choose`, as the sweeper chose it)."""
+    """A configuration's learning-rate search as its records show it: the mean metric of the seeds that ran the grid
+    at each rate tried, each seed's, and the rate chosen (`sharebench.tuning.choose`, as the sweeper chose it)."""
 
     metric: str
-    results: dict[float, float]
+    results: dict[float, float]  # each rate's mean over the searching seeds (lr_grid.seeds)
     choice: Choice
     complete: bool  # every factor of the grid tried (a sweep still running, or stopped, has tried fewer)
+    by_seed: dict[float, dict[Any, float]] = field(default_factory=dict)  # each rate's metric on each searching seed
 
 
 def label_value(value: Any) -> str:
@@ -295,18 +296,24 @@ def settle_learning_rate(configuration: Configuration) -> None:
         settle_glue_rates(configuration)
         return
     grid = configuration.first["config"]["lr_grid"]
-    metric = grid["metric"]
+    metric, plateau = grid["metric"], grid.get("plateau")  # searches made before the plateau rule had none
     by_seed: dict[tuple[Any, Any], dict[float, float]] = {}
     diverged = [record for record in configuration.failed if record.get("status") == "diverged"]
     for record in configuration.records + diverged:  # a rate at which a seed diverged is tried, and never chosen
-        value = metric_of(record, metric)
+        value = metric_of(record, metric, plateau)
         if value is not None:
             by_seed.setdefault(run_seeds(record), {})[tuned_rate(record)] = value
     if not by_seed:
         return
-    results = max(by_seed.values(), key=len)  # the grid's seed: the one that ran at every rate
+    # The searching seeds ran at more than one rate (the others at the chosen one alone).
+    searching = [seed for seed, rates in by_seed.items() if len(rates) > 1] or [
+        max(by_seed, key=lambda s: len(by_seed[s]))
+    ]
+    by_rate = {rate: {seed[0]: by_seed[seed][rate] for seed in searching if rate in by_seed[seed]}
+               for rate in sorted({rate for seed in searching for rate in by_seed[seed]})}  # fmt: skip
+    results = {rate: mean_of(values) for rate, values in by_rate.items() if len(values) == len(searching)}
     choice = choose(results)
-    configuration.lr_search = LrSearch(metric, results, choice, len(results) >= len(grid["factors"]))
+    configuration.lr_search = LrSearch(metric, results, choice, len(results) >= len(grid["factors"]), by_rate)
     configuration.grid_runs = [r for r in configuration.records if tuned_rate(r) != choice.rate]
     configuration.records = [r for r in configuration.records if tuned_rate(r) == choice.rate]
 

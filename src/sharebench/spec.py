@@ -305,6 +305,8 @@ class LrGrid(Spec):
     factors: list[float] | None = accepts(list_of(RATE, nullable=True))
     extend: int = accepts(COUNT)
     metric: str = accepts(one_of("val_loss_full", "val_loss"))  # pretraining metrics, lower is better
+    seeds: int = accepts(POSITIVE)  # the first seeds of a configuration, which all train at every rate
+    plateau: float | None = accepts(number(0, nullable=True))  # nats below the unigram loss a rate must reach
 
     def __post_init__(self) -> None:
         if self.factors is not None and len({float(f) for f in self.factors}) < 2:

@@ -59,8 +59,8 @@ class SharebenchSweeper(Sweeper):
         plain = [run for run, spec in checked if spec.lr_grid.factors is None]
         tuned = searches([(run, spec) for run, spec in checked if spec.lr_grid.factors is not None])
         if self.dry_run:
-            first = [run for search in tuned for _, run in search.next_runs()]
-            later = sum(len(search.seeds) - 1 for search in tuned)
+            first = [run for search in tuned for *_, run in search.next_runs()]
+            later = sum(len(search.seeds[search.searching :]) for search in tuned)
             print(*(" ".join(run) for run in plain + first), sep="\n")
             print(f"{len(plain) + len(first)} runs" + (f", then {later} at the chosen learning rates" if tuned else "")
                   + ", none launched (dry_run)")  # fmt: skip
@@ -69,9 +69,10 @@ class SharebenchSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns = self.launch(plain)
-        while batch := [(search, rate, run) for search in tuned for rate, run in search.next_runs()]:
-            for (search, rate, _), returned in zip(batch, self.launch([run for *_, run in batch]), strict=True):
-                search.record(rate, returned_metric(returned, search.metric))
+        while batch := [(search, rate, seed, run) for search in tuned for rate, seed, run in search.next_runs()]:
+            for (search, rate, seed, _), returned in zip(batch, self.launch([run for *_, run in batch]), strict=True):
+                completed = returned.status == JobStatus.COMPLETED
+                search.record(rate, seed, search.value_of(returned.return_value) if completed else None)
                 returns.append(returned)
         for search in tuned:
             print(search.describe())
@@ -92,9 +93,3 @@ class SharebenchSweeper(Sweeper):
 
     def compose_run(self, run: list[str]) -> Any:
         return self.hydra_context.config_loader.load_sweep_config(self.config, run)
-
-
-def returned_metric(returned: JobReturn, metric: str) -> float | None:
-    from sharebench.tuning import metric_of
-
-    return metric_of(returned.return_value, metric) if returned.status == JobStatus.COMPLETED else None
