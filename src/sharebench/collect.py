@@ -35,6 +35,7 @@ from sharebench.results import (
     iso_compute_twin,
     label_value,
     main_metric,
+    precision_twin,
     pretraining,
     reference,
     shares_data_order,
@@ -157,6 +158,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     base = reference(configurations) if main else None
     also = [m for m in COMPARED_TOO if m in metrics and base and m != main[0]]
     compute_twins = {c.label: iso_compute_twin(c, configurations) for c in configurations} if main else {}
+    fp32_twins = {c.label: precision_twin(c, configurations) for c in configurations} if main else {}
     if base:
         header += [f"Δ {main[0]} vs {base.label}", "test", f"verdict vs {base.label}"]
         header += [f"Δ {metric} vs {base.label}" for metric in also]
@@ -165,6 +167,8 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     if any(compute_twins.values()):
         header += ["iso-compute twin", f"Δ {main[0]} vs iso-compute twin", "test vs iso-compute twin",
                    "verdict vs iso-compute twin"]  # fmt: skip
+    if any(fp32_twins.values()):
+        header += ["fp32 twin", f"Δ {main[0]} vs fp32 twin", "test vs fp32 twin", "verdict vs fp32 twin"]
     judged = Verdicts()
     rows = []
     for configuration in configurations:
@@ -217,6 +221,12 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             if compute_twin:
                 row.append(f"{compute_twin.label} ({compute_twin.compute('tokens_seen'):,.0f} tokens)")
                 judged.add(compared(configuration, compute_twin, main[0]), row)
+            else:
+                row += ["—"] * 4
+        if any(fp32_twins.values()):
+            if fp32_twin := fp32_twins[configuration.label]:
+                row.append(fp32_twin.label)
+                judged.add(compared(configuration, fp32_twin, main[0]), row)
             else:
                 row += ["—"] * 4
         rows.append(row)

@@ -432,6 +432,19 @@ def iso_compute_twin(configuration: Configuration, configurations: Sequence[Conf
     return (own or candidates or [None])[0]
 
 
+FP32 = "32-true"
+
+
+def precision_twin(configuration: Configuration, configurations: Sequence[Configuration]) -> Configuration | None:
+    """For a configuration trained in another precision (bf16-mixed), the same configuration trained in fp32: what
+    the precision alone changed (its runs share the seeds' data order, so the difference is taken seed by seed)."""
+    precision = configuration.description.get("trainer.precision")
+    if precision in (None, FP32, normalized(32), "32"):
+        return None
+    wanted = {**configuration.description, "trainer.precision": FP32}
+    return next((c for c in configurations if c.description == wanted and c.records), None)
+
+
 def by_arch(configurations: Sequence[Configuration]) -> dict[str | None, list[Configuration]]:
     """Configurations per architecture: each compares only with its own reference and twins (the leaderboard
     runs a masked-LM encoder and a causal decoder side by side)."""
