@@ -68,3 +68,26 @@ def test_minimal_detectable_effect_grows_with_the_standard_error():
     assert wider.minimal_detectable_effect() > effect
     median, smallest, largest = minimal_detectable_effect([comparison, wider, None])
     assert smallest == pytest.approx(effect) and largest == pytest.approx(wider.minimal_detectable_effect())
+
+
+def test_the_detectable_effect_after_correction_uses_holms_strictest_step():
+    from scipy import stats
+
+    comparison = compare(by_seed(1.70, 1.62, 1.66, 1.64), by_seed(1.68, 1.60, 1.65, 1.61), paired=True)
+    t = stats.t(comparison.degrees_of_freedom)
+    expected = (t.ppf(1 - 0.05 / 2 / 45) + t.ppf(0.8)) * comparison.standard_error  # a family of 45 tests
+    assert comparison.minimal_detectable_effect(45) == pytest.approx(expected)
+    assert comparison.minimal_detectable_effect(45) > comparison.minimal_detectable_effect() * 1.5
+
+
+def test_every_verdict_shows_its_detectable_effect_after_the_tables_correction():
+    from sharebench.collect import Verdicts
+
+    judged = Verdicts()
+    rows = [judged.add(compare(by_seed(1.70 + d, 1.62 + d, 1.66 + d), by_seed(1.68, 1.60, 1.65), paired=True), [])
+            for d in (0.0, 0.3)]  # fmt: skip
+    judged.judge(True, 0.02)
+    for row, comparison in zip(rows, judged.comparisons, strict=True):
+        assert row[-1].endswith(f" (MDE {comparison.minimal_detectable_effect(2):.4f})")
+    notes = " ".join(judged.notes("val_loss_full", 0.02))
+    assert "family of 2 tested comparisons" in notes and "intersection-union" in notes and "after Holm" in notes

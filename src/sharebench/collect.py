@@ -98,27 +98,39 @@ class Verdicts:
         self.cells.append((row, len(row) - 1))
         return row
 
+    @property
+    def family(self) -> int:
+        """The tests Holm's correction runs over: every comparison of the table with a p-value."""
+        return sum(c is not None and c.p_value is not None for c in self.comparisons)
+
     def judge(self, lower_is_better: bool, margin: float | None) -> None:
-        for (row, column), said in zip(self.cells, verdicts(self.comparisons, lower_is_better, margin), strict=True):
-            row[column] = said
+        said = verdicts(self.comparisons, lower_is_better, margin)
+        for (row, column), verdict, comparison in zip(self.cells, said, self.comparisons, strict=True):
+            effect = comparison.minimal_detectable_effect(self.family) if comparison is not None else None
+            row[column] = verdict + (f" (MDE {effect:.4f})" if effect is not None else "")
 
     def notes(self, metric: str, margin: float | None) -> list[str]:
-        tested = sum(c is not None and c.p_value is not None for c in self.comparisons)
+        tested = self.family
         notes = [
             f"Verdicts on {metric}: `better`/`worse` where the two-sided t-test rejects no difference at 5 % after "
-            f"Holm's correction over the table's {tested} tested comparisons; "
+            f"Holm's correction over the table's family of {tested} tested comparisons (every Δ column's with a "
+            f"test); "
             + (f"`equivalent within ±{margin:g}` where the 90 % CI of the difference lies inside ±{margin:g} (two "
-               f"one-sided tests); " if margin is not None else "no equivalence margin set (the recipe's "
+               f"one-sided tests, not corrected: by the intersection-union principle the claim that all the "
+               f"equivalences the table states hold is tested at 5 %, while one of them picked alone is held to "
+               f"less); " if margin is not None else "no equivalence margin set (the recipe's "
                "`experiment.margin`, or `collect --margin`), so nothing is called equivalent; ")
             + "else `inconclusive`. Test `paired, n seeds`: the difference is taken seed by seed (the seed fixes "
-            "the data order and the evaluation batches); `Welch`: unpaired."
+            "the data order and the evaluation batches); `Welch`: unpaired. (MDE x): the comparison's minimal "
+            "detectable effect after the correction, 80 % power at Holm's strictest step (5 %/"
+            f"{tested}): a true difference below it could not have been called better or worse."
         ]  # fmt: skip
-        effect = minimal_detectable_effect(self.comparisons)
-        if effect:
-            median, smallest, largest = effect
+        before, after = minimal_detectable_effect(self.comparisons), minimal_detectable_effect(self.comparisons, tested)
+        if before and after:
             notes.append(
-                f"Minimal detectable effect (80 % power, 5 % two-sided, before Holm's correction) at these seeds: "
-                f"{median:.4f} (median over comparisons; {smallest:.4f} to {largest:.4f})."
+                f"Minimal detectable effect at these seeds (80 % power, 5 % two-sided), median over comparisons: "
+                f"{after[0]:.4f} after Holm's correction ({after[1]:.4f} to {after[2]:.4f}); {before[0]:.4f} "
+                f"before it ({before[1]:.4f} to {before[2]:.4f})."
             )
         return notes
 

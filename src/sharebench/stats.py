@@ -8,8 +8,12 @@ A table's comparisons get one verdict each (`verdicts`):
 - `better` / `worse`: the two-sided test rejects "no difference" at 5 % after Holm's correction over all the
   table's comparisons;
 - `equivalent within ±m`: otherwise, when the 90 % confidence interval of the difference lies inside ±m, the
-  recipe's equivalence margin (two one-sided tests at 5 %, TOST);
+  recipe's equivalence margin (two one-sided tests at 5 %, TOST). These are not corrected: by the
+  intersection-union principle, the table's claim that every comparison it calls equivalent is so holds at 5 %;
+  one such verdict read alone, picked from many, is held to less;
 - `inconclusive`: neither; `—` where an interval needs more seeds than there are.
+Each verdict carries its own minimal detectable effect after the correction (80 % power at Holm's strictest step):
+a difference smaller than that could not have been called better or worse.
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ class Comparison:
     paired: bool = False
     seeds: int = 0
 
-    def minimal_detectable_effect(self) -> float | None:
-        """The smallest true difference this test finds with 80 % power at 5 % (two-sided, before correction)."""
+    def minimal_detectable_effect(self, family: int = 1) -> float | None:
+        """The smallest true difference this test finds with 80 % power at 5 % two-sided, corrected for a family of
+        `family` tests at Holm's strictest step (5 %/family: what every comparison of the table is sure to be
+        held to; 1: before correction)."""
         if self.standard_error is None or self.degrees_of_freedom is None:
             return None
         t = stats.t(self.degrees_of_freedom)
-        return float((t.ppf(1 - ALPHA / 2) + t.ppf(POWER)) * self.standard_error)
+        return float((t.ppf(1 - ALPHA / 2 / family) + t.ppf(POWER)) * self.standard_error)
 
     def test_name(self) -> str:
         """How the interval was computed (— without one)."""
@@ -115,7 +121,9 @@ def verdicts(comparisons: Sequence[Comparison | None], lower_is_better: bool, ma
     return said
 
 
-def minimal_detectable_effect(comparisons: Sequence[Comparison | None]) -> tuple[float, float, float] | None:
-    """The median, smallest and largest minimal detectable effect of a table's comparisons."""
-    effects = sorted(e for c in comparisons if c is not None and (e := c.minimal_detectable_effect()) is not None)
+def minimal_detectable_effect(comparisons: Sequence[Comparison | None], family: int = 1
+                              ) -> tuple[float, float, float] | None:  # fmt: skip
+    """The median, smallest and largest minimal detectable effect of a table's comparisons (`family`: corrected
+    for that many tests, as `Comparison.minimal_detectable_effect`)."""
+    effects = sorted(e for c in comparisons if c is not None and (e := c.minimal_detectable_effect(family)) is not None)
     return (statistics.median(effects), effects[0], effects[-1]) if effects else None
