@@ -327,3 +327,12 @@ def test_docs_list_every_fault_of_the_catalogue(project_root):
     errors = (project_root / "docs" / "errors.md").read_text()
     for fault in [*CATALOGUE, "diverged", "SIGKILL during a checkpoint write", "a lock held by a dead process"]:
         assert fault in errors, fault
+
+
+def test_a_fault_stops_a_sweep_in_one_line(argv, tmp_path, monkeypatch, capsys):
+    """The next runs of a sweep would meet the same disk or memory: the sweep stops at the fault, and the same
+    command resumes it."""
+    monkeypatch.setattr(PretrainModule, "training_step", at_step(10, no_memory))
+    assert start(["-m", *argv, "seed=0,1"]) == FAULT
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("fault: out of memory (")
+    assert [p.parent.name for p in (tmp_path / "outputs").rglob("run.json")] == ["seed=0"]  # seed=1 never started
