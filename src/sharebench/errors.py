@@ -23,6 +23,8 @@ WITHOUT_THE_HUB_OR_EMBEDDED = (
 class ConfigError(ValueError):
     """A configuration, data or checkpoint problem, with a message naming the valid choices."""
 
+    exit_code = 2
+
 
 class RatioNotTaken(ConfigError):
     """A ratio given to a scheme that takes none: an error for one run; in a sweep, the baseline runs once."""
@@ -66,15 +68,21 @@ class RunDiverged(Exception):
 
 
 @contextlib.contextmanager
-def exit_on_config_error() -> Iterator[None]:
-    """Bad input ends with one line naming the problem and exit status 2 (SHAREBENCH_DEBUG=1: the traceback)."""
+def exit_in_one_line(kind: type[ConfigError | RunFault], prefix: str) -> Iterator[None]:
+    """An error of `kind` ends with one line, `<prefix>: <error>`, and its exit status (SHAREBENCH_DEBUG=1: the
+    traceback instead)."""
     try:
         yield
-    except ConfigError as error:
+    except kind as error:
         if os.environ.get("SHAREBENCH_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{prefix}: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
+def exit_on_config_error() -> contextlib.AbstractContextManager[None]:
+    """Bad input ends with one line naming the problem and exit status 2."""
+    return exit_in_one_line(ConfigError, "error")
 
 
 @contextlib.contextmanager
@@ -86,18 +94,11 @@ def skip_runs_in_use() -> Iterator[None]:
         print(f"skipped: {error}")
 
 
-@contextlib.contextmanager
-def exit_on_fault() -> Iterator[None]:
+def exit_on_fault() -> contextlib.AbstractContextManager[None]:
     """A fault of the machine ends with one line saying what to do and exit status 3 (a sweep stops with it: the
-    next runs would meet the same full disk or memory; the same command resumes it). SHAREBENCH_DEBUG=1: the
-    traceback, which the run's record keeps as well."""
-    try:
-        yield
-    except RunFault as fault:
-        if os.environ.get("SHAREBENCH_DEBUG"):
-            raise
-        print(f"fault: {fault}", file=sys.stderr)
-        sys.exit(fault.exit_code)
+    next runs would meet the same full disk or memory; the same command resumes it). The run's record keeps the
+    traceback."""
+    return exit_in_one_line(RunFault, "fault")
 
 
 @contextlib.contextmanager
