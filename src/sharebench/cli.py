@@ -149,6 +149,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="equivalence margin of the main metric: a difference whose 90 %% CI lies inside ±margin is "
         "'equivalent' (default: the recipe's experiment.margin; none: nothing is called equivalent)",
     )
+    power_parser = commands.add_parser(
+        "power", help="a pilot's power analysis: iso-parameter twins against the unshared model, seeds needed"
+    )
+    power_parser.add_argument("folders", nargs="+", type=Path, help="folders holding runs (searched recursively)")
+    power_parser.add_argument("--family", type=int, default=1, help="tests the board corrects for (Holm)")
+    power_parser.add_argument("--target", type=float, default=0.02, help="the minimal detectable effect wanted")
+    power_parser.add_argument("--plateau", type=float, default=0.1, help="nats below the unigram loss that leave it")
     convert_parser = commands.add_parser(
         "convert", help="apply sharing to a trained model (suite or Hugging Face BERT) and save it as a checkpoint"
     )
@@ -208,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             model = convert_checkpoint(args.source, args.out, args.to, args.ratio, args.rank)
             print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
+            return
+        if args.command == "power":
+            from sharebench.power import power_report
+
+            if args.family < 1 or args.target <= 0 or args.plateau < 0:
+                raise ConfigError(f"power: --family must be ≥ 1, --target > 0 and --plateau ≥ 0; got {args.family}, "
+                                  f"{args.target}, {args.plateau}")  # fmt: skip
+            print(power_report(args.folders, args.family, args.target, args.plateau), end="")
             return
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))
