@@ -140,6 +140,14 @@ FAST = [
 # command line wins over every grid.
 NARROWED = {
     "scaling": ["size=ladder-l2-d64", "layers=none", "sharing=none,mhe_mul"],
+    "precision": [
+        "arch=gpt",
+        "data=tinyshakespeare",
+        "layers=none",
+        "sharing=none",
+        "trainer.precision=32-true,bf16-mixed",
+    ],
+    "pilot": ["arch=gpt", "arch.norm_position=pre", "layers=none", "iso_baseline=false", "sharing=none,mqa"],
     "leaderboard": [
         "arch=bert",
         "data=wikipedia",
