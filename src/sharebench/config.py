@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sharebench import glue
 from sharebench.convert import CONVERSIONS, HeadwiseRatio
+from sharebench.cpu import precision_here
 from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
@@ -152,6 +153,13 @@ def trains_on(trainer: Trainer) -> str:
     if trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
     return "cpu" if trainer.accelerator == "auto" else trainer.accelerator
+
+
+def precision_used(trainer: Trainer) -> dict[str, Any]:
+    """The record's `precision`: what `trainer.precision` asks for, the precision the run trains in where it
+    trains (`auto` follows the hardware: sharebench.cpu.precision_here), and why."""
+    used, why = precision_here(trainer.precision, trains_on(trainer))
+    return {"configured": trainer.precision, "used": used, "why": why}
 
 
 def check_trainer_here(spec: RunSpec) -> None:

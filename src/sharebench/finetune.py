@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 
 from sharebench import glue
 from sharebench.checkpoint import load_pretrained, loaded_sharing
-from sharebench.config import trains_on
+from sharebench.config import precision_used
 from sharebench.console import progress
-from sharebench.cpu import precision_here, tune_cpu_process
+from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
@@ -163,8 +163,8 @@ def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, ro
         total_steps = len(loader) * recipe.epochs
         module = GlueModule(classifier, task, recipe, total_steps, validation)
         settings, shown = progress(spec.trainer.to_dict())
-        settings["precision"], why = precision_here(spec.trainer.precision, trains_on(spec.trainer))
-        record.update(precision={"configured": spec.trainer.precision, "used": settings["precision"], "why": why})
+        record.update(precision=precision_used(spec.trainer))
+        settings["precision"] = record.data["precision"]["used"]
         trainer = L.Trainer(
             **{**settings, "max_steps": -1, "val_check_interval": None, "max_epochs": recipe.epochs,
                "enable_checkpointing": False},

@@ -31,14 +31,14 @@ from sharebench.checkpoint import (
 from sharebench.config import (
     build_model,
     model_config,
+    precision_used,
     sharing_class,
     training_steps,
-    trains_on,
     unique_parameters,
 )
 from sharebench.console import progress
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
-from sharebench.cpu import matmul_dtype, precision_here, tune_cpu_process
+from sharebench.cpu import matmul_dtype, tune_cpu_process
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy
@@ -413,8 +413,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     logger = make_logger(spec, run_dir)
     settings, shown = progress(spec.trainer.to_dict())
     settings["max_steps"] = steps
-    settings["precision"], why = precision_here(spec.trainer.precision, trains_on(spec.trainer))
-    record.update(precision={"configured": spec.trainer.precision, "used": settings["precision"], "why": why})
+    record.update(precision=precision_used(spec.trainer))
+    settings["precision"] = record.data["precision"]["used"]
     if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
         from lightning.pytorch.strategies import FSDPStrategy
 

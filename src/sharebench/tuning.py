@@ -151,10 +151,9 @@ class Search:
         return f"lr_grid: {name}: {self.metric}{over} {tried} → {choice.rate:g}{edge}"
 
 
-def mean_of(values: Mapping[Any, float | None]) -> float:
-    """The mean of the seeds' metrics; infinite where any is."""
-    finite = [v for v in values.values() if v is not None]
-    return math.inf if any(math.isinf(v) for v in finite) else statistics.fmean(finite)
+def mean_of(values: Mapping[Any, float]) -> float:
+    """The mean of the seeds' metrics; infinite where any is (a seed not eligible makes the rate not eligible)."""
+    return math.inf if any(math.isinf(v) for v in values.values()) else statistics.fmean(values.values())
 
 
 def searches(runs: Sequence[tuple[list[str], RunSpec]]) -> list[Search]:
