@@ -224,7 +224,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(arch, project_root, nano_o
         record = record_of(out)
         assert record["status"] == "completed" and record["speed"]["world_size"] == devices
         losses[devices] = record["metrics"]["val_loss"]
-        model = load_pretrained(Path(record["run_dir"]))
+        model = load_pretrained(out / record["run_dir"])  # run_dir is relative to the output root
         assert model.head.decoder.weight is model.transformer.embeddings.tokens.weight  # still one tensor
         assert model.parameter_counts().unique == record["parameters"]["unique"]
     assert losses[2] == pytest.approx(losses[1], rel=1e-5 if arch == "gpt" else 1e-2)

@@ -25,7 +25,7 @@ from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RECORD_NAME, RunRecord, run_once
+from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
 from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
@@ -80,7 +80,7 @@ def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
     recorded (iso-parameter baselines keep the configuration they match), or for other checkpoints the scheme
     the checkpoint stores."""
     record = Path(folder) / RECORD_NAME
-    recorded = json.loads(record.read_text()).get("sharing") if record.is_file() else None
+    recorded = read_record(folder).get("sharing") if record.is_file() else None
     if recorded:
         return {**recorded, "pretrained": str(folder)}
     ratio = checkpoint_sharing(folder)["ratio"]

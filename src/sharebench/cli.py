@@ -107,11 +107,11 @@ def infer(run: Path, seq_len: int | None) -> dict:
     """Inference costs of a run's or a checkpoint's model (sharebench.inference.inference_costs)."""
     from sharebench.checkpoint import load_pretrained
     from sharebench.inference import inference_costs
-    from sharebench.record import RECORD_NAME
+    from sharebench.record import RECORD_NAME, read_record
 
     model = load_pretrained(run)
     if seq_len is None and (run / RECORD_NAME).is_file():  # a conversion's record has no data to take it from
-        seq_len = json.loads((run / RECORD_NAME).read_text())["config"].get("data", {}).get("seq_len")
+        seq_len = read_record(run)["config"].get("data", {}).get("seq_len")
     return inference_costs(model, seq_len or min(model.config.max_positions, 128))
 
 
@@ -156,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     power_parser.add_argument("--family", type=int, default=1, help="tests the board corrects for (Holm)")
     power_parser.add_argument("--target", type=float, default=0.02, help="the minimal detectable effect wanted")
     power_parser.add_argument("--plateau", type=float, default=0.1, help="nats below the unigram loss that leave it")
+    upgrade_parser = commands.add_parser(
+        "upgrade", help="rewrite the run records below folders in this version's schema (paths machine-free)"
+    )
+    upgrade_parser.add_argument("folders", nargs="+", type=Path, help="folders holding runs (searched recursively)")
     convert_parser = commands.add_parser(
         "convert", help="apply sharing to a trained model (suite or Hugging Face BERT) and save it as a checkpoint"
     )
@@ -223,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise ConfigError(f"power: --family must be ≥ 1, --target > 0 and --plateau ≥ 0; got {args.family}, "
                                   f"{args.target}, {args.plateau}")  # fmt: skip
             print(power_report(args.folders, args.family, args.target, args.plateau), end="")
+            return
+        if args.command == "upgrade":
+            from sharebench.record import upgrade_records
+
+            print(upgrade_records(args.folders))
             return
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.model import LanguageModel, ModelConfig
-from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, resolve_path
+from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, machine_free, resolve_path
 from sharebench.record import NOT_RESULT_KEYS
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
@@ -367,7 +368,9 @@ def run_name(task_overrides: Sequence[str]) -> str:
 
     def canonical(override: str) -> str:  # a sweep writes the booleans it expands as True/False
         name, equals, value = override.partition("=")
-        return f"{name}={value.lower()}" if equals and value in ("True", "False") else override
+        if equals and value in ("True", "False"):
+            return f"{name}={value.lower()}"
+        return machine_free(override, [(Path.home(), "~")])  # a path names the same folder on every machine
 
     # A key given twice counts once, with its last value, as a sweep (which merges them) would name it.
     kept = list({key(o): canonical(o) for o in task_overrides if key(o) not in NOT_IN_RUN_NAME}.values())

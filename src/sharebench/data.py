@@ -443,6 +443,15 @@ class PretrainData:
         counts = np.bincount(self.streams["train"], minlength=self.vocab_size) + 1.0
         return float(-np.log(counts / counts.sum())[self.streams["validation"]].mean())
 
+    def fingerprint(self) -> str:
+        """The content of the data as the model sees it, the same wherever it is read from: a hash of every
+        split's tokens, which depend on the text and the tokenizer alone."""
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            digest.update(f"{split}:{self.streams[split].dtype}:".encode())
+            digest.update(memoryview(np.ascontiguousarray(self.streams[split])))
+        return digest.hexdigest()[:16]
+
     def bits_per_byte(self, loss: float, split: str) -> float:
         """A split's loss in bits per UTF-8 byte of its text, comparable across tokenizers and corpora: the loss
         per predicted token in bits times the split's tokens per byte (a masked LM predicts a sample of the

@@ -27,8 +27,8 @@ from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
-from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
+from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path
+from sharebench.record import RECORD_NAME, SUMMARY_NAME, RunRecord, read_record, record_roots, run_once
 from sharebench.resume import StopOnSignal
 from sharebench.spec import GlueRecipe, RunSpec
 from sharebench.tokenizer import load_pretrained_tokenizer
@@ -258,7 +258,7 @@ def run_glue(spec: RunSpec, pretrained: str | Path, run_dir: Path) -> dict[str, 
             summary["sharing"] = by_rate[lr][0]["sharing"]["name"]
     scores = [t["score"]["median"] for t in summary["tasks"].values()]
     summary["glue_score"] = sum(scores) / len(scores) if scores else None
-    atomic_write_json(run_dir / "glue_summary.json", summary)
+    atomic_write_json(run_dir / SUMMARY_NAME, machine_free(summary, record_roots(spec.to_dict(), run_dir)))
     atomic_write_bytes(run_dir / "glue_summary.md", summary_table(summary).encode())
     print(summary_table(summary))
     print(f"done: {run_dir}: glue_summary.md there, each task's runs in {run_dir / 'glue'}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,42 @@ def atomic_write_bytes(path: Path, content: bytes) -> None:
 
 def atomic_write_json(path: Path, content: Any) -> None:
     atomic_write_bytes(path, (json.dumps(content, indent=2, default=str) + "\n").encode())
+
+
+# Where a record names a file of the machine it ran on, it names it the same way on every machine: installed
+# packages and the suite's own source (tracebacks, a pretrained model shipped as a package) by these names.
+INSTALLED = (
+    (re.compile(r"""[^\s'"(),=:]*/(?:site|dist)-packages/"""), "<site-packages>/"),
+    (re.compile(r"""[^\s'"(),=:]*/src/sharebench/"""), "<sharebench>/"),
+    (re.compile(r"""[^\s'"(),=:/]*_(?:site|dist)-packages_"""), "<site-packages>_"),  # a path in a folder name
+)
+DATA_ROOT_NAME = "${data_root}"  # as the config names the data mirror
+
+
+def machine_free(tree: Any, roots: Sequence[tuple[str | os.PathLike, str]]) -> Any:
+    """`tree` (a run record) with every path below one of `roots` (an absolute folder, and the name that stands
+    for it: '' for the folder paths are taken relative to) named by that name, and installed files as INSTALLED
+    names them. Two machines that ran the same thing write the same record."""
+    ordered = sorted(((str(root).rstrip("/"), name) for root, name in roots if str(root) not in ("", "/")),
+                     key=lambda item: -len(item[0]))  # fmt: skip
+    renames = []  # a path below the root, then the root itself; neither inside a longer path
+    for root, name in ordered:
+        start = r"(?<![\w.~/-])" + re.escape(root)
+        renames.append((re.compile(start + "/"), f"{name}/" if name else ""))
+        renames.append((re.compile(start + r"""(?=[\s'"),;:]|$)"""), name or "."))
+
+    def rename(text: str) -> str:
+        for pattern, name in (*renames, *INSTALLED):
+            text = pattern.sub(lambda _, name=name: name, text)
+        return text
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return rename(value)
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(tree)

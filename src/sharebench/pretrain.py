@@ -390,6 +390,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     flops = model.flops_per_token(spec.data.seq_len, fraction)
     record.update(
         vocab_size=data.vocab_size,
+        data={"name": spec.data.name, "fingerprint": data.fingerprint()},
         tokenizer=data.tokenizer.describe(),
         parameters=counts.to_dict(),
         unshared_parameters=unique_parameters(model_config(spec, data.vocab_size)),

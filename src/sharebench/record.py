@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -20,9 +21,13 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from sharebench.cpu import cpu_features
 from sharebench.errors import ConfigError, RunDiverged, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
-from sharebench.paths import PROJECT_ROOT, atomic_write_json
+from sharebench.paths import DATA_ROOT_NAME, PACKAGE_DIR, PROJECT_ROOT, atomic_write_json, machine_free, resolve_path
 
 RECORD_NAME = "run.json"
+SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside the pretraining run's record
+# The record's schema. 1: records without the field, which name the files of the machine they ran on (and the
+# oldest have no `compute`); 2: records name files relative to their output root (`upgrade` reads any version).
+SCHEMA_VERSION = 2
 # Config keys that say where a run lives or how it reports, not what it computes; the recipe's notes (its title,
 # the paper's claims) neither.
 NOT_RESULT_KEYS = {
@@ -36,6 +41,7 @@ class Record(TypedDict, total=False):
     vocab_size … inference (and postshare); a GLUE task run task, pretrained, recipe, metrics, examples, speed;
     a zero-shot run pretrained, metrics and examples; a conversion checkpoint. docs/run-record.md says more."""
 
+    schema_version: int
     status: Literal["running", "completed", "failed", "interrupted", "diverged"]
     run_dir: str
     seed: int | None
@@ -55,6 +61,7 @@ class Record(TypedDict, total=False):
     memory: dict[str, int | None]
     precision: dict[str, Any]  # what trainer.precision asked for, what was used, and why
     vocab_size: int
+    data: dict[str, Any]  # the corpus's name and a fingerprint of its tokens (text and tokenizer), as read anywhere
     tokenizer: dict[str, Any]
     flops_per_token: int
     tokens: dict[str, int]
@@ -134,7 +141,9 @@ class RunRecord:
         self.path = Path(run_dir) / RECORD_NAME
         self.started = time.time()
         self.unwritten: OSError | None = None  # why the last write failed, where one did (a full disk)
+        self.roots = record_roots(config, run_dir)
         self.data: Record = {
+            "schema_version": SCHEMA_VERSION,
             "status": "running",
             "run_dir": str(Path(run_dir).resolve()),
             "seed": config.get("seed"),
@@ -187,7 +196,7 @@ class RunRecord:
     def write(self) -> None:
         if rank_zero_only.rank == 0:  # under DDP every process runs the same code; one writes
             try:
-                atomic_write_json(self.path, self.data)
+                atomic_write_json(self.path, machine_free(self.data, self.roots))
             except OSError as error:
                 self.unwritten = error
                 raise
@@ -244,9 +253,83 @@ def summary_line(record: dict[str, Any]) -> str:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
-    import json
+    return upgrade(json.loads((Path(run_dir) / RECORD_NAME).read_text()))
 
-    return json.loads((Path(run_dir) / RECORD_NAME).read_text())
+
+def upgrade_records(folders: Sequence[Path]) -> str:
+    """Every run record below `folders` rewritten as `upgrade` reads it; says how many changed."""
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing:
+        raise ConfigError(f"upgrade: {', '.join(missing)} is not a folder of runs")
+    for path in {path for folder in folders for path in folder.rglob(SUMMARY_NAME)}:  # named as its record was
+        beside = path.parent / RECORD_NAME
+        roots = first_version_roots(json.loads(beside.read_text())) if beside.is_file() else []
+        if (free := machine_free(stored := json.loads(path.read_text()), roots)) != stored:
+            atomic_write_json(path, free)
+    paths = sorted({path for folder in folders for path in folder.rglob(RECORD_NAME)})
+    changed = 0
+    for path in paths:
+        stored = json.loads(path.read_text())
+        if (upgraded := upgrade(stored)) != stored:
+            atomic_write_json(path, upgraded)
+            changed += 1
+    return f"upgrade: {changed} of {len(paths)} run records rewritten in schema version {SCHEMA_VERSION}"
+
+
+def record_roots(config: Mapping[str, Any], run_dir: Path) -> list[tuple[str | Path, str]]:
+    """The folders a record names by a name any machine reads the same way, not by their path here: the output
+    root (paths below it are relative to it), the data mirror (`${data_root}`), the cache (`${cache_dir}`), the
+    suite's files and home."""
+    output_root, data_root, cache_dir = config.get("output_root"), config.get("data_root"), config.get("cache_dir")
+    roots: list[tuple[str | Path, str]] = [
+        (resolve_path(output_root) if output_root else Path(run_dir).resolve().parent, ""),
+        (PACKAGE_DIR, "<sharebench>"),
+        (Path.home(), "~"),
+    ]
+    if cache_dir:
+        roots.append((resolve_path(cache_dir), "${cache_dir}"))
+    if data_root:  # as typed (a relative path in the config's values) and as resolved
+        roots += [(resolve_path(data_root), DATA_ROOT_NAME), (str(data_root), DATA_ROOT_NAME)]
+    return roots
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of any schema version as this version writes it: the one place older records are read."""
+    version = record.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{RECORD_NAME}: schema_version {version!r} is newer than this sharebench reads ({SCHEMA_VERSION}); "
+            f"upgrade sharebench"
+        )
+    if version == 1:
+        record = machine_free(record, first_version_roots(record))
+        if "compute" not in record and (compute := derived_compute(record)):
+            record["compute"] = compute
+    return {"schema_version": SCHEMA_VERSION} | record
+
+
+def first_version_roots(record: dict[str, Any]) -> list[tuple[str | Path, str]]:
+    """The folders of the machine a version-1 record ran on, as the record itself tells them: its output root
+    (a relative one found in its absolute run_dir) and its data mirror."""
+    config, run_dir = record.get("config") or {}, str(record.get("run_dir") or "")
+    output_root, data_root = str(config.get("output_root") or ""), config.get("data_root")
+    if output_root and not output_root.startswith("/"):
+        relative = "/" + output_root.strip("./").rstrip("/") + "/"
+        output_root = run_dir[: run_dir.index(relative) + len(relative) - 1] if relative in run_dir else ""
+    roots: list[tuple[str | Path, str]] = [(output_root or str(Path(run_dir).parent), "")] if run_dir else []
+    return roots + ([(str(data_root), DATA_ROOT_NAME)] if data_root else [])
+
+
+def derived_compute(record: dict[str, Any]) -> dict[str, int] | None:
+    """What a pretraining run recorded before `compute` spent, from its steps, batch, sequence length and FLOPs
+    per token; None where it lacks one of them."""
+    config, steps = record.get("config") or {}, (record.get("metrics") or {}).get("steps")
+    data, flops = config.get("data") or {}, record.get("flops_per_token")
+    if steps is None or flops is None or "batch_size" not in data:
+        return None
+    accumulated = (config.get("trainer") or {}).get("accumulate_grad_batches") or 1
+    tokens = steps * accumulated * data["batch_size"] * data["seq_len"]
+    return {"tokens_seen": tokens, "training_flops": tokens * flops}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -285,7 +368,7 @@ def check_same_config(run_dir: Path, config: Mapping[str, Any], also_ignored: tu
     if not (run_dir / RECORD_NAME).exists():
         return
     stored = config_leaves(read_record(run_dir).get("config") or {})
-    current = config_leaves(config)
+    current = config_leaves(machine_free(dict(config), record_roots(config, run_dir)))
     differences = [
         f"{key}={stored[key]!r} there, {current[key]!r} here"
         for key in sorted(stored.keys() & current.keys())

@@ -21,7 +21,7 @@ from typing import Any
 
 from sharebench.errors import ConfigError
 from sharebench.paths import folder_name
-from sharebench.record import RECORD_NAME, STALE, config_leaves, normalized
+from sharebench.record import RECORD_NAME, STALE, config_leaves, normalized, read_record
 from sharebench.resume import RunLock
 from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
@@ -213,17 +213,8 @@ class Configuration:
 
 
 def compute_of(record: dict[str, Any]) -> dict[str, int | None]:
-    """What a pretraining run spent: its `compute` field, or for runs recorded before it, the same figures from
-    its steps, batch, sequence length and FLOPs per token."""
-    if "compute" in record:
-        return record["compute"]
-    config, steps = record.get("config") or {}, (record.get("metrics") or {}).get("steps")
-    data, flops = config.get("data") or {}, record.get("flops_per_token")
-    if steps is None or flops is None or "batch_size" not in data:
-        return {"tokens_seen": None, "training_flops": None}
-    accumulated = (config.get("trainer") or {}).get("accumulate_grad_batches") or 1
-    tokens = steps * accumulated * data["batch_size"] * data["seq_len"]
-    return {"tokens_seen": tokens, "training_flops": tokens * flops}
+    """What a pretraining run spent (None where the record cannot tell)."""
+    return record.get("compute") or {"tokens_seen": None, "training_flops": None}
 
 
 def run_seeds(record: dict[str, Any]) -> tuple[Any, Any]:
@@ -242,8 +233,8 @@ def read_records(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
             if any(part.startswith(STAGING) for part in path.relative_to(folder).parts):
                 continue
             try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                record = read_record(path.parent)
+            except (OSError, json.JSONDecodeError, ConfigError) as error:
                 record = {"status": "failed", "error": f"unreadable {RECORD_NAME}: {error}"}
             if record.get("status") == "running" and not RunLock.held(path.parent):
                 record |= {"status": "interrupted", "error": STALE}  # listed apart from runs still running
