@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     power_parser.add_argument("--family", type=int, default=1, help="tests the board corrects for (Holm)")
     power_parser.add_argument("--target", type=float, default=0.02, help="the minimal detectable effect wanted")
     power_parser.add_argument("--plateau", type=float, default=0.1, help="nats below the unigram loss that leave it")
+    power_parser.add_argument("--rates", type=int, default=3, help="rates a board's learning-rate search tries")
+    power_parser.add_argument("--search-seeds", type=int, default=2, help="seeds the search runs at each rate")
     upgrade_parser = commands.add_parser(
         "upgrade", help="rewrite the run records below folders in this version's schema (paths machine-free)"
     )
@@ -223,10 +225,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "power":
             from sharebench.power import power_report
 
-            if args.family < 1 or args.target <= 0 or args.plateau < 0:
-                raise ConfigError(f"power: --family must be ≥ 1, --target > 0 and --plateau ≥ 0; got {args.family}, "
-                                  f"{args.target}, {args.plateau}")  # fmt: skip
-            print(power_report(args.folders, args.family, args.target, args.plateau), end="")
+            if args.family < 1 or args.target <= 0 or args.plateau < 0 or args.rates < 1 or args.search_seeds < 1:
+                raise ConfigError(
+                    f"power: --family, --rates and --search-seeds must be ≥ 1, --target > 0 and --plateau ≥ 0; got "
+                    f"{args.family}, {args.rates}, {args.search_seeds}, {args.target}, {args.plateau}"
+                )
+            report = power_report(args.folders, args.family, args.target, args.plateau, args.rates, args.search_seeds)
+            print(report, end="")
             return
         if args.command == "upgrade":
             from sharebench.record import upgrade_records

@@ -55,7 +55,20 @@ def plateau_exit(record: dict[str, Any], plateau: float) -> tuple[float | None, 
     return below, (left / steps if left is not None else None)
 
 
-def power_report(folders: Sequence[str | Path], family: int, target: float, plateau: float = 0.1) -> str:
+def mean_wall_time(records: Sequence[dict[str, Any]]) -> float | None:
+    times = [r["wall_time_s"] for r in records if isinstance(r.get("wall_time_s"), (int, float))]
+    return sum(times) / len(times) if times else None
+
+
+def configuration_cost(mean_run: float, seeds: int, rates: int, search_seeds: int) -> float:
+    """Lane-hours one configuration of a board costs at `seeds` seeds when its learning rate is searched over
+    `rates` rates on `search_seeds` seeds (the chosen rate's search runs are also its first seeds), each run
+    taking `mean_run` seconds."""
+    return (max(seeds, search_seeds) + (rates - 1) * search_seeds) * mean_run / 3600
+
+
+def power_report(folders: Sequence[str | Path], family: int, target: float, plateau: float = 0.1,
+                 rates: int = 3, search_seeds: int = 2) -> str:  # fmt: skip
     configurations = pretraining(find_configurations(folders))
     main = main_metric(configurations)
     if main is None:
@@ -64,10 +77,12 @@ def power_report(folders: Sequence[str | Path], family: int, target: float, plat
     lines = [
         f"# Power analysis of {', '.join(map(str, folders))}", "",
         f"Metric: {metric} (lower is better). A board's family of {family} tests; target minimal detectable effect "
-        f"{target:g} (80 % power, 5 % two-sided at Holm's strictest step, 5 %/{family}).", "",
+        f"{target:g} (80 % power, 5 % two-sided at Holm's strictest step, 5 %/{family}). A configuration's cost: "
+        f"the seeds for the target plus a learning-rate search over {rates} rates on {search_seeds} seeds (the "
+        f"chosen rate's runs are its first seeds), at the mean wall time of the budget's runs (one lane).", "",
         "| budget | twin | unshared | Δ twin − unshared | p | seeds | detectable effect after correction "
-        "| seeds for the target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seeds for the target | mean run (s) | lane-hours per configuration |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     budgets: dict[tuple, list[Configuration]] = {}
     for configuration in configurations:
@@ -80,14 +95,18 @@ def power_report(folders: Sequence[str | Path], family: int, target: float, plat
                 compare(twin.metric_by_seed(metric), unshared.metric_by_seed(metric), True) if unshared else None
             )
             if comparison is None or not comparison.paired or comparison.standard_error is None:
-                lines.append(f"| {names[budget]} | {twin.label} | — | — | — | — | — | — |")  # no paired spread
+                lines.append(f"| {names[budget]} | {twin.label} | — | — | — | — | — | — | — | — |")  # no pairs
                 continue
             spread = comparison.standard_error * math.sqrt(comparison.seeds)
             needed = seeds_for(spread, family, target) if spread > 0 else 2
+            mean_run = mean_wall_time([*twin.records, *unshared.records])
+            cost = None if needed is None or mean_run is None else configuration_cost(mean_run, needed, rates,
+                                                                                        search_seeds)  # fmt: skip
             lines.append(
                 f"| {names[budget]} | {twin.label} | {unshared.label} | {comparison.difference:+.4f} "
                 f"| {comparison.p_value:.2g} | {comparison.seeds} | {comparison.minimal_detectable_effect(family):.4f} "
-                f"| {needed if needed is not None else f'more than {MOST_SEEDS}'} |"
+                f"| {needed if needed is not None else f'more than {MOST_SEEDS}'} "
+                f"| {'—' if mean_run is None else f'{mean_run:.0f}'} | {'—' if cost is None else f'{cost:.2f}'} |"
             )
     masked = [(names[budget_of(c)], c, r) for c in configurations if c.arch == "bert" for r in c.records]
     if masked:
