@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -255,5 +256,8 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = capsys.readouterr().out
-    for command in ("train", "params", "compare", "collect", "convert", "generate", "infer", "export", "data"):
-        assert command in listed
+    choices = re.search(r"\{([a-z,]+)\}", listed).group(1).split(",")  # argparse's list of the commands
+    assert choices == ["train", "params", "compare", "collect", "power", "upgrade", "convert", "generate", "infer",
+                       "export", "data"]  # fmt: skip
+    for command in choices:  # each with its help line
+        assert re.search(rf"^\s+{command}\s+\S", listed, re.MULTILINE), command

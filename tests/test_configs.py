@@ -6,9 +6,11 @@ import json
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from sharebench import load_pretrained
 from sharebench.config import GROUPS, compose, group_choices, validate
+from sharebench.paths import CONFIG_DIR
 from sharebench.sharing import SCHEMES
 from sharebench.tasks import run_task
 
@@ -32,7 +34,8 @@ def test_every_group_option_composes(group):
         if group == "size" and choice == "nanogpt_char":
             overrides.append("arch=gpt")
         cfg = compose(overrides)
-        assert cfg[group] is not None
+        own = OmegaConf.load(CONFIG_DIR / group / f"{choice}.yaml")  # what the option's file sets is what composed
+        assert set(own) - {"defaults"} <= set(cfg[group]), choice
         if group in ("arch", "size", "sharing"):
             validate(cfg)
 

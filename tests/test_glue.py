@@ -290,7 +290,7 @@ def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pr
     assert any(note.startswith("Majority-class score") for note in notes)
 
 
-def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture, tmp_path):
+def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture, tmp_path, capsys):
     """Locked while it runs, skipped once completed (also when more tasks are asked for), refused under another
     recipe."""
     from sharebench.errors import RunInUse
@@ -301,9 +301,11 @@ def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture
              "trainer.enable_model_summary=false"]  # fmt: skip
     first = run_glue(spec_of([*given, "glue.tasks=[rte]"]), pretrained_nano, tmp_path)
     record = tmp_path / "glue" / "rte" / "seed=0" / "run.json"
-    written = record.stat().st_mtime_ns
+    written = record.read_text()
+    capsys.readouterr()
     both = run_glue(spec_of([*given, "glue.tasks=[rte,wnli]"]), pretrained_nano, tmp_path)
-    assert record.stat().st_mtime_ns == written and both["tasks"]["rte"] == first["tasks"]["rte"]
+    assert f"{record.parent} already completed" in capsys.readouterr().out
+    assert record.read_text() == written and both["tasks"]["rte"] == first["tasks"]["rte"]
     with pytest.raises(ConfigError, match=r"holds a run of another GLUE recipe \(epochs differ\)"):
         run_glue(spec_of([*given, "glue.tasks=[rte]", "glue.recipe.epochs=2"]), pretrained_nano, tmp_path)
     record.unlink()
