@@ -64,6 +64,27 @@ def test_the_fit_recovers_a_saturating_power_law():
     assert found.inverse(found.floor) == math.inf  # a loss the law never reaches
 
 
+def test_the_fit_weights_each_rung_by_its_standard_error_and_says_when_the_floor_is_not_identified():
+    xs = list(RUNGS.values())
+    losses = [TRUE.loss(x) for x in xs]
+    losses[-1] += 0.05  # one rung off the law, known only roughly
+    weighted = fit(xs, losses, [0.001, 0.001, 0.001, 0.001, 1.0])
+    unweighted = fit(xs, losses)
+    assert abs(weighted.exponent - 0.3) < 0.01 < abs(unweighted.exponent - 0.3)
+    assert not weighted.floor_at_bound
+    pure = PowerLaw(floor=0.0, scale=3.0, exponent=0.1, x0=1e6)  # no floor at all: the fit pushes E to 0
+    assert fit(xs, [pure.loss(x) for x in xs]).floor_at_bound
+
+
+def test_each_shared_configuration_is_paired_with_its_own_rungs_unshared_model(ladder_runs):
+    found = ladder(find_configurations([ladder_runs]), "val_loss_full")
+    for shared in found.shared:
+        paired = shared.against_rung()
+        expected = [s - r for s, r in zip(shared.losses, shared.rung.losses, strict=True)]
+        assert paired.paired and paired.seeds == 3
+        assert paired.difference == pytest.approx(sum(expected) / 3)
+
+
 def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder_runs):
     found = ladder(find_configurations([ladder_runs]), "val_loss_full")
     result = analyse(found, replicates=300)
@@ -143,6 +164,8 @@ def test_collect_writes_the_ladders_table_and_plots(ladder_runs, tmp_path):
     with (tmp_path / "scaling.csv").open() as table:
         mqa = [row for row in csv.DictReader(table) if row["scheme"] == "mqa"]
     assert len(mqa) == 3 and {row["worth in parameters"] for row in mqa} == {"worth less"}
+    assert all(row["Δ vs its rung's unshared (95 % CI)"].startswith("+") and float(row["p"]) < 0.05 for row in mqa)
+    assert "each weighted by its standard error" in report and "lies inside its range" in report
     for plot in ("scaling_params.png", "scaling_multiplier.png"):
         assert (tmp_path / plot).stat().st_size > 0
     # one main table per rung: each compares with the unshared model of its own size

@@ -41,7 +41,7 @@ from sharebench.results import (
     shares_data_order,
     tuned_rate,
 )
-from sharebench.scaling import MIN_RUNGS, Ladder, Shared, Worth, analyse, ladder, scheme_of
+from sharebench.scaling import Ladder, PowerLaw, Shared, Worth, analyse, ladder, scheme_of
 from sharebench.scaling import Result as LadderResult
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
@@ -308,39 +308,51 @@ def ladders_of(configurations: Sequence[Configuration]) -> dict[str | None, tupl
 
 def ladder_table(found: Ladder, result: LadderResult) -> Table:
     """Every shared configuration's effective parameters (and compute) on the unshared runs' fitted laws."""
-    header = ["configuration", "scheme", "rung", "unique params", "seeds", found.metric, "effective params",
-              "× params (95 % CI)", "worth in parameters", "× FLOPs (95 % CI)", "worth in compute"]  # fmt: skip
+    header = ["configuration", "scheme", "rung", "unique params", "seeds", found.metric,
+              "Δ vs its rung's unshared (95 % CI)", "p", "effective params", "× params (95 % CI)",
+              "worth in parameters", "× FLOPs (95 % CI)", "worth in compute"]  # fmt: skip
     rows = [
         ["unshared", "none", rung.size, f"{rung.unique:,.0f}", str(len(rung.losses)), _mean_ci_cell(rung.losses),
-         "(the fit)", "1", "—", "1", "—"]
+         "—", "—", "(the fit)", "1", "—", "1", "—"]
         for rung in found.rungs
     ]  # fmt: skip
     for shared in (shared for members in found.by_scheme().values() for shared in members):
         params, flops = result.worth[shared.configuration.label]
+        paired = shared.against_rung()
         rows.append([
             shared.configuration.label, scheme_of(shared.configuration), shared.rung.size, f"{shared.unique:,.0f}",
-            str(len(shared.losses)), _mean_ci_cell(shared.losses),
+            str(len(shared.losses)), _mean_ci_cell(shared.losses), _difference_cell(paired),
+            _format(paired.p_value if paired else None, ".2g"),
             _format(params.multiplier * shared.unique if params else None, ",.0f"),
             worth_cell(params), params.verdict() if params else "—", worth_cell(flops),
             flops.verdict() if flops else "—",
         ])  # fmt: skip
     law, flops_law = result.laws
     notes = [
-        f"Fit over the unshared runs' mean {found.metric} at {len(found.rungs)} rungs: loss = {law.floor:.4f} + "
-        f"{law.scale:.4f}·(N/{law.x0:,.0f})^−{law.exponent:.4f} over unique parameters N"
-        + (f"; over training FLOPs C: {flops_law.floor:.4f} + {flops_law.scale:.4f}·(C/{flops_law.x0:.3e})"
-           f"^−{flops_law.exponent:.4f}" if flops_law else "") + ".",
+        f"Fit over the unshared runs' mean {found.metric} at {len(found.rungs)} rungs, each weighted by its standard "
+        f"error: loss = {law.floor:.4f} + {law.scale:.4f}·(N/{law.x0:,.0f})^−{law.exponent:.4f} over unique "
+        f"parameters N" + (f"; over training FLOPs C: {flops_law.floor:.4f} + {flops_law.scale:.4f}·"
+                           f"(C/{flops_law.x0:.3e})^−{flops_law.exponent:.4f}" if flops_law else "") + ". "
+        + floor_note(law),
         "Effective params: the unshared size with the configuration's mean loss on the fit; × params: effective over "
         "unique parameters; × FLOPs: the training FLOPs an unshared model needs for that loss over those the "
-        f"configuration spent. 95 % intervals: {len(result.draws)} bootstrap replicates over rungs (at least "
-        f"{MIN_RUNGS} distinct) and seeds; `worth more`/`worth less` where the interval excludes 1. A multiplier "
-        "marked * lies outside the fitted rungs (extrapolated).",
+        f"configuration spent. 95 % intervals: {len(result.draws)} bootstrap replicates over the seeds within each "
+        "rung and each configuration; `worth more`/`worth less` where the interval excludes 1. A multiplier "
+        "marked * lies outside the fitted rungs (extrapolated). Δ vs its rung's unshared: the configuration's "
+        "difference from the unshared model of its own rung, paired by seed (uncorrected p).",
         "A configuration with one seed has its loss drawn with the seed-to-seed standard deviation pooled over the "
         "configurations with several: " + (f"{result.seed_spread:.4f}." if result.seed_spread is not None else
                                            "none has several, so its interval leaves seed noise out."),
     ]  # fmt: skip
     notes += [f"Trend with size, {scheme}: {trend_cell(*trend)}." for scheme, trend in result.trend.items()]
     return Table(header, rows, notes)
+
+
+def floor_note(law: PowerLaw) -> str:
+    if law.floor_at_bound:
+        return (f"Its floor E = {law.floor:.4f} sits at a bound of its range (0 or the lowest loss): these rungs do "
+                "not identify it, and the multipliers depend on where the bound puts it.")  # fmt: skip
+    return f"Its floor E = {law.floor:.4f} lies inside its range (0 to the lowest loss)."
 
 
 def trend_cell(slope: float, low: float, high: float) -> str:

@@ -1,17 +1,19 @@
 """What a shared parameter is worth, read off a scaling ladder (experiments/scaling.yaml).
 
 The unshared models of the ladder are fitted with a saturating power law, loss = E + A·(x/x₀)^(−α), once over
-unique parameters N and once over training FLOPs C (x₀, the geometric mean of the rungs, only conditions the fit).
+unique parameters N and once over training FLOPs C (x₀, the geometric mean of the rungs, only conditions the fit),
+each rung's mean weighted by its standard error (its own seeds' spread; the pooled spread where it has one seed).
+A floor E at a bound of its range (0, or the lowest loss) is not identified by the rungs, and the table says so.
 A shared configuration's **effective parameters** N_eff are the unshared size with its loss on the fit, and its
 multiplier N_eff / N_unique says what each of its parameters is worth in unshared ones (above 1: more); over FLOPs,
 C_eff / C is the compute a plain model would need for its loss over the compute it spent.
 
-The 95 % intervals come from a bootstrap over sizes and seeds: each replicate draws the ladder's rungs with
-replacement (at least MIN_RUNGS distinct), a seed's run with replacement at each rung, and each shared
-configuration's seeds with replacement, refits the law and reads every multiplier again. A configuration run with
-one seed has no seeds to draw from, so its loss is drawn with the seed-to-seed spread pooled over the
-configurations run with several (normal, with their pooled standard deviation). How a scheme's multiplier changes
-with size is the slope of log multiplier over log rung size, with its bootstrap interval.
+The 95 % intervals come from a bootstrap over seeds within rungs: each replicate keeps every rung, draws its
+seeds' runs with replacement, and each shared configuration's seeds with replacement, refits the law and reads
+every multiplier again. A configuration run with one seed has no seeds to draw from, so its loss is drawn with the
+seed-to-seed spread pooled over the configurations run with several (normal, with their pooled standard
+deviation). Each multiplier stands beside the paired comparison with its own rung's unshared model. How a scheme's
+multiplier changes with size is the slope of log multiplier over log rung size, with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -25,20 +27,24 @@ import numpy as np
 from scipy.optimize import curve_fit
 
 from sharebench.results import Configuration
+from sharebench.stats import Comparison, compare
 
 MIN_RUNGS = 4  # a three-parameter law through fewer sizes fits any three points exactly
+BOUND_TOLERANCE = 1e-3  # a floor within this share of the lowest loss from 0 or from that loss is at its bound
 BOOTSTRAP = 1000
 CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class PowerLaw:
-    """loss = floor + scale · (x / x0)^(−exponent)."""
+    """loss = floor + scale · (x / x0)^(−exponent); `floor_at_bound`: the fit pushed the floor to a bound of its
+    range, so the points do not identify it."""
 
     floor: float
     scale: float
     exponent: float
     x0: float
+    floor_at_bound: bool = False
 
     def loss(self, x: float) -> float:
         return self.floor + self.scale * (x / self.x0) ** -self.exponent
@@ -50,8 +56,9 @@ class PowerLaw:
         return self.x0 * (self.scale / (loss - self.floor)) ** (1 / self.exponent)
 
 
-def fit(xs: Sequence[float], losses: Sequence[float]) -> PowerLaw | None:
-    """Least squares in the loss, the floor kept between 0 and the lowest loss; None where it does not converge."""
+def fit(xs: Sequence[float], losses: Sequence[float], errors: Sequence[float] | None = None) -> PowerLaw | None:
+    """Least squares in the loss, each point weighted by its standard error where `errors` gives them, the floor
+    kept between 0 and the lowest loss; None where it does not converge."""
     x0 = math.exp(statistics.fmean(math.log(x) for x in xs))
     lowest = min(losses)
 
@@ -61,21 +68,24 @@ def fit(xs: Sequence[float], losses: Sequence[float]) -> PowerLaw | None:
     start = (lowest * 0.5, math.log(max(statistics.fmean(losses) - lowest * 0.5, 1e-6)), 0.3)
     try:
         (floor, log_scale, exponent), _ = curve_fit(law, np.asarray(xs, float), np.asarray(losses, float), p0=start,
-                                                    bounds=([0, -20, 1e-3], [lowest, 20, 5]), maxfev=20000)  # fmt: skip
+                                                    sigma=errors, bounds=([0, -20, 1e-3], [lowest, 20, 5]),
+                                                    maxfev=20000)  # fmt: skip
     except (RuntimeError, ValueError):
         return None
-    return PowerLaw(float(floor), float(math.exp(log_scale)), float(exponent), x0)
+    at_bound = floor <= BOUND_TOLERANCE * lowest or floor >= (1 - BOUND_TOLERANCE) * lowest
+    return PowerLaw(float(floor), float(math.exp(log_scale)), float(exponent), x0, bool(at_bound))
 
 
 @dataclass(frozen=True)
 class Rung:
-    """The unshared model at one size of the ladder: its size name, unique parameters, its runs' losses and their
-    mean training FLOPs."""
+    """The unshared model at one size of the ladder: its size name, unique parameters, its runs' losses (of the
+    seeds `seeds`) and their mean training FLOPs."""
 
     size: str
     unique: float
     losses: tuple[float, ...]
     flops: float
+    seeds: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,12 @@ class Shared:
     unique: float
     flops: float
     losses: tuple[float, ...]
+    seeds: tuple = ()
+
+    def against_rung(self) -> Comparison | None:
+        """The paired comparison with its own rung's unshared model, seed by seed."""
+        mine, its = zip(self.seeds, self.losses, strict=True), zip(self.rung.seeds, self.rung.losses, strict=True)
+        return compare(dict(mine), dict(its), True)
 
 
 @dataclass(frozen=True)
@@ -127,24 +143,40 @@ def ladder(configurations: Sequence[Configuration], metric: str) -> Ladder | Non
     sharing, no twin) and the shared configurations at those sizes; None with fewer than MIN_RUNGS rungs."""
     rungs: dict[str, Rung] = {}
     for c in configurations:
-        losses = tuple(c.metric_values(metric))
-        if c.sharing == "none" and not c.iso_baseline and losses and c.unique_parameters():
+        by_seed = c.metric_by_seed(metric)
+        if c.sharing == "none" and not c.iso_baseline and by_seed and c.unique_parameters():
             size = str(c.description.get("size.name"))
-            rungs[size] = Rung(size, float(c.unique_parameters()), losses, c.compute("training_flops") or math.nan)
+            rungs[size] = Rung(size, float(c.unique_parameters()), tuple(by_seed.values()),
+                               c.compute("training_flops") or math.nan, tuple(by_seed))  # fmt: skip
     if len({r.unique for r in rungs.values()}) < MIN_RUNGS:
         return None
     shared = [
         Shared(c, rungs[str(c.description.get("size.name"))], float(c.unique_parameters()),
-               c.compute("training_flops") or math.nan, tuple(c.metric_values(metric)))
+               c.compute("training_flops") or math.nan, tuple(c.metric_by_seed(metric).values()),
+               tuple(c.metric_by_seed(metric)))
         for c in configurations
         if not c.unshared and c.metric_values(metric) and str(c.description.get("size.name")) in rungs
     ]  # fmt: skip
     return Ladder(sorted(rungs.values(), key=lambda r: r.unique), shared, metric)
 
 
-def law_of(rungs: Sequence[Rung], losses: Sequence[Sequence[float]], axis: str) -> PowerLaw | None:
+def law_of(rungs: Sequence[Rung], losses: Sequence[Sequence[float]], axis: str,
+           errors: Sequence[float] | None) -> PowerLaw | None:  # fmt: skip
     xs = [r.unique if axis == "params" else r.flops for r in rungs]
-    return fit(xs, [statistics.fmean(values) for values in losses])
+    return fit(xs, [statistics.fmean(values) for values in losses], errors)
+
+
+def standard_errors(rungs: Sequence[Rung], spread: float | None) -> list[float] | None:
+    """Each rung's standard error of its mean loss: its own seeds' spread, or the pooled `spread` where it has one
+    seed (or seeds that agree exactly); None (an unweighted fit) where some rung has neither."""
+    errors = []
+    for rung in rungs:
+        own = statistics.stdev(rung.losses) if len(rung.losses) > 1 else 0.0
+        deviation = own if own > 0 else spread
+        if not deviation:
+            return None
+        errors.append(deviation / math.sqrt(len(rung.losses)))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -180,14 +212,15 @@ def scheme_of(c: Configuration) -> str:
 
 
 def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result | None:
+    spread = pooled_spread([r.losses for r in found.rungs] + [s.losses for s in found.shared])
+    errors = standard_errors(found.rungs, spread)
     laws = (
-        law_of(found.rungs, [r.losses for r in found.rungs], "params"),
-        law_of(found.rungs, [r.losses for r in found.rungs], "flops"),
+        law_of(found.rungs, [r.losses for r in found.rungs], "params", errors),
+        law_of(found.rungs, [r.losses for r in found.rungs], "flops", errors),
     )
     if laws[0] is None:
         return None
     everything = Draw(laws, {s.configuration.label: statistics.fmean(s.losses) for s in found.shared})
-    spread = pooled_spread([r.losses for r in found.rungs] + [s.losses for s in found.shared])
     rng = np.random.default_rng(seed)
 
     def resample(losses: Sequence[float]) -> np.ndarray:
@@ -196,14 +229,11 @@ def analyse(found: Ladder, replicates: int = BOOTSTRAP, seed: int = 0) -> Result
         return losses[0] + rng.normal(0.0, spread, size=1)
 
     draws: list[Draw] = []
-    for _ in range(replicates * 3):  # a draw of too few distinct rungs, or a fit that fails, is drawn again
+    for _ in range(replicates * 3):  # a fit that fails is drawn again
         if len(draws) == replicates:
             break
-        picked = [found.rungs[i] for i in rng.integers(len(found.rungs), size=len(found.rungs))]
-        if len({r.unique for r in picked}) < MIN_RUNGS:
-            continue
-        resampled = [resample(r.losses) for r in picked]
-        refitted = law_of(picked, resampled, "params"), law_of(picked, resampled, "flops")
+        resampled = [resample(r.losses) for r in found.rungs]
+        refitted = law_of(found.rungs, resampled, "params", errors), law_of(found.rungs, resampled, "flops", errors)
         if refitted[0] is not None:
             means = {s.configuration.label: float(resample(s.losses).mean()) for s in found.shared}
             draws.append(Draw(refitted, means))
