@@ -217,6 +217,26 @@ def test_a_config_key_added_later_at_one_value_does_not_split_a_configuration(tm
     assert len(find_configurations([tmp_path])) == 3
 
 
+def test_a_configuration_with_fewer_seeds_than_the_others_is_marked_as_lower_power(tmp_path):
+    def record(scheme: str, seed: int, loss: float) -> None:
+        path = tmp_path / scheme / f"seed={seed}" / "run.json"
+        path.parent.mkdir(parents=True)
+        config = {"seed": seed, "sharing": scheme, "arch": {"name": "gpt"}}
+        sharing = {"name": scheme, "ratio": None, "layers": {"name": "none", "ratio": None}}
+        path.write_text(json.dumps({"status": "completed", "seed": seed, "config": config, "sharing": sharing,
+                                    "metrics": {"val_loss": loss}}))  # fmt: skip
+
+    for seed in range(4):
+        record("none", seed, 3.0 + seed / 100)
+        record("mqa", seed, 3.1 + seed / 100)
+    for seed in range(2):
+        record("gqa", seed, 3.05 + seed / 100)
+    table = table_rows(find_configurations([tmp_path]))
+    seeds = {row[0]: row[table.header.index("seeds")] for row in table.rows}
+    assert seeds == {"sharing=none": "4", "sharing=mqa": "4", "sharing=gqa": "2†"}
+    assert "† fewer seeds than the table's most (4): lower power" in " ".join(table.notes)
+
+
 COMMITTED = sorted(p.parent.name for p in (PROJECT_ROOT / "results").glob("*/runs") if (p.parent / "table.md").exists())
 
 

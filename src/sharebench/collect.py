@@ -183,6 +183,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
         header += ["fp32 twin", f"Δ {main[0]} vs fp32 twin", "test vs fp32 twin", "verdict vs fp32 twin"]
     judged = Verdicts()
     rows = []
+    most_seeds = max((len(c.records) for c in configurations), default=0)
     for configuration in configurations:
         unique = configuration.unique_parameters()
         unshared = configuration.unshared_parameters()
@@ -191,7 +192,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             scheme_cell(configuration),
             _format(configuration.ratio, "g"),
             _format(configuration.layers_ratio, ".4g"),
-            str(len(configuration.records)),
+            seeds_cell(configuration, most_seeds),
             str(len(configuration.failed)),
             _format(unique, ","),
             _format(unique / unshared if unique and unshared else None, ".4f"),
@@ -242,11 +243,27 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             else:
                 row += ["—"] * 4
         rows.append(row)
+    fewer = (
+        [
+            f"{LOWER_POWER} fewer seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
+            "effect says how much lower."
+        ]
+        if any(len(c.records) < most_seeds for c in configurations)
+        else []
+    )
     if not main:
-        return Table(header, rows, [])
+        return Table(header, rows, fewer)
     margin = margin if margin is not None else margin_of(configurations, main[1])
     judged.judge(main[1] == "lower", margin)
-    return Table(header, rows, judged.notes(main[0], margin))
+    return Table(header, rows, judged.notes(main[0], margin) + fewer)
+
+
+LOWER_POWER = "†"  # marks the seeds of a configuration run with fewer seeds than the table's others
+
+
+def seeds_cell(configuration: Configuration, most_seeds: int) -> str:
+    seeds = len(configuration.records)
+    return f"{seeds}{LOWER_POWER}" if seeds < most_seeds else str(seeds)
 
 
 def learning_rate_cell(configuration: Configuration) -> str:
