@@ -71,3 +71,19 @@ def test_no_import_circles():
 
 def test_a_circle_is_found():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_private_name_of_another_object_or_module_is_used():
+    """The suite uses frameworks through their public APIs (issue 47): no `x._name` but on `self` or `cls` (a
+    class's own state), and no import from a private module (`torch._…`, `lightning.…._…`)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{path.name}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and any(
+                p.startswith("_") and not p.startswith("__") for p in (node.module or "").split(".")
+            ):
+                found.append(f"{path.name}:{node.lineno} from {node.module}")
+    assert found == []

@@ -51,8 +51,10 @@ def stage(what: str) -> Iterator[None]:
 class StepProgressBar(RichProgressBar):
     """Lightning's bar, described by step: a run bounded by steps has no last epoch to count to."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return "training"
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, module)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description="training")
 
 
 class ProgressLine(L.Callback):

@@ -240,8 +240,8 @@ def _copy_layer(original: nn.Module, relaxed: nn.Module) -> None:
     """The layer's own parameters copied; each LoRA set to the truncated SVD of (its weight − the shared one)."""
     for name, module in relaxed.named_modules():
         source = original.get_submodule(name)
-        for leaf, parameter in module._parameters.items():
-            if parameter is None or (isinstance(module, LoRALinear) and leaf in ("weight", "lora_a", "lora_b")):
+        for leaf, parameter in module.named_parameters(recurse=False):
+            if isinstance(module, LoRALinear) and leaf in ("weight", "lora_a", "lora_b"):
                 continue
             parameter.copy_(getattr(source, leaf))
         if isinstance(module, LoRALinear):

@@ -25,16 +25,10 @@ def fsdp_units(model: nn.Module) -> set[nn.Module]:
     occurrences: Counter[int] = Counter()
     holders: dict[int, set[int]] = {}  # a parameter → the modules that hold it directly
 
-    def visit(module: nn.Module) -> None:  # every occurrence, also of a module reused elsewhere
+    for _, module in model.named_modules(remove_duplicate=False):  # every occurrence, also of a reused module
         occurrences[id(module)] += 1
-        for parameter in module._parameters.values():
-            if parameter is not None:
-                holders.setdefault(id(parameter), set()).add(id(module))
-        for child in module._modules.values():
-            if child is not None:
-                visit(child)
-
-    visit(model)
+        for parameter in module.parameters(recurse=False):
+            holders.setdefault(id(parameter), set()).add(id(module))
     units = set()
     for module in model.modules():
         if not isinstance(module, UNIT_TYPES) or occurrences[id(module)] != 1:

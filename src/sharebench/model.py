@@ -477,23 +477,28 @@ class LanguageModel(nn.Module):
         unique: dict[int, tuple[int, str]] = {}
         total = 0
 
-        def visit(module: nn.Module, component: str) -> None:
-            nonlocal total
-            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", component)
+        components: dict[str, str] = {"": "heads"}  # a module's component, inherited from the nearest that names one
+        counted_whole: list[str] = []  # modules whose parameters are counted with them (a scheme) or left out
+        # Every module at every place it is used (a block reused by several layers once per layer), parents first.
+        for name, module in self.named_modules(remove_duplicate=False):
+            if any(name.startswith(f"{whole}.") for whole in counted_whole):
+                continue
+            if not lm_head and module is self.head:
+                counted_whole.append(name)
+                continue
+            inherited = components[name.rpartition(".")[0]] if name else "heads"
+            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", inherited)
+            components[name] = component
             if isinstance(module, AttentionSharing):
                 total += module.used_numel()
                 for p in module.parameters():
                     unique.setdefault(id(p), (p.numel(), component))
-                return
-            for p in module._parameters.values():
-                if p is not None:
-                    total += p.numel()
-                    unique.setdefault(id(p), (p.numel(), component))
-            for child in module._modules.values():  # every occurrence, also of a module reused elsewhere
-                if child is not None and (lm_head or child is not self.head):
-                    visit(child, component)
+                counted_whole.append(name)
+                continue
+            for p in module.parameters(recurse=False):
+                total += p.numel()
+                unique.setdefault(id(p), (p.numel(), component))
 
-        visit(self, "heads")
         by_component = dict.fromkeys(COMPONENTS, 0)
         for numel, component in unique.values():
             by_component[component] += numel
@@ -511,7 +516,7 @@ class LanguageModel(nn.Module):
                 return module.macs()
             if isinstance(module, nn.Linear):
                 return module.in_features * module.out_features
-            return sum(linear_macs(child) for child in module._modules.values() if child is not None)
+            return sum(linear_macs(child) for child in every_child(module))
 
         cfg = self.config
         layer_attention_macs = 2 * seq_len * cfg.dim
@@ -565,3 +570,9 @@ def _init_weights(module: nn.Module) -> None:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+def every_child(module: nn.Module) -> list[nn.Module]:
+    """The modules directly under `module`, one at each name: a module held under several names (a block reused
+    by several layers) once per name, which `children()` would give once."""
+    return [child for name, child in module.named_modules(remove_duplicate=False) if name and "." not in name]

@@ -162,17 +162,18 @@ def continue_metrics(logger: Logger, step: int) -> None:
     rows: list[dict[str, str]] = []
     if path.exists():
         with path.open(newline="") as file:
-            reader = csv.DictReader(file)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+            rows = list(csv.DictReader(file))
     kept = [row for row in rows if int(row["step"]) < step]
-    writer = logger.experiment  # created here, it removes the old file
-    if kept:
-        writer.metrics_keys = header
-        with path.open("w", newline="") as file:
-            table = csv.DictWriter(file, fieldnames=header)
-            table.writeheader()
-            table.writerows(kept)
+    logger.experiment  # noqa: B018 (created here, the logger removes the old file)
+    for row in kept:  # logged again, in their order, so the file has the same columns
+        logger.log_metrics({key: as_logged(value) for key, value in row.items() if value and key != "step"},
+                           step=int(row["step"]))  # fmt: skip
+    logger.save()
+
+
+def as_logged(text: str) -> int | float:
+    """A metrics.csv value as it was logged: an int (the epoch) stays one."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def remove_temporary_files(run_dir: Path) -> None:

@@ -41,13 +41,10 @@ def relaxed(module: nn.Module, rank: int) -> nn.Module:
     """A copy of `module` for one layer: its linear weights shared (with a LoRA each), every other parameter own."""
     if isinstance(module, nn.Linear):
         return LoRALinear(module, rank)
-    clone = copy.copy(module)
-    clone._parameters = {
-        name: nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) if p is not None else None
-        for name, p in module._parameters.items()
-    }
-    clone._buffers = dict(module._buffers)
-    clone._modules = {name: relaxed(c, rank) if c is not None else None for name, c in module._modules.items()}
+    clone = copy.deepcopy(module)  # every parameter its own; then each linear layer the original's, with a LoRA
+    for name, child in module.named_modules(remove_duplicate=False):
+        if name and isinstance(child, nn.Linear):
+            clone.set_submodule(name, LoRALinear(child, rank))
     return clone
 
 
