@@ -228,13 +228,21 @@ def test_a_configuration_with_fewer_seeds_than_the_others_is_marked_as_lower_pow
 
     for seed in range(4):
         record("none", seed, 3.0 + seed / 100)
-        record("mqa", seed, 3.1 + seed / 100)
+        record("mqa", seed, 3.1 + seed / 100 + (seed % 2) / 1000)
     for seed in range(2):
-        record("gqa", seed, 3.05 + seed / 100)
+        record("gqa", seed, 3.3 + seed / 1000)
     table = table_rows(find_configurations([tmp_path]))
     seeds = {row[0]: row[table.header.index("seeds")] for row in table.rows}
     assert seeds == {"sharing=none": "4", "sharing=mqa": "4", "sharing=gqa": "2†"}
-    assert "† fewer seeds than the table's most (4): lower power" in " ".join(table.notes)
+    notes = " ".join(table.notes)
+    assert "† fewer seeds than the table's most (4): lower power" in notes
+    # Holm's correction runs within each family: here one comparison each, so neither is corrected at all
+    assert ("Holm's correction within each of the table's two families: the 1 tested comparisons of the full-power "
+            "configurations, and the 1 of those run at lower power") in notes  # fmt: skip
+    assert "Minimal detectable effect of the full-power configurations" in notes
+    assert "Minimal detectable effect of the lower-power configurations" in notes
+    verdict = {row[0]: row[table.header.index("verdict vs sharing=none")] for row in table.rows}
+    assert verdict["sharing=mqa"].startswith("worse") and verdict["sharing=gqa"].startswith("worse")
 
 
 COMMITTED = sorted(p.parent.name for p in (PROJECT_ROOT / "results").glob("*/runs") if (p.parent / "table.md").exists())

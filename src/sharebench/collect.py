@@ -85,36 +85,60 @@ def compared(configuration: Configuration, other: Configuration, metric: str) ->
 
 class Verdicts:
     """A table's comparisons of its main metric, judged together: each gets a placeholder cell that `judge` fills
-    with its verdict once all are known (Holm's correction runs over the whole table)."""
+    with its verdict once all are known. Holm's correction runs over each family of the table: all its comparisons,
+    or where some configurations ran at lower power (fewer seeds, `seeds_cell`), the comparisons of the
+    full-power configurations as one family and those of the lower-power ones as another."""
+
+    FULL, LOWER = "full-power", "lower-power"
 
     def __init__(self) -> None:
         self.comparisons: list[Comparison | None] = []
         self.cells: list[tuple[list[str], int]] = []
+        self.families: list[str] = []
 
-    def add(self, comparison: Comparison | None, row: list[str]) -> list[str]:
+    def add(self, comparison: Comparison | None, row: list[str], lower_power: bool = False) -> list[str]:
         """The comparison's cells (Δ ± 95 % CI, the test, and the verdict to come) appended to `row`."""
         row += [*comparison_cells(comparison), ""]
         self.comparisons.append(comparison)
         self.cells.append((row, len(row) - 1))
+        self.families.append(self.LOWER if lower_power else self.FULL)
         return row
 
+    def members(self, family: str) -> list[int]:
+        return [i for i, name in enumerate(self.families) if name == family]
+
+    def size(self, family: str) -> int:
+        """The tests Holm's correction runs over in `family`: its comparisons with a p-value."""
+        return sum(self.comparisons[i] is not None and self.comparisons[i].p_value is not None
+                   for i in self.members(family))  # fmt: skip
+
     @property
-    def family(self) -> int:
-        """The tests Holm's correction runs over: every comparison of the table with a p-value."""
-        return sum(c is not None and c.p_value is not None for c in self.comparisons)
+    def split(self) -> bool:
+        return self.LOWER in self.families and self.FULL in self.families
 
     def judge(self, lower_is_better: bool, margin: float | None) -> None:
-        said = verdicts(self.comparisons, lower_is_better, margin)
-        for (row, column), verdict, comparison in zip(self.cells, said, self.comparisons, strict=True):
-            effect = comparison.minimal_detectable_effect(self.family) if comparison is not None else None
-            row[column] = verdict + (f" (MDE {effect:.4f})" if effect is not None else "")
+        for family in dict.fromkeys(self.families):
+            members = self.members(family)
+            comparisons = [self.comparisons[i] for i in members]
+            said = verdicts(comparisons, lower_is_better, margin)
+            for i, verdict, comparison in zip(members, said, comparisons, strict=True):
+                row, column = self.cells[i]
+                effect = comparison.minimal_detectable_effect(self.size(family)) if comparison is not None else None
+                row[column] = verdict + (f" (MDE {effect:.4f})" if effect is not None else "")
 
     def notes(self, metric: str, margin: float | None) -> list[str]:
-        tested = self.family
+        if self.split:
+            family = (f"Holm's correction within each of the table's two families: the {self.size(self.FULL)} tested "
+                      f"comparisons of the full-power configurations, and the {self.size(self.LOWER)} of those run "
+                      "at lower power (†; a comparison with one is in theirs)")  # fmt: skip
+            strictest = f"5 %/{self.size(self.FULL)} or 5 %/{self.size(self.LOWER)}, its family's"
+        else:
+            tested = self.size(self.families[0] if self.families else self.FULL)
+            family = f"Holm's correction over the table's family of {tested} tested comparisons"
+            strictest = f"5 %/{tested}"
         notes = [
             f"Verdicts on {metric}: `better`/`worse` where the two-sided t-test rejects no difference at 5 % after "
-            f"Holm's correction over the table's family of {tested} tested comparisons (every Δ column's with a "
-            f"test); "
+            f"{family} (every Δ column's with a test); "
             + (f"`equivalent within ±{margin:g}` where the 90 % CI of the difference lies inside ±{margin:g} (two "
                f"one-sided tests, not corrected: by the intersection-union principle the claim that all the "
                f"equivalences the table states hold is tested at 5 %, while one of them picked alone is held to "
@@ -122,16 +146,20 @@ class Verdicts:
                "`experiment.margin`, or `collect --margin`), so nothing is called equivalent; ")
             + "else `inconclusive`. Test `paired, n seeds`: the difference is taken seed by seed (the seed fixes "
             "the data order and the evaluation batches); `Welch`: unpaired. (MDE x): the comparison's minimal "
-            "detectable effect after the correction, 80 % power at Holm's strictest step (5 %/"
-            f"{tested}): a true difference below it could not have been called better or worse."
+            f"detectable effect after the correction, 80 % power at Holm's strictest step ({strictest}): a true "
+            "difference below it could not have been called better or worse."
         ]  # fmt: skip
-        before, after = minimal_detectable_effect(self.comparisons), minimal_detectable_effect(self.comparisons, tested)
-        if before and after:
-            notes.append(
-                f"Minimal detectable effect at these seeds (80 % power, 5 % two-sided), median over comparisons: "
-                f"{after[0]:.4f} after Holm's correction ({after[1]:.4f} to {after[2]:.4f}); {before[0]:.4f} "
-                f"before it ({before[1]:.4f} to {before[2]:.4f})."
-            )
+        for name in dict.fromkeys(self.families):
+            comparisons = [self.comparisons[i] for i in self.members(name)]
+            before = minimal_detectable_effect(comparisons)
+            after = minimal_detectable_effect(comparisons, self.size(name))
+            if before and after:
+                which = f" of the {name} configurations" if self.split else ""
+                notes.append(
+                    f"Minimal detectable effect{which} at these seeds (80 % power, 5 % two-sided), median over "
+                    f"comparisons: {after[0]:.4f} after Holm's correction ({after[1]:.4f} to {after[2]:.4f}); "
+                    f"{before[0]:.4f} before it ({before[1]:.4f} to {before[2]:.4f})."
+                )
         return notes
 
 
@@ -184,6 +212,10 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
     judged = Verdicts()
     rows = []
     most_seeds = max((len(c.records) for c in configurations), default=0)
+
+    def lower(*compared_ones: Configuration) -> bool:  # a comparison of a configuration run at lower power
+        return any(len(c.records) < most_seeds for c in compared_ones)
+
     for configuration in configurations:
         unique = configuration.unique_parameters()
         unshared = configuration.unshared_parameters()
@@ -212,7 +244,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             elif configuration.iso_baseline:  # a twin is there to judge its shared model by, not to be judged
                 row += [*comparison_cells(compared(configuration, base, main[0])), "—"]
             else:
-                judged.add(compared(configuration, base, main[0]), row)
+                judged.add(compared(configuration, base, main[0]), row, lower(configuration, base))
             row += ["reference" if configuration is base else _difference_cell(compared(configuration, base, m))
                     for m in also]  # fmt: skip
         if iso and main:
@@ -226,20 +258,20 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
                 if twin is base:  # the same comparison as against the reference, judged there once
                     row += ["as vs the reference"] * 3
                 else:
-                    judged.add(compared(configuration, twin, main[0]), row)
+                    judged.add(compared(configuration, twin, main[0]), row, lower(configuration, twin))
             else:
                 row += ["—"] * 5
         if any(compute_twins.values()):
             compute_twin = compute_twins[configuration.label]
             if compute_twin:
                 row.append(f"{compute_twin.label} ({compute_twin.compute('tokens_seen'):,.0f} tokens)")
-                judged.add(compared(configuration, compute_twin, main[0]), row)
+                judged.add(compared(configuration, compute_twin, main[0]), row, lower(configuration, compute_twin))
             else:
                 row += ["—"] * 4
         if any(fp32_twins.values()):
             if fp32_twin := fp32_twins[configuration.label]:
                 row.append(fp32_twin.label)
-                judged.add(compared(configuration, fp32_twin, main[0]), row)
+                judged.add(compared(configuration, fp32_twin, main[0]), row, lower(configuration, fp32_twin))
             else:
                 row += ["—"] * 4
         rows.append(row)
