@@ -277,8 +277,11 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     runs = result.stdout.strip().splitlines()
     # (1 + 9 × 2 + 10 × 2 configurations, and 7 iso-compute twins) × 2 archs: each at 3 learning rates on its two
-    # searching seeds (lr_grid=factor2), then seed 2 at its chosen rate
-    assert runs[-1] == "552 runs, then 92 at the chosen learning rates, none launched (dry_run)"
+    # searching seeds (lr_grid=factor2), then its other seeds at its chosen rate: the 24 headline configurations
+    # 12 more in GPT and 3 in BERT, the 22 others 1 more
+    assert (
+        runs[-1] == f"552 runs, then {24 * 12 + 24 * 3 + 22 * 2} at the chosen learning rates, none launched (dry_run)"
+    )
     assert all(" seed=0 " in r or " seed=1 " in r for r in runs[:-1]) and {r.split()[-1] for r in runs[:-1]} == {
         "optim.lr=0.0005", "optim.lr=0.001", "optim.lr=0.002"}  # fmt: skip
     assert sum(" seed=0 " in r for r in runs) == sum(" seed=1 " in r for r in runs) == 276
