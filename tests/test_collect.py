@@ -381,3 +381,13 @@ def test_a_far_point_is_left_out_of_the_range_that_spreads_the_others():
     assert bulk([1.0, 1.1, 1.2, 5.0, 6.0, 7.0, 9.0]) == (1.0, 9.0)  # three far points are a cluster of their own
     assert bulk([5.0]) == (5.0, 5.0)
     assert bulk([1.0, 2.0, 3.0, 4.0]) == (1.0, 4.0)
+
+
+def test_a_long_legend_label_is_wrapped_at_its_commas():
+    from sharebench.plots import LEGEND_WIDTH, wrapped
+
+    label = "layers=none,arch.norm_position=post,data.tokenizer.vocab_size=2048,optim.lr=0.001,size.dim=128 (n=5)"
+    lines = wrapped(label).splitlines()
+    assert len(lines) == 3 and all(len(line) <= LEGEND_WIDTH for line in lines)
+    assert "".join(lines) == label and all(line.endswith(",") for line in lines[:-1])
+    assert wrapped("sharing=none (n=3)") == "sharing=none (n=3)"

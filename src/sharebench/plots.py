@@ -193,10 +193,30 @@ def legend_order(scheme: str, kind: int) -> tuple[bool, int, str, int]:
 
 
 def finish_axis(axis: plt.Axes) -> None:
-    """A grid, and the legend beside the panel, where it hides no data."""
+    """A grid, and the legend beside the panel, where it hides no data; a long label wrapped at its commas, so
+    the legend leaves the panel its width."""
     axis.grid(alpha=0.3)
-    if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        axis.legend(handles, [wrapped(label) for label in labels], fontsize=7, loc="upper left",
+                    bbox_to_anchor=(1.01, 1), borderaxespad=0)  # fmt: skip
+
+
+LEGEND_WIDTH = 50  # characters of a legend line
+
+
+def wrapped(label: str) -> str:
+    """`label` (key=value pairs joined by commas) on lines of at most LEGEND_WIDTH characters, broken after a
+    comma; a single pair longer than that keeps its line."""
+    lines = [""]
+    for part in label.split(","):
+        joined = f"{lines[-1]},{part}" if lines[-1] else part
+        if len(joined) <= LEGEND_WIDTH or not lines[-1]:
+            lines[-1] = joined
+        else:
+            lines[-1] += ","
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def short_label(configuration: Configuration) -> str:
@@ -207,7 +227,7 @@ def short_label(configuration: Configuration) -> str:
 
 def save(figure: plt.Figure, path: Path) -> bool:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # a legend beside a panel, however long, is kept whole
     plt.close(figure)
     return True
 
