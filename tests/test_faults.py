@@ -205,6 +205,27 @@ def test_a_fault_ends_in_one_line_and_the_same_command_resumes(fault, argv, whol
     assert not leftovers(output_root)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_at_a_step_and_the_same_command_resumes(signum, argv, whole, tmp_path, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    """In this process, so the fast tier covers resuming (test_reliability sends the signal from outside)."""
+    output_root = tmp_path / "outputs"
+    with monkeypatch.context() as patched:
+        patched.setattr(PretrainModule, "training_step", at_step(6, lambda: os.kill(os.getpid(), signum)))
+        assert start(argv) == 128 + signum
+    said = capsys.readouterr()
+    folder = run_dir(output_root)
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    assert f"checkpoint saved in {checkpoint}; the same command resumes" in said.err + said.out
+    assert record_of(output_root)["status"] == "interrupted" and not leftovers(output_root)
+    assert start(argv) == 0
+    again = record_of(output_root)
+    assert again["status"] == "completed" and again["metrics"]["steps"] == STEPS
+    assert again["metrics"]["val_history"] == record_of(whole)["metrics"]["val_history"]
+    assert again["metrics"]["val_loss_full"] == record_of(whole)["metrics"]["val_loss_full"]
+    assert curve(output_root) == curve(whole)
+
+
 def test_a_bug_keeps_its_traceback_and_is_recorded_as_failed(argv, tmp_path, monkeypatch):
     """Not every error is a fault: one the suite does not expect is raised as it is, and recorded."""
 
