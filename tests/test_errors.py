@@ -274,13 +274,27 @@ LIMIT_CASES = {
 
 @pytest.mark.parametrize("case", LIMIT_CASES)
 def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
-    from sharebench.config import compose, validate
+    from sharebench.config import check_trainer_here, compose, validate
     from sharebench.errors import ConfigError
 
     overrides, line = LIMIT_CASES[case]
-    with pytest.raises(ConfigError) as refused:
-        validate(compose([*overrides, f"output_root={tmp_path}"]))
+    with pytest.raises(ConfigError) as refused:  # as a single run is checked: its spec, then this machine
+        check_trainer_here(validate(compose([*overrides, f"output_root={tmp_path}"])))
     assert line in str(refused.value)
+
+
+def test_a_sweep_is_expanded_without_the_machine_checks_that_belong_where_it_trains(tmp_path):
+    """A sweep submitted from a login node without a GPU (hydra/launcher=slurm) asks for FSDP on the GPU nodes
+    it will run on: its expansion does not refuse it; the machine it trains on checks it."""
+    from sharebench.config import check_trainer_here, compose, sweep_runs
+    from sharebench.errors import ConfigError
+
+    given = ["trainer.strategy=fsdp", f"output_root={tmp_path}"]
+    ((run, spec),) = sweep_runs([given], lambda overrides: compose(overrides))
+    assert run == given and spec.trainer.strategy == "fsdp"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.strategy=fsdp needs a GPU"):
+            check_trainer_here(spec)
 
 
 def test_unwritable_output_root_is_refused(tmp_path):

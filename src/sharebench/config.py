@@ -95,12 +95,8 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
             OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True
         )
     spec = RunSpec.from_dict(config)
-    if str(spec.trainer.strategy).startswith("fsdp") and trains_on(spec.trainer) != "cuda":
-        raise ConfigError(
-            f"trainer.strategy={spec.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
-            f"trainer.strategy=ddp (the suite's FSDP wrap policy itself is tested on CPU with torch's FSDP)"
-        )
-    check_attention_fits_in_memory(spec)
+    if spec.trainer.accelerator == "cpu":  # on any machine; `auto` is checked where the run trains
+        check_fsdp_on_a_gpu(spec)
     check_writable(spec.output_root)
     if spec.task != "pretrain":
         glue.check(spec.glue)
@@ -163,10 +159,21 @@ def precision_used(trainer: Trainer) -> dict[str, Any]:
     return {"configured": trainer.precision, "used": used, "why": why}
 
 
+def check_fsdp_on_a_gpu(spec: RunSpec) -> None:
+    if str(spec.trainer.strategy).startswith("fsdp") and trains_on(spec.trainer) != "cuda":
+        raise ConfigError(
+            f"trainer.strategy={spec.trainer.strategy} needs a GPU: Lightning runs FSDP on CUDA only; on CPU use "
+            f"trainer.strategy=ddp (the suite's FSDP wrap policy itself is tested on CPU with torch's FSDP)"
+        )
+
+
 def check_trainer_here(spec: RunSpec) -> None:
     """What Lightning would refuse in many lines once the data is read: an accelerator this machine lacks, more
-    GPUs than it has. Checked where the run trains (`tasks.run_task`), not where a sweep is submitted from (a
-    cluster's login node has no GPU)."""
+    GPUs than it has, FSDP without a GPU, attention scores larger than its memory. Checked where the run trains
+    (`tasks.run_task`, and a single run before Hydra makes its folder), never where a sweep is expanded and
+    submitted from (a cluster's login node has no GPU)."""
+    check_fsdp_on_a_gpu(spec)
+    check_attention_fits_in_memory(spec)
     accelerator, devices = spec.trainer.accelerator, spec.trainer.devices
     present = {
         "gpu": torch.cuda.is_available(),
