@@ -265,6 +265,14 @@ LIMIT_CASES = {
         ["task=pretrain_glue", "+glue.per_task.sst2.epoch=2"],
         "glue.per_task.sst2.epoch: no such setting; the settings of glue.per_task.sst2: lr, batch_size, epochs",
     ),
+    "no held-out share without a validation split": (
+        ["data=tinyshakespeare", "data.validation_fraction=null"],
+        "data: without a validation_split, validation_fraction must lie in (0, 1); got null",
+    ),
+    "an unknown conversion": (
+        ["convert.to=bogus"],
+        "convert.to='bogus' is not valid; it must be one of headwise, gqa, recursive_lora or null",
+    ),
     "attention larger than memory": (
         ["arch=gpt", "data=tinyshakespeare", "data.seq_len=100000"],
         "data.seq_len=100000 with data.batch_size=64 and 4 heads needs",

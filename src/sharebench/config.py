@@ -23,7 +23,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sharebench import glue
-from sharebench.convert import CONVERSIONS, HeadwiseRatio
+from sharebench.convert import HeadwiseRatio
 from sharebench.cpu import precision_here
 from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
@@ -34,7 +34,7 @@ from sharebench.record import NOT_RESULT_KEYS
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
-from sharebench.spec import Convert, RunSpec, SharingSpec, Trainer
+from sharebench.spec import RunSpec, SharingSpec, Trainer
 
 GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "callbacks", "glue", "lr_grid", "scale")
 
@@ -102,7 +102,6 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
         glue.check(spec.glue)
     if spec.task in ("glue", "sts_zero_shot"):
         check_pretrained(spec.pretrained)
-        check_conversion(spec.convert)
         return spec
     if data:
         check_source(spec.data)
@@ -248,17 +247,6 @@ def innermost(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
-
-
-def check_conversion(convert: Convert) -> None:
-    if not convert.to:
-        return
-    if convert.to not in CONVERSIONS:
-        raise ConfigError(f"convert.to={convert.to!r} is unknown; valid: {', '.join(CONVERSIONS)} (or null)")
-    if convert.to == "headwise":
-        checked_ratio("convert.to=headwise", "convert.ratio", convert.ratio, HeadwiseRatio)
-    elif not isinstance(convert.ratio, (int, float)) or not 0 <= convert.ratio <= 1:
-        raise ConfigError(f"convert.to={convert.to}: convert.ratio={convert.ratio} must be a number in [0, 1]")
 
 
 def check_pretrained(pretrained: str | None) -> None:

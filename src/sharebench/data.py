@@ -28,7 +28,6 @@ from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.tokenizer import (
     SPECIAL_TOKENS,
-    TOKENIZER_KINDS,
     CharTokenizer,
     WordPieceTokenizer,
     train_wordpiece,
@@ -124,10 +123,6 @@ def check_source(data: Data) -> None:
     """The cheap checks of a data configuration: local files exist, the vocabulary file too."""
     if not from_hub(data):
         local_files(local_source(data.source))
-    if data.tokenizer.kind not in TOKENIZER_KINDS:
-        raise ConfigError(
-            f"data.tokenizer.kind={data.tokenizer.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}"
-        )
     if data.tokenizer.kind == "vocab_file":
         vocab_file_path(data.tokenizer)
 
@@ -145,10 +140,7 @@ def read_documents(data: Data) -> dict[str, list[str]]:
         train = _cap(_stream_split(data, data.train_split), data.max_train_chars)
         held_out = _cap(_stream_split(data, data.validation_split), data.max_validation_chars)
         return {"train": train, **held_out_as_validation_and_test(held_out, data.test_fraction)}
-    if data.validation_fraction is None or not 0 < data.validation_fraction < 1:
-        raise ConfigError(
-            f"data: without a validation_split, validation_fraction must lie in (0, 1); got {data.validation_fraction}"
-        )
+    assert data.validation_fraction is not None  # the spec asks for one where there is no validation split
     caps = (data.max_train_chars, data.max_validation_chars)
     documents = _cap(_stream_split(data, data.train_split), None if None in caps else sum(caps))
     if len(documents) == 1:
@@ -209,9 +201,7 @@ def build_tokenizer(data: Data, objective: str, documents: Callable[[], dict[str
         path = vocab_file_path(spec)
         model = WordPiece.from_file(str(path), unk_token="[UNK]")
         return WordPieceTokenizer(wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
-    if spec.kind != "wordpiece":
-        raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # the remaining kind: a WordPiece vocabulary learnt from the training text
 
     key = _hash(
         TOKENIZATION, source_identity(data), spec.vocab_size, spec.train_chars, spec.lowercase, data.max_train_chars
@@ -236,13 +226,11 @@ def tokenizer_vocab_size(data: Data, objective: str) -> int:
     """The embedding size a configuration needs, without tokenising (a trained WordPiece vocabulary is padded
     to its configured size, so the size is known before training it)."""
     spec = data.tokenizer
-    if spec.kind == "wordpiece":
-        return int(spec.vocab_size)
     if spec.kind == "vocab_file":
         return sum(1 for _ in vocab_file_path(spec).open())
     if spec.kind == "char":
         return build_tokenizer(data, objective, lambda: read_documents(data), Path()).vocab_size
-    raise ConfigError(f"data.tokenizer.kind={spec.kind!r} is unknown; valid: {', '.join(TOKENIZER_KINDS)}")
+    return int(spec.vocab_size)  # a learnt WordPiece vocabulary, padded to its configured size
 
 
 def _hash(*parts: Any) -> str:

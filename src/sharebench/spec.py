@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Self
 
+from sharebench.convert import CONVERSIONS, HeadwiseRatio
 from sharebench.errors import ConfigError
 from sharebench.model import ACTIVATIONS
+from sharebench.sharing.base import checked_ratio
 
 # ---- what a value accepts -----------------------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ FRACTION_OF_BATCHES = POSITIVE | number(0, 1, open_low=True)  # Lightning: a cou
 PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot")
+TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
 PRETRAINING = ("pretrain", "pretrain_glue")
 
 
@@ -197,7 +200,7 @@ class Size(Spec):
 
 @dataclass(frozen=True)
 class Tokenizer(Spec):
-    kind: str = accepts(one_of("wordpiece", "vocab_file", "char"))
+    kind: str = accepts(one_of(*TOKENIZER_KINDS))
     vocab_size: int | None = accepts(integer(16, 2**31 - 1, nullable=True))  # null: a character vocabulary
     train_chars: int | None = accepts(integer(1, nullable=True))
     lowercase: bool = accepts(BOOL)
@@ -220,6 +223,10 @@ class Data(Spec):
     batch_size: int = accepts(POSITIVE)
     num_workers: int = accepts(COUNT)
     tokenizer: Tokenizer = group(Tokenizer)
+
+    def __post_init__(self) -> None:
+        if self.validation_split is None and self.validation_fraction is None:
+            raise ConfigError("data: without a validation_split, validation_fraction must lie in (0, 1); got null")
 
 
 @dataclass(frozen=True)
@@ -315,12 +322,18 @@ class LrGrid(Spec):
 
 @dataclass(frozen=True)
 class Convert(Spec):
-    """Sharing applied to `pretrained` before task=sts_zero_shot scores it; `to` and `ratio` are checked against
-    the conversions (sharebench.convert) by `validate`."""
+    """Sharing applied to `pretrained` before task=sts_zero_shot scores it: one of the conversions of
+    sharebench.convert (or none) at a ratio it takes."""
 
-    to: str | None = accepts(OPTIONAL_TEXT)
+    to: str | None = accepts(one_of(*CONVERSIONS) | NULL)
     ratio: float = accepts(number())
     rank: int = accepts(POSITIVE)
+
+    def __post_init__(self) -> None:
+        if self.to == "headwise":
+            checked_ratio("convert.to=headwise", "convert.ratio", self.ratio, HeadwiseRatio)
+        elif self.to and not 0 <= self.ratio <= 1:
+            raise ConfigError(f"convert.to={self.to}: convert.ratio={self.ratio} must be a number in [0, 1]")
 
 
 @dataclass(frozen=True)

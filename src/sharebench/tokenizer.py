@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from sharebench.spec import Tokenizer as TokenizerSettings
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
 CHARS_FILE = "chars.json"  # a character tokenizer's vocabulary, in a run's folder
 # What a checkpoint folder holds of its tokenizer (copied along by conversions).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", CHARS_FILE)
