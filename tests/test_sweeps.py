@@ -147,7 +147,14 @@ NARROWED = {
         "sharing=none",
         "trainer.precision=32-true,bf16-mixed",
     ],
-    "pilot": ["arch=gpt", "arch.norm_position=pre", "layers=none", "iso_baseline=false", "sharing=none,mqa"],
+    "pilot": [
+        "arch=gpt",
+        "arch.norm_position=pre",
+        "optim.lr=0.001",
+        "layers=none",
+        "iso_baseline=false",
+        "sharing=none,mqa",
+    ],
     "leaderboard": [
         "arch=bert",
         "data=wikipedia",
