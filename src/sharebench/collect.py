@@ -118,12 +118,12 @@ class Verdicts:
 
     def judge(self, lower_is_better: bool, margin: float | None) -> None:
         for family in dict.fromkeys(self.families):
-            members = self.members(family)
+            members, tested = self.members(family), self.size(family)
             comparisons = [self.comparisons[i] for i in members]
             said = verdicts(comparisons, lower_is_better, margin)
             for i, verdict, comparison in zip(members, said, comparisons, strict=True):
                 row, column = self.cells[i]
-                effect = comparison.minimal_detectable_effect(self.size(family)) if comparison is not None else None
+                effect = comparison.minimal_detectable_effect(tested) if comparison is not None else None
                 row[column] = verdict + (f" (MDE {effect:.4f})" if effect is not None else "")
 
     def notes(self, metric: str, margin: float | None) -> list[str]:
@@ -280,7 +280,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             f"{LOWER_POWER} fewer seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
             "effect says how much lower."
         ]
-        if any(len(c.records) < most_seeds for c in configurations)
+        if lower(*configurations)
         else []
     )
     if not main:

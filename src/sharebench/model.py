@@ -477,28 +477,22 @@ class LanguageModel(nn.Module):
         unique: dict[int, tuple[int, str]] = {}
         total = 0
 
-        components: dict[str, str] = {"": "heads"}  # a module's component, inherited from the nearest that names one
-        counted_whole: list[str] = []  # modules whose parameters are counted with them (a scheme) or left out
-        # Every module at every place it is used (a block reused by several layers once per layer), parents first.
-        for name, module in self.named_modules(remove_duplicate=False):
-            if any(name.startswith(f"{whole}.") for whole in counted_whole):
-                continue
-            if not lm_head and module is self.head:
-                counted_whole.append(name)
-                continue
-            inherited = components[name.rpartition(".")[0]] if name else "heads"
-            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", inherited)
-            components[name] = component
+        def visit(module: nn.Module, component: str) -> None:
+            nonlocal total
+            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", component)
             if isinstance(module, AttentionSharing):
                 total += module.used_numel()
                 for p in module.parameters():
                     unique.setdefault(id(p), (p.numel(), component))
-                counted_whole.append(name)
-                continue
+                return
             for p in module.parameters(recurse=False):
                 total += p.numel()
                 unique.setdefault(id(p), (p.numel(), component))
+            for child in every_child(module):  # every occurrence, also of a module reused elsewhere
+                if lm_head or child is not self.head:
+                    visit(child, component)
 
+        visit(self, "heads")
         by_component = dict.fromkeys(COMPONENTS, 0)
         for numel, component in unique.values():
             by_component[component] += numel

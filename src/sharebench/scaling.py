@@ -152,10 +152,9 @@ def ladder(configurations: Sequence[Configuration], metric: str) -> Ladder | Non
         return None
     shared = [
         Shared(c, rungs[str(c.description.get("size.name"))], float(c.unique_parameters()),
-               c.compute("training_flops") or math.nan, tuple(c.metric_by_seed(metric).values()),
-               tuple(c.metric_by_seed(metric)))
+               c.compute("training_flops") or math.nan, tuple(by_seed.values()), tuple(by_seed))
         for c in configurations
-        if not c.unshared and c.metric_values(metric) and str(c.description.get("size.name")) in rungs
+        if not c.unshared and (by_seed := c.metric_by_seed(metric)) and str(c.description.get("size.name")) in rungs
     ]  # fmt: skip
     return Ladder(sorted(rungs.values(), key=lambda r: r.unique), shared, metric)
 
