@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest -m "not slow" -n auto
 
 test-full: install
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

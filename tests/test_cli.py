@@ -89,8 +89,8 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
     assert record["hardware"]["cpu_count"] >= 1
     done = [line for line in first.stdout.splitlines() if line.startswith("done: ")]
     assert done == [
-        f"done: {record['run_dir']}: validation loss {record['metrics']['val_loss_full']:.4f} over the whole "
-        f"validation split after 3 steps, "
+        f"done: {tmp_path / record['run_dir']}: validation loss {record['metrics']['val_loss_full']:.4f} over the "
+        f"whole validation split after 3 steps, "
         f"{record['parameters']['unique']:,} unique parameters, "
         f"{record['speed']['tokens_per_second']:,.0f} tokens/s, {record['wall_time_s']:,.0f} s"
     ]

@@ -321,6 +321,27 @@ def test_unwritable_output_root_is_refused(tmp_path):
     assert not (tmp_path / "new").exists()  # checking made no folder
 
 
+def test_a_new_output_root_removed_while_checked_is_checked_again(tmp_path, monkeypatch):
+    """DDP ranks check the same new output root at once, and one removes the folder it made while another
+    writes its test file there (CI saw it): that is no reason to refuse the folder."""
+    import tempfile
+
+    from sharebench.config import check_writable
+
+    root = tmp_path / "runs"
+    temporary_file, calls = tempfile.TemporaryFile, []
+
+    def removed_by_another_rank(dir: Path):  # noqa: A002 (tempfile's keyword)
+        calls.append(dir)
+        if len(calls) == 1:
+            Path(dir).rmdir()
+        return temporary_file(dir=dir)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", removed_by_another_rank)
+    check_writable(str(root))
+    assert len(calls) == 2 and not root.exists()
+
+
 @pytest.mark.parametrize(
     "overrides", [[], ["arch=gpt", "data=tinyshakespeare"], ["task=pretrain_glue"], ["experiment=xue23"]]
 )

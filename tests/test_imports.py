@@ -87,3 +87,39 @@ def test_no_private_name_of_another_object_or_module_is_used():
             ):
                 found.append(f"{path.name}:{node.lineno} from {node.module}")
     assert found == []
+
+
+def test_config_keys_are_classified_only_where_declared():
+    """Each config key is declared once, at its field of the run spec, with its role (issue 47): a collection
+    of config keys (or of groups' key prefixes) written out anywhere else classifies keys a second time."""
+    from sharebench.spec import declared_keys, leaf_keys
+
+    keys = set(declared_keys(lambda declared: True)) | set(leaf_keys())
+    modules = {path.stem for path in PACKAGE.rglob("*")}  # "sharing", "data": a package's modules too
+    names = (keys - modules) | {f"{key}." for key in keys}
+    found, ordered = [], []
+    for path in [*PACKAGE.rglob("*.py"), PROJECT_ROOT / "train.py"]:
+        if path.name == "spec.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NAMING_ORDER" for t in node.targets):
+                ordered.append(node.value)  # the one display order of names and labels (paths.py)
+            if isinstance(node, (ast.Set, ast.Tuple, ast.List)) and node not in ordered:
+                named = [i.value for i in node.elts if isinstance(i, ast.Constant) and i.value in names]
+                if len(named) >= 2:
+                    found.append(f"{path.name}:{node.lineno} {named}")
+    assert found == []
+
+
+def test_a_collection_of_config_keys_is_found(tmp_path, monkeypatch):
+    """The check above sees a tuple of key prefixes, as the one the results once kept."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
+    (tmp_path / "listed.py").write_text('DATA_KEYS = ("data.", "glue.")\n')
+    try:
+        test_config_keys_are_classified_only_where_declared()
+    except AssertionError as error:
+        assert "listed.py:1 ['data.', 'glue.']" in str(error)
+    else:
+        raise AssertionError("a tuple of config keys went unseen")

@@ -13,7 +13,7 @@ import pytest
 from sharebench.cli import main as cli
 from sharebench.errors import ConfigError
 from sharebench.paths import machine_free
-from sharebench.record import SCHEMA_VERSION, read_record, upgrade
+from sharebench.record import SCHEMA_VERSION, read_record, record_leaves, upgrade
 from sharebench.results import read_records
 from sharebench.tasks import run_task
 
@@ -98,10 +98,25 @@ def test_a_first_version_record_is_upgraded_from_what_it_says_itself():
     assert upgrade(upgraded) == upgraded  # the current version passes unchanged
 
 
+def test_a_second_version_record_gains_what_its_keys_are():
+    """Records before version 3 did not state their keys' roles: the upgrade states those of this version."""
+    second = {
+        "schema_version": 2,
+        "status": "completed",
+        "config": {"seed": 1, "output_root": "x", "data": {"seq_len": 8}},
+    }
+    upgraded = upgrade(second)
+    assert list(upgraded)[0] == "schema_version" and upgraded["schema_version"] == SCHEMA_VERSION
+    assert upgraded["config_keys"]["roles"]["output_root"] == "location"
+    assert record_leaves(upgraded) == {"seed": 1, "data.seq_len": 8}  # where the run lived does not identify it
+    assert upgrade(upgraded) == upgraded
+
+
 def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tmp_path, capsys):
     old, newer = tmp_path / "runs" / "old", tmp_path / "runs" / "newer"
     old.mkdir(parents=True), newer.mkdir(parents=True)
     (old / "run.json").write_text(json.dumps(FIRST_VERSION))
+    (old / "glue_summary.json").write_text(json.dumps({"pretrained": FIRST_VERSION["run_dir"]}))
     (newer / "run.json").write_text(json.dumps({**FIRST_VERSION, "schema_version": SCHEMA_VERSION + 1}))
     assert read_record(old)["run_dir"] == "runs/arch=gpt/seed=1"
     with pytest.raises(ConfigError, match=f"schema_version {SCHEMA_VERSION + 1} is newer than this sharebench"):
@@ -115,8 +130,11 @@ def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tm
         capsys.readouterr().out.strip() == f"upgrade: 1 of 1 run records rewritten in schema version {SCHEMA_VERSION}"
     )
     assert json.loads((old / "run.json").read_text()) == upgrade(json.loads(json.dumps(FIRST_VERSION)))
+    summary = json.loads((old / "glue_summary.json").read_text())
+    assert summary == {"pretrained": "runs/arch=gpt/seed=1"}  # named as its record names its run
     cli(["upgrade", str(tmp_path)])
     assert capsys.readouterr().out.startswith("upgrade: 0 of 1")
+    assert json.loads((old / "glue_summary.json").read_text()) == summary  # upgraded once, left as it is then
 
 
 def test_every_committed_record_is_upgraded_and_names_no_machine(project_root):

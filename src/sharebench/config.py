@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,14 @@ from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.layers import LayerSharing, Unshared
 from sharebench.model import LanguageModel, ModelConfig
-from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, machine_free, resolve_path
-from sharebench.record import NOT_RESULT_KEYS
+from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, machine_free, naming_rank, resolve_path
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
-from sharebench.spec import RunSpec, SharingSpec, Trainer
+from sharebench.spec import NAMED, RunSpec, SharingSpec, Trainer, role_of
 
-GROUPS = ("arch", "size", "sharing", "layers", "data", "trainer", "logger", "callbacks", "glue", "lr_grid", "scale")
+# The spec's fields a config group of conf/ chooses (arch=bert): the command line's choices are checked against it.
+GROUPS = tuple(f.name for f in fields(RunSpec) if (CONFIG_DIR / f.name).is_dir())
 
 
 def group_choices(group: str) -> list[str]:
@@ -127,14 +127,23 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     return replace(spec, shares=shares)
 
 
+WRITABLE_ATTEMPTS = 3
+
+
 def check_writable(output_root: str) -> None:
     """Where runs go must take a folder: tried by making it (and a file in it), since permissions alone do not
     tell (root passes every permission check, and /proc refuses root too). Folders made here are removed."""
     root = resolve_path(output_root)
     made = [folder for folder in (root, *root.parents) if not folder.exists()]
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=root).close()
+        for attempt in range(WRITABLE_ATTEMPTS):
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                tempfile.TemporaryFile(dir=root).close()
+                break
+            except FileNotFoundError:  # another process checking the same new folder (a DDP rank) removed it
+                if attempt == WRITABLE_ATTEMPTS - 1:
+                    raise
     except OSError as error:
         raise ConfigError(f"output_root={output_root}: {error.strerror} ({error.filename}); choose a writable "
                           f"folder") from None  # fmt: skip
@@ -348,11 +357,6 @@ def unique_parameters(shape: ModelConfig, sharing: Callable[..., AttentionSharin
         return LanguageModel(shape, sharing, layers=layers).parameter_counts().unique
 
 
-# Keys that say where a run lives or how it prints, not what it computes; the seed has its own folder level.
-NOT_IN_RUN_NAME = {"seed", *NOT_RESULT_KEYS}
-RUN_NAME_FIRST = ("experiment", "task", "arch", "size", "sharing", "ratio", "layers", "layers.ratio", "pretrained")
-
-
 def run_name(task_overrides: Sequence[str]) -> str:
     """A run's folder name: its overrides, the ones that tell runs apart first ('/' would nest folders);
     no overrides means the defaults. A name too long for the file system keeps its start and ends in a hash
@@ -367,10 +371,12 @@ def run_name(task_overrides: Sequence[str]) -> str:
             return f"{name}={value.lower()}"
         return machine_free(override, [(Path.home(), "~")])  # a path names the same folder on every machine
 
+    def named(override: str) -> bool:  # a group's choice, or a value that changes what the run computes
+        return key(override) in GROUPS or role_of(key(override)) in NAMED  # where it lives and the seed are not
+
     # A key given twice counts once, with its last value, as a sweep (which merges them) would name it.
-    kept = list({key(o): canonical(o) for o in task_overrides if key(o) not in NOT_IN_RUN_NAME}.values())
-    rank = {name: i for i, name in enumerate(RUN_NAME_FIRST)}
-    kept.sort(key=lambda o: (rank.get(key(o), len(rank)), key(o), o))
+    kept = list({key(o): canonical(o) for o in task_overrides if named(o)}.values())
+    kept.sort(key=lambda o: (naming_rank(key(o)), key(o), o))
     return folder_name(",".join(kept) or "default")
 
 

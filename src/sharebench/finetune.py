@@ -30,7 +30,7 @@ from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path
 from sharebench.record import RECORD_NAME, SUMMARY_NAME, RunRecord, read_record, record_roots, run_once
 from sharebench.resume import StopOnSignal
-from sharebench.spec import GlueRecipe, RunSpec
+from sharebench.spec import GlueRecipe, RunSpec, run_selecting_keys
 from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean
 
@@ -197,7 +197,7 @@ def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, ro
             write_predictions(spec, classifier, tokenizer, task, recipe, root / "glue_submission" /
                               f"{grid_folder(lr)}seed={seed}")  # fmt: skip
 
-    return run_once(spec.to_dict(), run_dir, finetune, ("glue.", "task"))[0]
+    return run_once(spec.to_dict(), run_dir, finetune, run_selecting_keys())[0]
 
 
 def check_same_recipe(run_dir: Path, recipe: GlueRecipe) -> None:

@@ -78,6 +78,16 @@ INSTALLED = (
 DATA_ROOT_NAME = "${data_root}"  # as the config names the data mirror
 
 
+# The keys that tell configurations apart first, in the order a run's folder name and a table's labels show them
+# (a label's `arch` is the record's arch.name).
+NAMING_ORDER = ("experiment", "task", "arch", "size", "sharing", "ratio", "layers", "layers.ratio", "pretrained")
+
+
+def naming_rank(key: str) -> int:
+    """Where `key` stands in NAMING_ORDER; every other key after those, as len(NAMING_ORDER)."""
+    return NAMING_ORDER.index(key) if key in NAMING_ORDER else len(NAMING_ORDER)
+
+
 def machine_free(tree: Any, roots: Sequence[tuple[str | os.PathLike, str]]) -> Any:
     """`tree` (a run record) with every path below one of `roots` (an absolute folder, and the name that stands
     for it: '' for the folder paths are taken relative to) named by that name, and installed files as INSTALLED

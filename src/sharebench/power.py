@@ -19,16 +19,18 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
+from sharebench.record import stated_keys, under
 from sharebench.results import Configuration, find_configurations, label_value, main_metric, pretraining
 from sharebench.stats import ALPHA, POWER, compare
 
-SCHEME_KEYS = {"sharing", "ratio", "layers", "layers.ratio", "iso_baseline", "iso_compute"}
 MOST_SEEDS = 100
 
 
 def budget_of(configuration: Configuration) -> tuple[tuple[str, Any], ...]:
-    """What a configuration sets besides its sharing: the configurations of one budget differ in sharing alone."""
-    return tuple(sorted(item for item in configuration.description.items() if item[0] not in SCHEME_KEYS))
+    """What a configuration sets besides its sharing (what its records say chooses it): the configurations of one
+    budget differ in sharing alone."""
+    sharing = stated_keys(configuration.first)["sharing"]
+    return tuple(sorted(item for item in configuration.description.items() if not under(sharing, item[0])))
 
 
 def seeds_for(spread: float, family: int, target: float) -> int | None:

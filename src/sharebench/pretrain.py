@@ -63,7 +63,7 @@ from sharebench.resume import (
     continue_metrics,
     resume_point,
 )
-from sharebench.spec import Optim, RunSpec
+from sharebench.spec import Optim, RunSpec, run_selecting_keys
 
 
 class PretrainModule(L.LightningModule):
@@ -299,11 +299,6 @@ def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
         )
 
 
-# A pretraining run's folder also holds its GLUE runs (task=pretrain_glue): other GLUE tasks or recipes leave the
-# pretraining as it was.
-PRETRAINING_IGNORES = ("glue.", "task")
-
-
 def run(spec: RunSpec, run_dir: str | Path) -> Record:
     """Pretrain one validated configuration (`config.validate`'s spec) into `run_dir` and return its run record
     (also written as run.json).
@@ -316,7 +311,9 @@ def run(spec: RunSpec, run_dir: str | Path) -> Record:
         record.update(sharing=spec.shares.to_record())
         _train(spec, run_dir, record)
 
-    data, ran = run_once(spec.to_dict(), run_dir, train, PRETRAINING_IGNORES)
+    # A pretraining run's folder also holds its GLUE runs (task=pretrain_glue): which GLUE runs a command makes
+    # leaves the pretraining as it was.
+    data, ran = run_once(spec.to_dict(), run_dir, train, run_selecting_keys())
     if ran and rank_zero_only.rank == 0:
         if data["status"] == "completed":
             print(summary_line(data))

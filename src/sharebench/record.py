@@ -26,14 +26,21 @@ from sharebench.paths import DATA_ROOT_NAME, PACKAGE_DIR, PROJECT_ROOT, atomic_w
 RECORD_NAME = "run.json"
 SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside the pretraining run's record
 # The record's schema. 1: records without the field, which name the files of the machine they ran on (and the
-# oldest have no `compute`); 2: records name files relative to their output root (`upgrade` reads any version).
-SCHEMA_VERSION = 2
-# Config keys that say where a run lives or how it reports, not what it computes; the recipe's notes (its title,
-# the paper's claims) neither.
-NOT_RESULT_KEYS = {
-    "output_root", "data_root", "cache_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary", "measure"
-}  # fmt: skip
-NOT_RESULT_PREFIXES = ("experiment.", "logger.")
+# oldest have no `compute`); 2: records name files relative to their output root; 3: records state the role of
+# their config's keys (`config_keys`). `upgrade` reads any version.
+SCHEMA_VERSION = 3
+# The roles of config keys (spec.Role) that tell what a run computes: a folder holds one configuration of them.
+IDENTITY_ROLES = ("result", "scheme", "replicate")
+
+
+class ConfigKeys(TypedDict):
+    """What a run's suite declared about its config's keys (sharebench.spec.key_declarations): the keys and
+    groups whose role is not "result", with their role; those that fix a seed's batches and their order; those
+    that choose what the model shares."""
+
+    roles: dict[str, str]
+    data_order: list[str]
+    sharing: list[str]
 
 
 class Record(TypedDict, total=False):
@@ -46,6 +53,7 @@ class Record(TypedDict, total=False):
     run_dir: str
     seed: int | None
     config: dict[str, Any]
+    config_keys: ConfigKeys
     git: dict[str, Any]
     packages: dict[str, str | None]
     hardware: dict[str, Any]
@@ -148,6 +156,7 @@ class RunRecord:
             "run_dir": str(Path(run_dir).resolve()),
             "seed": config.get("seed"),
             "config": dict(config),
+            "config_keys": declared_keys(),
             "git": dict(git_commit()),
             "packages": package_versions(),
             "hardware": hardware(),
@@ -262,8 +271,8 @@ def upgrade_records(folders: Sequence[Path]) -> str:
     if missing:
         raise ConfigError(f"upgrade: {', '.join(missing)} is not a folder of runs")
     for path in {path for folder in folders for path in folder.rglob(SUMMARY_NAME)}:  # named as its record was
-        beside = path.parent / RECORD_NAME
-        roots = first_version_roots(json.loads(beside.read_text())) if beside.is_file() else []
+        beside = json.loads((path.parent / RECORD_NAME).read_text()) if (path.parent / RECORD_NAME).is_file() else {}
+        roots = first_version_roots(beside) if "schema_version" not in beside else []  # version 1 named the machine
         if (free := machine_free(stored := json.loads(path.read_text()), roots)) != stored:
             atomic_write_json(path, free)
     paths = sorted({path for folder in folders for path in folder.rglob(RECORD_NAME)})
@@ -305,7 +314,9 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
         record = machine_free(record, first_version_roots(record))
         if "compute" not in record and (compute := derived_compute(record)):
             record["compute"] = compute
-    return {"schema_version": SCHEMA_VERSION} | record
+    if version < 3 and "config" in record:  # what versions 1 and 2 declared about keys, this version declares
+        record = {**record, "config_keys": declared_keys()}
+    return {"schema_version": SCHEMA_VERSION} | {key: value for key, value in record.items() if key != "schema_version"}
 
 
 def first_version_roots(record: dict[str, Any]) -> list[tuple[str | Path, str]]:
@@ -352,13 +363,41 @@ def normalized(value: Any) -> Any:
     return str(value)
 
 
-def config_leaves(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config as dotted keys and normalized values, without the keys that do not change a result."""
-    return {
-        key: normalized(value)
-        for key, value in flatten(config).items()
-        if key not in NOT_RESULT_KEYS and not key.startswith(NOT_RESULT_PREFIXES)
-    }
+def declared_keys() -> ConfigKeys:
+    """What this version of the suite declares about its config keys (sharebench.spec), as a record states it."""
+    from sharebench.spec import key_declarations  # the run's side: readers of a record take what it states
+
+    return key_declarations()  # type: ignore[return-value]
+
+
+def stated_keys(record: Mapping[str, Any]) -> ConfigKeys:
+    """What a record states about its config's keys (none, for a record without a config)."""
+    return record.get("config_keys") or {"roles": {}, "data_order": [], "sharing": []}
+
+
+def under(keys: Sequence[str], key: str) -> bool:
+    """Whether `key` is one of `keys` or lies in a group among them."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
+
+
+def role_in(roles: Mapping[str, str], key: str) -> str:
+    """A config key's role as `roles` (a record's `config_keys.roles`) states it: its own, or its innermost group's;
+    "result" where neither is stated."""
+    parts = key.split(".")
+    stated = (roles.get(".".join(parts[:end])) for end in range(len(parts), 0, -1))
+    return next((role for role in stated if role is not None), "result")
+
+
+def config_leaves(config: Mapping[str, Any], roles: Mapping[str, str]) -> dict[str, Any]:
+    """A resolved config as dotted keys and normalized values, without the keys that do not change a result (where
+    a run lives, how it reports) by `roles`."""
+    return {key: normalized(value) for key, value in flatten(config).items()
+            if role_in(roles, key) in IDENTITY_ROLES}  # fmt: skip
+
+
+def record_leaves(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's config leaves, by the roles the record states."""
+    return config_leaves(record.get("config") or {}, stated_keys(record)["roles"])
 
 
 def check_same_config(run_dir: Path, config: Mapping[str, Any], also_ignored: tuple[str, ...] = ()) -> None:
@@ -367,8 +406,8 @@ def check_same_config(run_dir: Path, config: Mapping[str, Any], also_ignored: tu
     version of the suite that added or dropped one) and keys starting with `also_ignored` are not compared."""
     if not (run_dir / RECORD_NAME).exists():
         return
-    stored = config_leaves(read_record(run_dir).get("config") or {})
-    current = config_leaves(machine_free(dict(config), record_roots(config, run_dir)))
+    stored = record_leaves(read_record(run_dir))
+    current = config_leaves(machine_free(dict(config), record_roots(config, run_dir)), declared_keys()["roles"])
     differences = [
         f"{key}={stored[key]!r} there, {current[key]!r} here"
         for key in sorted(stored.keys() & current.keys())

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sharebench.errors import ConfigError
-from sharebench.paths import folder_name
-from sharebench.record import RECORD_NAME, STALE, config_leaves, normalized, read_record
+from sharebench.paths import folder_name, naming_rank
+from sharebench.record import RECORD_NAME, STALE, normalized, read_record, record_leaves, role_in, stated_keys, under
 from sharebench.resume import RunLock
 from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
@@ -37,11 +37,6 @@ MAIN_METRICS = (("test_loss_full", "lower"), ("val_loss_full", "lower"), ("val_l
                 ("spearman", "higher"))  # fmt: skip
 # Metrics that get a Δ column beside the main metric's where the runs have them.
 COMPARED_TOO = ("train_loss", "val_rise")
-# Config keys beyond those that do not change what a run computes (record.config_leaves) that do not tell runs
-# apart: the seed, and the keys the scheme names stand for (the record's effective scheme names and ratios replace
-# them: a ratio left to its default is recorded as the value used).
-NOT_COMPARED = {"seed", "ratio", "sharing._target_", "sharing._partial_", "layers._target_", "layers.ratio"}
-LABEL_FIRST = ("arch.name", "sharing", "ratio", "layers", "layers.ratio", "iso_baseline")
 LABEL_NAMES = {"arch.name": "arch"}  # as a user types it
 
 STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
@@ -59,8 +54,12 @@ def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
 def description(record: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run's configuration (see the module's docstring); a GLUE run adds its task. A run of a
     learning-rate search is its configuration's whatever its rate (the search chooses among them)."""
-    ignored = NOT_COMPARED | ({LR_KEY} if tuned_rate(record) is not None else set())
-    config = {key: value for key, value in config_leaves(record.get("config") or {}).items() if key not in ignored}
+    # Of the keys that change a result, the seed repeats a configuration, and the record's effective scheme names
+    # and ratios (scheme_of) replace the keys that choose them: a ratio left to its default is recorded as used.
+    searched = tuned_rate(record) is not None
+    roles = stated_keys(record)["roles"]
+    config = {key: value for key, value in record_leaves(record).items()
+              if role_in(roles, key) == "result" and not (searched and key == LR_KEY)}  # fmt: skip
     described = {**{key: normalized(value) for key, value in scheme_of(record).items()}, **config}
     if "task" in record:
         described["glue_task"] = record["task"]
@@ -324,13 +323,12 @@ def settle_glue_rates(configuration: Configuration) -> None:
 
 def assign_labels(configurations: Sequence[Configuration]) -> None:
     """Label each configuration by the values that tell it apart from the others (the GLUE task aside): keys in
-    LABEL_FIRST order, then by name, each only where the keys before it leave configurations undistinguished (in
+    paths.NAMING_ORDER, then by name, each only where the keys before it leave configurations undistinguished (in
     a sweep over schemes, `sharing=shared_qkv` rather than also its ratio; `sharing=none` without a ratio even
     when other schemes' ratios vary)."""
     absent = object()
     bases = [{k: v for k, v in c.description.items() if k != "glue_task"} for c in configurations]
-    keys = sorted({k for base in bases for k in base}, key=lambda k: (k not in LABEL_FIRST, LABEL_FIRST.index(k)
-                                                                      if k in LABEL_FIRST else 0, k))  # fmt: skip
+    keys = sorted({k for base in bases for k in base}, key=lambda k: (naming_rank(LABEL_NAMES.get(k, k)), k))
     chosen: list[tuple[str, set]] = []  # a key, and the groups (values of the keys before it) in which it varies
 
     def group(base: dict[str, Any], before: Sequence[tuple[str, set]]) -> tuple:
@@ -362,10 +360,8 @@ def shares_data_order(a: Configuration, b: Configuration) -> bool:
     the same batches: then their difference is taken seed by seed."""
 
     def data_keys(configuration: Configuration) -> dict[str, Any]:
-        leaves = config_leaves(configuration.first.get("config") or {})
-        return {
-            k: v for k, v in leaves.items() if k.startswith(("data.", "glue.")) or k.endswith("accumulate_grad_batches")
-        }
+        ordering = stated_keys(configuration.first)["data_order"]
+        return {k: v for k, v in record_leaves(configuration.first).items() if under(ordering, k)}
 
     return data_keys(a) == data_keys(b)
 

@@ -11,6 +11,8 @@ What the spec cannot see by itself (a scheme's own ratio range, the data's files
 
 from __future__ import annotations
 
+import enum
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -101,14 +103,48 @@ TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
 PRETRAINING = ("pretrain", "pretrain_glue")
 
 
-def accepts(allowed: Allowed, default: Any = MISSING) -> Any:
-    """A field that holds a value `allowed` accepts."""
-    return field(default=default, metadata={"allowed": allowed})
+class Role(enum.Enum):
+    """What a config key is part of, declared once at its field: the run's folder name, the configuration results
+    compare and the record's check that a folder holds one configuration all follow from it."""
+
+    RESULT = "changes what the run computes"
+    SCHEME = "chooses a sharing scheme or its ratio, which the record's `sharing` states as used"
+    REPLICATE = "repeats the configuration (the seed: a folder level of its own)"
+    LOCATION = "says where the run reads and writes"
+    REPORT = "says how the run reports, or carries notes"
 
 
-def group(spec: type[Spec], default: Any = MISSING) -> Any:
-    """A field that holds a nested group, built from its mapping."""
-    return field(default=default, metadata={"group": spec})
+NAMED = (Role.RESULT, Role.SCHEME)  # in a run's folder name
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A field's declaration beside what it accepts: its role, whether its value is a path (quoted for Hydra where
+    needed), the tasks that read it (None: every task; set for another, it is refused), whether it selects which
+    runs a command makes rather than what one computes (a pretraining folder holds its GLUE runs whatever the GLUE
+    tasks and recipe), whether it fixes which batches a seed trains and is evaluated on, in what order (runs that
+    agree on these keys are compared seed by seed), and the roles of a mapping's own keys (a scheme's
+    `_target_`), and whether it chooses what the model shares or whose twin it is (sharing=, layers=, their
+    ratios, iso_baseline=): the configurations of one budget differ in these alone."""
+
+    role: Role = Role.RESULT
+    path: bool = False
+    read_by: tuple[str, ...] | None = None
+    selects_runs: bool = False
+    orders_data: bool = False
+    chooses_sharing: bool = False
+    inner_roles: Mapping[str, Role] = field(default_factory=dict)
+
+
+def accepts(allowed: Allowed, default: Any = MISSING, **declared: Any) -> Any:
+    """A field that holds a value `allowed` accepts, declared as `Declared(**declared)` says."""
+    return field(default=default, metadata={"allowed": allowed, "declared": Declared(**declared)})
+
+
+def group(spec: type[Spec], default: Any = MISSING, **declared: Any) -> Any:
+    """A field that holds a nested group, built from its mapping; its keys take its declaration's role where
+    theirs is RESULT."""
+    return field(default=default, metadata={"group": spec, "declared": Declared(**declared)})
 
 
 # ---- building and checking ----------------------------------------------------------------------------------
@@ -204,13 +240,13 @@ class Tokenizer(Spec):
     vocab_size: int | None = accepts(integer(16, 2**31 - 1, nullable=True))  # null: a character vocabulary
     train_chars: int | None = accepts(integer(1, nullable=True))
     lowercase: bool = accepts(BOOL)
-    path: str | None = accepts(OPTIONAL_TEXT)
+    path: str | None = accepts(OPTIONAL_TEXT, path=True)
 
 
 @dataclass(frozen=True)
 class Data(Spec):
     name: str = accepts(TEXT)
-    source: str = accepts(TEXT)
+    source: str = accepts(TEXT, path=True)
     hub_config: str | None = accepts(OPTIONAL_TEXT)
     text_column: str = accepts(TEXT)
     train_split: str = accepts(TEXT)
@@ -243,13 +279,13 @@ class Trainer(Spec):
     check_val_every_n_epoch: int | None = accepts(integer(1, nullable=True))
     limit_val_batches: int | float = accepts(FRACTION_OF_BATCHES)
     gradient_clip_val: float | None = accepts(number(0, nullable=True))
-    accumulate_grad_batches: int = accepts(POSITIVE)
+    accumulate_grad_batches: int = accepts(POSITIVE, orders_data=True)
     log_every_n_steps: int = accepts(POSITIVE)
     num_sanity_val_steps: int = accepts(integer(-1))
     deterministic: bool | str = accepts(BOOL | one_of("warn"))
     use_distributed_sampler: bool = accepts(BOOL)
-    enable_progress_bar: bool = accepts(BOOL)
-    enable_model_summary: bool = accepts(BOOL)
+    enable_progress_bar: bool = accepts(BOOL, role=Role.REPORT)
+    enable_model_summary: bool = accepts(BOOL, role=Role.REPORT)
 
 
 @dataclass(frozen=True)
@@ -281,7 +317,7 @@ class GlueRecipe(Spec):
 
 @dataclass(frozen=True)
 class Glue(Spec):
-    source: str = accepts(TEXT)
+    source: str = accepts(TEXT, path=True)
     tasks: list[str] = accepts(list_of(TEXT))  # which names: glue.check
     seeds: list[int] = accepts(list_of(SEED))
     lrs: list[float] | None = accepts(list_of(RATE, nullable=True))
@@ -325,7 +361,7 @@ class Convert(Spec):
     """Sharing applied to `pretrained` before task=sts_zero_shot scores it: one of the conversions of
     sharebench.convert (or none) at a ratio it takes."""
 
-    to: str | None = accepts(one_of(*CONVERSIONS) | NULL)
+    to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot",))
     ratio: float = accepts(number())
     rank: int = accepts(POSITIVE)
 
@@ -371,9 +407,7 @@ class SharingSpec:
         }
 
 
-# Keys that only some tasks read, with the tasks that read them: set for another task, they would be ignored.
-TASK_KEYS = {"convert.to": ("sts_zero_shot",), "postshare_ratio": PRETRAINING, "tokens_per_parameter": PRETRAINING,
-             "diverged_above": PRETRAINING}  # fmt: skip
+SCHEME_CHOICE = {"_target_": Role.SCHEME, "_partial_": Role.SCHEME}  # Hydra's keys of a scheme's constructor
 
 
 @dataclass(frozen=True)
@@ -382,40 +416,42 @@ class RunSpec(Spec):
 
     arch: Arch = group(Arch)
     size: Size = group(Size)
-    sharing: dict[str, Any] = accepts(MAPPING)  # the scheme's constructor (`_target_`) and its own settings
-    layers: dict[str, Any] = accepts(MAPPING)
-    data: Data = group(Data)
+    sharing: dict[str, Any] = accepts(MAPPING, chooses_sharing=True, inner_roles=SCHEME_CHOICE)  # constructor
+    layers: dict[str, Any] = accepts(MAPPING, chooses_sharing=True, inner_roles={**SCHEME_CHOICE, "ratio": Role.SCHEME})
+    data: Data = group(Data, orders_data=True)
     trainer: Trainer = group(Trainer)
-    logger: dict[str, Any] = accepts(MAPPING)
+    logger: dict[str, Any] = accepts(MAPPING, role=Role.REPORT)
     callbacks: dict[str, Any] = accepts(MAPPING)  # name: a Lightning callback's `_target_` and arguments
-    glue: Glue = group(Glue)
+    glue: Glue = group(Glue, selects_runs=True, orders_data=True)
     lr_grid: LrGrid = group(LrGrid)
     scale: Scale = group(Scale)
-    task: str = accepts(one_of(*TASKS))
-    pretrained: str | None = accepts(OPTIONAL_TEXT)
+    task: str = accepts(one_of(*TASKS), selects_runs=True)
+    pretrained: str | None = accepts(OPTIONAL_TEXT, path=True)
     convert: Convert = group(Convert)
-    postshare_ratio: float | None = accepts(number(nullable=True))  # its range: the conversion's (validate)
-    ratio: float | None = accepts(number(nullable=True))  # its range: the scheme's (validate)
-    seed: int = accepts(SEED)
+    postshare_ratio: float | None = accepts(number(nullable=True), read_by=PRETRAINING)  # range: the conversion's
+    ratio: float | None = accepts(
+        number(nullable=True), role=Role.SCHEME, chooses_sharing=True
+    )  # its range: the scheme's (validate)
+    seed: int = accepts(SEED, role=Role.REPLICATE)
     tie_embeddings: bool = accepts(BOOL)
-    iso_baseline: bool = accepts(BOOL)
-    iso_compute: bool = accepts(BOOL)
-    tokens_per_parameter: float | None = accepts(number(0, open_low=True, nullable=True))
-    diverged_above: float | None = accepts(number(0, open_low=True, nullable=True))  # × the unigram loss
+    iso_baseline: bool = accepts(BOOL, chooses_sharing=True)
+    iso_compute: bool = accepts(BOOL, chooses_sharing=True)
+    tokens_per_parameter: float | None = accepts(number(0, open_low=True, nullable=True), read_by=PRETRAINING)
+    diverged_above: float | None = accepts(number(0, open_low=True, nullable=True), read_by=PRETRAINING)  # × unigram
     eval_train_loss: bool = accepts(BOOL)
     compile: bool = accepts(BOOL)
-    measure: bool = accepts(BOOL)
+    measure: bool = accepts(BOOL, role=Role.REPORT)
     optim: Optim = group(Optim)
-    output_root: str = accepts(TEXT)
-    data_root: str | None = accepts(OPTIONAL_TEXT)
-    cache_dir: str = accepts(TEXT)
-    experiment: dict[str, Any] | None = accepts(MAPPING | NULL, None)  # a recipe's notes
+    output_root: str = accepts(TEXT, role=Role.LOCATION, path=True)
+    data_root: str | None = accepts(OPTIONAL_TEXT, role=Role.LOCATION, path=True)
+    cache_dir: str = accepts(TEXT, role=Role.LOCATION, path=True)
+    experiment: dict[str, Any] | None = accepts(MAPPING | NULL, None, role=Role.REPORT)  # a recipe's notes
     # Resolved by `validate`, not configured: what the model shares (None where a checkpoint decides).
     shares: SharingSpec | None = field(default=None, metadata={"resolved": True})
 
     def __post_init__(self) -> None:
-        for key, tasks in TASK_KEYS.items():
-            value = self.select(key)
+        for key in declared_keys(lambda declared: declared.read_by is not None):
+            value, tasks = self.select(key), declaration(key)[-1].read_by or ()
             if value is not None and self.task not in tasks:
                 raise ConfigError(f"{key}={value} is read by task={' and task='.join(tasks)} only; task={self.task} "
                                   f"would ignore it: drop it or choose that task")  # fmt: skip
@@ -451,3 +487,86 @@ class RunSpec(Spec):
     def from_dict(cls, config: Mapping[str, Any]) -> RunSpec:
         """A composed config's container, or a run record's `config`."""
         return cls.build(config)
+
+
+# ---- what the declarations say about a key ---------------------------------------------------------------------
+
+
+def declaration(key: str) -> list[Declared]:
+    """The declarations along a dotted key, outermost first: the groups it lies in, then its field (or, inside a
+    mapping, the role the mapping declares for it). A key the spec does not declare (a scheme's own setting, a key
+    of another version of the suite) ends where the declarations do."""
+    declared: list[Declared] = []
+    spec: type[Spec] | None = RunSpec
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if spec is None:
+            outer = declared[-1] if declared else Declared()
+            if inner := outer.inner_roles.get(".".join(parts[depth:])):
+                declared.append(Declared(role=inner))
+            break
+        known = {f.name: f for f in fields(spec)}  # type: ignore[arg-type]
+        if part not in known:
+            break
+        declared.append(known[part].metadata["declared"])
+        spec = known[part].metadata.get("group")
+    return declared
+
+
+@functools.cache  # asked for every key of every record a table reads
+def role_of(key: str) -> Role:
+    """A key's role: the innermost one declared other than RESULT along its path (a REPORT group's keys report);
+    RESULT where none is (an undeclared key is taken to change the result)."""
+    roles = [declared.role for declared in declaration(key) if declared.role is not Role.RESULT]
+    return roles[-1] if roles else Role.RESULT
+
+
+def declared_keys(test: Callable[[Declared], bool], spec: type[Spec] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key, groups included, whose declaration passes `test`, in declaration order."""
+    keys = []
+    for f in fields(spec or RunSpec):  # type: ignore[arg-type]
+        if "declared" not in f.metadata:
+            continue
+        if test(f.metadata["declared"]):
+            keys.append(prefix + f.name)
+        if inner := f.metadata.get("group"):
+            keys += declared_keys(test, inner, f"{prefix}{f.name}.")
+    return keys
+
+
+def key_declarations() -> dict[str, Any]:
+    """What the declarations say about config keys, as a run record states it (`config_keys`), so that a reader of
+    the record, of this version or a later one, sorts its keys as the run that wrote it did: their roles, the keys
+    that fix a seed's batches, and those that choose what the model shares (each a key or a group)."""
+    return {
+        "roles": config_roles(),
+        "data_order": declared_keys(lambda declared: declared.orders_data),
+        "sharing": declared_keys(lambda declared: declared.chooses_sharing),
+    }
+
+
+def config_roles() -> dict[str, str]:
+    """Every declared key, group or mapping key whose role is not RESULT, with its role's name."""
+    roles = {key: role_of(key).name.lower() for key in declared_keys(lambda d: d.role is not Role.RESULT)}
+    for key in declared_keys(lambda declared: bool(declared.inner_roles)):
+        roles |= {f"{key}.{inner}": role.name.lower() for inner, role in declaration(key)[-1].inner_roles.items()}
+    return roles
+
+
+PATH_KEYS = frozenset(declared_keys(lambda declared: declared.path))  # values Hydra must be given quoted
+
+
+def run_selecting_keys() -> tuple[str, ...]:
+    """Keys, and prefixes of groups' keys, that select which runs a command makes (the task, GLUE's tasks and
+    recipe) rather than what a run computes: a run's folder is reached under any of their values."""
+    groups = set(declared_keys(lambda declared: True)) - set(leaf_keys())
+    return tuple(f"{key}." if key in groups else key for key in declared_keys(lambda d: d.selects_runs))
+
+
+def leaf_keys(spec: type[Spec] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key that holds a value rather than a group."""
+    keys = []
+    for f in fields(spec or RunSpec):  # type: ignore[arg-type]
+        inner = f.metadata.get("group")
+        keys += leaf_keys(inner, f"{prefix}{f.name}.") if inner else [prefix + f.name]
+    return keys

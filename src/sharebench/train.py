@@ -26,15 +26,12 @@ from sharebench.errors import (
     skip_runs_in_use,
 )
 
-# Keys whose values are paths: a run folder the suite printed (`sharing=partial_qk,ratio=0.9/seed=0`) holds the
-# '=' and ',' of Hydra's own syntax.
-PATH_KEYS = {"pretrained", "output_root", "cache_dir", "data_root", "data.source", "glue.source", "data.tokenizer.path"}
-
 
 def quote_paths(argv: Sequence[str]) -> list[str]:
     """The command line with path values quoted for Hydra where they need it (one holding '=', or naming a file
     or folder that exists), so a run folder is passed back as typed. A comma in any other value still separates
     the values of a sweep."""
+    from sharebench.spec import PATH_KEYS  # a run folder the suite printed holds the '=' and ',' of Hydra's syntax
 
     def quoted(arg: str) -> str:
         key, equals, value = arg.partition("=")
