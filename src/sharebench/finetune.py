@@ -163,15 +163,17 @@ def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, ro
         total_steps = len(loader) * recipe.epochs
         module = GlueModule(classifier, task, recipe, total_steps, validation)
         settings, shown = progress(spec.trainer.to_dict())
+        stop = StopOnSignal()
         record.update(precision=precision_used(spec.trainer))
         settings["precision"] = record.data["precision"]["used"]
         trainer = L.Trainer(
             **{**settings, "max_steps": -1, "val_check_interval": None, "max_epochs": recipe.epochs,
                "enable_checkpointing": False},
-            logger=False, default_root_dir=str(run_dir), callbacks=[StopOnSignal(), *shown],
+            logger=False, default_root_dir=str(run_dir), callbacks=[stop, *shown],
         )  # fmt: skip
         started = time.perf_counter()
-        trainer.fit(module, loader)
+        with stop.interrupts():
+            trainer.fit(module, loader)
         seconds = time.perf_counter() - started
         if module.best is not None:
             classifier.load_state_dict(module.best[1])

@@ -417,20 +417,21 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
         settings["strategy"] = FSDPStrategy(auto_wrap_policy=fsdp_wrap_policy(model))
+    checkpoints = ResumeCheckpoints(run_dir)
     trainer = L.Trainer(
         **settings,
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=[
             throughput,
-            ResumeCheckpoints(run_dir),
+            checkpoints,
             *shown,
             *map(instantiate, spec.callbacks.values()),
             StopOnDivergence(record.data["unigram_val_loss"], spec.diverged_above, spec.optim.warmup_steps),
         ],
         enable_checkpointing=False,
     )
-    with finished_logger(logger):
+    with finished_logger(logger), checkpoints.interrupts():
         if resume is not None:
             check_resumable(resume, module)
             continue_metrics(logger, resumed_step)

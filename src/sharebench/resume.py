@@ -5,12 +5,14 @@ faults of the machine that stop a run told apart from the suite's own errors (do
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
 import os
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,19 +21,24 @@ import lightning as L
 import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sharebench.errors import RunFault, RunInterrupted, RunInUse
 
 CHECKPOINT_FOLDER = "checkpoints"
 # The newest checkpoint and the one before it, in case the newest is damaged (a full disk, a kill mid-write).
 NEWEST, PREVIOUS = "last.ckpt", "previous.ckpt"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The signals this suite takes itself: Lightning stops at a step boundary on SIGTERM already (SIGTERMException),
+# but lets SIGINT end a run mid-step as a failure (exit status 1).
+STOP_SIGNALS = (signal.SIGINT,)
 
 
 class StopOnSignal(L.Callback):
-    """Takes SIGTERM and SIGINT while its Trainer runs and ends the run with RunInterrupted at the first step
-    boundary after one arrives, once Lightning has logged that step (and validated, where the step ends at a
-    validation). Lightning's own handlers would end the run mid-step as a failure (SIGINT: exit status 1)."""
+    """Ends the run with RunInterrupted at the first step boundary after SIGTERM or SIGINT, once Lightning has
+    logged that step (and validated, where the step ends at a validation). SIGTERM is Lightning's to take: it
+    raises SIGTERMException there, which `interrupts` turns into RunInterrupted (a SystemExit let through would
+    exit with status 0). SIGINT, which Lightning would let end the run mid-step as a failure, this callback takes
+    itself and stops at the same boundary."""
 
     checkpoint: Path | None = None  # what the run can resume from, where a subclass saves one
 
@@ -75,6 +82,21 @@ class StopOnSignal(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._stop_if_asked(trainer)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and self.stopped_at is None:
+            self.received, self.stopped_at = signal.SIGTERM, trainer.global_step
+            if trainer.training:  # at a step's end; a validation cut short resumes from the checkpoint before it
+                self.stopping(trainer)
+
+    @contextlib.contextmanager
+    def interrupts(self) -> Iterator[None]:
+        """Lightning's SIGTERMException, raised by the Trainer calls inside, as the run's RunInterrupted."""
+        try:
+            yield
+        except SIGTERMException:
+            saved = self.checkpoint if self.checkpoint is not None and self.checkpoint.exists() else None
+            raise RunInterrupted(signal.SIGTERM, self.stopped_at or 0, saved) from None
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
         if self.stopped_at is not None:
