@@ -73,6 +73,23 @@ def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
     assert run_name(["data.batch_size=4", "sharing=mqa", "data.batch_size=16"]) == "sharing=mqa,data.batch_size=16"
 
 
+def test_a_choice_the_defaults_make_anyway_names_no_folder():
+    """The same configuration is one folder (issue 47, item 6): `python train.py` and `python train.py
+    sharing=none`, or a recipe's sweep with and without `scale=cpu`, train into the same folder; a choice that
+    differs from what a recipe makes its default (scaling searches rates: lr_grid=none does not) is named."""
+    from sharebench.config import run_name
+
+    assert run_name(["sharing=none"]) == run_name([]) == run_name(["sharing=mqa", "sharing=none"]) == "default"
+    board = ["experiment=leaderboard", "arch=gpt", "sharing=none", "data=wikipedia", "seed=3"]
+    assert run_name([*board, "scale=cpu"]) == run_name(board) == "experiment=leaderboard,arch=gpt,data=wikipedia"
+    assert run_name(["experiment=scaling", "lr_grid=factor2"]) == "experiment=scaling"
+    assert run_name(["experiment=scaling", "lr_grid=none"]) == "experiment=scaling,lr_grid=none"
+    assert (
+        run_name(["+sweep=share_ratio_grid", "sharing=partial_qk", "ratio=0.5"]) == "ratio=0.5,+sweep=share_ratio_grid"
+    )
+    assert run_name(["~logger"]) == "~logger"
+
+
 def test_lightnings_throughput_monitor_logs_tokens_and_flops_per_second(nano_cfg, tmp_path):
     """`callbacks=[throughput,lr_monitor]` adds Lightning's ThroughputMonitor and learning-rate monitor: tokens/s
     in the logger, and FLOP/s from the model's analytic FLOPs per batch (the run record's own figure)."""

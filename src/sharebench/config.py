@@ -8,6 +8,7 @@ command line, by `check_overrides`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import itertools
 import math
@@ -357,10 +358,32 @@ def unique_parameters(shape: ModelConfig, sharing: Callable[..., AttentionSharin
         return LanguageModel(shape, sharing, layers=layers).parameter_counts().unique
 
 
+@functools.cache
+def overridden_defaults(group: str, choice: str) -> dict[str, str]:
+    """The other groups' defaults a group's option overrides (`override /sharing: partial_qk` in a recipe or a
+    sweep file)."""
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    entries = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.is_file() else []
+    return {name.removeprefix("override /"): value for entry in entries if isinstance(entry, dict)
+            for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
+
+
+def defaults_in_effect(choices: Mapping[str, str]) -> dict[str, str]:
+    """Each group's choice where the command line does not make it: conf/config.yaml's defaults, as the options
+    chosen (`choices`: a recipe, a sweep file) override them."""
+    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))["defaults"]
+    defaults = {name: value for entry in primary if isinstance(entry, dict) for name, value in entry.items()}
+    for group, choice in choices.items():
+        defaults |= overridden_defaults(group, choice)
+    return defaults
+
+
 def run_name(task_overrides: Sequence[str]) -> str:
     """A run's folder name: its overrides, the ones that tell runs apart first ('/' would nest folders);
-    no overrides means the defaults. A name too long for the file system keeps its start and ends in a hash
-    of the whole (the run's .hydra/overrides.yaml and run.json keep every override)."""
+    no overrides means the defaults. A group's choice that the defaults make anyway names nothing, so the same
+    configuration is one folder (`python train.py` and `python train.py sharing=none`; a recipe's `scale=cpu`
+    given or not). A name too long for the file system keeps its start and ends in a hash of the whole (the
+    run's .hydra/overrides.yaml and run.json keep every override)."""
 
     def key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
@@ -371,12 +394,17 @@ def run_name(task_overrides: Sequence[str]) -> str:
             return f"{name}={value.lower()}"
         return machine_free(override, [(Path.home(), "~")])  # a path names the same folder on every machine
 
-    def named(override: str) -> bool:  # a group's choice, or a value that changes what the run computes
-        return key(override) in GROUPS or role_of(key(override)) in NAMED  # where it lives and the seed are not
-
     # A key given twice counts once, with its last value, as a sweep (which merges them) would name it.
-    kept = list({key(o): canonical(o) for o in task_overrides if named(o)}.values())
-    kept.sort(key=lambda o: (naming_rank(key(o)), key(o), o))
+    given = {key(o): canonical(o) for o in task_overrides}
+    choices = {name: override.partition("=")[2] for name, override in given.items() if "=" in override}
+    defaults = defaults_in_effect(choices)
+
+    def named(name: str, override: str) -> bool:  # a group's own choice, or a value that changes the result
+        if name in GROUPS or name in defaults:
+            return defaults.get(name) != choices.get(name)
+        return role_of(name) in NAMED  # where it lives, how it reports and the seed are not
+
+    kept = sorted((o for name, o in given.items() if named(name, o)), key=lambda o: (naming_rank(key(o)), key(o), o))
     return folder_name(",".join(kept) or "default")
 
 
