@@ -226,6 +226,52 @@ def test_a_signal_stops_the_run_at_a_step_and_the_same_command_resumes(signum, a
     assert curve(output_root) == curve(whole)
 
 
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_it(argv, whole, tmp_path, monkeypatch, capsys):
+    """In this process, so the fast tier covers the fallback: stopped at step 10 (checkpoints at 8, then at the
+    stop), the newest checkpoint cut short as a full disk leaves it, the run resumes from step 8 to the result
+    of a run never stopped."""
+    output_root = tmp_path / "outputs"
+    with monkeypatch.context() as patched:
+        patched.setattr(PretrainModule, "training_step", at_step(10, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+        assert start(argv) == 128 + signal.SIGTERM
+    newest = run_dir(output_root) / "checkpoints" / "last.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert start(argv) == 0
+    said = capsys.readouterr().out
+    previous = newest.with_name("previous.ckpt")
+    assert f"{newest} is damaged (empty or truncated); kept as last.ckpt.damaged" in said
+    assert f"resuming from {previous} (step 8); the newer checkpoint was damaged" in said
+    again = record_of(output_root)
+    assert again["metrics"]["val_history"] == record_of(whole)["metrics"]["val_history"]
+    assert curve(output_root) == curve(whole)
+
+
+def test_a_sweep_searches_its_rate_and_started_again_skips_every_run(argv, tmp_path, capsys):
+    """In this process, so the fast tier covers the sweeper: a rate searched on seed 0 over three rates, seed 1
+    at the choice; the same command again runs nothing."""
+    sweep = [
+        "-m",
+        *argv,
+        "seed=0,1",
+        "lr_grid=factor2",
+        "lr_grid.seeds=1",
+        "lr_grid.extend=0",
+        "lr_grid.plateau=null",
+    ]  # twelve steps leave the unigram loss by less than its margin
+    assert start(sweep) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("run.json")]
+    rates = sorted((r["seed"], r["config"]["optim"]["lr"]) for r in records)
+    assert [seed for seed, _ in rates] == [0, 0, 0, 1] and all(r["status"] == "completed" for r in records)
+    searched = {
+        lr: r["metrics"]["val_loss_full"] for r in records if r["seed"] == 0 for lr in [r["config"]["optim"]["lr"]]
+    }
+    assert rates[-1][1] == min(searched, key=searched.get)  # seed 1 at the rate with seed 0's lowest loss
+    capsys.readouterr()
+    assert start(sweep) == 0
+    assert capsys.readouterr().out.count("already completed") == 4
+
+
 def test_a_bug_keeps_its_traceback_and_is_recorded_as_failed(argv, tmp_path, monkeypatch):
     """Not every error is a fault: one the suite does not expect is raised as it is, and recorded."""
 
