@@ -53,7 +53,7 @@ def assert_same_loss(model, objective: str, padded: bool = False) -> None:
 RATIOS = {"partial_qk": 0.5, "shared_qkv": 0.5, "gqa": 0.5}
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt"])
+@pytest.mark.parametrize("arch", ["bert", "gpt", "llama"])
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, arch):
     ratio = [f"ratio={RATIOS[scheme]}"] if scheme in RATIOS else []
@@ -63,7 +63,7 @@ def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, a
     assert_same_loss(model, objective, padded=True)
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt"])
+@pytest.mark.parametrize("arch", ["bert", "gpt", "llama"])
 @pytest.mark.parametrize("layers", sorted(LAYER_SCHEMES))
 def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers, arch):
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[layers].ratio_range else []
@@ -131,3 +131,41 @@ def test_the_walkthrough_scheme_works_as_documented():
     unshared = build_model(cfg, VOCAB).parameter_counts()
     per_layer = cfg.size.dim * (cfg.size.dim + cfg.arch.qkv_bias)  # a weight block (and its bias)
     assert model.parameter_counts().unique == unshared.unique - cfg.size.n_layers * per_layer
+
+
+@pytest.mark.parametrize("kv_overrides", [["sharing=none"], ["sharing=gqa", "ratio=0.5"], ["sharing=mqa"]])
+def test_llama_logits_equal_transformers_llama(kv_overrides):
+    """arch=llama is Llama: its logits equal transformers' LlamaForCausalLM with the same weights (fp32), with
+    all, half and one of the key/value heads; also after cached tokens (rotary positions past the cache)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = model_with("arch=llama", *kv_overrides)
+    cfg = model.config
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=model.transformer.blocks[0].attn.qkv.n_kv_heads,
+        rms_norm_eps=cfg.layer_norm_eps, rope_theta=cfg.rope_theta, max_position_embeddings=64,
+        tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+    )).eval()  # fmt: skip
+    weights = {"model.embed_tokens.weight": model.transformer.embeddings.tokens.weight,
+               "model.norm.weight": model.transformer.final_norm.weight}  # fmt: skip
+    for layer, block in enumerate(model.transformer.blocks):
+        roles = block.attn.qkv.role_weights()
+        prefix = f"model.layers.{layer}."
+        weights |= {f"{prefix}self_attn.{role}_proj.weight": roles[role][0] for role in "qkv"}
+        weights |= {f"{prefix}self_attn.o_proj.weight": block.attn.out.weight,
+                    f"{prefix}mlp.gate_proj.weight": block.ffn.gate.weight,
+                    f"{prefix}mlp.up_proj.weight": block.ffn.up.weight,
+                    f"{prefix}mlp.down_proj.weight": block.ffn.down.weight,
+                    f"{prefix}input_layernorm.weight": block.attn_norm.weight,
+                    f"{prefix}post_attention_layernorm.weight": block.ffn_norm.weight}  # fmt: skip
+    missing, unexpected = hf.load_state_dict({k: v.detach() for k, v in weights.items()}, strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected  # the head is tied to the embeddings
+    ids = batch("causal", False)["input_ids"]
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, hf(ids).logits
+        assert torch.allclose(ours, theirs, atol=1e-4, rtol=0), (ours - theirs).abs().max()
+        cache = [None] * cfg.n_layers
+        model.transformer(ids[:, :20], cache=cache)  # the first 20 tokens cached, the last 4 after them
+        last = model.head(model.transformer(ids[:, 20:], cache=cache))
+        assert torch.allclose(last, theirs[:, 20:], atol=1e-4, rtol=0)

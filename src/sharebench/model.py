@@ -38,6 +38,10 @@ class ModelConfig:
     max_positions: int
     objective: str = "mlm"  # "mlm": bidirectional encoder + masked-LM head; "causal": decoder + next-token head
     norm_position: str = "post"  # "post" as in BERT, "pre" as in GPT-2/nanoGPT
+    norm: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (Llama)
+    positions: str = "learned"  # "learned": an embedding per position; "rotary": RoPE on queries and keys (Llama)
+    rope_theta: float = 10000.0  # the base of the rotary frequencies
+    ffn: str = "mlp"  # "mlp": down(act(up(x))); "gated": down(act(gate(x)) · up(x)), SwiGLU with act=silu (Llama)
     activation: str = "gelu"
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -67,7 +71,34 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # the exact erf form, as in BERT
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
 }
+
+
+def norm_layer(cfg: ModelConfig) -> nn.Module:
+    return (
+        nn.RMSNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        if cfg.norm == "rms"
+        else nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+    )
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021) as Llama applies them: each head's dimensions split in
+    halves, rotated in pairs (i, i + d/2) by position × θ^(−2i/d). No parameters."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.register_buffer("inverse_frequencies", theta ** -(torch.arange(0, head_dim, 2).float() / head_dim),
+                             persistent=False)  # fmt: skip
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """`x` (batch, heads, tokens, d) at positions start, start + 1, ..."""
+        positions = torch.arange(start, start + x.size(2), device=x.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inverse_frequencies.to(x.device))
+        cos, sin = (torch.cat([f(angles), f(angles)], dim=-1).to(x.dtype) for f in (torch.cos, torch.sin))
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
 class Dropout(nn.Module):
@@ -134,18 +165,19 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.positions = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.dim) if cfg.positions == "learned" else None
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
         # Post-LN models (BERT) normalise the embeddings; pre-LN models normalise at the start of each block.
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "post" else None
+        self.norm = norm_layer(cfg) if cfg.norm_position == "post" else None
         self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, start: int = 0
     ) -> torch.Tensor:
         """`start`: the position of the first token (the tokens before it are in a KV cache)."""
-        positions = torch.arange(start, start + input_ids.size(1), device=input_ids.device)
-        x = self.tokens(input_ids) + self.positions(positions)
+        x = self.tokens(input_ids)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(start, start + input_ids.size(1), device=input_ids.device))
         if self.token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -192,6 +224,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
         self.causal = cfg.causal
         self.attention_dropout = Dropout(cfg.attention_dropout)
+        self.rotary = Rotary(cfg.dim // cfg.n_heads, cfg.rope_theta) if cfg.positions == "rotary" else None
+        if self.rotary is not None and not reuse_kv:
+            self.qkv.before_rotation()
 
     def forward(
         self,
@@ -200,14 +235,21 @@ class Attention(nn.Module):
         kv: KeysValues | None = None,
         rows: torch.Tensor | None = None,
         past: KeysValues | None = None,
+        start: int = 0,
     ) -> tuple[torch.Tensor, KeysValues]:
         """`rows` (batch, M): compute outputs only at these positions, attending over all of them. `past`: the
-        keys and values of the tokens before `x` (a KV cache); the ones returned cover those tokens too."""
+        keys and values of the tokens before `x` (a KV cache), which starts at position `start`; the ones
+        returned cover those tokens too. Rotary positions turn queries and keys after the scheme projects them
+        (a layer that reuses keys gets them turned)."""
         batch, _, dim = x.shape
         if self.reuse_kv:  # `kv` already covers the cached tokens
             q, (k, v) = self.qkv(x), kv
+            if self.rotary is not None:
+                q = self.rotary(q, start)
         else:
             q, k, v = self.qkv(x)
+            if self.rotary is not None:
+                q, k = self.rotary(q, start), self.rotary(k, start)
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if rows is not None:
@@ -240,11 +282,15 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig, ffn_dim: int | None = None) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.dim, ffn_dim or cfg.ffn_dim, bias=cfg.bias)
-        self.down = nn.Linear(ffn_dim or cfg.ffn_dim, cfg.dim, bias=cfg.bias)
+        width = ffn_dim or cfg.ffn_dim
+        self.gate = nn.Linear(cfg.dim, width, bias=cfg.bias) if cfg.ffn == "gated" else None
+        self.up = nn.Linear(cfg.dim, width, bias=cfg.bias)
+        self.down = nn.Linear(width, cfg.dim, bias=cfg.bias)
         self.activation = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(self.activation(self.gate(x)) * self.up(x))
         return self.down(self.activation(self.up(x)))
 
 
@@ -257,9 +303,9 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.attn = Attention(cfg, sharing, reuse_kv)
-        self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.attn_norm = norm_layer(cfg)
         self.ffn = FeedForward(cfg, ffn_dim)
-        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.ffn_norm = norm_layer(cfg)
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm_position == "pre"
 
@@ -270,14 +316,15 @@ class Block(nn.Module):
         kv: KeysValues | None = None,
         rows: torch.Tensor | None = None,
         past: KeysValues | None = None,
+        start: int = 0,
     ) -> tuple[torch.Tensor, KeysValues]:
         """`rows` (batch, M): outputs only at these positions (keys and values still come from all)."""
         residual = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.size(-1)))
         if self.pre_norm:
-            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows, past)
+            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows, past, start)
             x = residual + self.dropout(attended)
             return x + self.dropout(self.ffn(self.ffn_norm(x))), kv
-        attended, kv = self.attn(x, key_mask, kv, rows, past)
+        attended, kv = self.attn(x, key_mask, kv, rows, past, start)
         x = self.attn_norm(residual + self.dropout(attended))
         return self.ffn_norm(x + self.dropout(self.ffn(x))), kv
 
@@ -290,7 +337,7 @@ class Transformer(nn.Module):
         self.embeddings = Embeddings(cfg)
         # A block shared by several layers appears several times in this list (stored once).
         self.blocks = nn.ModuleList(layers.build(cfg.n_layers, partial(Block, cfg, sharing)))
-        self.final_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.norm_position == "pre" else None
+        self.final_norm = norm_layer(cfg) if cfg.norm_position == "pre" else None
         self.causal = cfg.causal
 
     def forward(
@@ -316,7 +363,7 @@ class Transformer(nn.Module):
         kv = None  # the keys and values of the last layer that computed them
         for layer, block in enumerate(self.blocks):
             past = cache[layer] if cache is not None else None
-            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None, past)
+            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None, past, start)
             if cache is not None:
                 cache[layer] = kv
         return self.final_norm(x) if self.final_norm is not None else x
@@ -479,7 +526,8 @@ class LanguageModel(nn.Module):
 
         def visit(module: nn.Module, component: str) -> None:
             nonlocal total
-            component = "norms" if isinstance(module, nn.LayerNorm) else getattr(module, "component", component)
+            norm = isinstance(module, (nn.LayerNorm, nn.RMSNorm))
+            component = "norms" if norm else getattr(module, "component", component)
             if isinstance(module, AttentionSharing):
                 total += module.used_numel()
                 for p in module.parameters():

@@ -16,6 +16,23 @@ def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.view(batch, tokens, width // head_dim, head_dim).transpose(1, 2)
 
 
+def rotated(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary positions written as complex numbers: dimensions i and i + d/2 of each head are one number,
+    multiplied by exp(i · position · θ^(−2i/d))."""
+    half = x.size(-1) // 2
+    frequencies = theta ** -(torch.arange(half, dtype=torch.float32) / half)  # in float32, as Llama's
+    angles = torch.arange(x.size(2), dtype=torch.float32)[:, None] * frequencies
+    turned = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([turned.real, turned.imag], dim=-1)
+
+
+def feed_forward(block: torch.nn.Module, x: torch.Tensor, activation) -> torch.Tensor:
+    ffn = block.ffn  # its projections called, not their weights read: a cross-layer scheme may adapt them
+    if ffn.gate is not None:
+        return ffn.down(activation(ffn.gate(x)) * ffn.up(x))
+    return ffn.down(activation(ffn.up(x)))
+
+
 @torch.no_grad()
 def reference_loss(
     model: LanguageModel,
@@ -36,15 +53,19 @@ def reference_loss(
         q = heads(F.linear(h, *roles["q"]), head_dim)
         if "k" in roles:
             kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
+            if cfg.positions == "rotary":
+                kv = rotated(kv[0], cfg.rope_theta), kv[1]
+        if cfg.positions == "rotary":
+            q = rotated(q, cfg.rope_theta)
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
         y = explicit_attention(q, *kv, mask, cfg.causal).transpose(1, 2).flatten(2)
         attended = block.attn.out(y)
         if block.pre_norm:
             x = x + attended
-            x = x + block.ffn.down(activation(block.ffn.up(block.ffn_norm(x))))
+            x = x + feed_forward(block, block.ffn_norm(x), activation)
         else:
             x = block.attn_norm(x + attended)
-            x = block.ffn_norm(x + block.ffn.down(activation(block.ffn.up(x))))
+            x = block.ffn_norm(x + feed_forward(block, x, activation))
     if model.transformer.final_norm is not None:
         x = model.transformer.final_norm(x)
     logits = model.head(x)  # the vocabulary's width, unpadded

@@ -203,6 +203,10 @@ class Arch(Spec):
     name: str = accepts(TEXT)
     objective: str = accepts(one_of("mlm", "causal"))
     norm_position: str = accepts(one_of("post", "pre"))
+    norm: str = accepts(one_of("layer", "rms"))
+    positions: str = accepts(one_of("learned", "rotary"))
+    rope_theta: float = accepts(RATE)
+    ffn: str = accepts(one_of("mlp", "gated"))
     activation: str = accepts(one_of(*ACTIVATIONS))
     dropout: float = accepts(DROPOUT)
     attention_dropout: float = accepts(DROPOUT)
@@ -468,6 +472,9 @@ class RunSpec(Spec):
                               f"of glue.lrs")  # fmt: skip
         if self.task == "pretrain_glue" and self.arch.objective != "mlm":
             raise ConfigError("task=pretrain_glue needs an encoder: arch=bert")
+        if self.arch.positions == "rotary" and (self.size.dim // self.size.n_heads) % 2:
+            raise ConfigError(f"arch.positions=rotary turns pairs of a head's dimensions: size.dim={self.size.dim} / "
+                              f"size.n_heads={self.size.n_heads} is odd; choose an even head size")  # fmt: skip
         if self.data.seq_len > self.arch.max_positions:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds arch.max_positions={self.arch.max_positions}")
 

@@ -54,6 +54,10 @@ class AttentionSharing(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def before_rotation(self) -> None:
+        """The model rotates the queries and keys this projection computes (rotary positions): what a scheme
+        may do to their products alone (scores), it must now do to them. Nothing to change by default."""
+
     def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """The plain projection each role computes, materialised from how the scheme stores it: for "q" a
         (H·d × D) weight and its bias, for "k" and "v" (G·d × D) ones. The reference path of the model

@@ -40,6 +40,10 @@ class ColumnSharing(AttentionSharing):
         self.scales = nn.ParameterDict(
             {r: nn.Parameter(torch.ones(self.groups * self.shared_width)) for r in self.scaled_roles}
         )
+        self.scales_folded = True  # the keys' scale moved onto the queries (lead_scales)
+
+    def before_rotation(self) -> None:
+        self.scales_folded = False  # a rotation mixes a head's dimensions: (s ⊙ k) rotated is not s ⊙ (k rotated)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
@@ -61,9 +65,10 @@ class ColumnSharing(AttentionSharing):
     def lead_scales(self) -> dict[str, torch.Tensor | None]:
         """What each role's shared columns are multiplied by. Attention scores see queries and keys only through
         their products, so where both are scaled the keys' scale moves onto the queries: the same model, one
-        elementwise multiply of the activations fewer (`role_weights` keeps the scales apart)."""
+        elementwise multiply of the activations fewer (`role_weights` keeps the scales apart). Not where the
+        model rotates queries and keys (`before_rotation`)."""
         scales = {role: self.scales[role] if role in self.scales else None for role in ROLES}
-        if scales["q"] is not None and scales["k"] is not None:
+        if scales["q"] is not None and scales["k"] is not None and self.scales_folded:
             scales["q"], scales["k"] = scales["q"] * scales["k"], None
         return scales
 
