@@ -1,4 +1,4 @@
-"""The sharebench transformer: a BERT-style encoder and a GPT-style decoder in one file.
+"""The sharebench transformer: a BERT-style encoder, a GPT-style decoder and a Llama-style decoder in one file.
 
 Read top to bottom: configuration, embeddings, attention (whose query/key/value projection is the pluggable
 sharing scheme from `sharebench.sharing`), feed-forward, block, the stack, the heads, and finally the
