@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json
-from sharebench.record import RECORD_NAME, record_leaves, role_in, stated_keys
+from sharebench.record import RECORD_NAME, record_leaves
 from sharebench.results import (
     COMPARED_TOO,
     STAGING,
@@ -581,9 +581,8 @@ def setting(configurations: Sequence[Configuration]) -> str:
     records = [r for c in configurations for r in c.records]
     if not records:
         return "# Setting\n\nNo completed runs.\n"
-    leaves = [record_leaves(r) for r in records]
-    keys = sorted({k for r, leaf in zip(records, leaves, strict=True) for k in leaf
-                   if role_in(stated_keys(r)["roles"], k) != "replicate"})  # fmt: skip
+    leaves = [record_leaves(r, kept=("result", "scheme")) for r in records]  # the seed varies by design
+    keys = sorted({k for leaf in leaves for k in leaf})
     values = {k: {label_value(leaf.get(k)) for leaf in leaves} for k in keys}
     shared = [f"`{k}={next(iter(v))}`" for k, v in values.items() if len(v) == 1]
     varying = [f"- `{k}`: {', '.join(sorted(v))}" for k, v in values.items() if len(v) > 1]

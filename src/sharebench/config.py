@@ -135,9 +135,10 @@ def check_writable(output_root: str) -> None:
     """Where runs go must take a folder: tried by making it (and a file in it), since permissions alone do not
     tell (root passes every permission check, and /proc refuses root too). Folders made here are removed."""
     root = resolve_path(output_root)
-    made = [folder for folder in (root, *root.parents) if not folder.exists()]
+    made: set[Path] = set()
     try:
         for attempt in range(WRITABLE_ATTEMPTS):
+            made |= {folder for folder in (root, *root.parents) if not folder.exists()}
             root.mkdir(parents=True, exist_ok=True)
             try:
                 tempfile.TemporaryFile(dir=root).close()
@@ -149,7 +150,7 @@ def check_writable(output_root: str) -> None:
         raise ConfigError(f"output_root={output_root}: {error.strerror} ({error.filename}); choose a writable "
                           f"folder") from None  # fmt: skip
     finally:
-        for folder in made:  # the deepest first
+        for folder in sorted(made, key=lambda folder: len(folder.parts), reverse=True):  # the deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
@@ -368,11 +369,17 @@ def overridden_defaults(group: str, choice: str) -> dict[str, str]:
             for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
 
 
+@functools.cache
+def primary_defaults() -> dict[str, str]:
+    """conf/config.yaml's choice of each group."""
+    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))["defaults"]
+    return {name: value for entry in primary if isinstance(entry, dict) for name, value in entry.items()}
+
+
 def defaults_in_effect(choices: Mapping[str, str]) -> dict[str, str]:
     """Each group's choice where the command line does not make it: conf/config.yaml's defaults, as the options
     chosen (`choices`: a recipe, a sweep file) override them."""
-    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))["defaults"]
-    defaults = {name: value for entry in primary if isinstance(entry, dict) for name, value in entry.items()}
+    defaults = dict(primary_defaults())
     for group, choice in choices.items():
         defaults |= overridden_defaults(group, choice)
     return defaults
@@ -400,7 +407,7 @@ def run_name(task_overrides: Sequence[str]) -> str:
     defaults = defaults_in_effect(choices)
 
     def named(name: str, override: str) -> bool:  # a group's own choice, or a value that changes the result
-        if name in GROUPS or name in defaults:
+        if name in GROUPS:
             return defaults.get(name) != choices.get(name)
         return role_of(name) in NAMED  # where it lives, how it reports and the seed are not
 

@@ -363,6 +363,7 @@ def normalized(value: Any) -> Any:
     return str(value)
 
 
+@functools.cache  # the same for every record this process writes or upgrades; records only read it
 def declared_keys() -> ConfigKeys:
     """What this version of the suite declares about its config keys (sharebench.spec), as a record states it."""
     from sharebench.spec import key_declarations  # the run's side: readers of a record take what it states
@@ -388,16 +389,16 @@ def role_in(roles: Mapping[str, str], key: str) -> str:
     return next((role for role in stated if role is not None), "result")
 
 
-def config_leaves(config: Mapping[str, Any], roles: Mapping[str, str]) -> dict[str, Any]:
-    """A resolved config as dotted keys and normalized values, without the keys that do not change a result (where
-    a run lives, how it reports) by `roles`."""
-    return {key: normalized(value) for key, value in flatten(config).items()
-            if role_in(roles, key) in IDENTITY_ROLES}  # fmt: skip
+def config_leaves(config: Mapping[str, Any], roles: Mapping[str, str], kept: Sequence[str] = IDENTITY_ROLES
+                  ) -> dict[str, Any]:  # fmt: skip
+    """A resolved config as dotted keys and normalized values, of the keys whose role by `roles` is `kept`: by
+    default those that change a result (not where a run lives, how it reports)."""
+    return {key: normalized(value) for key, value in flatten(config).items() if role_in(roles, key) in kept}
 
 
-def record_leaves(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record's config leaves, by the roles the record states."""
-    return config_leaves(record.get("config") or {}, stated_keys(record)["roles"])
+def record_leaves(record: Mapping[str, Any], kept: Sequence[str] = IDENTITY_ROLES) -> dict[str, Any]:
+    """A record's config leaves of the `kept` roles, by the roles the record states."""
+    return config_leaves(record.get("config") or {}, stated_keys(record)["roles"], kept)
 
 
 def check_same_config(run_dir: Path, config: Mapping[str, Any], also_ignored: tuple[str, ...] = ()) -> None:

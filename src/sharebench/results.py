@@ -21,7 +21,7 @@ from typing import Any
 
 from sharebench.errors import ConfigError
 from sharebench.paths import folder_name, naming_rank
-from sharebench.record import RECORD_NAME, STALE, normalized, read_record, record_leaves, role_in, stated_keys, under
+from sharebench.record import RECORD_NAME, STALE, normalized, read_record, record_leaves, stated_keys, under
 from sharebench.resume import RunLock
 from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
@@ -57,9 +57,8 @@ def description(record: dict[str, Any]) -> dict[str, Any]:
     # Of the keys that change a result, the seed repeats a configuration, and the record's effective scheme names
     # and ratios (scheme_of) replace the keys that choose them: a ratio left to its default is recorded as used.
     searched = tuned_rate(record) is not None
-    roles = stated_keys(record)["roles"]
-    config = {key: value for key, value in record_leaves(record).items()
-              if role_in(roles, key) == "result" and not (searched and key == LR_KEY)}  # fmt: skip
+    config = {key: value for key, value in record_leaves(record, kept=("result",)).items()
+              if not (searched and key == LR_KEY)}  # fmt: skip
     described = {**{key: normalized(value) for key, value in scheme_of(record).items()}, **config}
     if "task" in record:
         described["glue_task"] = record["task"]

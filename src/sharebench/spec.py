@@ -119,13 +119,13 @@ NAMED = (Role.RESULT, Role.SCHEME)  # in a run's folder name
 
 @dataclass(frozen=True)
 class Declared:
-    """A field's declaration beside what it accepts: its role, whether its value is a path (quoted for Hydra where
-    needed), the tasks that read it (None: every task; set for another, it is refused), whether it selects which
+    """A field's declaration beside what it accepts: its role; whether its value is a path (quoted for Hydra where
+    needed); the tasks that read it (None: every task; set for another, it is refused); whether it selects which
     runs a command makes rather than what one computes (a pretraining folder holds its GLUE runs whatever the GLUE
-    tasks and recipe), whether it fixes which batches a seed trains and is evaluated on, in what order (runs that
-    agree on these keys are compared seed by seed), and the roles of a mapping's own keys (a scheme's
-    `_target_`), and whether it chooses what the model shares or whose twin it is (sharing=, layers=, their
-    ratios, iso_baseline=): the configurations of one budget differ in these alone."""
+    tasks and recipe); whether it fixes which batches a seed trains and is evaluated on, in what order (runs that
+    agree on these keys are compared seed by seed); whether it chooses what the model shares or whose twin it is
+    (sharing=, layers=, their ratios, iso_baseline=: the configurations of one budget differ in these alone); and
+    the roles of a mapping's own keys (a scheme's `_target_`)."""
 
     role: Role = Role.RESULT
     path: bool = False
@@ -433,9 +433,7 @@ class RunSpec(Spec):
     pretrained: str | None = accepts(OPTIONAL_TEXT, path=True)
     convert: Convert = group(Convert)
     postshare_ratio: float | None = accepts(number(nullable=True), read_by=PRETRAINING)  # range: the conversion's
-    ratio: float | None = accepts(
-        number(nullable=True), role=Role.SCHEME, chooses_sharing=True
-    )  # its range: the scheme's (validate)
+    ratio: float | None = accepts(number(nullable=True), role=Role.SCHEME, chooses_sharing=True)  # range: validate
     seed: int = accepts(SEED, role=Role.REPLICATE)
     tie_embeddings: bool = accepts(BOOL)
     iso_baseline: bool = accepts(BOOL, chooses_sharing=True)
@@ -507,9 +505,8 @@ def declaration(key: str) -> list[Declared]:
     spec: type[Spec] | None = RunSpec
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        if spec is None:
-            outer = declared[-1] if declared else Declared()
-            if inner := outer.inner_roles.get(".".join(parts[depth:])):
+        if spec is None:  # inside a mapping, the field declared just before
+            if inner := declared[-1].inner_roles.get(".".join(parts[depth:])):
                 declared.append(Declared(role=inner))
             break
         known = {f.name: f for f in fields(spec)}  # type: ignore[arg-type]
@@ -566,8 +563,8 @@ PATH_KEYS = frozenset(declared_keys(lambda declared: declared.path))  # values H
 def run_selecting_keys() -> tuple[str, ...]:
     """Keys, and prefixes of groups' keys, that select which runs a command makes (the task, GLUE's tasks and
     recipe) rather than what a run computes: a run's folder is reached under any of their values."""
-    groups = set(declared_keys(lambda declared: True)) - set(leaf_keys())
-    return tuple(f"{key}." if key in groups else key for key in declared_keys(lambda d: d.selects_runs))
+    leaves = set(leaf_keys())
+    return tuple(key if key in leaves else f"{key}." for key in declared_keys(lambda d: d.selects_runs))
 
 
 def leaf_keys(spec: type[Spec] | None = None, prefix: str = "") -> list[str]:
