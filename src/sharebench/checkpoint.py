@@ -1,4 +1,5 @@
-"""Saving and loading models: the suite's safetensors checkpoints and Hugging Face BERT checkpoints.
+"""Saving and loading models: the suite's safetensors checkpoints, and Hugging Face BERT and Llama checkpoints
+(Llama's own reading and writing in `sharebench.llama`, GGUF files included).
 
 A suite checkpoint is a folder (a finished run's folder) with `model.safetensors`, which stores every shared
 tensor once, and `model.json`, which says how to rebuild the model (its shape and its sharing scheme).
@@ -20,6 +21,7 @@ from hydra.utils import get_class
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
+from sharebench import llama
 from sharebench.convert import CONVERSIONS, direct_share, share_heads, to_gqa, to_recursive
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
@@ -102,17 +104,20 @@ def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | Path) -> LanguageModel:
-    """The model of a finished run (or any suite checkpoint folder), or of a Hugging Face BERT checkpoint folder
-    (`BertModel` or `BertForMaskedLM`), in eval mode."""
+    """The model of a finished run (or any suite checkpoint folder), of a Hugging Face checkpoint folder (BERT:
+    `BertModel` or `BertForMaskedLM`; Llama: `LlamaForCausalLM`), or of a Llama GGUF file, in eval mode."""
     folder = Path(path).expanduser()
-    if (folder / SPEC_NAME).is_file():
+    if folder.suffix == ".gguf" and folder.is_file():
+        model = llama.load_gguf(folder)
+    elif (folder / SPEC_NAME).is_file():
         model = _load_suite(folder)
     elif (folder / "config.json").is_file():
         model = _load_hugging_face(folder)
     else:
         raise ConfigError(
-            f"pretrained: {folder} is neither a sharebench checkpoint ({SPEC_NAME} + {WEIGHTS_NAME}) "
-            f"nor a Hugging Face BERT folder (config.json + model.safetensors or pytorch_model.bin)"
+            f"pretrained: {folder} is neither a sharebench checkpoint ({SPEC_NAME} + {WEIGHTS_NAME}), "
+            f"a Hugging Face BERT or Llama folder (config.json + model.safetensors or pytorch_model.bin), "
+            f"nor a Llama .gguf file"
         )
     return model.eval()
 
@@ -160,11 +165,15 @@ HF_NAMES = {
 
 
 def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        try:
-            state = load_file(str(folder / "model.safetensors"))
-        except SafetensorError as error:
-            raise ConfigError(f"pretrained: {folder / 'model.safetensors'} is damaged ({error})") from error
+    shards = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(shards.read_text())["weight_map"].values())) if shards.is_file() else []
+    if (folder / "model.safetensors").is_file() or files:
+        state = {}
+        for name in files or ["model.safetensors"]:
+            try:
+                state |= load_file(str(folder / name))
+            except (SafetensorError, FileNotFoundError) as error:
+                raise ConfigError(f"pretrained: {folder / name} is missing or damaged ({error})") from error
     elif (folder / "pytorch_model.bin").is_file():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
@@ -186,8 +195,11 @@ def _hf_rename(name: str) -> str | None:
 
 def _load_hugging_face(folder: Path) -> LanguageModel:
     hf = json.loads((folder / "config.json").read_text())
+    if hf.get("model_type") == "llama":
+        return llama.from_state(hf, _hf_state(folder), str(folder))
     if hf.get("model_type") != "bert":
-        raise ConfigError(f"pretrained: {folder} holds a {hf.get('model_type')!r} model; only BERT checkpoints load")
+        raise ConfigError(f"pretrained: {folder} holds a {hf.get('model_type')!r} model; BERT and Llama "
+                          "checkpoints load")  # fmt: skip
     state = _hf_state(folder)
     cfg = ModelConfig(
         vocab_size=hf["vocab_size"],

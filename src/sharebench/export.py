@@ -1,10 +1,12 @@
 """`sharebench export <run> <folder>`: a finished run's model as a Hugging Face folder that `transformers` loads.
 
-An unshared BERT (post-LN, biases, the suite's default) becomes a plain `BertForMaskedLM` folder, loaded natively.
-Every other model is written with a modeling file and the suite's own model code beside it (sb_*.py, the modules
-of `sharebench.model`, `.sharing` and `.layers`, their imports made relative), loaded with `trust_remote_code=True`
-by AutoModelForMaskedLM (arch=bert) or AutoModelForCausalLM (arch=gpt). Either way model.safetensors stores each
-shared tensor once, and the tokenizer comes along as a `tokenizer.json` that AutoTokenizer reads.
+An unshared BERT (post-LN, biases, the suite's default) becomes a plain `BertForMaskedLM` folder, and an
+unshared or grouped-K/V Llama (arch=llama with sharing none, gqa or mqa) a plain `LlamaForCausalLM` one, loaded
+natively. Every other model is written with a modeling file and the suite's own model code beside it (sb_*.py,
+the modules of `sharebench.model`, `.sharing` and `.layers`, their imports made relative), loaded with
+`trust_remote_code=True` by AutoModelForMaskedLM (arch=bert) or AutoModelForCausalLM (arch=gpt, llama). Either
+way model.safetensors stores each shared tensor once, and the tokenizer comes along as a `tokenizer.json` that
+AutoTokenizer reads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 
+from sharebench import llama
 from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, spec_sharing
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
@@ -53,6 +56,8 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     if native_bert(model):
         written = _export_bert(model, folder)
+    elif llama.native(model):
+        written = _export_llama(model, folder)
     else:
         written = _export_remote_code(model, spec_sharing(spec), folder)
     _export_tokenizer(run, folder)
@@ -105,6 +110,13 @@ def _export_bert(model: LanguageModel, folder: Path) -> dict[str, Any]:
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"loads_as": "BertForMaskedLM", "trust_remote_code": False}
+
+
+def _export_llama(model: LanguageModel, folder: Path) -> dict[str, Any]:
+    config, state = llama.to_hf(model)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"loads_as": "LlamaForCausalLM", "trust_remote_code": False}
 
 
 def _export_remote_code(model: LanguageModel, sharing: dict[str, Any], folder: Path) -> dict[str, Any]:

