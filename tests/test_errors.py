@@ -48,7 +48,7 @@ CASES = {
     "GLUE without a pretrained model": (["task=glue"], ["this task needs pretrained="]),
     "a key only another task reads": (
         ["convert.to=gqa"],
-        ["convert.to=gqa is read by task=sts_zero_shot only", "task=pretrain would ignore it"],
+        ["convert.to=gqa is read by task=sts_zero_shot and task=evaluate only", "task=pretrain would ignore it"],
     ),  # fmt: skip
     "a learning-rate grid of one rate": (["-m", "lr_grid=factor2", "lr_grid.factors=[1]"], ["two or more distinct"]),
 }

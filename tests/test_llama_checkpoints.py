@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,89 @@ def test_smollm2_gguf_loads_with_transformers_logits():
     ids = torch.randint(0, ours.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs.eval()(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def llama_folder(corpus, tmp_path_factory) -> Path:
+    """A small random LlamaForCausalLM folder with a byte-level BPE tokenizer learnt from the test corpus, its
+    end-of-text token named as Hugging Face folders name it."""
+    import datasets
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    texts = datasets.load_dataset(str(corpus), split="train")["text"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=101, special_tokens=["<eos>"],
+                                                             initial_alphabet=alphabet))  # fmt: skip
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<eos>"}}))
+    model = hf_llama(2, True)
+    model.resize_token_embeddings(tokenizer.get_vocab_size())
+    model.save_pretrained(folder)
+    return folder
+
+
+def llama_task(nano_overrides: list[str], folder: Path, *overrides: str) -> list[str]:
+    return [*nano_overrides, f"pretrained={folder}", "data.tokenizer.kind=pretrained", *overrides]
+
+
+def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder, nano_overrides, tmp_path):
+    """task=evaluate: the test split's loss is transformers' cross-entropy on the same blocks, its bits per byte
+    that loss over the split's UTF-8 bytes; a conversion (K/V heads 2 → 1) stores fewer parameters and KV bytes."""
+    from sharebench.config import compose, validate
+    from sharebench.data import PretrainData
+    from sharebench.tasks import run_task
+
+    overrides = llama_task(nano_overrides, llama_folder, "task=evaluate")
+    record = run_task(compose(overrides), tmp_path / "as-is")
+    assert record["status"] == "completed" and record["sharing"]["name"] == "gqa"
+    assert record["tokenizer"]["kind"] == "bpe"
+    spec = validate(compose(overrides))
+    data = PretrainData(spec.data, "causal", spec.cache_dir)
+    data.prepare()
+    assert data.separator_id == data.tokenizer.token_id("<eos>") is not None
+    theirs = transformers.LlamaForCausalLM.from_pretrained(llama_folder).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data.loader("test", spec.seed):
+            logits = theirs(input_ids=batch["input_ids"]).logits
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                                             reduction="sum"))  # fmt: skip
+            count += batch["labels"].numel()
+    metrics = record["metrics"]
+    assert metrics["test_loss_full"] == pytest.approx(total / count, abs=1e-4)
+    assert metrics["test_ppl"] == pytest.approx(math.exp(metrics["test_loss_full"]))
+    assert metrics["test_bpb"] == pytest.approx(metrics["test_loss_full"] / math.log(2) * record["tokens"]["test"]
+                                                / data.bytes["test"])  # fmt: skip
+    converted = run_task(compose([*overrides, "convert.to=gqa", "convert.ratio=0.8333"]), tmp_path / "mqa")
+    assert converted["sharing"]["conversion"]["to"] == "gqa"
+    assert converted["parameters"]["unique"] < record["parameters"]["unique"]
+    kv = [r["inference"]["kv_cache_bytes_per_token"] for r in (record, converted)]
+    assert kv[1] * 2 == kv[0]  # one key/value head of two
+
+
+def test_healing_trains_a_llama_checkpoint_further_and_keeps_its_grouped_heads(llama_folder, nano_overrides,
+                                                                                tmp_path):  # fmt: skip
+    """task=pretrain from a Llama folder with its own tokenizer: the saved model is still grouped-K/V, reloads,
+    and has trained (its weights moved and its validation loss fell)."""
+    from sharebench.config import compose
+    from sharebench.tasks import run_task
+
+    overrides = llama_task(nano_overrides, llama_folder, "arch=llama", "trainer.max_steps=6", "optim.lr=3e-3")
+    record = run_task(compose(overrides), tmp_path / "healed")
+    assert record["status"] == "completed" and record["sharing"]["name"] == "gqa"
+    healed, before = load_pretrained(tmp_path / "healed"), load_pretrained(llama_folder)
+    assert healed.sharing_name == "gqa" and healed.config.vocab_size == before.config.vocab_size
+    assert not torch.equal(healed.transformer.blocks[0].ffn.up.weight, before.transformer.blocks[0].ffn.up.weight)
+    history = record["metrics"]["val_history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint(nano_overrides):
+    from sharebench.config import compose, validate
+
+    with pytest.raises(ConfigError, match="data.tokenizer.kind=pretrained tokenizes with the tokenizer of pretrained"):
+        validate(compose([*nano_overrides, "data.tokenizer.kind=pretrained"]))

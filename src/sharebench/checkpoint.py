@@ -85,14 +85,20 @@ def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
     recorded = read_record(folder).get("sharing") if record.is_file() else None
     if recorded:
         return {**recorded, "pretrained": str(folder)}
-    ratio = checkpoint_sharing(folder)["ratio"]
+    ratio = checkpoint_sharing(folder, model)["ratio"]
     return SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder)).to_record()
 
 
-def checkpoint_sharing(folder: str | Path) -> dict[str, Any]:
-    """The within-layer scheme a checkpoint was saved with (`stored_scheme`; separate Q/K/V for Hugging Face)."""
+def checkpoint_sharing(folder: str | Path, model: LanguageModel) -> dict[str, Any]:
+    """The within-layer scheme of `model`, loaded from `folder`: the one a suite checkpoint was saved with
+    (`stored_scheme`); for a Hugging Face checkpoint, separate Q/K/V or a Llama's grouped key/value heads."""
     spec_path = Path(folder).expanduser() / SPEC_NAME
-    return spec_sharing(json.loads(spec_path.read_text()) if spec_path.is_file() else {})
+    if spec_path.is_file():
+        return spec_sharing(json.loads(spec_path.read_text()))
+    qkv = model.transformer.blocks[0].attn.qkv
+    if isinstance(qkv, GroupedQuery):
+        return stored_scheme(qkv.name, 1 - qkv.n_kv_heads / qkv.n_heads if qkv.ratio_range else None)
+    return SEPARATE
 
 
 def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +249,7 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
         raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
     source = Path(source)
     model = load_pretrained(source)
-    sharing = checkpoint_sharing(source)
+    sharing = checkpoint_sharing(source, model)
     if to == "headwise":
         return direct_share(model, ratio), sharing
     if to == "gqa":

@@ -34,7 +34,7 @@ from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, machine_free, 
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
-from sharebench.spec import NAMED, RunSpec, SharingSpec, Trainer, role_of
+from sharebench.spec import NAMED, TOKENIZER_KINDS, RunSpec, SharingSpec, Trainer, role_of
 
 # The spec's fields a config group of conf/ chooses (arch=bert): the command line's choices are checked against it.
 GROUPS = tuple(f.name for f in fields(RunSpec) if (CONFIG_DIR / f.name).is_dir())
@@ -101,8 +101,16 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     check_writable(spec.output_root)
     if spec.task != "pretrain":
         glue.check(spec.glue)
-    if spec.task in ("glue", "sts_zero_shot"):
+    if spec.data.tokenizer.kind == "pretrained":
+        if not spec.pretrained:
+            raise ConfigError("data.tokenizer.kind=pretrained tokenizes with the tokenizer of pretrained=<a checkpoint "
+                              f"folder or .gguf file>: set pretrained, or choose another kind: "
+                              f"{', '.join(k for k in TOKENIZER_KINDS if k != 'pretrained')}")  # fmt: skip
+        spec = replace(spec, data=replace(spec.data, tokenizer=replace(spec.data.tokenizer, path=spec.pretrained)))
+    if spec.task in ("glue", "sts_zero_shot", "evaluate"):
         check_pretrained(spec.pretrained)
+        if data and spec.task == "evaluate":
+            check_source(spec.data)
         return spec
     if data:
         check_source(spec.data)
@@ -264,10 +272,11 @@ def check_pretrained(pretrained: str | None) -> None:
     from sharebench.checkpoint import SPEC_NAME
 
     path = resolve_path(pretrained) if pretrained else None
-    if path is None or not ((path / SPEC_NAME).is_file() or (path / "config.json").is_file()):
+    gguf = path is not None and path.suffix == ".gguf" and path.is_file()
+    if path is None or not (gguf or (path / SPEC_NAME).is_file() or (path / "config.json").is_file()):
         raise ConfigError(
-            f"pretrained={pretrained}: this task needs pretrained=<a finished run's folder or a Hugging Face BERT "
-            f"folder>; {path} is neither"
+            f"pretrained={pretrained}: this task needs pretrained=<a finished run's folder, a Hugging Face BERT or "
+            f"Llama folder, or a Llama .gguf file>; {path} is none of these"
         )
 
 

@@ -6,7 +6,8 @@
   the cosine similarity of their concatenated, flattened query and key weights; a head may only reuse one of an
   earlier layer, a head that lends its weights keeps its own, so at most half of the heads can be shared
   (ratio ≤ 0.5). PostShare trains towards it with `similarity_penalty`.
-- `gqa`: key/value heads mean-pooled per group of H/G query heads (Ainslie et al. 2023).
+- `gqa`: key/value heads mean-pooled per group of H/G query heads (Ainslie et al. 2023), or a grouped model's
+  G₀ key/value heads per group of G₀/G (a Llama's 3 heads into 1 is MQA).
 - `recursive_lora`: the layers of each cycle set averaged into one shared block, and each layer's difference
   to it kept as a LoRA initialised by truncated SVD (Bae et al. 2024).
 
@@ -192,21 +193,31 @@ def similarity_penalty(model: nn.Module, sources: dict[HeadId, HeadId]) -> torch
 
 
 def to_gqa(model: LanguageModel, ratio: float) -> LanguageModel:
-    """The same model with G = H·(1 − r) key/value heads, each the mean of its group's heads."""
-    _require_separate(model, "gqa")
+    """The same model with G = H·(1 − r) key/value heads, each the mean of the heads it replaces: of a model with
+    separate Q/K/V, its groups of H/G heads; of a grouped one with G₀ heads (a Llama's), its groups of G₀/G."""
+    blocks = list(model.transformer.blocks)
+    if len({id(b) for b in blocks}) != len(blocks) or not all(type(b.attn.qkv) in (Separate, GroupedQuery)
+                                                               for b in blocks):  # fmt: skip
+        raise ConfigError(f"convert --to gqa needs a model with separate or grouped Q/K/V (sharing=none or gqa) and "
+                          f"no cross-layer sharing; this one has sharing={model.sharing_name}, "
+                          f"layers={model.layers.name}")  # fmt: skip
     cfg = model.config
     with torch.device(next(model.parameters()).device):
         converted = LanguageModel(cfg, partial(GroupedQuery, ratio=ratio), GroupedQuery.name)
     state = model.state_dict()
-    groups = converted.transformer.blocks[0].attn.qkv.n_kv_heads
-    per_group, head_dim = cfg.n_heads // groups, cfg.dim // cfg.n_heads
-    for layer in range(cfg.n_layers):
-        for leaf in ("weight", "bias"):
+    groups, head_dim = converted.transformer.blocks[0].attn.qkv.n_kv_heads, cfg.dim // cfg.n_heads
+    for layer, block in enumerate(blocks):
+        roles = block.attn.qkv.role_weights()
+        heads = roles["k"][0].size(0) // head_dim
+        if heads % groups:
+            raise ConfigError(f"convert --to gqa: {groups} key/value heads cannot pool this model's {heads}; choose "
+                              f"a ratio whose G divides {heads}")  # fmt: skip
+        for index, leaf in enumerate(("weight", "bias")):
             name = f"transformer.blocks.{layer}.attn.qkv.proj.{leaf}"
             if name not in state:
                 continue
-            q, k, v = state[name].split(cfg.dim)
-            pooled = [t.reshape(groups, per_group, head_dim, *t.shape[1:]).mean(1).flatten(0, 1) for t in (k, v)]
+            q, k, v = (roles[role][index].detach() for role in "qkv")
+            pooled = [t.reshape(groups, heads // groups, head_dim, *t.shape[1:]).mean(1).flatten(0, 1) for t in (k, v)]
             state[name] = torch.cat([q, *pooled])
     converted.load_state_dict(state)
     return converted

@@ -29,7 +29,8 @@ from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 from sharebench.tokenizer import (
     SPECIAL_TOKENS,
     CharTokenizer,
-    WordPieceTokenizer,
+    SubwordTokenizer,
+    load_run_tokenizer,
     train_wordpiece,
     vocab_file_path,
     wordpiece_pipeline,
@@ -192,6 +193,8 @@ def build_tokenizer(data: Data, objective: str, documents: Callable[[], dict[str
     learnt: a WordPiece vocabulary from the training text, a character vocabulary from all of it (a character
     seen only in validation still has a token)."""
     spec = data.tokenizer
+    if spec.kind == "pretrained":
+        return load_run_tokenizer(resolve_path(spec.path))
     if spec.kind == "char":
         chars = "".join(sorted(set().union(*(set("".join(texts)) for texts in documents().values()))))
         return CharTokenizer(chars, SPECIAL_TOKENS if objective == "mlm" else ())
@@ -200,7 +203,7 @@ def build_tokenizer(data: Data, objective: str, documents: Callable[[], dict[str
     if spec.kind == "vocab_file":
         path = vocab_file_path(spec)
         model = WordPiece.from_file(str(path), unk_token="[UNK]")
-        return WordPieceTokenizer(wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
+        return SubwordTokenizer(wordpiece_pipeline(model, spec.lowercase), sum(1 for _ in path.open()))
     from tokenizers import Tokenizer  # the remaining kind: a WordPiece vocabulary learnt from the training text
 
     key = _hash(
@@ -213,7 +216,7 @@ def build_tokenizer(data: Data, objective: str, documents: Callable[[], dict[str
                 text = _cap(documents()["train"], spec.train_chars)
                 tokenizer = train_wordpiece(text, spec.vocab_size, spec.lowercase)
             atomic_write_bytes(path, tokenizer.to_str().encode())
-    return WordPieceTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
+    return SubwordTokenizer(Tokenizer.from_file(str(path)), spec.vocab_size)
 
 
 def file_lock(path: Path) -> FileLock:
@@ -228,7 +231,7 @@ def tokenizer_vocab_size(data: Data, objective: str) -> int:
     spec = data.tokenizer
     if spec.kind == "vocab_file":
         return sum(1 for _ in vocab_file_path(spec).open())
-    if spec.kind == "char":
+    if spec.kind in ("char", "pretrained"):
         return build_tokenizer(data, objective, lambda: read_documents(data), Path()).vocab_size
     return int(spec.vocab_size)  # a learnt WordPiece vocabulary, padded to its configured size
 
@@ -459,7 +462,7 @@ class PretrainData:
 
     @property
     def separator_id(self) -> int | None:
-        return self.tokenizer.token_id("[SEP]")
+        return self.tokenizer.separator_id
 
     def dataset(self, split: str) -> BlockDataset:
         self.prepare()

@@ -106,12 +106,17 @@ def from_state(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], source:
     return model
 
 
-def load_gguf(path: Path) -> LanguageModel:
-    """A Llama GGUF file's model, dequantised to fp32 by transformers' GGUF reader (quantisation error stays in
-    the weights)."""
+def require_gguf(path: Path) -> None:
+    """A ConfigError naming the install where what reads GGUF files is missing."""
     missing = [package for package in ("gguf", "transformers") if importlib.util.find_spec(package) is None]
     if missing:
         raise ConfigError(f"pretrained: reading {path.name} needs {' and '.join(missing)}: {EXTRA}")
+
+
+def load_gguf(path: Path) -> LanguageModel:
+    """A Llama GGUF file's model, dequantised to fp32 by transformers' GGUF reader (quantisation error stays in
+    the weights)."""
+    require_gguf(path)
     from transformers import AutoConfig, LlamaForCausalLM
 
     try:

@@ -327,11 +327,11 @@ def initial_model(spec: RunSpec, vocab_size: int) -> LanguageModel:
     if not spec.pretrained:
         return build_model(spec, vocab_size)
     model = load_pretrained(resolve_path(spec.pretrained)).train()
-    if model.config.vocab_size != vocab_size:
+    own_tokenizer = spec.data.tokenizer.kind == "pretrained"  # its ids fit the embeddings, which may be padded
+    if model.config.vocab_size < vocab_size or (model.config.vocab_size != vocab_size and not own_tokenizer):
         raise ConfigError(
             f"pretrained={spec.pretrained} has {model.config.vocab_size} token embeddings but the data's tokenizer "
-            f"has {vocab_size} tokens; use its vocabulary (data.tokenizer.kind=vocab_file "
-            f"data.tokenizer.path=<its vocab.txt>)"
+            f"has {vocab_size} tokens; use its tokenizer (data.tokenizer.kind=pretrained)"
         )
     if spec.data.seq_len > model.config.max_positions:
         positions = model.config.max_positions
@@ -459,7 +459,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
         peak = measure_matmul_peak(device, matmul_dtype(settings["precision"]))
     tokens_per_second = speed["tokens_per_second"]
-    stored = checkpoint_sharing(resolve_path(spec.pretrained)) if spec.pretrained else stored_sharing(spec)
+    stored = checkpoint_sharing(resolve_path(spec.pretrained), model) if spec.pretrained else stored_sharing(spec)
     weights_bytes = save_pretrained(model, run_dir, stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None

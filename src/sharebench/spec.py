@@ -98,8 +98,8 @@ FRACTION_OF_BATCHES = POSITIVE | number(0, 1, open_low=True)  # Lightning: a cou
 # Lightning's, and `auto`: bf16-mixed where the hardware computes bf16, 32-true elsewhere (sharebench.cpu).
 PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot")
-TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char")
+TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot", "evaluate")
+TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char", "pretrained")
 PRETRAINING = ("pretrain", "pretrain_glue")
 
 
@@ -362,10 +362,10 @@ class LrGrid(Spec):
 
 @dataclass(frozen=True)
 class Convert(Spec):
-    """Sharing applied to `pretrained` before task=sts_zero_shot scores it: one of the conversions of
-    sharebench.convert (or none) at a ratio it takes."""
+    """Sharing applied to `pretrained` before task=sts_zero_shot or task=evaluate scores it: one of the
+    conversions of sharebench.convert (or none) at a ratio it takes."""
 
-    to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot",))
+    to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot", "evaluate"))
     ratio: float = accepts(number())
     rank: int = accepts(POSITIVE)
 

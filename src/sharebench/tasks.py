@@ -1,5 +1,5 @@
-"""What `python train.py task=...` runs: pretraining, GLUE fine-tuning, both in one pipeline, or the zero-shot
-STS-B check of a (converted) checkpoint."""
+"""What `python train.py task=...` runs: pretraining, GLUE fine-tuning, both in one pipeline, the zero-shot STS-B
+check of a (converted) checkpoint, or a (converted) checkpoint's loss on held-out text."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ def run_task(config: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec = validate(config)
     check_trainer_here(spec)
     quiet_libraries()
+    from sharebench.evaluate import run_evaluate
     from sharebench.finetune import run_glue
     from sharebench.pretrain import run
     from sharebench.zero_shot import run_sts_zero_shot
 
     if spec.task == "sts_zero_shot":
         return run_sts_zero_shot(spec, run_dir)
+    if spec.task == "evaluate":
+        return run_evaluate(spec, run_dir)
     if spec.task == "glue":
         return run_glue(spec, spec.pretrained, run_dir)
     record = run(spec, run_dir)

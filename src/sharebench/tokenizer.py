@@ -1,5 +1,6 @@
-"""Tokenizers: characters, WordPiece learnt from the corpus (deterministically) or read from a vocab.txt,
-and the tokenizer a pretrained model brings for fine-tuning."""
+"""Tokenizers: characters, WordPiece learnt from the corpus (deterministically) or read from a vocab.txt, and the
+tokenizer a pretrained model brings (its folder's tokenizer.json, a GGUF file's) for fine-tuning, evaluating and
+training it further."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ class CharTokenizer:
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i] if i < len(self.chars) else "" for i in ids)
 
+    @property
+    def separator_id(self) -> int | None:
+        """The token between documents in a token stream (none for a causal character model)."""
+        return self.token_id("[SEP]")
+
     def save(self, folder: Path) -> None:
         special = [t for t in self.vocab if t not in self.chars]
         atomic_write_json(folder / CHARS_FILE, {"chars": self.chars, "special_tokens": special})
@@ -50,12 +56,15 @@ class CharTokenizer:
         return {"kind": "char", "vocab_size": self.vocab_size, "sha256": _sha256(json.dumps(self.vocab))}
 
 
-class WordPieceTokenizer:
-    """A `tokenizers` WordPiece tokenizer (BERT normalisation and pre-tokenisation), no special tokens added."""
+class SubwordTokenizer:
+    """A `tokenizers` tokenizer, no special tokens added: a WordPiece vocabulary (BERT normalisation and
+    pre-tokenisation), or whatever a pretrained model brings (Llama's byte-level BPE). Documents in a token stream
+    are separated by `separator` (a checkpoint's end-of-text token), else by [SEP] where the vocabulary has it."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, separator: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.separator = separator
 
     def token_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)
@@ -67,12 +76,20 @@ class WordPieceTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def save(self, folder: Path) -> None:  # fine-tuning and generation tokenise with it
+    @property
+    def separator_id(self) -> int | None:
+        return self.token_id(self.separator or "[SEP]")
+
+    def save(self, folder: Path) -> None:  # fine-tuning, generation and further training tokenise with it
         atomic_write_bytes(folder / "tokenizer.json", self.tokenizer.to_str().encode())
+        if self.separator:
+            atomic_write_json(folder / "tokenizer_config.json", {"eos_token": self.separator})
 
     def describe(self) -> dict[str, Any]:
-        """What the run record keeps: the vocabulary's size and a hash of the whole tokenizer (tokenizer.json)."""
-        return {"kind": "wordpiece", "vocab_size": self.vocab_size, "sha256": _sha256(self.tokenizer.to_str())}
+        """What the run record keeps: the tokenizer's model (wordpiece, bpe, ...), the vocabulary's size and a
+        hash of the whole tokenizer (tokenizer.json)."""
+        kind = json.loads(self.tokenizer.to_str())["model"]["type"].lower()
+        return {"kind": kind, "vocab_size": self.vocab_size, "sha256": _sha256(self.tokenizer.to_str())}
 
 
 def _sha256(text: str) -> str:
@@ -215,12 +232,35 @@ def load_pretrained_tokenizer(folder: Path, max_length: int, vocab_size: int) ->
     return tokenizer
 
 
-def load_run_tokenizer(folder: Path) -> CharTokenizer | WordPieceTokenizer:
-    """The tokenizer a run's (or checkpoint's) folder holds: its characters, its tokenizer.json or a vocab.txt."""
+def load_run_tokenizer(folder: Path) -> CharTokenizer | SubwordTokenizer:
+    """The tokenizer a run's (or checkpoint's) folder holds: its characters, its tokenizer.json or a vocab.txt;
+    or a GGUF file's (through transformers' GGUF reader). A checkpoint's end-of-text token (tokenizer_config.json's
+    `eos_token`) separates documents."""
+    if folder.suffix == ".gguf" and folder.is_file():
+        return gguf_tokenizer(folder)
     if (folder / CHARS_FILE).is_file():
         saved = json.loads((folder / CHARS_FILE).read_text())
         return CharTokenizer(saved["chars"], tuple(saved["special_tokens"]))
     tokenizer = folder_wordpiece(folder)
     if tokenizer is None:
         raise ConfigError(f"{folder} holds no tokenizer ({', '.join(TOKENIZER_FILES)})")
-    return WordPieceTokenizer(tokenizer, tokenizer.get_vocab_size())
+    return SubwordTokenizer(tokenizer, tokenizer.get_vocab_size(), end_of_text(folder))
+
+
+def end_of_text(folder: Path) -> str | None:
+    """The end-of-text token a Hugging Face folder names (tokenizer_config.json, else special_tokens_map.json)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file() and (token := json.loads((folder / name).read_text()).get("eos_token")):
+            return token["content"] if isinstance(token, dict) else token
+    return None
+
+
+def gguf_tokenizer(path: Path) -> SubwordTokenizer:
+    """The tokenizer a GGUF file holds, as transformers rebuilds it."""
+    from sharebench.llama import require_gguf
+
+    require_gguf(path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return SubwordTokenizer(tokenizer.backend_tokenizer, len(tokenizer), tokenizer.eos_token)

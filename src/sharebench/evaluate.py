@@ -1,0 +1,68 @@
+"""`task=evaluate`: what a trained model is worth on held-out text, converted as `convert` says or not.
+
+The model of `pretrained` (a run, a checkpoint, a Hugging Face BERT or Llama folder, a Llama GGUF file), scored on
+the data's validation and test splits with its own tokenizer (`data.tokenizer.kind=pretrained`): the loss over
+every predicted token, its perplexity and bits per UTF-8 byte, beside what the model stores (unique parameters,
+fp32 weight bytes) and adds to the KV cache per token. The unconverted model's figures are the same task with
+`convert.to=null`, so a sweep over conversions holds its own reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sharebench.checkpoint import converted_model, load_pretrained
+from sharebench.data import PretrainData
+from sharebench.errors import ConfigError
+from sharebench.inference import kv_cache_bytes
+from sharebench.model import perplexity
+from sharebench.paths import resolve_path
+from sharebench.pretrain import full_split_loss
+from sharebench.record import Record, RunRecord, run_once
+from sharebench.spec import RunSpec, SharingSpec
+
+FP32_BYTES = 4
+
+
+def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
+    """task=evaluate: the record holds the model's sharing, parameters, weight bytes, KV bytes per token, and the
+    loss, perplexity and bits per byte of each held-out split."""
+
+    def score(record: RunRecord) -> None:
+        source = resolve_path(spec.pretrained)
+        if spec.convert.to:
+            model, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
+        else:
+            model = load_pretrained(source)
+        if not model.config.causal:
+            raise ConfigError(f"task=evaluate scores a causal LM's next-token loss; {source} is a masked LM")
+        data = PretrainData(spec.data, "causal", spec.cache_dir)
+        data.prepare()
+        if data.vocab_size > model.config.vocab_size:
+            raise ConfigError(
+                f"data.tokenizer has {data.vocab_size} tokens, more than the {model.config.vocab_size} "
+                f"token embeddings of {source}; use its own tokenizer: data.tokenizer.kind=pretrained"
+            )
+        loss = {split: full_split_loss(model, data.loader(split, spec.seed)) for split in ("validation", "test")}
+        counts = model.parameter_counts()
+        ratio = spec.convert.ratio if spec.convert.to else None
+        record.update(
+            pretrained=str(source),
+            sharing=SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(source),
+                                   conversion=spec.convert.to_dict() if spec.convert.to else None).to_record(),
+            parameters=counts.to_dict(),
+            tokenizer=data.tokenizer.describe(),
+            tokens={split: len(data.streams[split]) for split in ("validation", "test")},
+            checkpoint={"bytes": counts.unique * FP32_BYTES},
+            inference={"kv_cache_bytes_per_token": sum(kv_cache_bytes(model, 1))},
+            metrics={
+                "val_loss_full": loss["validation"],
+                "test_loss_full": loss["test"],
+                "val_ppl": perplexity(loss["validation"]),
+                "test_ppl": perplexity(loss["test"]),
+                "val_bpb": data.bits_per_byte(loss["validation"], "validation"),
+                "test_bpb": data.bits_per_byte(loss["test"], "test"),
+            },
+        )  # fmt: skip
+
+    return run_once(spec.to_dict(), run_dir, score)[0]
