@@ -46,9 +46,13 @@ CASES = {
     "unknown task": (["task=finetune"], ["task='finetune' is not valid", "pretrain, glue, pretrain_glue"]),
     "unknown GLUE task": (["task=pretrain_glue", "glue.tasks=[colaa]"], ["unknown GLUE task 'colaa'", "sst2"]),
     "GLUE without a pretrained model": (["task=glue"], ["this task needs pretrained="]),
+    "a conversion without a model": (["convert.to=gqa"], ["convert.to=gqa converts pretrained=<a trained model>"]),
     "a key only another task reads": (
-        ["convert.to=gqa"],
-        ["convert.to=gqa is read by task=sts_zero_shot and task=evaluate only", "task=pretrain would ignore it"],
+        ["task=sts_zero_shot", "tokens_per_parameter=20"],
+        [
+            "tokens_per_parameter=20 is read by task=pretrain and task=pretrain_glue only",
+            "task=sts_zero_shot would ignore it",
+        ],
     ),  # fmt: skip
     "a learning-rate grid of one rate": (["-m", "lr_grid=factor2", "lr_grid.factors=[1]"], ["two or more distinct"]),
 }
@@ -271,7 +275,7 @@ LIMIT_CASES = {
     ),
     "an unknown conversion": (
         ["convert.to=bogus"],
-        "convert.to='bogus' is not valid; it must be one of headwise, gqa, recursive_lora or null",
+        "convert.to='bogus' is not valid; it must be one of headwise, gqa, recursive_lora, drop_layers or null",
     ),
     "attention larger than memory": (
         ["arch=gpt", "data=tinyshakespeare", "data.seq_len=100000"],

@@ -18,10 +18,10 @@ transformers = pytest.importorskip("transformers")
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def hf_llama(kv_heads: int, tied: bool) -> torch.nn.Module:
+def hf_llama(kv_heads: int, tied: bool, n_layers: int = 3) -> torch.nn.Module:
     """A small random LlamaForCausalLM, its parameters moved off their initial values (ones, zeros)."""
     config = transformers.LlamaConfig(
-        vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+        vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=n_layers, num_attention_heads=6,
         num_key_value_heads=kv_heads, rms_norm_eps=1e-5, rope_theta=500.0, max_position_embeddings=64,
         tie_word_embeddings=tied,
     )  # fmt: skip
@@ -167,25 +167,73 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
     assert kv[1] * 2 == kv[0]  # one key/value head of two
 
 
-def test_healing_trains_a_llama_checkpoint_further_and_keeps_its_grouped_heads(llama_folder, nano_overrides,
-                                                                                tmp_path):  # fmt: skip
-    """task=pretrain from a Llama folder with its own tokenizer: the saved model is still grouped-K/V, reloads,
-    and has trained (its weights moved and its validation loss fell)."""
+@pytest.mark.parametrize(
+    "conversion",
+    [[], ["convert.to=gqa", "convert.ratio=0.8333"], ["convert.to=headwise", "convert.ratio=0.34"]],
+    ids=["as-is", "mqa", "headwise"],
+)
+def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llama_folder, nano_overrides, tmp_path):
+    """task=pretrain from a Llama folder with its own tokenizer, converted in the same run or not: the saved
+    model keeps its (converted) sharing, reloads, and has trained (its weights moved, its validation loss fell)."""
+    from sharebench.checkpoint import converted_model
     from sharebench.config import compose
     from sharebench.tasks import run_task
 
-    overrides = llama_task(nano_overrides, llama_folder, "arch=llama", "trainer.max_steps=6", "optim.lr=3e-3")
+    overrides = llama_task(nano_overrides, llama_folder, "arch=llama", *conversion, "trainer.max_steps=6",
+                           "optim.lr=3e-3")  # fmt: skip
     record = run_task(compose(overrides), tmp_path / "healed")
-    assert record["status"] == "completed" and record["sharing"]["name"] == "gqa"
-    healed, before = load_pretrained(tmp_path / "healed"), load_pretrained(llama_folder)
-    assert healed.sharing_name == "gqa" and healed.config.vocab_size == before.config.vocab_size
+    assert record["status"] == "completed"
+    to, ratio = (o.split("=")[1] for o in conversion) if conversion else (None, None)
+    before = converted_model(llama_folder, to, float(ratio))[0] if to else load_pretrained(llama_folder)
+    healed = load_pretrained(tmp_path / "healed")
+    assert healed.sharing_name == before.sharing_name == record["sharing"]["name"]
+    assert healed.parameter_counts().unique == before.parameter_counts().unique == record["parameters"]["unique"]
+    assert record["sharing"].get("conversion", {}).get("to") == to
     assert not torch.equal(healed.transformer.blocks[0].ffn.up.weight, before.transformer.blocks[0].ffn.up.weight)
     history = record["metrics"]["val_history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
 
 
-def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint(nano_overrides):
+def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint_and_healing_its_objective(nano_overrides, llama_folder):
     from sharebench.config import compose, validate
 
     with pytest.raises(ConfigError, match="data.tokenizer.kind=pretrained tokenizes with the tokenizer of pretrained"):
         validate(compose([*nano_overrides, "data.tokenizer.kind=pretrained"]))
+    with pytest.raises(ConfigError, match="is a causal LM and arch=bert trains a masked LM: continue it with"):
+        validate(compose(llama_task(nano_overrides, llama_folder)))
+
+
+@pytest.mark.parametrize("to", ["headwise", "recursive_lora", "drop_layers"])
+def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path):
+    """DirectShare treats a key/value head with its query heads as one head (at ratio 0 the logits are
+    transformers'); recursive conversion at full rank computes what the original does; dropping keeps the last
+    layer and the first ones. Each converted checkpoint reloads with the logits it was written with."""
+    from sharebench.checkpoint import convert_checkpoint, converted_model
+
+    theirs = hf_llama(2, True, n_layers=4)
+    theirs.save_pretrained(tmp_path / "llama")
+    original = load_pretrained(tmp_path / "llama")
+    layer = sum(p.numel() for p in original.transformer.blocks[0].parameters())
+    if to == "headwise":
+        assert_same_logits(converted_model(tmp_path / "llama", to, 0.0)[0], theirs)
+        shared = converted_model(tmp_path / "llama", to, 0.25)[0]
+        unit = sum(p.numel() for p in shared.transformer.blocks[0].attn.qkv.heads[0].parameters())
+        unit += shared.transformer.blocks[0].attn.out.heads[0].weight.numel()
+        assert len(shared.head_sources) == 2  # a quarter of L·G = 4 · 2 heads
+        assert shared.parameter_counts().unique == original.parameter_counts().unique - 2 * unit
+    elif to == "recursive_lora":
+        assert_same_logits(converted_model(tmp_path / "llama", to, 0.5, rank=48)[0], theirs)
+    else:
+        dropped = converted_model(tmp_path / "llama", to, 0.25)[0]
+        assert dropped.config.n_layers == 3
+        assert dropped.parameter_counts().unique == original.parameter_counts().unique - layer
+        for new, old in enumerate([0, 1, 3]):
+            assert torch.equal(
+                dropped.transformer.blocks[new].ffn.up.weight, original.transformer.blocks[old].ffn.up.weight
+            )
+    written = convert_checkpoint(
+        tmp_path / "llama", tmp_path / "converted", to, 0.25 if to != "recursive_lora" else 0.5
+    )
+    ids = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(tmp_path / "converted")(ids).logits, written(ids).logits)

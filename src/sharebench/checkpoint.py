@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from sharebench import llama
-from sharebench.convert import CONVERSIONS, direct_share, share_heads, to_gqa, to_recursive
+from sharebench.convert import CONVERSIONS, direct_share, drop_layers, share_heads, to_gqa, to_recursive
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
@@ -32,7 +32,7 @@ from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 from sharebench.spec import SharingSpec
-from sharebench.tokenizer import TOKENIZER_FILES
+from sharebench.tokenizer import TOKENIZER_FILES, gguf_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -77,10 +77,14 @@ def scheme_factory(stored: Mapping[str, Any]) -> Callable[..., AttentionSharing]
     return functools.partial(scheme_class(stored["scheme"]), ratio=stored["ratio"], **stored["options"])
 
 
-def loaded_sharing(model: LanguageModel, folder: str | Path) -> dict[str, Any]:
-    """What a run records as the sharing of a model loaded from `folder`: the sharing its pretraining run
-    recorded (iso-parameter baselines keep the configuration they match), or for other checkpoints the scheme
-    the checkpoint stores."""
+def loaded_sharing(model: LanguageModel, folder: str | Path, conversion: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What a run records as the sharing of a model loaded from `folder`: converted (`conversion`, the run's
+    `convert`), its conversion at its ratio; else the sharing its pretraining run recorded (iso-parameter
+    baselines keep the configuration they match), or for other checkpoints the scheme the checkpoint stores."""
+    if conversion:
+        return SharingSpec.of(model.sharing_name, conversion["ratio"], model.layers.describe(),
+                              pretrained=str(folder), conversion=dict(conversion)).to_record()  # fmt: skip
     record = Path(folder) / RECORD_NAME
     recorded = read_record(folder).get("sharing") if record.is_file() else None
     if recorded:
@@ -107,6 +111,17 @@ def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:
     if "_target_" in sharing:  # written before schemes were stored by name: the class's path and its ratio
         return stored_from_config(sharing, spec.get("ratio"))
     return sharing
+
+
+def checkpoint_objective(path: str | Path) -> str:
+    """Whether a checkpoint (as `load_pretrained` takes it) is a masked LM ("mlm") or a causal one ("causal"),
+    read from its configuration alone."""
+    folder = Path(path).expanduser()
+    if folder.suffix == ".gguf":
+        return "causal"
+    if (folder / SPEC_NAME).is_file():
+        return json.loads((folder / SPEC_NAME).read_text())["model"]["objective"]
+    return "causal" if json.loads((folder / "config.json").read_text()).get("model_type") == "llama" else "mlm"
 
 
 def load_pretrained(path: str | Path) -> LanguageModel:
@@ -254,6 +269,8 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
         return direct_share(model, ratio), sharing
     if to == "gqa":
         return to_gqa(model, ratio), stored_scheme(GroupedQuery.name, ratio)
+    if to == "drop_layers":
+        return drop_layers(model, ratio, scheme_factory(sharing)), sharing
     return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
 
 
@@ -267,6 +284,8 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
     def convert(record: RunRecord) -> None:
         converted, sharing = converted_model(source, to, ratio, rank)
         weights_bytes = save_pretrained(converted, out, sharing)
+        if source.suffix == ".gguf":  # its tokenizer, as the converted folder's own
+            gguf_tokenizer(source).save(out)
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, out / name)

@@ -165,9 +165,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     convert_parser = commands.add_parser(
         "convert", help="apply sharing to a trained model (suite or Hugging Face BERT) and save it as a checkpoint"
     )
-    convert_parser.add_argument("source", type=Path, help="a finished run's folder or a Hugging Face BERT folder")
+    convert_parser.add_argument(
+        "source", type=Path, help="a finished run's folder, a Hugging Face BERT or Llama folder, or a Llama .gguf file"
+    )
     convert_parser.add_argument("out", type=Path, help="the folder the converted checkpoint is written to")
-    convert_parser.add_argument("--to", required=True, help="headwise (DirectShare) | gqa | recursive_lora")
+    convert_parser.add_argument("--to", required=True,
+                                help="headwise (DirectShare) | gqa | recursive_lora | drop_layers")  # fmt: skip
     convert_parser.add_argument("--ratio", type=float, required=True, help="the share ratio of the new sharing")
     convert_parser.add_argument("--rank", type=int, default=8, help="recursive_lora: the rank of each LoRA")
     generate_parser = commands.add_parser("generate", help="print text a trained decoder writes after a prompt")

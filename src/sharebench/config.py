@@ -116,7 +116,18 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
         check_source(spec.data)
     if spec.pretrained:
         check_pretrained(spec.pretrained)
+        from sharebench.checkpoint import checkpoint_objective
+
+        if (objective := checkpoint_objective(resolve_path(spec.pretrained))) != spec.arch.objective:
+            kind = {"causal": "causal LM", "mlm": "masked LM"}
+            fitting = "arch=llama or arch=gpt" if objective == "causal" else "arch=bert"
+            raise ConfigError(f"pretrained={spec.pretrained} is a {kind[objective]} and arch={spec.arch.name} trains a "
+                              f"{kind[spec.arch.objective]}: continue it with {fitting}")  # fmt: skip
+    if spec.convert.to and not spec.pretrained:
+        raise ConfigError(f"convert.to={spec.convert.to} converts pretrained=<a trained model>, which is not set")
     if spec.postshare_ratio is not None:
+        if spec.convert.to:
+            raise ConfigError("postshare_ratio trains pretrained's own heads towards sharing; drop convert.to")
         if not spec.pretrained:
             raise ConfigError("postshare_ratio needs pretrained=<a trained model with separate Q/K/V> to start from")
         checked_ratio("postshare", "postshare_ratio", spec.postshare_ratio, HeadwiseRatio)

@@ -1,7 +1,8 @@
 """Sharing applied to a trained model without retraining: the conversions, on a model in memory.
 
 - `headwise` (DirectShare, Cao et al. 2024): a head reuses the query, key and value rows and the output columns
-  of the most similar head of another layer. Every head's parameters become their own small modules, and a head
+  of the most similar head of another layer. With grouped key/value heads (a Llama's), a head is a key/value
+  head with the query heads it serves. Every head's parameters become their own small modules, and a head
   that reuses another holds that head's modules, so a shared head exists once as a tensor. Heads are scored by
   the cosine similarity of their concatenated, flattened query and key weights; a head may only reuse one of an
   earlier layer, a head that lends its weights keeps its own, so at most half of the heads can be shared
@@ -10,6 +11,8 @@
   G₀ key/value heads per group of G₀/G (a Llama's 3 heads into 1 is MQA).
 - `recursive_lora`: the layers of each cycle set averaged into one shared block, and each layer's difference
   to it kept as a LoRA initialised by truncated SVD (Bae et al. 2024).
+- `drop_layers`: the naive baseline of fewer stored parameters, round(r·L) whole layers removed: the deepest
+  ones below the last layer, which Gromov et al. (2024) found the most redundant in Llama-family models.
 
 `sharebench convert <checkpoint> <out> --to headwise --ratio 0.3` (`checkpoint.convert_checkpoint`) writes the
 result as a checkpoint that pretraining can continue from (`pretrained=<folder>`, "uptraining") and GLUE can
@@ -19,6 +22,7 @@ fine-tune; `task=sts_zero_shot` scores it without training (`sharebench.zero_sho
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -32,7 +36,7 @@ from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 
-CONVERSIONS = ("headwise", "gqa", "recursive_lora")
+CONVERSIONS = ("headwise", "gqa", "recursive_lora", "drop_layers")
 
 HeadId = tuple[int, int]  # (layer, head)
 
@@ -41,52 +45,68 @@ class HeadwiseRatio:
     ratio_range = (0.0, 0.5)
     default_ratio = 0.3
     fixed_ratio = None
-    ratio_meaning = "the fraction of all L·H heads that reuse another head's weights"
+    ratio_meaning = (
+        "the fraction of all L·G heads (key/value heads with their query heads) that reuse another's weights"
+    )
 
 
 class HeadQKV(nn.Module):
+    """The projection rows of one head: its query rows, then its key and value rows. With grouped key/value heads
+    the unit is a key/value head with the m = H/G query heads it serves (m = 1 for separate Q/K/V)."""
+
     component = "attention_qkv"
 
-    def __init__(self, dim: int, head_dim: int, bias: bool) -> None:
+    def __init__(self, dim: int, head_dim: int, bias: bool, queries: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(3, head_dim, dim))  # query, key, value rows of one head
-        self.bias = nn.Parameter(torch.zeros(3, head_dim)) if bias else None
+        self.weight = nn.Parameter(torch.empty(queries + 2, head_dim, dim))
+        self.bias = nn.Parameter(torch.zeros(queries + 2, head_dim)) if bias else None
 
 
 class HeadOut(nn.Module):
     component = "attention_out"
 
-    def __init__(self, dim: int, head_dim: int) -> None:
+    def __init__(self, dim: int, width: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(dim, head_dim))  # the head's columns of the output projection
+        self.weight = nn.Parameter(torch.empty(dim, width))  # the head's (its query heads') output columns
 
 
 class HeadwiseQKV(AttentionSharing):
-    """Query/key/value projection assembled from per-head modules, some of them another layer's."""
+    """Query/key/value projection assembled from per-head modules (`HeadQKV`), some of them another layer's."""
 
     def __init__(self, heads: list[HeadQKV], dim: int) -> None:
-        super().__init__(dim, len(heads), heads[0].bias is not None)
+        self.queries = heads[0].weight.size(0) - 2  # query heads per key/value head
+        super().__init__(dim, len(heads) * self.queries, heads[0].bias is not None)
         self.heads = nn.ModuleList(heads)
+        self.n_kv_heads = len(heads)
+
+    def projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (H·d + 2·G·d) × D weight, rows q, k, v as GroupedQuery orders them, and its bias."""
+
+        def rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+            stacked = torch.stack(tensors)  # (G, m + 2, d, ...)
+            return torch.cat([stacked[:, : self.queries].flatten(0, 2), stacked[:, -2].flatten(0, 1),
+                              stacked[:, -1].flatten(0, 1)])  # fmt: skip
+
+        bias = rows([h.bias for h in self.heads]) if self.heads[0].bias is not None else None
+        return rows([h.weight for h in self.heads]), bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
-        weight = torch.stack([h.weight for h in self.heads], dim=1).reshape(3 * self.dim, self.dim)
-        bias = None
-        if self.heads[0].bias is not None:
-            bias = torch.stack([h.bias for h in self.heads], dim=1).reshape(3 * self.dim)
-        q, k, v = F.linear(x, weight, bias).view(batch, tokens, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = F.linear(x, *self.projection()).split([self.dim, kv_width, kv_width], dim=-1)
+        q = q.view(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, tokens, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, tokens, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
     def macs(self) -> int:
-        return 3 * self.dim * self.dim
+        return (self.dim + 2 * self.n_kv_heads * self.head_dim) * self.dim
 
     def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        weights = torch.stack([h.weight for h in self.heads], dim=1)  # (3, H, d, D)
-        biases = torch.stack([h.bias for h in self.heads], dim=1) if self.heads[0].bias is not None else None
-        return {
-            role: (weights[i].reshape(self.dim, self.dim), biases[i].flatten() if biases is not None else None)
-            for i, role in enumerate("qkv")
-        }
+        weight, bias = self.projection()
+        sizes = [self.dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
+        biases = bias.split(sizes) if bias is not None else (None, None, None)
+        return dict(zip("qkv", zip(weight.split(sizes), biases, strict=True), strict=True))
 
 
 class HeadwiseOut(nn.Module):
@@ -101,33 +121,40 @@ class HeadwiseOut(nn.Module):
         return F.linear(y, torch.cat([h.weight for h in self.heads], dim=1), self.bias)
 
     def macs(self) -> int:
-        dim = self.heads[0].weight.size(0)
-        return dim * dim
+        return sum(h.weight.numel() for h in self.heads)
 
 
-def _require_separate(model: nn.Module, conversion: str) -> None:
+def _require_headwise_source(model: nn.Module) -> None:
     blocks = list(model.transformer.blocks)
-    if len({id(b) for b in blocks}) != len(blocks) or not all(isinstance(b.attn.qkv, Separate) for b in blocks):
+    if len({id(b) for b in blocks}) != len(blocks) or not all(type(b.attn.qkv) in (Separate, GroupedQuery)
+                                                               for b in blocks):  # fmt: skip
         raise ConfigError(
-            f"convert --to {conversion} needs a model with separate Q/K/V (sharing=none) and no cross-layer "
-            f"sharing; this one has sharing={model.sharing_name}, layers={model.layers.name}"
+            f"convert --to headwise needs a model with separate or grouped Q/K/V (sharing=none, gqa or mqa) and no "
+            f"cross-layer sharing; this one has sharing={model.sharing_name}, layers={model.layers.name}"
         )
 
 
+def kv_heads(model: nn.Module) -> int:
+    """G, the key/value heads of each layer (H for separate Q/K/V)."""
+    return getattr(model.transformer.blocks[0].attn.qkv, "n_kv_heads", model.config.n_heads)
+
+
 def head_weights(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The query, key and value rows (d × D each) of one head of a model with separate Q/K/V."""
-    proj = model.transformer.blocks[layer].attn.qkv.proj.weight
-    dim, head_dim = proj.size(1), proj.size(1) // model.config.n_heads
-    rows = [proj[role * dim + head * head_dim : role * dim + (head + 1) * head_dim] for role in range(3)]
-    return rows[0], rows[1], rows[2]
+    """The query rows (m·d × D), key rows and value rows (d × D each) of one key/value head and the m query heads
+    it serves."""
+    roles = model.transformer.blocks[layer].attn.qkv.role_weights()
+    width = model.config.dim // model.config.n_heads
+    queries = model.config.n_heads // kv_heads(model)
+    q, k, v = (roles[role][0] for role in "qkv")
+    return (q[head * queries * width : (head + 1) * queries * width], k[head * width : (head + 1) * width],
+            v[head * width : (head + 1) * width])  # fmt: skip
 
 
 def select_shared_heads(model: nn.Module, ratio: float) -> dict[HeadId, HeadId]:
-    """DirectShare's choice: which heads reuse which, for the top int(r·L·H) heads by best-match similarity."""
+    """DirectShare's choice: which heads reuse which, for the top int(r·L·G) heads by best-match similarity."""
     ratio = checked_ratio("headwise", "ratio", ratio, HeadwiseRatio)
-    _require_separate(model, "headwise")
-    n_layers, n_heads = model.config.n_layers, model.config.n_heads
-    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    _require_headwise_source(model)
+    heads = [(layer, head) for layer in range(model.config.n_layers) for head in range(kv_heads(model))]
     with torch.no_grad():
         vectors = torch.stack([torch.cat([w.flatten() for w in head_weights(model, *h)[:2]]) for h in heads])
         vectors = F.normalize(vectors.float(), dim=1)
@@ -148,29 +175,34 @@ def select_shared_heads(model: nn.Module, ratio: float) -> dict[HeadId, HeadId]:
 
 
 def share_heads(model: nn.Module, sources: dict[HeadId, HeadId]) -> nn.Module:
-    """Rebuild the attention of a model with separate Q/K/V from per-head modules, each head in `sources`
-    holding its source head's modules (its own weights are dropped). Returns the model, changed in place."""
-    _require_separate(model, "headwise")
+    """Rebuild the attention of a model with separate or grouped Q/K/V from per-head modules, each head in
+    `sources` holding its source head's modules (its own weights are dropped). Returns the model, changed in
+    place."""
+    _require_headwise_source(model)
     cfg = model.config
-    head_dim = cfg.dim // cfg.n_heads
+    width, groups = cfg.dim // cfg.n_heads, kv_heads(model)
+    queries = cfg.n_heads // groups
     qkv_heads: dict[HeadId, HeadQKV] = {}
     out_heads: dict[HeadId, HeadOut] = {}
     for layer, block in enumerate(model.transformer.blocks):
-        proj, out = block.attn.qkv.proj, block.attn.out
-        for head in range(cfg.n_heads):
-            qkv = HeadQKV(cfg.dim, head_dim, proj.bias is not None).to(proj.weight.device)
-            columns = HeadOut(cfg.dim, head_dim).to(proj.weight.device)
+        roles, out = block.attn.qkv.role_weights(), block.attn.out
+        device = out.weight.device
+        for head in range(groups):
+            qkv = HeadQKV(cfg.dim, width, roles["q"][1] is not None, queries).to(device)
+            columns = HeadOut(cfg.dim, queries * width).to(device)
             with torch.no_grad():
-                qkv.weight.copy_(torch.stack(head_weights(model, layer, head)))
-                if proj.bias is not None:
-                    qkv.bias.copy_(proj.bias.view(3, cfg.n_heads, head_dim)[:, head])
-                columns.weight.copy_(out.weight[:, head * head_dim : (head + 1) * head_dim])
+                qkv.weight.copy_(torch.cat(head_weights(model, layer, head)).view(queries + 2, width, cfg.dim))
+                if qkv.bias is not None:
+                    q, k, v = (roles[role][1] for role in "qkv")
+                    qkv.bias.copy_(torch.cat([q.view(groups, queries * width)[head], k.view(groups, width)[head],
+                                              v.view(groups, width)[head]]).view(queries + 2, width))  # fmt: skip
+                columns.weight.copy_(out.weight[:, head * queries * width : (head + 1) * queries * width])
             qkv_heads[layer, head], out_heads[layer, head] = qkv, columns
     for receiver, source in sources.items():
         qkv_heads[receiver], out_heads[receiver] = qkv_heads[source], out_heads[source]
     for layer, block in enumerate(model.transformer.blocks):
-        block.attn.qkv = HeadwiseQKV([qkv_heads[layer, h] for h in range(cfg.n_heads)], cfg.dim)
-        block.attn.out = HeadwiseOut([out_heads[layer, h] for h in range(cfg.n_heads)], block.attn.out.bias)
+        block.attn.qkv = HeadwiseQKV([qkv_heads[layer, h] for h in range(groups)], cfg.dim)
+        block.attn.out = HeadwiseOut([out_heads[layer, h] for h in range(groups)], block.attn.out.bias)
     model.head_sources = sorted([*receiver, *source] for receiver, source in sources.items())
     model.sharing_name = "headwise"
     return model
@@ -262,3 +294,25 @@ def _copy_layer(original: nn.Module, relaxed: nn.Module) -> None:
             module.lora_b.zero_()
             module.lora_a[:rank] = vh[:rank]
             module.lora_b[:, :rank] = u[:, :rank] * s[:rank]
+
+
+def drop_layers(model: LanguageModel, ratio: float, sharing: Callable[..., AttentionSharing]) -> LanguageModel:
+    """The model without round(r·L) layers, the deepest ones below its last layer (which stays)."""
+    n_layers = model.config.n_layers
+    dropped = round(ratio * n_layers)
+    if model.layers.name != "none":
+        raise ConfigError(f"convert --to drop_layers needs a model without cross-layer sharing, not {model.layers}")
+    if not 0 < dropped < n_layers:
+        raise ConfigError(f"convert --to drop_layers: ratio={ratio} removes {dropped} of {n_layers} layers; choose a "
+                          f"ratio that removes at least one and keeps one: [{0.5 / n_layers:.3g}, "
+                          f"{(n_layers - 1.5) / n_layers:.3g}]")  # fmt: skip
+    kept = [*range(n_layers - 1 - dropped), n_layers - 1]
+    with torch.device(next(model.parameters()).device):
+        converted = LanguageModel(replace(model.config, n_layers=len(kept)), sharing, model.sharing_name)
+    state = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("transformer.blocks.")}
+    for new, old in enumerate(kept):
+        prefix = f"transformer.blocks.{old}."
+        state |= {f"transformer.blocks.{new}.{name.removeprefix(prefix)}": tensor
+                  for name, tensor in model.state_dict().items() if name.startswith(prefix)}  # fmt: skip
+    converted.load_state_dict(state)
+    return converted

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sharebench.checkpoint import converted_model, load_pretrained
+from sharebench.checkpoint import converted_model, load_pretrained, loaded_sharing
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError
 from sharebench.inference import kv_cache_bytes
@@ -19,7 +19,7 @@ from sharebench.model import perplexity
 from sharebench.paths import resolve_path
 from sharebench.pretrain import full_split_loss
 from sharebench.record import Record, RunRecord, run_once
-from sharebench.spec import RunSpec, SharingSpec
+from sharebench.spec import RunSpec
 
 FP32_BYTES = 4
 
@@ -45,11 +45,9 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
             )
         loss = {split: full_split_loss(model, data.loader(split, spec.seed)) for split in ("validation", "test")}
         counts = model.parameter_counts()
-        ratio = spec.convert.ratio if spec.convert.to else None
         record.update(
             pretrained=str(source),
-            sharing=SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(source),
-                                   conversion=spec.convert.to_dict() if spec.convert.to else None).to_record(),
+            sharing=loaded_sharing(model, source, spec.convert.to_dict() if spec.convert.to else None),
             parameters=counts.to_dict(),
             tokenizer=data.tokenizer.describe(),
             tokens={split: len(data.streams[split]) for split in ("validation", "test")},

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from sharebench.checkpoint import (
     SEPARATE,
     checkpoint_sharing,
+    converted_model,
     load_pretrained,
     loaded_sharing,
     save_pretrained,
@@ -322,11 +323,18 @@ def run(spec: RunSpec, run_dir: str | Path) -> Record:
     return data
 
 
-def initial_model(spec: RunSpec, vocab_size: int) -> LanguageModel:
-    """A new model as the config says, or with `pretrained`, that checkpoint's model to train further."""
+def initial_model(spec: RunSpec, vocab_size: int) -> tuple[LanguageModel, dict[str, Any]]:
+    """A new model as the config says, or with `pretrained`, that checkpoint's model, converted as `convert` says
+    or not, to train further ("uptraining", "healing"); and its within-layer scheme as its checkpoint stores it."""
     if not spec.pretrained:
-        return build_model(spec, vocab_size)
-    model = load_pretrained(resolve_path(spec.pretrained)).train()
+        return build_model(spec, vocab_size), stored_sharing(spec)
+    source = resolve_path(spec.pretrained)
+    if spec.convert.to:
+        model, stored = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
+    else:
+        model = load_pretrained(source)
+        stored = checkpoint_sharing(source, model)
+    model.train()
     own_tokenizer = spec.data.tokenizer.kind == "pretrained"  # its ids fit the embeddings, which may be padded
     if model.config.vocab_size < vocab_size or (model.config.vocab_size != vocab_size and not own_tokenizer):
         raise ConfigError(
@@ -336,7 +344,7 @@ def initial_model(spec: RunSpec, vocab_size: int) -> LanguageModel:
     if spec.data.seq_len > model.config.max_positions:
         positions = model.config.max_positions
         raise ConfigError(f"data.seq_len={spec.data.seq_len} exceeds the {positions} positions of pretrained")
-    return model
+    return model, stored
 
 
 def make_logger(spec: RunSpec, run_dir: Path) -> Logger:
@@ -376,12 +384,13 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     L.seed_everything(spec.seed, workers=True, verbose=False)
     data = PretrainData(spec.data, spec.arch.objective, spec.cache_dir, spec.arch.mlm)
     data.prepare()
-    model = initial_model(spec, data.vocab_size)
+    model, stored = initial_model(spec, data.vocab_size)
     if model.pooler is not None:  # BERT's pooler serves fine-tuning; pretraining has no loss through it, and DDP
         model.pooler.requires_grad_(False)  # refuses a parameter no loss reaches
     head_pairs = select_shared_heads(model, spec.postshare_ratio) if spec.postshare_ratio is not None else None
-    if spec.pretrained:  # the checkpoint's sharing, not the config's
-        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained)))
+    if spec.pretrained:  # the checkpoint's sharing (or its conversion), not the config's
+        conversion = spec.convert.to_dict() if spec.convert.to else None
+        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained), conversion))
     counts = model.parameter_counts()
     fraction = spec.predicted_fraction
     flops = model.flops_per_token(spec.data.seq_len, fraction)
@@ -459,7 +468,6 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         memory = training_memory(model, trainer.optimizers[0], next(iter(data.loader("train", spec.seed))))
         peak = measure_matmul_peak(device, matmul_dtype(settings["precision"]))
     tokens_per_second = speed["tokens_per_second"]
-    stored = checkpoint_sharing(resolve_path(spec.pretrained), model) if spec.pretrained else stored_sharing(spec)
     weights_bytes = save_pretrained(model, run_dir, stored) if main_process else None
     # The saved model as a user loads it to serve it.
     served = load_pretrained(run_dir).to(device) if main_process else None

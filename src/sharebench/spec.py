@@ -362,10 +362,10 @@ class LrGrid(Spec):
 
 @dataclass(frozen=True)
 class Convert(Spec):
-    """Sharing applied to `pretrained` before task=sts_zero_shot or task=evaluate scores it: one of the
-    conversions of sharebench.convert (or none) at a ratio it takes."""
+    """Sharing applied to `pretrained` before task=sts_zero_shot or task=evaluate scores it, or task=pretrain
+    trains it further (healing): one of the conversions of sharebench.convert (or none) at a ratio it takes."""
 
-    to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot", "evaluate"))
+    to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot", "evaluate", "pretrain"))
     ratio: float = accepts(number())
     rank: int = accepts(POSITIVE)
 
