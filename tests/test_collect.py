@@ -245,6 +245,52 @@ def test_a_configuration_with_fewer_seeds_than_the_others_is_marked_as_lower_pow
     assert verdict["sharing=mqa"].startswith("worse") and verdict["sharing=gqa"].startswith("worse")
 
 
+def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budget(tmp_path):
+    """A table per budget (scored as converted, healed N steps), each conversion against the unconverted model
+    at the same budget, PostShare counted as a conversion."""
+    from sharebench.collect import tables
+    from sharebench.spec import key_declarations
+
+    def record(name: str, seed: int, loss: float, config: dict, steps: int | None = None) -> None:
+        path = tmp_path / f"{name},steps={steps}" / f"seed={seed}" / "run.json"
+        path.parent.mkdir(parents=True)
+        config = {
+            "seed": seed,
+            "pretrained": "<site-packages>/model.gguf",
+            "arch": {"name": "llama"},
+            "task": "pretrain" if steps else "evaluate",
+            "trainer": {"max_steps": steps or 1000},
+            "convert": {"to": None},
+            "postshare_ratio": None,
+            **config,
+        }
+        run = {
+            "status": "completed",
+            "seed": seed,
+            "config": config,
+            "metrics": {"test_loss_full": loss},
+            "sharing": {"name": "gqa", "ratio": 0.667, "layers": {"name": "none", "ratio": None}},
+            "config_keys": key_declarations(),
+        }
+        path.write_text(json.dumps(run | ({"compute": {"tokens_seen": 16 * steps}} if steps else {})))
+
+    for steps in (None, 16):
+        for seed in range(3):
+            record("base", seed, 3.0 + seed / 100 - (steps or 0) / 100, {}, steps)
+            record("drop", seed, 3.5 + seed / 99 - (steps or 0) / 50, {"convert": {"to": "drop_layers"}}, steps)
+    for seed in range(3):
+        record("postshare", seed, 3.2 + seed / 98, {"postshare_ratio": 0.3}, 16)
+    made = tables(find_configurations([tmp_path]), {})
+    assert {"table-llama-before_healing", "table-llama-healed_16_steps"} <= set(made)
+    for name, rows in (("before_healing", 2), ("healed_16_steps", 3)):
+        table = made[f"table-llama-{name}"]
+        verdicts = table.header.index(next(h for h in table.header if h.startswith("verdict vs")))
+        assert len(table.rows) == rows and sum(row[verdicts] == "reference" for row in table.rows) == 1
+        reference = next(row for row in table.rows if row[verdicts] == "reference")
+        assert "drop_layers" not in reference[0] and "postshare_ratio=0.3" not in reference[0]
+        assert all(row[verdicts].startswith("worse") for row in table.rows if row is not reference)
+
+
 COMMITTED = sorted(p.parent.name for p in (PROJECT_ROOT / "results").glob("*/runs") if (p.parent / "table.md").exists())
 
 

@@ -163,6 +163,21 @@ class Configuration:
         return bool(self.description.get("iso_compute"))
 
     @property
+    def budget(self) -> str | None:
+        """For a model from a checkpoint (`pretrained`): `before_healing` where it is scored as it is (or as converted),
+        `healed_<N>_steps` where pretraining went on for N steps; None for a model trained from scratch."""
+        if not self.description.get("pretrained"):
+            return None
+        if self.first.get("compute"):  # it trained further
+            return f"healed_{label_value(self.description.get('trainer.max_steps'))}_steps"
+        return "before_healing"
+
+    @property
+    def converted(self) -> bool:
+        """A checkpoint's model changed by a conversion (`convert.to`) or by PostShare (`postshare_ratio`)."""
+        return bool(self.description.get("convert.to")) or self.description.get("postshare_ratio") is not None
+
+    @property
     def unshared(self) -> bool:
         """Separate Q/K/V and no cross-layer sharing: a model an iso-parameter pairing may take as a twin."""
         return self.sharing == "none" or self.iso_baseline
@@ -366,9 +381,13 @@ def shares_data_order(a: Configuration, b: Configuration) -> bool:
 
 
 def reference(configurations: Sequence[Configuration]) -> Configuration | None:
-    """What the Δ columns compare with: the unshared configuration (sharing=none, no cross-layer sharing), else
-    the lowest share ratio of the table's scheme (yang24's ratio 0), else the first row."""
+    """What the Δ columns compare with: a checkpoint's model not converted (conversions are judged against the
+    model they were made from), else the unshared configuration (sharing=none, no cross-layer sharing), else the
+    lowest share ratio of the table's scheme (yang24's ratio 0), else the first row."""
     candidates = [c for c in configurations if c.records and not c.iso_baseline]
+    unconverted = [c for c in candidates if c.budget and not c.converted]  # a checkpoint as it is
+    if unconverted:
+        return unconverted[0]
     unshared = [c for c in candidates if c.sharing == "none"]
     if unshared:
         return unshared[0]
@@ -441,13 +460,16 @@ def by_arch(configurations: Sequence[Configuration]) -> dict[str | None, list[Co
 
 
 def by_model(configurations: Sequence[Configuration]) -> dict[str | None, list[Configuration]]:
-    """Configurations per architecture, and per size where an architecture ran at several (a scaling ladder): each
-    group compares with its own reference and twins."""
+    """Configurations per architecture, and per size where an architecture ran at several (a scaling ladder), and
+    per healing budget where checkpoints were scored as they are and healed (`Configuration.budget`): each group
+    compares with its own reference and twins."""
     groups: dict[str | None, list[Configuration]] = {}
     for arch, group in by_arch(configurations).items():
         sizes = {c.description.get("size.name") for c in group}
+        budgets = {c.budget for c in group}
         for configuration in group:
             key = arch if len(sizes) == 1 else f"{arch}-{configuration.description.get('size.name')}"
+            key = key if len(budgets) == 1 else f"{key}-{configuration.budget}"
             groups.setdefault(key, []).append(configuration)
     return groups
 
