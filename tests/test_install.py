@@ -68,3 +68,21 @@ def test_the_installed_command_works_from_an_empty_folder(installed, tmp_path):
     collected = sharebench(installed, tmp_path, "collect", "outputs", "--out", "results", "--no-plots")
     assert collected.returncode == 0, collected.stderr[-3000:]
     assert (tmp_path / "results" / "table.md").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_docs_plugin_installs_beside_the_wheel_and_is_a_scheme(installed, tmp_path):
+    """docs/schemes.md's example plugin, pip-installed into the fresh venv: its scheme is a choice by name."""
+    from tests.test_plugins import docs_plugin
+
+    pyproject, module = docs_plugin()
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "pyproject.toml").write_text(pyproject)
+    (tmp_path / "plugin" / "sharebench_shared_kv.py").write_text(module)
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(installed / "bin" / "python"), "install",
+                              "-q", "--no-deps", "--no-build-isolation", str(tmp_path / "plugin")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    params = sharebench(installed, tmp_path, "params", "size=nano", "sharing=shared_kv")
+    assert params.returncode == 0, params.stderr[-3000:]
+    assert json.loads(params.stdout)["sharing"] == "shared_kv" and not params.stderr.strip()

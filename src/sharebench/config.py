@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,10 +29,10 @@ from sharebench.convert import HeadwiseRatio
 from sharebench.cpu import precision_here
 from sharebench.data import check_source
 from sharebench.errors import ConfigError, RatioNotTaken
-from sharebench.layers import LayerSharing, Unshared
+from sharebench.layers import LAYER_PLUGINS, LayerSharing, Unshared
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import CONFIG_DIR, CORPUS_DIR, folder_name, machine_free, naming_rank, resolve_path
-from sharebench.sharing import AttentionSharing
+from sharebench.sharing import PLUGINS, AttentionSharing
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
 from sharebench.spec import NAMED, TOKENIZER_KINDS, RunSpec, SharingSpec, Trainer, role_of
@@ -41,7 +42,26 @@ GROUPS = tuple(f.name for f in fields(RunSpec) if (CONFIG_DIR / f.name).is_dir()
 
 
 def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    """A config group's choices: its YAML files in conf/, and for `sharing` and `layers` the plugins' schemes."""
+    return sorted({*(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")), *PLUGIN_SCHEMES.get(group, {})})
+
+
+# Schemes other packages add (entry points, `sharebench.registry.plugins`), by the config group that chooses them.
+PLUGIN_SCHEMES = {"sharing": PLUGINS, "layers": LAYER_PLUGINS}
+
+
+def register_plugins() -> None:
+    """Each plugin scheme as a choice of its config group, the node conf/<group>/<name>.yaml would hold, in Hydra's
+    ConfigStore (which every composition searches)."""
+    store = ConfigStore.instance()
+    for group, schemes in PLUGIN_SCHEMES.items():
+        for name, cls in schemes.items():
+            node = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
+            store.store(group=group, name=name, node=node | ({"_partial_": True} if group == "sharing" else
+                                                              {"ratio": None}))  # fmt: skip
+
+
+register_plugins()  # at import, before Hydra composes a config (in a sweep's or a SLURM job's process too)
 
 
 def check_choice(group: str, value: str) -> None:

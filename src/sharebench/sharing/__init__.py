@@ -1,16 +1,19 @@
 """Within-layer sharing schemes, one module each; `SCHEMES` finds them by name.
 
 A new scheme is one module here defining an `AttentionSharing` subclass with a `name`, plus
-`conf/sharing/<name>.yaml` whose `_target_` names that class.
+`conf/sharing/<name>.yaml` whose `_target_` names that class; or, from another package, an entry point in the
+group `sharebench.sharing` naming such a class (docs/schemes.md).
 """
 
 from __future__ import annotations
 
 from sharebench.errors import ConfigError
-from sharebench.registry import subclasses_by_name
+from sharebench.registry import plugins, subclasses_by_name
 from sharebench.sharing.base import AttentionSharing
 
 SCHEMES: dict[str, type[AttentionSharing]] = subclasses_by_name(__name__, __path__, AttentionSharing)
+PLUGINS: dict[str, type[AttentionSharing]] = plugins("sharebench.sharing", AttentionSharing, SCHEMES)
+SCHEMES |= PLUGINS
 
 
 def scheme_class(name: str) -> type[AttentionSharing]:
@@ -19,4 +22,4 @@ def scheme_class(name: str) -> type[AttentionSharing]:
     return SCHEMES[name]
 
 
-__all__ = ["AttentionSharing", "SCHEMES", "scheme_class"]
+__all__ = ["AttentionSharing", "PLUGINS", "SCHEMES", "scheme_class"]
