@@ -7,10 +7,12 @@ import json
 
 import pytest
 import torch
+from hydra.utils import get_class
 
 from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained
 from sharebench.config import build_model, compose
 from sharebench.convert import direct_share, select_shared_heads, share_heads, to_gqa
+from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
@@ -32,8 +34,15 @@ def counts(*overrides: str):
 
 
 def test_every_layers_yaml_names_a_scheme_and_back():
-    files = {p.stem for p in (PROJECT_ROOT / "conf" / "layers").glob("*.yaml")}
-    assert files == set(LAYER_SCHEMES)
+    """Each scheme has its YAML under its name; a preset (mobilellm_ls) is a YAML naming a scheme with settings."""
+    from omegaconf import OmegaConf
+
+    targets = {p.stem: OmegaConf.load(p)["_target_"] for p in (PROJECT_ROOT / "conf" / "layers").glob("*.yaml")}
+    files = set(targets)
+    assert set(LAYER_SCHEMES) <= files
+    presets = {name: target for name, target in targets.items() if name not in LAYER_SCHEMES}
+    assert presets == {"mobilellm_ls": "sharebench.layers.takase.Sequence"}
+    assert all(get_class(target).name in LAYER_SCHEMES for target in targets.values())
     assert {"none", "all", "attn", "ffn", "sequence", "cycle", "cycle_rev", "sandwich", "cla", "recursive_lora",
             "ffn_wide"} <= files  # fmt: skip
 
@@ -108,6 +117,33 @@ def test_takase_orders(scheme, expected):
     ]
 
 
+def test_recurrent_depth_stores_prelude_core_and_coda_and_loops_the_core():
+    """Huginn's pattern at L = 6: a prelude layer, a core of 2 blocks looped twice, a coda layer; a core that does
+    not divide the layers between is refused naming the valid ones."""
+    none = counts()
+    shared = counts("layers=recurrent_depth", "layers.core=2")
+    assert shared.unique == none.unique - 2 * BLOCK and shared.total == none.total
+    model = build_model(spec_of([*SIZE, "layers=recurrent_depth", "layers.core=2"]), VOCAB)
+    blocks = [id(b) for b in model.transformer.blocks]
+    assert len(set(blocks)) == 4 and blocks[1] == blocks[3] and blocks[2] == blocks[4]
+    refusal = "a core of 3 blocks cannot loop over the 4 layers .* valid layers.core: 1, 2, 4"
+    with pytest.raises(ConfigError, match=refusal):
+        counts("layers=recurrent_depth", "layers.core=3")
+
+
+def test_yoco_caches_the_lower_half_and_one_global_set_of_keys_and_values():
+    """At L = 6: layers 0–2 keep their keys and values, layer 3 computes the global ones, layers 4 and 5 reuse them
+    (no key/value projections of their own); the preset mobilellm_ls is sequence at M = L/2."""
+    from sharebench.inference import kv_cache_bytes
+
+    model = build_model(spec_of([*SIZE, "arch=gpt", "layers=yoco"]), VOCAB)
+    per_layer = kv_cache_bytes(model, 5)
+    assert per_layer[:4] == [per_layer[0]] * 4 and per_layer[0] > 0 and per_layer[4:] == [0, 0]
+    unshared = counts("arch=gpt")
+    assert counts("arch=gpt", "layers=yoco").unique == unshared.unique - 2 * 2 * D * D  # GPT's K, V: no biases
+    assert counts("layers=mobilellm_ls").unique == counts("layers=sequence", "layers.ratio=0.5").unique
+
+
 def test_cycle_rev_18_layers_6_sets_reverses_the_last_cycle():
     assert CycleRev(ratio=2 / 3).layer_sets(18) == [*range(6), *range(6), *reversed(range(6))]
 
@@ -117,6 +153,7 @@ def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
     from sharebench.tasks import run_task
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
+    ratio += ["size.n_layers=3"] if scheme == "recurrent_depth" else []  # a prelude, a looped core and a coda
     record = run_task(nano_cfg(f"layers={scheme}", *ratio, "sharing=partial_qk", "ratio=0.5"), tmp_path)
     assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
     model = load_pretrained(tmp_path)
