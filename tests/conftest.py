@@ -43,6 +43,14 @@ def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 
 
+def within_layer_for(layers: str) -> list[str]:
+    """The within-layer scheme a cross-layer scheme is tested with: partial_qk at 0.5 (the two compose), none for
+    a scheme that builds its attention projections itself (masa)."""
+    from sharebench.layers import LAYER_SCHEMES
+
+    return [] if LAYER_SCHEMES[layers].replaces_attention else ["sharing=partial_qk", "ratio=0.5"]
+
+
 def train_in_process(argv: Sequence[str]) -> None:
     """`python train.py <argv>` in this process (for input it refuses: anything else would train)."""
     import sys

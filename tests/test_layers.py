@@ -16,7 +16,7 @@ from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
-from tests.conftest import spec_of
+from tests.conftest import spec_of, within_layer_for
 from tests.test_checkpoint import minilm_folder
 
 VOCAB = 1000
@@ -144,6 +144,23 @@ def test_yoco_caches_the_lower_half_and_one_global_set_of_keys_and_values():
     assert counts("layers=mobilellm_ls").unique == counts("layers=sequence", "layers.ratio=0.5").unique
 
 
+def test_masa_stores_s_atoms_per_role_and_mixes_each_layers_matrices_from_them():
+    """At L = 6, S = 2 atoms per role: 4·S·D² atom parameters and 4·S coefficients per layer in place of 4·L·D²
+    weights (biases stay per layer); each layer's W_Q is Σ_s c_s A_s of the shared atoms; a within-layer scheme
+    is refused naming sharing=none."""
+    none = counts()
+    masa = counts("layers=masa", "layers.ratio=0.6667")
+    assert masa.unique == none.unique - 4 * (L - 2) * D * D + 4 * 2 * L
+    model = build_model(spec_of([*SIZE, "layers=masa", "layers.ratio=0.6667"]), VOCAB)
+    first, last = model.transformer.blocks[0].attn, model.transformer.blocks[-1].attn
+    assert first.qkv.atoms is last.qkv.atoms and first.out.atoms is last.out.atoms
+    atoms = first.qkv.atoms["q"].weight
+    expected = first.qkv.coefficients[0, 0] * atoms[0] + first.qkv.coefficients[0, 1] * atoms[1]
+    torch.testing.assert_close(first.qkv.role_weights()["q"][0], expected)
+    with pytest.raises(ConfigError, match="layers=masa builds every layer's attention projections .* use sharing=none"):
+        counts("layers=masa", "sharing=gqa")
+
+
 def test_cycle_rev_18_layers_6_sets_reverses_the_last_cycle():
     assert CycleRev(ratio=2 / 3).layer_sets(18) == [*range(6), *range(6), *reversed(range(6))]
 
@@ -154,7 +171,7 @@ def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
     ratio += ["size.n_layers=3"] if scheme == "recurrent_depth" else []  # a prelude, a looped core and a coda
-    record = run_task(nano_cfg(f"layers={scheme}", *ratio, "sharing=partial_qk", "ratio=0.5"), tmp_path)
+    record = run_task(nano_cfg(f"layers={scheme}", *ratio, *within_layer_for(scheme)), tmp_path)
     assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
     model = load_pretrained(tmp_path)
     assert model.layers.name == scheme

@@ -12,7 +12,7 @@ from sharebench.layers import LAYER_SCHEMES
 from sharebench.model import IGNORE_INDEX
 from sharebench.reference import reference_loss
 from sharebench.sharing import SCHEMES
-from tests.conftest import spec_of
+from tests.conftest import spec_of, within_layer_for
 
 VOCAB = 97
 SIZE = ["size.n_layers=4", "size.dim=48", "size.n_heads=4", "size.ffn_dim=96", "data.seq_len=24"]
@@ -67,7 +67,7 @@ def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, a
 @pytest.mark.parametrize("layers", sorted(LAYER_SCHEMES))
 def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers, arch):
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[layers].ratio_range else []
-    model = model_with(f"arch={arch}", f"layers={layers}", *ratio, "sharing=partial_qk", "ratio=0.5")
+    model = model_with(f"arch={arch}", f"layers={layers}", *ratio, *within_layer_for(layers))
     assert_same_loss(model, "mlm" if arch == "bert" else "causal", padded=arch == "bert")
 
 

@@ -160,6 +160,9 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(spec.sharing, ratio=spec.ratio)(dim=size.dim, n_heads=size.n_heads, bias=spec.arch.qkv_bias)
     layers.check(size.n_layers)
+    if layers.replaces_attention and scheme is not Separate:
+        raise ConfigError(f"layers={layers.name} builds every layer's attention projections itself from separate "
+                          f"Q/K/V; it does not compose with sharing={scheme.name}: use sharing=none")  # fmt: skip
     ratio = scheme.resolve_ratio(spec.ratio, size.dim, size.n_heads)
     shares = SharingSpec.of(scheme.name, ratio, layers.describe())
     if spec.iso_baseline:

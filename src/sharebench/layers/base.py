@@ -26,6 +26,8 @@ class LayerSharing:
     default_ratio: ClassVar[float | None] = None
     fixed_ratio: ClassVar[float | None] = None
     ratio_meaning: ClassVar[str] = ""
+    # Builds each layer's attention projections itself (from separate Q/K/V): no within-layer scheme composes.
+    replaces_attention: ClassVar[bool] = False
 
     def __init__(self, ratio: float | None = None) -> None:
         if self.ratio_range is None and ratio is not None:
