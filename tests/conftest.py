@@ -51,6 +51,12 @@ def within_layer_for(layers: str) -> list[str]:
     return [] if LAYER_SCHEMES[layers].replaces_attention else ["sharing=partial_qk", "ratio=0.5"]
 
 
+def layers_for(scheme: str) -> list[str]:
+    """What a nano model (2 layers) needs to take a cross-layer scheme: recurrent_depth's prelude, looped core and
+    coda need 3 layers."""
+    return ["size.n_layers=3"] if scheme == "layers=recurrent_depth" else []
+
+
 def train_in_process(argv: Sequence[str]) -> None:
     """`python train.py <argv>` in this process (for input it refuses: anything else would train)."""
     import sys

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sharebench.config import build_model, compose, group_choices
 from sharebench.finetune import SequenceClassifier
 from sharebench.fsdp import fsdp_units, fsdp_wrap_policy
-from tests.conftest import spec_of
+from tests.conftest import layers_for, spec_of
 
 ARCHS = {"bert": ["arch=bert"], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
 SCHEMES = [f"sharing={name}" for name in group_choices("sharing")] + [
@@ -33,7 +33,9 @@ VOCAB, BATCH, TOKENS, STEPS = 50, 4, 12, 2
 def trainable(arch: str, scheme: str, task: str) -> torch.nn.Module:
     """The module a task trains, as the suite builds it: the language model with BERT's pooler frozen in
     pretraining (pretrain.py), or the sequence classifier over the encoder (finetune.py)."""
-    cfg = compose(["size=nano", *ARCHS[arch], scheme, "arch.dropout=0", "arch.attention_dropout=0"])
+    cfg = compose(
+        ["size=nano", *layers_for(scheme), *ARCHS[arch], scheme, "arch.dropout=0", "arch.attention_dropout=0"]
+    )
     torch.manual_seed(0)
     model = build_model(spec_of(cfg), VOCAB)
     if task == "glue":

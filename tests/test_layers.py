@@ -16,7 +16,7 @@ from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
-from tests.conftest import spec_of, within_layer_for
+from tests.conftest import layers_for, spec_of, within_layer_for
 from tests.test_checkpoint import minilm_folder
 
 VOCAB = 1000
@@ -170,7 +170,7 @@ def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
     from sharebench.tasks import run_task
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
-    ratio += ["size.n_layers=3"] if scheme == "recurrent_depth" else []  # a prelude, a looped core and a coda
+    ratio += layers_for(f"layers={scheme}")
     record = run_task(nano_cfg(f"layers={scheme}", *ratio, *within_layer_for(scheme)), tmp_path)
     assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
     model = load_pretrained(tmp_path)
