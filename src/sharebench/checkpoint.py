@@ -31,7 +31,7 @@ from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
 from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
-from sharebench.spec import SharingSpec
+from sharebench.spec import Convert, SharingSpec
 from sharebench.tokenizer import TOKENIZER_FILES, gguf_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
@@ -272,6 +272,15 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
     if to == "drop_layers":
         return drop_layers(model, ratio, scheme_factory(sharing)), sharing
     return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
+
+
+def pretrained_model(source: Path, convert: Convert) -> tuple[LanguageModel, dict[str, Any]]:
+    """The model a task reads from `source`, converted as `convert` says (or not), and the within-layer scheme its
+    checkpoint stores."""
+    if convert.to:
+        return converted_model(source, convert.to, convert.ratio, convert.rank)
+    model = load_pretrained(source)
+    return model, checkpoint_sharing(source, model)
 
 
 def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sharebench.checkpoint import converted_model, load_pretrained, loaded_sharing
+from sharebench.checkpoint import loaded_sharing, pretrained_model
 from sharebench.data import PretrainData
 from sharebench.errors import ConfigError
 from sharebench.inference import kv_cache_bytes
@@ -30,10 +30,7 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
 
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
-        if spec.convert.to:
-            model, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
-        else:
-            model = load_pretrained(source)
+        model, _ = pretrained_model(source, spec.convert)
         if not model.config.causal:
             raise ConfigError(f"task=evaluate scores a causal LM's next-token loss; {source} is a masked LM")
         data = PretrainData(spec.data, "causal", spec.cache_dir)

@@ -22,10 +22,9 @@ from torch.utils.data import DataLoader
 
 from sharebench.checkpoint import (
     SEPARATE,
-    checkpoint_sharing,
-    converted_model,
     load_pretrained,
     loaded_sharing,
+    pretrained_model,
     save_pretrained,
     stored_from_config,
 )
@@ -328,12 +327,7 @@ def initial_model(spec: RunSpec, vocab_size: int) -> tuple[LanguageModel, dict[s
     or not, to train further ("uptraining", "healing"); and its within-layer scheme as its checkpoint stores it."""
     if not spec.pretrained:
         return build_model(spec, vocab_size), stored_sharing(spec)
-    source = resolve_path(spec.pretrained)
-    if spec.convert.to:
-        model, stored = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
-    else:
-        model = load_pretrained(source)
-        stored = checkpoint_sharing(source, model)
+    model, stored = pretrained_model(resolve_path(spec.pretrained), spec.convert)
     model.train()
     own_tokenizer = spec.data.tokenizer.kind == "pretrained"  # its ids fit the embeddings, which may be padded
     if model.config.vocab_size < vocab_size or (model.config.vocab_size != vocab_size and not own_tokenizer):

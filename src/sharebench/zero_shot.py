@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sharebench.checkpoint import converted_model, load_pretrained
+from sharebench.checkpoint import pretrained_model
 from sharebench.glue import encode, load_split, pad_batch
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
@@ -23,10 +23,7 @@ def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
 
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
-        if spec.convert.to:
-            model, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
-        else:
-            model = load_pretrained(source)
+        model, _ = pretrained_model(source, spec.convert)
         tokenizer = load_pretrained_tokenizer(source, spec.glue.recipe.max_length, model.config.vocab_size)
         split = load_split(spec.glue.source, "stsb", "validation")
         if spec.glue.recipe.max_eval_examples:
