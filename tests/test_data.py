@@ -326,3 +326,10 @@ def test_a_pretraining_run_reports_the_test_split_and_bits_per_byte(nano_cfg, tm
     assert metrics["test_loss_full"] != metrics["val_loss_full"]  # another text
     # WordPiece pieces hold several bytes each: fewer bits per byte than nats per token.
     assert metrics["test_bpb"] < metrics["test_loss_full"]
+
+
+def test_a_character_vocabulary_read_with_other_text_names_the_missing_character():
+    from sharebench.tokenizer import CharTokenizer
+
+    with pytest.raises(ConfigError, match="the character 'K' has no token in this vocabulary of 2 characters"):
+        CharTokenizer("ab", ()).encode_batch(["abK"])

@@ -60,4 +60,10 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
             },
         )  # fmt: skip
 
-    return run_once(spec.to_dict(), run_dir, score)[0]
+    record, ran = run_once(spec.to_dict(), run_dir, score)
+    if ran and record["status"] == "completed":
+        metrics = record["metrics"]
+        print(f"done: {record['run_dir']}: test loss {metrics['test_loss_full']:.4f} (perplexity "
+              f"{metrics['test_ppl']:,.2f}, {metrics['test_bpb']:.4f} bits per byte), "
+              f"{record['parameters']['unique']:,} unique parameters")  # fmt: skip
+    return record

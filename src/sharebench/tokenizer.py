@@ -37,7 +37,12 @@ class CharTokenizer:
         return self.vocab.get(token)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [[self.vocab[c] for c in text] for text in texts]
+        try:
+            return [[self.vocab[c] for c in text] for text in texts]
+        except KeyError as missing:  # a run's characters read with other text (data.tokenizer.kind=pretrained)
+            raise ConfigError(f"the character {missing.args[0]!r} has no token in this vocabulary of "
+                              f"{len(self.chars)} characters, learnt from other text; use data that it covers "
+                              f"(the run's own) or another tokenizer") from None  # fmt: skip
 
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i] if i < len(self.chars) else "" for i in ids)
