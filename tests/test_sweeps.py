@@ -303,16 +303,17 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
     result = train("-m", "experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = result.stdout.strip().splitlines()
-    # (1 + 9 × 2 + 10 × 2 configurations, and 7 iso-compute twins) × 2 archs: each at 3 learning rates on its two
-    # searching seeds (lr_grid=factor2), then its other seeds at its chosen rate: the 24 headline configurations
-    # 12 more in GPT and 3 in BERT, the 22 others 1 more
+    # GPT: 1 + 9 × 2 + 10 × 2 configurations and 7 iso-compute twins (46); BERT: the 24 headline ones (1 + 10 × 2
+    # and 3 iso-compute twins). Each at 3 learning rates on its two searching seeds (lr_grid=factor2), then its other
+    # seeds at its chosen rate: the headline's 12 more in GPT and 3 in BERT, GPT's 22 others 1 more
     assert (
-        runs[-1] == f"552 runs, then {24 * 12 + 24 * 3 + 22 * 2} at the chosen learning rates, none launched (dry_run)"
+        runs[-1]
+        == f"{(46 + 24) * 6} runs, then {24 * 12 + 24 * 3 + 22} at the chosen learning rates, none launched (dry_run)"
     )
     assert all(" seed=0 " in r or " seed=1 " in r for r in runs[:-1]) and {r.split()[-1] for r in runs[:-1]} == {
         "optim.lr=0.0005", "optim.lr=0.001", "optim.lr=0.002"}  # fmt: skip
-    assert sum(" seed=0 " in r for r in runs) == sum(" seed=1 " in r for r in runs) == 276
-    assert sum("iso_baseline=True" in r for r in runs) == (19 + 7) * 2 * 3 * 2
-    assert sum("iso_compute=True" in r for r in runs) == 7 * 2 * 3 * 2
+    assert sum(" seed=0 " in r for r in runs) == sum(" seed=1 " in r for r in runs) == (46 + 24) * 3
+    assert sum("iso_baseline=True" in r for r in runs) == (26 + 13) * 3 * 2
+    assert sum("iso_compute=True" in r for r in runs) == (7 + 3) * 3 * 2
     assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 9 * 2  # the model, its two twins
     assert not list(tmp_path.rglob("*"))  # nothing written
