@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.sharing.base import checked_ratio, format_ratio
+from sharebench.sharing.base import checked_ratio, format_ratio, whole_count
 
 BlockFactory = Callable[..., nn.Module]  # Block(cfg, sharing) with cfg and sharing bound; options reuse_kv, ffn_dim
 
@@ -56,8 +56,7 @@ class Unshared(LayerSharing):
 def unique_sets(scheme: str, ratio: float, n_layers: int) -> int:
     """M = L·(1 − r) unique parameter sets; M must be a whole number dividing L."""
     sets = n_layers * (1 - ratio)
-    # A ratio written to four decimals (2/3 as 0.6667) still names its M.
-    if abs(sets - round(sets)) > 1e-3 or round(sets) < 1 or n_layers % round(sets):
+    if not whole_count(sets) or round(sets) < 1 or n_layers % round(sets):
         valid = ", ".join(format_ratio(1 - m / n_layers) for m in range(1, n_layers + 1) if n_layers % m == 0)
         raise ConfigError(
             f"layers={scheme}: layers.ratio={ratio} gives M = {sets:.3g} unique layers, which does not divide "

@@ -14,7 +14,7 @@ from torch import nn
 
 from sharebench.errors import ConfigError
 from sharebench.layers.base import BlockFactory, LayerSharing
-from sharebench.sharing.base import AttentionSharing, format_ratio
+from sharebench.sharing.base import AttentionSharing, format_ratio, whole_count
 
 ROLES = ("q", "k", "v")
 INIT_STD = 0.02  # the model's initialisation of a plain weight (model._init_weights), kept by the mixed matrices
@@ -95,7 +95,7 @@ class MatrixAtoms(LayerSharing):
 
     def atoms(self, n_layers: int) -> int:
         count = n_layers * (1 - self.ratio)
-        if abs(count - round(count)) > 1e-3 or round(count) < 1:
+        if not whole_count(count) or round(count) < 1:
             valid = ", ".join(format_ratio(1 - s / n_layers) for s in range(1, n_layers + 1))
             raise ConfigError(f"layers=masa: layers.ratio={self.ratio} gives S = {count:.3g} atoms, not a whole number "
                               f"from 1 to {n_layers}; valid ratios for {n_layers} layers: {valid}")  # fmt: skip

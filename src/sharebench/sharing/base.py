@@ -19,6 +19,12 @@ def format_ratio(value: float) -> str:
     return f"{value:.4g}"
 
 
+def whole_count(count: float) -> bool:
+    """Whether a count a ratio gives (heads, layers, atoms: n·(1 − r)) is a whole number: to within what a ratio
+    written to four decimals leaves (8/9 as 0.8889 still names 1 of 9 heads)."""
+    return abs(count - round(count)) <= 1e-3
+
+
 class AttentionSharing(nn.Module):
     """Base class of the query/key/value projections.
 

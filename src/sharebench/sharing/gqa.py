@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.sharing.base import AttentionSharing, format_ratio, linear_weight
+from sharebench.sharing.base import AttentionSharing, format_ratio, linear_weight, whole_count
 
 
 def valid_ratios(n_heads: int) -> list[float]:
@@ -18,8 +18,7 @@ def valid_ratios(n_heads: int) -> list[float]:
 
 def kv_heads_for(ratio: float, n_heads: int) -> int:
     groups = n_heads * (1 - ratio)
-    # A ratio written to four decimals (8/9 as 0.8889) still names its G.
-    if abs(groups - round(groups)) > 1e-3 or round(groups) < 1 or n_heads % round(groups):
+    if not whole_count(groups) or round(groups) < 1 or n_heads % round(groups):
         choices = ", ".join(format_ratio(r) for r in valid_ratios(n_heads))
         raise ConfigError(
             f"sharing=gqa: ratio={ratio} gives {groups:.3g} key/value heads, which does not divide "
