@@ -42,10 +42,12 @@ demo: install
 	$(VENV)/bin/sharebench compare outputs/demo
 
 # Speed and memory against Hugging Face and against the FLOP savings of sharing, then decoding speed against
-# Hugging Face GPT-2 and KV-cache bytes per scheme; exits 1 when a CPU target is missed. Writes
-# results/bench/cpu.{json,md} and results/bench/inference.{json,md}. Run it on an otherwise idle machine.
+# Hugging Face GPT-2 and KV-cache bytes per scheme, then arch=llama at SmolLM2-135M's shape against transformers'
+# LlamaForCausalLM; exits 1 when a target is missed. Writes results/bench/cpu.{json,md},
+# results/bench/inference.{json,md} and results/bench/llama.{json,md}. Run it on an otherwise idle machine.
 bench: install
-	$(PY) benchmarks/bench_cpu.py; status=$$?; $(PY) benchmarks/bench_inference.py && exit $$status
+	$(PY) benchmarks/bench_cpu.py; cpu=$$?; $(PY) benchmarks/bench_inference.py; inference=$$?; \
+	$(PY) benchmarks/bench_llama.py && exit $$((cpu || inference))
 
 # One command per published result (experiments/<name>.yaml): make reproduce-yang24 [SCALE=cpu|paper]. Recipes name
 # their data: Wikipedia and GLUE come from the hub, or from a mirror where SHAREBENCH_DATA points at one.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from sharebench.paths import PROJECT_ROOT
 
@@ -46,6 +47,24 @@ def test_inference_bench_kv_cache_rows_match_their_formula():
     rows = module.kv_cache()
     assert rows["mqa"]["measured"] * 6 == rows["none"]["measured"]
     assert all(row["measured"] == row["formula"] for row in rows.values()), rows
+
+
+def test_the_llama_bench_times_the_same_model_in_both_implementations():
+    """Equal weights give equal training losses and the same greedy tokens, so the timings compare like with
+    like (a small shape of SmolLM2's kind: grouped keys and values, tied embeddings, rope θ = 100,000)."""
+    spec = importlib.util.spec_from_file_location("bench_llama", PROJECT_ROOT / "benchmarks" / "bench_llama.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    small = {**module.SMOLLM2_135M, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300}  # fmt: skip
+    suite, hugging_face = module.models(small)
+    trainees = module.Trainee(suite, shifts_labels=False), module.Trainee(hugging_face, shifts_labels=True)
+    for _ in range(2):
+        for trainee in trainees:
+            trainee.step()
+        assert trainees[0].loss.item() == pytest.approx(trainees[1].loss.item(), abs=1e-5)
+    suite.eval(), hugging_face.eval()
+    assert torch.equal(module.decode(suite, 2, False)[1], module.decode(hugging_face, 2, True)[1])
 
 
 def test_the_attainable_speed_up_shrinks_only_the_matrix_multiplies(bench):

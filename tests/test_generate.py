@@ -15,17 +15,20 @@ WITHIN = group_choices("sharing")
 ACROSS = [c for c in group_choices("layers") if c != "none"]
 
 
-def decoder(nano_cfg, *overrides: str):
+def decoder(nano_cfg, *overrides: str, arch: str = "gpt"):
     torch.manual_seed(0)
-    cfg = nano_cfg("arch=gpt", "arch.dropout=0", "arch.attention_dropout=0", "size.n_layers=4", *overrides)
+    cfg = nano_cfg(f"arch={arch}", "arch.dropout=0", "arch.attention_dropout=0", "size.n_layers=4", *overrides)
     return build_model(spec_of(cfg), vocab_size=200).eval()
 
 
-@pytest.mark.parametrize(
-    "overrides", [[f"sharing={s}"] for s in WITHIN] + [[f"layers={c}"] for c in ACROSS], ids=lambda o: o[0]
-)
+SCHEMES = [["arch=gpt", f"sharing={s}"] for s in WITHIN] + [["arch=gpt", f"layers={c}"] for c in ACROSS]
+# Rotary positions (the table of cosines grows as decoding goes on) with separate, grouped and reused keys.
+ROTARY = [["arch=llama", "sharing=none"], ["arch=llama", "sharing=gqa"], ["arch=llama", "layers=cla"]]
+
+
+@pytest.mark.parametrize("overrides", SCHEMES + ROTARY, ids=lambda o: " ".join(o))
 def test_cached_decoding_matches_recomputing_the_prefix(nano_cfg, overrides):
-    model = decoder(nano_cfg, *overrides)
+    model = decoder(nano_cfg, *overrides[1:], arch=overrides[0].removeprefix("arch="))
     prompt = torch.randint(0, 200, (2, 5), generator=torch.Generator().manual_seed(1))
     cached = model.generate(prompt, 20, temperature=0)
     recomputed = model.generate(prompt, 20, temperature=0, use_cache=False)

@@ -85,20 +85,33 @@ def norm_layer(cfg: ModelConfig) -> nn.Module:
 
 class Rotary(nn.Module):
     """Rotary position embeddings (RoPE, Su et al. 2021) as Llama applies them: each head's dimensions split in
-    halves, rotated in pairs (i, i + d/2) by position × θ^(−2i/d). No parameters."""
+    halves, rotated in pairs (i, i + d/2) by position × θ^(−2i/d). No parameters. The cosines and sines are kept
+    in a table that grows by doubling: computed at every call, they were a dozen small operators per layer and
+    per decoded token, more than the rest of a Llama layer's decoding step."""
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         self.register_buffer("inverse_frequencies", theta ** -(torch.arange(0, head_dim, 2).float() / head_dim),
                              persistent=False)  # fmt: skip
+        self.table: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (its kind, cosines, sines)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """`x` (batch, heads, tokens, d) at positions start, start + 1, ..."""
-        positions = torch.arange(start, start + x.size(2), device=x.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inverse_frequencies.to(x.device))
-        cos, sin = (torch.cat([f(angles), f(angles)], dim=-1).to(x.dtype) for f in (torch.cos, torch.sin))
+        end = start + x.size(2)
+        cos, sin = (f[start:end] for f in self.cosines_and_sines(end, x))
         first, second = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+    def cosines_and_sines(self, length: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table for positions 0 … at least `length` − 1, in `x`'s dtype on its device (one made in inference
+        mode serves inference only, so that is part of its kind)."""
+        kind = (x.device, x.dtype, torch.is_inference_mode_enabled())
+        if self.table is None or self.table[0] != kind or self.table[1].size(0) < length:
+            positions = torch.arange(1 << (length - 1).bit_length(), device=x.device, dtype=torch.float32)
+            angles = torch.outer(positions, self.inverse_frequencies.to(x.device))
+            cos, sin = (torch.cat([f(angles), f(angles)], dim=-1).to(x.dtype) for f in (torch.cos, torch.sin))
+            self.table = (kind, cos, sin)
+        return self.table[1], self.table[2]
 
 
 class Dropout(nn.Module):
