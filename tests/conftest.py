@@ -29,6 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_DATA = FIXTURES / "data"
 # A local clone of the hub's wikimedia/wikipedia layout: a dataset card naming the config 20231101.en.
 HUB_WIKIPEDIA = FIXTURES / "hub" / "wikimedia-wikipedia"
+HUB_WIKITEXT = FIXTURES / "hub" / "salesforce-wikitext"
 
 WORDS = (
     "the king queen castle river stone bright dark walks sings over under quickly slowly old young "

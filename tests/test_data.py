@@ -17,7 +17,7 @@ from sharebench import data as data_module
 from sharebench.config import compose
 from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from sharebench.errors import ConfigError
-from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, bert_vocab, spec_of
+from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, HUB_WIKITEXT, bert_vocab, spec_of
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
 
@@ -269,6 +269,33 @@ def test_a_hub_corpus_of_one_split_is_streamed_to_its_caps_and_held_out(tmp_path
     assert sum(map(len, train)) <= 38_000 and len(validation) <= 2_000
 
 
+def test_wikitext_lines_are_joined_into_articles_at_their_titles():
+    lines = ["", " = First = \n", "", " Text of one . \n", " = = Section = = \n", " More . \n", "", " = Second = \n",
+             " Two . \n"]  # fmt: skip
+    assert list(data_module.wikitext_articles(lines)) == [
+        "".join(lines[:7]),  # the empty row before the second title stays with the first article
+        " = Second = \n Two . \n",
+    ]
+
+
+def test_wikitext_reads_its_own_three_splits_as_articles(tmp_path):
+    """data=wikitext2 through the hub's code path (load_dataset(name, config)) on a local clone of
+    Salesforce/wikitext: each split read from its own, its lines joined into the articles they come from."""
+    import pyarrow.parquet as pq
+
+    assert compose(["data=wikitext2"]).data.source == "Salesforce/wikitext"
+    cfg = spec_of(["data=wikitext2", f"data.source={HUB_WIKITEXT}", f"cache_dir={tmp_path}"])
+    documents = read_documents(cfg.data)
+    for split, count in {"train": 8, "validation": 3, "test": 3}.items():
+        articles = documents[split]
+        assert len(articles) == count and all(article.startswith(" = ") for article in articles)
+        lines = pq.read_table(HUB_WIKITEXT / "wikitext-2-raw-v1" / f"{split}-00000-of-00001.parquet")
+        assert "".join(articles) == "".join(lines.column("text").to_pylist())
+    assert documents["test"][0] not in documents["validation"]
+    with pytest.raises(ConfigError, match="test_split=test needs a validation_split beside it"):
+        spec_of(["data=wikitext2", "data.validation_split=null", "data.validation_fraction=0.1"])
+
+
 def test_without_a_network_the_hub_error_names_both_ways(tmp_path):
     cfg = spec_of(["data=wikipedia", f"cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="SHAREBENCH_DATA.*sharebench data download.*data=wikipedia_excerpt"):
@@ -284,8 +311,9 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
 
     mirror = tmp_path / "mirror"
     sources = {"wikipedia": (str(HUB_WIKIPEDIA), "20231101.en"), "glue": (str(FIXTURE_DATA / "glue"), None),
-               "bert-base-uncased": (str(bert_vocab().parent), "vocab.txt")}  # fmt: skip
-    names = ["wikipedia", "glue", "tinyshakespeare", "bert-base-uncased"]
+               "bert-base-uncased": (str(bert_vocab().parent), "vocab.txt"),
+               "wikitext2": (str(HUB_WIKITEXT), "wikitext-2-raw-v1")}  # fmt: skip
+    names = ["wikipedia", "glue", "tinyshakespeare", "bert-base-uncased", "wikitext2"]
     lines = download(names, mirror, max_train_chars=30_000, sources=sources)
     assert [line.split(":")[0] for line in lines] == names
     cfg = spec_of(["data=wikipedia", f"data_root={mirror}", "data.tokenizer.kind=vocab_file", f"cache_dir={tmp_path}"])
@@ -307,9 +335,12 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
         Path(shakespeare).read_bytes() == (Path(sharebench.__file__).parent / "corpus/tinyshakespeare.txt").read_bytes()
     )
     assert (mirror / "bert-base-uncased/vocab.txt").read_bytes() == bert_vocab().read_bytes()
+    wikitext = spec_of(["data=wikitext2", f"data_root={mirror}", f"cache_dir={tmp_path}"]).data
+    assert wikitext.source == f"{mirror}/wikitext2" and wikitext.hub_config is None
+    assert read_documents(wikitext) == read_documents(spec_of(["data=wikitext2", f"data.source={HUB_WIKITEXT}"]).data)
     again = download(["glue"], mirror, sources=sources)
     assert "there already" in again[0]
-    with pytest.raises(ConfigError, match="unknown wikipedias; valid: wikipedia, glue"):
+    with pytest.raises(ConfigError, match="unknown wikipedias; valid: wikipedia, wikitext2, glue"):
         download(["wikipedias"], mirror)
     with pytest.raises(ConfigError, match="cannot read wikipedia from wikimedia/wikipedia.*SHAREBENCH_DATA"):
         download(["wikipedia"], tmp_path / "offline")  # the real hub name, and no network

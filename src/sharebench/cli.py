@@ -195,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     download_parser = data_commands.add_parser(
         "download", help="write a local mirror from the hub, in the layout SHAREBENCH_DATA reads"
     )
-    download_parser.add_argument("names", nargs="+", help="wikipedia, glue, tinyshakespeare, bert-base-uncased")
+    download_parser.add_argument(
+        "names", nargs="+", help="wikipedia, wikitext2, glue, tinyshakespeare, bert-base-uncased"
+    )
     download_parser.add_argument("--to", type=Path, required=True, help="the mirror's folder (SHAREBENCH_DATA)")
     download_parser.add_argument(
         "--max-train-chars", type=int, help="wikipedia: characters of training text, default 100 M (1 %% more held out)"

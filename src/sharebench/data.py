@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,29 @@ def _open_split(data: Data, split: str) -> Any:
 
 
 def _stream_split(data: Data, split: str) -> Iterator[str]:
+    """A split's documents in order: its rows, or with `rows=wikitext_line` its lines joined into articles."""
+    rows = _stream_rows(data, split)
+    return wikitext_articles(rows) if data.rows == "wikitext_line" else rows
+
+
+# An article of WikiText starts at its title, a heading of level one (" = Title = "); " = = Section = = " does not.
+WIKITEXT_TITLE = re.compile(r" = [^=].* = ")
+
+
+def wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
+    """WikiText's rows (`Salesforce/wikitext`), each a line of an article with its newline, or empty, joined into
+    the articles they come from."""
+    article: list[str] = []
+    for line in lines:
+        if WIKITEXT_TITLE.fullmatch(line.rstrip("\n")) and "".join(article).strip():
+            yield "".join(article)
+            article = []
+        article.append(line)
+    if "".join(article).strip():
+        yield "".join(article)
+
+
+def _stream_rows(data: Data, split: str) -> Iterator[str]:
     try:
         for row in _open_split(data, split):
             if data.text_column not in row:
@@ -132,11 +156,19 @@ SPLITS = ("train", "validation", "test")
 
 
 def read_documents(data: Data) -> dict[str, list[str]]:
-    """Train, validation and test documents. The held-out text is the validation split, or without one the last
-    `validation_fraction`: of the characters for a single-document source (Tiny Shakespeare, as nanoGPT), else of
-    the documents, of which no more are read than the two caps together (a hub corpus of one split is streamed,
-    not read whole). `max_validation_chars` caps the held-out text, which validation and test then share
-    (`held_out_as_validation_and_test`)."""
+    """Train, validation and test documents. With a `test_split` (WikiText's), each split is read from its own,
+    the validation and test splits each up to `max_validation_chars`. Otherwise the held-out text is the
+    validation split, or without one the last `validation_fraction`: of the characters for a single-document
+    source (Tiny Shakespeare, as nanoGPT), else of the documents, of which no more are read than the two caps
+    together (a hub corpus of one split is streamed, not read whole). `max_validation_chars` caps the held-out
+    text, which validation and test then share (`held_out_as_validation_and_test`)."""
+    if data.test_split is not None:
+        assert data.validation_split is not None  # the spec asks for one beside a test split
+        return {
+            "train": _cap(_stream_split(data, data.train_split), data.max_train_chars),
+            "validation": _cap(_stream_split(data, data.validation_split), data.max_validation_chars),
+            "test": _cap(_stream_split(data, data.test_split), data.max_validation_chars),
+        }
     if data.validation_split is not None:
         train = _cap(_stream_split(data, data.train_split), data.max_train_chars)
         held_out = _cap(_stream_split(data, data.validation_split), data.max_validation_chars)
@@ -399,7 +431,15 @@ class PretrainData:
             source_identity(self.data),
             {
                 k: getattr(self.data, k)
-                for k in ("train_split", "validation_split", "validation_fraction", "test_fraction", "text_column")
+                for k in (
+                    "train_split",
+                    "validation_split",
+                    "validation_fraction",
+                    "test_fraction",
+                    "text_column",
+                    "rows",
+                    "test_split",
+                )
             },
             self.data.max_train_chars,
             self.data.max_validation_chars,

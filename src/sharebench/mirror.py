@@ -2,6 +2,7 @@
 from the Hugging Face hub where there is a network, for machines and clusters without one.
 
     wikipedia/{train,validation}-00000-of-00001.parquet   wikimedia/wikipedia 20231101.en, 1 % of articles held out
+    wikitext2/{train,validation,test}-00000-of-00001.parquet  Salesforce/wikitext wikitext-2-raw-v1, as it is
     glue/<task>/<split>-00000-of-00001.parquet, README.md   nyu-mll/glue, every task and ax, with its dataset card
     tinyshakespeare/input.txt                              the copy shipped with the package
     bert-base-uncased/vocab.txt                            google-bert/bert-base-uncased
@@ -23,6 +24,7 @@ from sharebench.tokenizer import HUB_VOCAB
 # Where each part of a mirror comes from: a hub dataset (or a local clone of one) and its config, or a hub file.
 SOURCES: dict[str, tuple[str, str | None]] = {
     "wikipedia": ("wikimedia/wikipedia", "20231101.en"),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
     "glue": (HUB_NAME, None),
     "tinyshakespeare": (str(CORPUS_DIR / "tinyshakespeare.txt"), None),
     "bert-base-uncased": HUB_VOCAB,
@@ -44,7 +46,8 @@ def download(names: Sequence[str], to: Path, max_train_chars: int | None = None,
     if max_train_chars < 1:
         raise ConfigError(f"data download: --max-train-chars must be ≥ 1; got {max_train_chars}")
     sources = {**SOURCES, **(sources or {})}
-    writers = {"wikipedia": _wikipedia, "glue": _glue, "tinyshakespeare": _copy_file, "bert-base-uncased": _vocab}
+    writers = {"wikipedia": _wikipedia, "wikitext2": _splits, "glue": _glue, "tinyshakespeare": _copy_file,
+               "bert-base-uncased": _vocab}  # fmt: skip
     folders = {"tinyshakespeare": "tinyshakespeare/input.txt", "bert-base-uncased": "bert-base-uncased/vocab.txt"}
     lines = []
     for name in dict.fromkeys(names):
@@ -106,6 +109,17 @@ def _wikipedia(source: tuple[str, str | None], folder: Path, max_train_chars: in
     for writer in writers.values():
         writer.close()
     return f"{counts['train']:,} train and {counts['validation']:,} validation articles ({chars:,} train characters)"
+
+
+def _splits(source: tuple[str, str | None], folder: Path, _: int) -> str:
+    """Every split of a hub dataset, whole, one parquet file each."""
+    import datasets
+
+    folder.mkdir()
+    splits = datasets.load_dataset(*source)
+    for split, rows in splits.items():
+        rows.to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    return ", ".join(f"{len(rows):,} {split} rows" for split, rows in splits.items())
 
 
 def _glue(source: tuple[str, str | None], folder: Path, _: int) -> str:

@@ -100,6 +100,7 @@ PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot", "evaluate")
 TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char", "pretrained")
+ROW_KINDS = ("document", "wikitext_line")
 PRETRAINING = ("pretrain", "pretrain_glue")
 
 
@@ -253,8 +254,10 @@ class Data(Spec):
     source: str = accepts(TEXT, path=True)
     hub_config: str | None = accepts(OPTIONAL_TEXT)
     text_column: str = accepts(TEXT)
+    rows: str = accepts(one_of(*ROW_KINDS))  # what a row of the source is: a document, or a line of WikiText
     train_split: str = accepts(TEXT)
     validation_split: str | None = accepts(OPTIONAL_TEXT)
+    test_split: str | None = accepts(OPTIONAL_TEXT)  # null: the test documents are test_fraction of the held-out
     validation_fraction: float | None = accepts(number(0, 1, open_low=True, open_high=True, nullable=True))
     test_fraction: float = accepts(number(0, 1, open_low=True, open_high=True))  # of the held-out documents
     max_train_chars: int | None = accepts(integer(1, nullable=True))
@@ -267,6 +270,8 @@ class Data(Spec):
     def __post_init__(self) -> None:
         if self.validation_split is None and self.validation_fraction is None:
             raise ConfigError("data: without a validation_split, validation_fraction must lie in (0, 1); got null")
+        if self.test_split is not None and self.validation_split is None:
+            raise ConfigError(f"data: test_split={self.test_split} needs a validation_split beside it; got null")
 
 
 @dataclass(frozen=True)
