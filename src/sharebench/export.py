@@ -27,7 +27,7 @@ from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import PACKAGE_DIR
 from sharebench.record import RECORD_NAME, read_record
-from sharebench.tokenizer import CHARS_FILE, SPECIAL_TOKENS
+from sharebench.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 
 # The modules a remote-code folder carries: what `sharebench.model` needs to build any scheme.
 MODEL_MODULES = ("errors", "registry", "model", "sharing.base", "layers.base")
@@ -60,7 +60,7 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
         written = _export_llama(model, folder)
     else:
         written = _export_remote_code(model, spec_sharing(spec), folder)
-    _export_tokenizer(run, folder)
+    _export_tokenizer(run, folder, model.config.causal, model.config.max_positions)
     with safe_open(folder / "model.safetensors", "pt") as weights:
         stored = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
     return {**written, "folder": str(folder), "bytes": (folder / "model.safetensors").stat().st_size,
@@ -161,9 +161,20 @@ def relative_imports(source: str) -> str:
     return re.sub(r"^(\s*)from sharebench\.([\w.]+) import", replace, source, flags=re.MULTILINE)
 
 
-def _export_tokenizer(run: Path, folder: Path) -> None:
+def document_boundary(run: Path, vocab: dict[str, int]) -> str | None:
+    """The token a causal run put between documents, else its newline character, else None."""
+    separator = load_run_tokenizer(run).separator_id
+    if separator is not None:
+        return next(token for token, index in vocab.items() if index == separator)
+    return "\n" if "\n" in vocab else None
+
+
+def _export_tokenizer(run: Path, folder: Path, causal: bool, max_positions: int) -> None:
     """tokenizer.json for PreTrainedTokenizerFast: the run's WordPiece tokenizer, or its characters as a vocabulary
-    of single characters."""
+    of single characters. A causal model's beginning and end of text (`bos_token`, `eos_token`, which
+    lm-evaluation-harness starts a continuation from) are the token the run put between documents, or for a
+    character model that had none, its newline. Its `model_max_length` is the model's context, to which readers
+    (lm-evaluation-harness) cut their inputs."""
     from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import WordLevel
 
@@ -179,5 +190,7 @@ def _export_tokenizer(run: Path, folder: Path) -> None:
         tokenizer.decoder = decoders.Fuse()
         tokenizer.save(str(folder / "tokenizer.json"))
     special = {f"{t[1:-1].lower()}_token": t for t in SPECIAL_TOKENS if t in vocab}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **special}
+    if causal and (boundary := document_boundary(run, vocab)) is not None:
+        special |= {"bos_token": boundary, "eos_token": boundary}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_positions, **special}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
