@@ -304,3 +304,40 @@ def test_converted_minilm_scores_sts_b_zero_shot(tmp_path):
         assert record["examples"]["validation"] == 64
     assert scores[0.0] > 0.7  # a sentence-embedding model ranks similar pairs well without training
     assert scores[0.5] < scores[0.0]
+
+
+@pytest.mark.parametrize(("scheme", "sources"), [(["layers=cla", "layers.ratio=0.5"], "[0,0,2,2]"),
+                                                 (["layers=cla", "layers.ratio=0.75"], "[0,0,0,0]"),
+                                                 (["layers=yoco"], "[0,1,2,2]")])  # fmt: skip
+def test_a_kv_map_expresses_cla_and_yoco(scheme, sources):
+    """The same map gives the same model: parameters (built in the same order from the same seed) and logits."""
+    four = ["size.n_layers=4"]
+    named, mapped = gpt_model(*four, *scheme), gpt_model(*four, "layers=kv_sources", f"layers.sources={sources}")
+    assert mapped.transformer.kv_sources == named.transformer.kv_sources == json.loads(sources)
+    assert mapped.parameter_counts() == named.parameter_counts()
+    ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(logits(mapped, ids), logits(named, ids))
+
+
+def test_mlkv_groups_share_one_set_of_keys_and_values_and_its_cache():
+    from sharebench.inference import kv_cache_bytes
+
+    six = ["size.n_layers=6"]
+    unshared, mlkv = gpt_model(*six), gpt_model(*six, "layers=kv_sources", "layers.sources=[0,0,0,3,3,3]")
+    by_layer = kv_cache_bytes(mlkv, 8)
+    assert by_layer[1:3] == by_layer[4:] == [0, 0] and by_layer[0] == by_layer[3] > 0  # stored by layers 0 and 3
+    assert sum(by_layer) * 3 == sum(kv_cache_bytes(unshared, 8))
+    key_value_weights = 2 * 32 * 32  # a layer's key and value projections (arch=gpt: qkv_bias false)
+    assert unshared.parameter_counts().unique - mlkv.parameter_counts().unique == 4 * key_value_weights
+    assert mlkv.flops_per_token(16) < unshared.flops_per_token(16)
+
+
+@pytest.mark.parametrize(("sources", "refusal"), [
+    ("[0,0,2]", r"layers.sources=\[0, 0, 2\] names 3 layers; the model has 4"),
+    ("[0,3,2,3]", "layer 1 takes keys and values from layer 3; a layer reads itself or an earlier layer .*LCKV"),
+    ("[0,0,1,3]", "layer 2 takes keys and values from layer 1, which computes none of its own .*name 0"),
+    ("[0,true,2,3]", "layers.sources must list, for every layer"),
+])  # fmt: skip
+def test_a_kv_map_that_reads_a_later_layer_or_a_reader_or_misses_layers_is_refused(sources, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        gpt_model("size.n_layers=4", "layers=kv_sources", f"layers.sources={sources}")

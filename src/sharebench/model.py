@@ -350,6 +350,7 @@ class Transformer(nn.Module):
         self.embeddings = Embeddings(cfg)
         # A block shared by several layers appears several times in this list (stored once).
         self.blocks = nn.ModuleList(layers.build(cfg.n_layers, partial(Block, cfg, sharing)))
+        self.kv_sources = layers.kv_sources(cfg.n_layers)  # the layer whose keys and values each layer uses
         self.final_norm = norm_layer(cfg) if cfg.norm_position == "pre" else None
         self.causal = cfg.causal
 
@@ -373,10 +374,12 @@ class Transformer(nn.Module):
             if self.causal:
                 tokens = input_ids.size(1)
                 key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-        kv = None  # the keys and values of the last layer that computed them
+        computed: list[KeysValues] = []  # each layer's keys and values, its own or those of its source
         for layer, block in enumerate(self.blocks):
             past = cache[layer] if cache is not None else None
-            x, kv = block(x, key_mask, kv, rows if layer == len(self.blocks) - 1 else None, past, start)
+            source = computed[self.kv_sources[layer]] if self.kv_sources[layer] != layer else None
+            x, kv = block(x, key_mask, source, rows if layer == len(self.blocks) - 1 else None, past, start)
+            computed.append(kv)
             if cache is not None:
                 cache[layer] = kv
         return self.final_norm(x) if self.final_norm is not None else x

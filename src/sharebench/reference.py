@@ -46,8 +46,8 @@ def reference_loss(
     head_dim = cfg.dim // cfg.n_heads
     activation = ACTIVATIONS[cfg.activation]
     x = model.transformer.embeddings(input_ids, token_type_ids)
-    kv = None
-    for block in model.transformer.blocks:
+    computed = []  # each layer's keys and values, its own or those of the layer its scheme's map names
+    for layer, block in enumerate(model.transformer.blocks):
         h = block.attn_norm(x) if block.pre_norm else x
         roles = block.attn.qkv.role_weights()
         q = heads(F.linear(h, *roles["q"]), head_dim)
@@ -55,6 +55,9 @@ def reference_loss(
             kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
             if cfg.positions == "rotary":
                 kv = rotated(kv[0], cfg.rope_theta), kv[1]
+        else:
+            kv = computed[model.layers.kv_sources(cfg.n_layers)[layer]]
+        computed.append(kv)
         if cfg.positions == "rotary":
             q = rotated(q, cfg.rope_theta)
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None

@@ -40,8 +40,18 @@ class LayerSharing:
     def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
         raise NotImplementedError
 
+    def kv_sources(self, n_layers: int) -> list[int]:
+        """The layer whose keys and values each layer attends over: itself, or an earlier layer that computes its
+        own (cross-layer KV sharing: `cla`, `yoco`, `kv_sources`), whose projections and cache it then lacks."""
+        return list(range(n_layers))
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio}
+
+
+def blocks_for_sources(sources: list[int], make_block: BlockFactory) -> list[nn.Module]:
+    """One block per layer; a layer whose keys and values come from another layer projects only its queries."""
+    return [make_block(reuse_kv=source != layer) for layer, source in enumerate(sources)]
 
 
 class Unshared(LayerSharing):

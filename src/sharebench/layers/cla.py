@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.layers.base import BlockFactory, LayerSharing
+from sharebench.layers.base import BlockFactory, LayerSharing, blocks_for_sources
 from sharebench.sharing.base import format_ratio
 
 
@@ -29,6 +29,9 @@ class CrossLayerAttention(LayerSharing):
     def check(self, n_layers: int) -> None:
         self.sharing_factor(n_layers)
 
-    def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
+    def kv_sources(self, n_layers: int) -> list[int]:
         factor = self.sharing_factor(n_layers)
-        return [make_block(reuse_kv=layer % factor != 0) for layer in range(n_layers)]
+        return [layer - layer % factor for layer in range(n_layers)]
+
+    def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
+        return blocks_for_sources(self.kv_sources(n_layers), make_block)

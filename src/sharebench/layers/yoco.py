@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from sharebench.errors import ConfigError
-from sharebench.layers.base import BlockFactory, LayerSharing
+from sharebench.layers.base import BlockFactory, LayerSharing, blocks_for_sources
 
 
 class YouOnlyCacheOnce(LayerSharing):
@@ -21,7 +21,10 @@ class YouOnlyCacheOnce(LayerSharing):
             raise ConfigError(f"layers=yoco splits the layers into a self- and a cross-decoder: {n_layers} layer is "
                               f"too few; use 2 or more")  # fmt: skip
 
-    def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
+    def kv_sources(self, n_layers: int) -> list[int]:
         self.check(n_layers)
         cross = n_layers // 2  # the first cross-decoder layer: the global keys and values
-        return [make_block(reuse_kv=layer > cross) for layer in range(n_layers)]
+        return [cross if layer > cross else layer for layer in range(n_layers)]
+
+    def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
+        return blocks_for_sources(self.kv_sources(n_layers), make_block)
