@@ -47,8 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.model import LanguageModel, ModelConfig
-from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
-from sharebench.record import cpu_model, hardware, measure_matmul_peak, package_versions
+from sharebench.paths import PROJECT_ROOT
+from sharebench.record import cpu_model, measure_matmul_peak, write_benchmark
 
 SHAPE = {"vocab_size": 30522, "n_layers": 4, "dim": 312, "n_heads": 12, "ffn_dim": 1200}  # size=tinybert
 SEQ_LEN, BATCH, MASKED = 128, 32, 0.15
@@ -395,14 +395,9 @@ def main() -> int:
             checks[f"{scheme} speed-up ≥ its attainable speed-up (within {TARGETS['speedup_tolerance']:.0%})"] = facts[
                 "measured_speedup"
             ]["median"] >= facts["attainable_speedup"] * (1 - TARGETS["speedup_tolerance"])
-    report = render(figures, measured, checks)
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    facts = {"command": "make bench", "hardware": hardware(), "packages": package_versions(),
-             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
-             "figures": figures, "configurations": measured, "checks": checks, "targets": TARGETS}  # fmt: skip
-    atomic_write_json(args.out / "cpu.json", facts)
-    atomic_write_bytes(args.out / "cpu.md", report.encode())
+    facts = {"command": "make bench", "threads": torch.get_num_threads(), "figures": figures,
+             "configurations": measured, "checks": checks, "targets": TARGETS}  # fmt: skip
+    write_benchmark(args.out, "cpu", facts, render(figures, measured, checks))
     return 0 if all(checks.values()) else 1
 
 

@@ -24,8 +24,8 @@ import torch
 from sharebench.config import build_model, compose, validate
 from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.inference import kv_cache_bytes
-from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
-from sharebench.record import cpu_model, hardware, package_versions
+from sharebench.paths import PROJECT_ROOT
+from sharebench.record import cpu_model, write_benchmark
 
 SHAPE = {"n_layers": 6, "dim": 384, "n_heads": 6, "ffn_dim": 1536}  # size=nanogpt_char
 CONTEXT, VOCAB = 256, 65
@@ -154,12 +154,8 @@ def main() -> int:
     met = all(row["ratio_median"] >= TARGET for row in decode.values()) and all(
         row["measured"] == row["formula"] for row in kv.values()
     )
-    figures = {"decoding": decode, "kv_cache_bytes_per_token": kv, "met": met, "hardware": hardware(),
-               "packages": package_versions()}  # fmt: skip
-    atomic_write_json(args.out / "inference.json", figures)
-    report = render(decode, kv, met)
-    atomic_write_bytes(args.out / "inference.md", report.encode())
-    print(report)
+    write_benchmark(args.out, "inference", {"decoding": decode, "kv_cache_bytes_per_token": kv, "met": met},
+                    render(decode, kv, met))  # fmt: skip
     return 0 if met else 1
 
 

@@ -30,8 +30,8 @@ import torch
 from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.llama import from_state
 from sharebench.model import LanguageModel
-from sharebench.paths import PROJECT_ROOT, atomic_write_bytes, atomic_write_json
-from sharebench.record import cpu_model, hardware, measure_matmul_peak, package_versions
+from sharebench.paths import PROJECT_ROOT
+from sharebench.record import cpu_model, measure_matmul_peak, write_benchmark
 
 SMOLLM2_135M = {
     "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -201,12 +201,7 @@ def main() -> int:
     train = training(suite, hugging_face, args.cycles)
     decode = decoding(suite, hugging_face, args.cycles)
     met = train["ratio"]["median"] >= TARGET and all(row["ratio"]["median"] >= TARGET for row in decode.values())
-    figures = {"training": train, "decoding": decode, "met": met, "hardware": hardware(),
-               "packages": package_versions()}  # fmt: skip
-    atomic_write_json(args.out / "llama.json", figures)
-    report = render(train, decode, met)
-    atomic_write_bytes(args.out / "llama.md", report.encode())
-    print(report)
+    write_benchmark(args.out, "llama", {"training": train, "decoding": decode, "met": met}, render(train, decode, met))
     return 0 if met else 1
 
 

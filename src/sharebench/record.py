@@ -21,7 +21,15 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from sharebench.cpu import cpu_features
 from sharebench.errors import ConfigError, RunDiverged, RunInterrupted
 from sharebench.memory import process_peak_rss_bytes
-from sharebench.paths import DATA_ROOT_NAME, PACKAGE_DIR, PROJECT_ROOT, atomic_write_json, machine_free, resolve_path
+from sharebench.paths import (
+    DATA_ROOT_NAME,
+    PACKAGE_DIR,
+    PROJECT_ROOT,
+    atomic_write_bytes,
+    atomic_write_json,
+    machine_free,
+    resolve_path,
+)
 
 RECORD_NAME = "run.json"
 SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside the pretraining run's record
@@ -125,6 +133,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_benchmark(folder: Path, name: str, figures: dict[str, Any], report: str) -> None:
+    """A benchmark's result (`make bench`): `<name>.md`, the report it printed, and `<name>.json`, its figures with
+    the machine, the package versions and the date."""
+    atomic_write_json(folder / f"{name}.json", {**figures, "hardware": hardware(), "packages": package_versions(),
+                                                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+    atomic_write_bytes(folder / f"{name}.md", report.encode())
+    print(report)
 
 
 def hardware() -> dict[str, Any]:
