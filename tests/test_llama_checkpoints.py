@@ -137,6 +137,7 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
     that loss over the split's UTF-8 bytes; a conversion (K/V heads 2 → 1) stores fewer parameters and KV bytes."""
     from sharebench.config import compose, validate
     from sharebench.data import PretrainData
+    from sharebench.results import scheme_of
     from sharebench.tasks import run_task
 
     overrides = llama_task(nano_overrides, llama_folder, "task=evaluate")
@@ -162,6 +163,12 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
                                                 / data.bytes["test"])  # fmt: skip
     converted = run_task(compose([*overrides, "convert.to=gqa", "convert.ratio=0.8333"]), tmp_path / "mqa")
     assert converted["sharing"]["conversion"]["to"] == "gqa"
+    assert (converted["sharing"]["name"], converted["sharing"]["ratio"]) == ("gqa", 0.8333)
+    # A layer conversion keeps the checkpoint's grouped heads (6 query, 2 key/value) and is named by its layers.
+    dropped = run_task(compose([*overrides, "convert.to=drop_layers", "convert.ratio=0.3333"]), tmp_path / "dropped")
+    assert dropped["sharing"]["ratio"] == record["sharing"]["ratio"] == pytest.approx(2 / 3, abs=1e-4)
+    assert scheme_of(dropped) == {"sharing": "gqa", "ratio": dropped["sharing"]["ratio"], "layers": "drop_layers",
+                                  "layers.ratio": 0.3333}  # fmt: skip
     assert converted["parameters"]["unique"] < record["parameters"]["unique"]
     kv = [r["inference"]["kv_cache_bytes_per_token"] for r in (record, converted)]
     assert kv[1] * 2 == kv[0]  # one key/value head of two

@@ -31,9 +31,9 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
         if spec.convert.to:
-            model, _ = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
+            model, stored = converted_model(source, spec.convert.to, spec.convert.ratio, spec.convert.rank)
         else:
-            model = load_pretrained(source)
+            model, stored = load_pretrained(source), None
         if not model.config.causal:
             raise ConfigError(f"task=evaluate scores a causal LM's next-token loss; {source} is a masked LM")
         data = PretrainData(spec.data, "causal", spec.cache_dir)
@@ -47,7 +47,7 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
         counts = model.parameter_counts()
         record.update(
             pretrained=str(source),
-            sharing=loaded_sharing(model, source, spec.convert.to_dict() if spec.convert.to else None),
+            sharing=loaded_sharing(model, source, spec.convert.to_dict() if spec.convert.to else None, stored),
             parameters=counts.to_dict(),
             tokenizer=data.tokenizer.describe(),
             tokens={split: len(data.streams[split]) for split in ("validation", "test")},

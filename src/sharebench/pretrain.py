@@ -390,7 +390,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     head_pairs = select_shared_heads(model, spec.postshare_ratio) if spec.postshare_ratio is not None else None
     if spec.pretrained:  # the checkpoint's sharing (or its conversion), not the config's
         conversion = spec.convert.to_dict() if spec.convert.to else None
-        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained), conversion))
+        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained), conversion, stored))
     counts = model.parameter_counts()
     fraction = spec.predicted_fraction
     flops = model.flops_per_token(spec.data.seq_len, fraction)

@@ -47,6 +47,8 @@ def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
     sharing = record.get("sharing") or {}  # every run records it before it can fail
     scheme = sharing.get("iso_baseline_of") or sharing
     layers = scheme.get("layers") or {}
+    if (scheme.get("conversion") or {}).get("to") == "drop_layers":  # the layers it keeps: a share of them dropped
+        layers = {"name": "drop_layers", "ratio": scheme["conversion"]["ratio"]}
     return {"sharing": scheme.get("name"), "ratio": scheme.get("ratio"), "layers": layers.get("name", "none"),
             "layers.ratio": layers.get("ratio")}  # fmt: skip
 
