@@ -24,7 +24,9 @@ SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_v
          "glue.tasks=[rte]", "glue.recipe.max_train_examples=8", "glue.recipe.max_eval_examples=8",
          "glue.recipe.epochs=1", "glue.predict_test=false", f"glue.source={FIXTURE_DATA / 'glue'}",
          "trainer.enable_progress_bar=false"]  # fmt: skip
-NOT_RUN = ("source ", "export ", "make test")  # the environment, and the tests themselves
+# The environment, the tests themselves, and lm-evaluation-harness's tasks, which read the hub (tests/test_lm_eval.py
+# runs lm-eval on a local task).
+NOT_RUN = ("source ", "export ", "make test", "lm_eval ")
 
 
 def documented_commands() -> list[tuple[str, str]]:
