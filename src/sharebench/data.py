@@ -119,12 +119,14 @@ def wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
     """WikiText's rows (`Salesforce/wikitext`), each a line of an article with its newline, or empty, joined into
     the articles they come from."""
     article: list[str] = []
+    has_text = False  # whether the article so far holds more than empty rows
     for line in lines:
-        if WIKITEXT_TITLE.fullmatch(line.rstrip("\n")) and "".join(article).strip():
+        if has_text and WIKITEXT_TITLE.fullmatch(line.rstrip("\n")):
             yield "".join(article)
-            article = []
+            article, has_text = [], False
         article.append(line)
-    if "".join(article).strip():
+        has_text = has_text or bool(line.strip())
+    if has_text:
         yield "".join(article)
 
 

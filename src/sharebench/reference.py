@@ -47,6 +47,7 @@ def reference_loss(
     activation = ACTIVATIONS[cfg.activation]
     x = model.transformer.embeddings(input_ids, token_type_ids)
     computed = []  # each layer's keys and values, its own or those of the layer its scheme's map names
+    sources = model.layers.kv_sources(cfg.n_layers)
     for layer, block in enumerate(model.transformer.blocks):
         h = block.attn_norm(x) if block.pre_norm else x
         roles = block.attn.qkv.role_weights()
@@ -56,7 +57,7 @@ def reference_loss(
             if cfg.positions == "rotary":
                 kv = rotated(kv[0], cfg.rope_theta), kv[1]
         else:
-            kv = computed[model.layers.kv_sources(cfg.n_layers)[layer]]
+            kv = computed[sources[layer]]
         computed.append(kv)
         if cfg.positions == "rotary":
             q = rotated(q, cfg.rope_theta)
