@@ -230,10 +230,12 @@ def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch)
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(ConfigError, match="no disk space for the checkpoints"):
+    with pytest.raises(ConfigError, match="no disk space for the checkpoints.*, or checkpoints=none"):
         run_task(compose(nano_overrides), tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
     assert not (tmp_path / "checkpoints").exists()
+    with pytest.raises(ConfigError, match=r"no disk space for the weights: they need about 0\.\d MiB"):
+        run_task(compose([*nano_overrides, "checkpoints=none"]), tmp_path)  # the weights alone, 4 bytes each
 
 
 # Each value a user can get wrong, checked in-process by `validate` before any data is read: (overrides, the line).

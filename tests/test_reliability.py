@@ -102,6 +102,32 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
     assert [p.name for p in stopped.rglob("checkpoints/*")] == ["last.ckpt"]  # done: no fallback kept
 
 
+def test_a_run_with_checkpoints_until_completed_keeps_none_once_completed(nano_cfg, tmp_path):
+    """Which checkpoints a run keeps is not part of its configuration: a completed run started again with another
+    setting is skipped, and removes them."""
+    from sharebench.tasks import run_task
+
+    run_task(nano_cfg(), tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert run_task(nano_cfg("checkpoints=until_completed"), tmp_path) == written
+    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_run_without_checkpoints_stopped_starts_over(project_root, nano_overrides, tmp_path, whole_run):
+    stopped = tmp_path / "stopped"
+    args = command(project_root, nano_overrides, stopped, "checkpoints=none")
+    first = stopped_at(args, 30, signal.SIGTERM)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-2000:]
+    assert first.stderr.strip().splitlines()[-1] == "interrupted: SIGTERM at step 31: the same command runs it again"
+    assert not list(stopped.rglob("checkpoints"))
+    resumed = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert record_of(stopped)["metrics"]["val_history"] == record_of(whole_run)["metrics"]["val_history"]
+    assert not list(stopped.rglob("checkpoints"))
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_its_run_and_skips_the_completed(project_root, nano_overrides, tmp_path, whole_run):
     """A sweep of two runs killed in its second run (at step 30 of 60): started again, it skips the first and

@@ -60,6 +60,7 @@ from sharebench.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
     ResumeCheckpoints,
+    StopOnSignal,
     continue_metrics,
     resume_point,
 )
@@ -285,17 +286,19 @@ def check_resumable(checkpoint: Path, module: L.LightningModule) -> None:
 
 
 # The newest and previous checkpoints and the one being written hold the weights and AdamW's two moments,
-# model.safetensors the weights again: (3 × 3 + 1) × 4 bytes.
-CHECKPOINT_BYTES_PER_PARAMETER = (3 * 3 + 1) * 4
+# model.safetensors the weights again: (3 × 3 + 1) × 4 bytes; without checkpoints, the weights alone.
+BYTES_PER_PARAMETER = {"keep": (3 * 3 + 1) * 4, "until_completed": (3 * 3 + 1) * 4, "none": 4}
 
 
-def check_disk_space(run_dir: Path, unique_parameters: int) -> None:
-    needed = CHECKPOINT_BYTES_PER_PARAMETER * unique_parameters
+def check_disk_space(run_dir: Path, unique_parameters: int, checkpoints: str) -> None:
+    needed = BYTES_PER_PARAMETER[checkpoints] * unique_parameters
     free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
     if free < needed:
+        what, other = ("the weights: they need", "") if checkpoints == "none" else (
+            "the checkpoints: they need", ", or checkpoints=none (a stopped run then starts over)")  # fmt: skip
         raise ConfigError(
-            f"no disk space for the checkpoints: they need about {needed / 2**20:.1f} MiB in {run_dir}, "
-            f"{free / 2**20:.1f} MiB are free; set output_root to a larger disk"
+            f"no disk space for {what} about {needed / 2**20:.1f} MiB in {run_dir}, {free / 2**20:.1f} MiB are "
+            f"free; set output_root to a larger disk{other}"
         )
 
 
@@ -314,6 +317,8 @@ def run(spec: RunSpec, run_dir: str | Path) -> Record:
     # A pretraining run's folder also holds its GLUE runs (task=pretrain_glue): which GLUE runs a command makes
     # leaves the pretraining as it was.
     data, ran = run_once(spec.to_dict(), run_dir, train, run_selecting_keys())
+    if data["status"] == "completed" and spec.checkpoints != "keep" and rank_zero_only.rank == 0:
+        shutil.rmtree(run_dir / CHECKPOINT_FOLDER, ignore_errors=True)  # after the record says completed
     if ran and rank_zero_only.rank == 0:
         if data["status"] == "completed":
             print(summary_line(data))
@@ -420,7 +425,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
         settings["strategy"] = FSDPStrategy(auto_wrap_policy=fsdp_wrap_policy(model))
-    checkpoints = ResumeCheckpoints(run_dir)
+    checkpoints = StopOnSignal() if spec.checkpoints == "none" else ResumeCheckpoints(run_dir)
     trainer = L.Trainer(
         **settings,
         default_root_dir=str(run_dir),
@@ -439,7 +444,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             check_resumable(resume, module)
             continue_metrics(logger, resumed_step)
         else:  # the curve starts at the untrained model
-            check_disk_space(run_dir, counts.unique)
+            check_disk_space(run_dir, counts.unique, spec.checkpoints)
             trainer.validate(module, verbose=False)
         trainer.fit(module, ckpt_path=resume)
         # Read before any further validation, which clears the trainer's logged metrics.

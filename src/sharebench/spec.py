@@ -102,6 +102,7 @@ TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot", "evaluate")
 TOKENIZER_KINDS = ("wordpiece", "vocab_file", "char", "pretrained")
 ROW_KINDS = ("document", "wikitext_line")
 PRETRAINING = ("pretrain", "pretrain_glue")
+CHECKPOINT_POLICIES = ("keep", "until_completed", "none")  # conf/config.yaml's `checkpoints` says what each does
 
 
 class Role(enum.Enum):
@@ -452,6 +453,7 @@ class RunSpec(Spec):
     output_root: str = accepts(TEXT, role=Role.LOCATION, path=True)
     data_root: str | None = accepts(OPTIONAL_TEXT, role=Role.LOCATION, path=True)
     cache_dir: str = accepts(TEXT, role=Role.LOCATION, path=True)
+    checkpoints: str = accepts(one_of(*CHECKPOINT_POLICIES), role=Role.LOCATION)  # what a run keeps on disk
     experiment: dict[str, Any] | None = accepts(MAPPING | NULL, None, role=Role.REPORT)  # a recipe's notes
     # Resolved by `validate`, not configured: what the model shares (None where a checkpoint decides).
     shares: SharingSpec | None = field(default=None, metadata={"resolved": True})
