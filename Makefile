@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; on a GPU machine use e.g. `make install TORCH=torch` for the CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-smollm2 test test-full lint demo bench clean
+.PHONY: install install-smollm2 test test-full lint demo bench site clean
 
 install: $(VENV)/.installed
 
@@ -60,5 +60,10 @@ reproduce-%: install
 		trainer.enable_progress_bar=false; status=$$?; \
 	$(VENV)/bin/sharebench collect outputs/reproduce/$*-$(SCALE) --out $(RESULTS) && exit $$status
 
+# The committed results as web pages that open from disk (site/index.html): a sortable board per architecture with
+# interactive Pareto and multiplier plots, each README, a page per configuration. Every folder collect wrote.
+site: install
+	$(VENV)/bin/sharebench site $(patsubst %/setting.md,%,$(wildcard results/*/setting.md)) --out site
+
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

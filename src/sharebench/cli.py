@@ -4,6 +4,7 @@ sharebench train sharing=partial_qk ratio=0.9   (Hydra's command line, as `pytho
 sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
 sharebench collect outputs/runs --out results/my_sweep
+sharebench site results/leaderboard results/scaling --out site   (web pages: open site/index.html)
 sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
 sharebench generate outputs/runs/<run>/seed=0 --prompt "ROMEO:" --tokens 200
 sharebench infer outputs/runs/<run>/seed=0
@@ -158,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     power_parser.add_argument("--plateau", type=float, default=0.1, help="nats below the unigram loss that leave it")
     power_parser.add_argument("--rates", type=int, default=3, help="rates a board's learning-rate search tries")
     power_parser.add_argument("--search-seeds", type=int, default=2, help="seeds the search runs at each rate")
+    site_parser = commands.add_parser(
+        "site", help="web pages of results folders (boards, interactive plots, READMEs) that open from disk"
+    )
+    site_parser.add_argument("folders", nargs="+", type=Path, help="folders `collect --out` wrote (results/<name>)")
+    site_parser.add_argument("--out", type=Path, required=True, help="the site's folder (index.html in it)")
     upgrade_parser = commands.add_parser(
         "upgrade", help="rewrite the run records below folders in this version's schema (paths machine-free)"
     )
@@ -237,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             report = power_report(args.folders, args.family, args.target, args.plateau, args.rates, args.search_seeds)
             print(report, end="")
+            return
+        if args.command == "site":
+            from sharebench.site import build
+
+            print(f"open {build(args.folders, args.out)}")
             return
         if args.command == "upgrade":
             from sharebench.record import upgrade_records
