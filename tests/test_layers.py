@@ -11,7 +11,7 @@ from hydra.utils import get_class
 
 from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained
 from sharebench.config import build_model, compose
-from sharebench.convert import direct_share, select_shared_heads, share_heads, to_gqa
+from sharebench.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
@@ -251,6 +251,35 @@ def test_gqa_conversion_at_g_equal_h_is_the_identity_and_mean_pools_groups():
     pooled_keys = pooled.transformer.blocks[0].attn.qkv.proj.weight[32 : 32 + 2 * d]
     assert torch.allclose(pooled_keys[:d], (keys[:d] + keys[d : 2 * d]) / 2)
     assert pooled.parameter_counts().by_component["attention_qkv"] == 3 * (32 + 2 * 2 * d) * 32
+
+
+def test_mlkv_conversion_groups_layers_over_mean_pooled_keys_and_values(tmp_path):
+    """MLKV from a checkpoint: at ratio 0 the model as it was; at 0.5 on 4 layers, layers 0-1 and 2-3 each attend
+    over the mean of their two key/value projections, computed by the group's first layer, the second projecting
+    queries only; a key/value projection (2·D × D) fewer per pair, half the KV cache; it reloads as written."""
+    from sharebench.inference import kv_cache_bytes
+    from sharebench.sharing.none import Separate
+
+    model = gpt_model("size.n_layers=4")
+    ids = torch.randint(0, 50, (2, 16))
+    assert torch.allclose(logits(to_mlkv(model, 0.0, Separate).eval(), ids), logits(model, ids), atol=1e-5)
+    assert mlkv_sources(4, 0.5) == [0, 0, 2, 2] and mlkv_sources(6, 2 / 3) == [0, 0, 0, 3, 3, 3]
+    assert mlkv_sources(5, 0.4) == [0, 0, 2, 3, 3]  # groups as even as they can be
+    save_pretrained(model, tmp_path / "source", SEPARATE)
+    grouped = convert_checkpoint(tmp_path / "source", tmp_path / "mlkv", "mlkv", 0.5).eval()
+    assert grouped.layers.describe() == {"name": "kv_sources", "ratio": None, "sources": [0, 0, 2, 2]}
+    weight = [block.attn.qkv.proj.weight for block in model.transformer.blocks]
+    for source, reader in ((0, 1), (2, 3)):
+        kv = grouped.transformer.blocks[source].attn.qkv.proj.weight[32:]
+        assert torch.allclose(kv, (weight[source][32:] + weight[reader][32:]) / 2)
+        assert torch.equal(grouped.transformer.blocks[reader].attn.qkv.proj.weight, weight[reader][:32])
+    assert grouped.parameter_counts().unique == model.parameter_counts().unique - 2 * (2 * 32 * 32)  # no qkv bias
+    assert sum(kv_cache_bytes(grouped, 16)) * 2 == sum(kv_cache_bytes(model, 16))
+    assert not torch.allclose(logits(grouped, ids), logits(model, ids), atol=1e-3)
+    assert torch.equal(logits(load_pretrained(tmp_path / "mlkv"), ids), logits(grouped, ids))
+    with pytest.raises(ConfigError, match=r"convert --to mlkv: ratio=0.9 leaves 0 of 4 layers with keys and values; "
+                                          r"choose a ratio in \[0, 0.75\]"):  # fmt: skip
+        to_mlkv(model, 0.9, Separate)
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75])

@@ -176,8 +176,13 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
 
 @pytest.mark.parametrize(
     "conversion",
-    [[], ["convert.to=gqa", "convert.ratio=0.8333"], ["convert.to=headwise", "convert.ratio=0.34"]],
-    ids=["as-is", "mqa", "headwise"],
+    [
+        [],
+        ["convert.to=gqa", "convert.ratio=0.8333"],
+        ["convert.to=headwise", "convert.ratio=0.34"],
+        ["convert.to=mlkv", "convert.ratio=0.5"],
+    ],
+    ids=["as-is", "mqa", "headwise", "mlkv"],
 )
 def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llama_folder, nano_overrides, tmp_path):
     """task=pretrain from a Llama folder with its own tokenizer, converted in the same run or not: the saved
@@ -210,11 +215,12 @@ def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint_and_healing_its_object
         validate(compose(llama_task(nano_overrides, llama_folder)))
 
 
-@pytest.mark.parametrize("to", ["headwise", "recursive_lora", "drop_layers"])
+@pytest.mark.parametrize("to", ["headwise", "recursive_lora", "mlkv", "drop_layers"])
 def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path):
     """DirectShare treats a key/value head with its query heads as one head (at ratio 0 the logits are
-    transformers'); recursive conversion at full rank computes what the original does; dropping keeps the last
-    layer and the first ones. Each converted checkpoint reloads with the logits it was written with."""
+    transformers'); recursive conversion at full rank and MLKV at ratio 0 compute what the original does; MLKV
+    at 0.5 stores half the key/value projections; dropping keeps the last layer and the first ones. Each
+    converted checkpoint reloads with the logits it was written with."""
     from sharebench.checkpoint import convert_checkpoint, converted_model
 
     theirs = hf_llama(2, True, n_layers=4)
@@ -230,6 +236,11 @@ def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path
         assert shared.parameter_counts().unique == original.parameter_counts().unique - 2 * unit
     elif to == "recursive_lora":
         assert_same_logits(converted_model(tmp_path / "llama", to, 0.5, rank=48)[0], theirs)
+    elif to == "mlkv":
+        assert_same_logits(converted_model(tmp_path / "llama", to, 0.0)[0], theirs)
+        grouped = converted_model(tmp_path / "llama", to, 0.5)[0]  # layers 0-1 and 2-3 over one set of 2 heads
+        kv = original.transformer.blocks[0].attn.qkv.role_weights()["k"][0]
+        assert grouped.parameter_counts().unique == original.parameter_counts().unique - 2 * 2 * kv.numel()
     else:
         dropped = converted_model(tmp_path / "llama", to, 0.25)[0]
         assert dropped.config.n_layers == 3

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from sharebench import llama
-from sharebench.convert import CONVERSIONS, direct_share, drop_layers, share_heads, to_gqa, to_recursive
+from sharebench.convert import CONVERSIONS, direct_share, drop_layers, share_heads, to_gqa, to_mlkv, to_recursive
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
@@ -82,7 +82,7 @@ def loaded_sharing(model: LanguageModel, folder: str | Path, conversion: Mapping
     """What a run records as the sharing of a model loaded from `folder`: converted (`conversion`, the run's
     `convert`), its conversion, with the within-layer scheme at the conversion's ratio where the conversion sets
     it (headwise, gqa) and at the checkpoint's (`stored`, as `pretrained_model` gives it) where it changes the
-    layers (recursive_lora, drop_layers); else the sharing its pretraining run recorded (iso-parameter baselines
+    layers (recursive_lora, mlkv, drop_layers); else the sharing its pretraining run recorded (iso-parameter baselines
     keep the configuration they match), or for other checkpoints the scheme the checkpoint stores."""
     if conversion:
         within = conversion["ratio"] if conversion["to"] in ("headwise", "gqa") or stored is None else stored["ratio"]
@@ -274,6 +274,8 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
         return to_gqa(model, ratio), stored_scheme(GroupedQuery.name, ratio)
     if to == "drop_layers":
         return drop_layers(model, ratio, scheme_factory(sharing)), sharing
+    if to == "mlkv":
+        return to_mlkv(model, ratio, scheme_factory(sharing)), sharing
     return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
 
 

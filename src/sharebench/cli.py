@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     convert_parser.add_argument("out", type=Path, help="the folder the converted checkpoint is written to")
     convert_parser.add_argument("--to", required=True,
-                                help="headwise (DirectShare) | gqa | recursive_lora | drop_layers")  # fmt: skip
+                                help="headwise (DirectShare) | gqa | recursive_lora | mlkv | drop_layers")  # fmt: skip
     convert_parser.add_argument("--ratio", type=float, required=True, help="the share ratio of the new sharing")
     convert_parser.add_argument("--rank", type=int, default=8, help="recursive_lora: the rank of each LoRA")
     generate_parser = commands.add_parser("generate", help="print text a trained decoder writes after a prompt")

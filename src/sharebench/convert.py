@@ -11,6 +11,10 @@
   G₀ key/value heads per group of G₀/G (a Llama's 3 heads into 1 is MQA).
 - `recursive_lora`: the layers of each cycle set averaged into one shared block, and each layer's difference
   to it kept as a LoRA initialised by truncated SVD (Bae et al. 2024).
+- `mlkv`: Multi-Layer Key-Value sharing (Zuhri et al. 2024) made from a checkpoint: L·(1 − r) contiguous groups of
+  layers, each attending over one set of key/value heads, the mean of the group's (MLKV uptrains from such a
+  mean-pooled model as GQA does); the first layer of a group computes them, the others project queries only
+  (`layers=kv_sources` with the groups' map).
 - `drop_layers`: the naive baseline of fewer stored parameters, round(r·L) whole layers removed: the deepest
   ones below the last layer, which Gromov et al. (2024) found the most redundant in Llama-family models.
 
@@ -30,13 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharebench.errors import ConfigError
+from sharebench.layers.kv_sources import KVSources
 from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
 from sharebench.model import LanguageModel
 from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 
-CONVERSIONS = ("headwise", "gqa", "recursive_lora", "drop_layers")
+CONVERSIONS = ("headwise", "gqa", "recursive_lora", "mlkv", "drop_layers")
 
 HeadId = tuple[int, int]  # (layer, head)
 
@@ -224,15 +229,54 @@ def similarity_penalty(model: nn.Module, sources: dict[HeadId, HeadId]) -> torch
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def to_gqa(model: LanguageModel, ratio: float) -> LanguageModel:
-    """The same model with G = H·(1 − r) key/value heads, each the mean of the heads it replaces: of a model with
-    separate Q/K/V, its groups of H/G heads; of a grouped one with G₀ heads (a Llama's), its groups of G₀/G."""
+def _require_plain_layers(model: LanguageModel, conversion: str) -> None:
+    """A conversion that reads each layer's own query/key/value rows: separate or grouped Q/K/V, no layer shared."""
     blocks = list(model.transformer.blocks)
     if len({id(b) for b in blocks}) != len(blocks) or not all(type(b.attn.qkv) in (Separate, GroupedQuery)
                                                                for b in blocks):  # fmt: skip
-        raise ConfigError(f"convert --to gqa needs a model with separate or grouped Q/K/V (sharing=none or gqa) and "
-                          f"no cross-layer sharing; this one has sharing={model.sharing_name}, "
+        raise ConfigError(f"convert --to {conversion} needs a model with separate or grouped Q/K/V (sharing=none or "
+                          f"gqa) and no cross-layer sharing; this one has sharing={model.sharing_name}, "
                           f"layers={model.layers.name}")  # fmt: skip
+
+
+def mlkv_sources(n_layers: int, ratio: float) -> list[int]:
+    """The layer each layer takes its keys and values from: round(L·(1 − r)) contiguous groups as even as they
+    can be, each led by its first layer."""
+    groups = round(n_layers * (1 - ratio))
+    if not 1 <= groups <= n_layers:
+        raise ConfigError(f"convert --to mlkv: ratio={ratio} leaves {groups} of {n_layers} layers with keys and "
+                          f"values; choose a ratio in [0, {(n_layers - 1) / n_layers:.3g}]")  # fmt: skip
+    starts = [round(group * n_layers / groups) for group in range(groups)]
+    return [max(start for start in starts if start <= layer) for layer in range(n_layers)]
+
+
+def to_mlkv(model: LanguageModel, ratio: float, sharing: Callable[..., AttentionSharing]) -> LanguageModel:
+    """The model with its layers in L·(1 − r) groups (`mlkv_sources`), each attending over the mean of its
+    layers' key/value projections; ratio 0 computes what the original does."""
+    _require_plain_layers(model, "mlkv")
+    sources = mlkv_sources(model.config.n_layers, ratio)
+    with torch.device(next(model.parameters()).device):
+        converted = LanguageModel(model.config, sharing, model.sharing_name, KVSources(sources=sources))
+    state = model.state_dict()
+    roles = [block.attn.qkv.role_weights() for block in model.transformer.blocks]
+    for layer, source in enumerate(sources):
+        members = [other for other, its in enumerate(sources) if its == source]
+        for index, leaf in enumerate(("weight", "bias")):
+            name = f"transformer.blocks.{layer}.attn.qkv.proj.{leaf}"
+            if name not in state:
+                continue
+            query = roles[layer]["q"][index].detach()
+            pooled = [torch.stack([roles[m][role][index].detach() for m in members]).mean(0) for role in "kv"]
+            state[name] = torch.cat([query, *pooled]) if layer == source else query
+    converted.load_state_dict(state)
+    return converted
+
+
+def to_gqa(model: LanguageModel, ratio: float) -> LanguageModel:
+    """The same model with G = H·(1 − r) key/value heads, each the mean of the heads it replaces: of a model with
+    separate Q/K/V, its groups of H/G heads; of a grouped one with G₀ heads (a Llama's), its groups of G₀/G."""
+    _require_plain_layers(model, "gqa")
+    blocks = list(model.transformer.blocks)
     cfg = model.config
     with torch.device(next(model.parameters()).device):
         converted = LanguageModel(cfg, partial(GroupedQuery, ratio=ratio), GroupedQuery.name)
