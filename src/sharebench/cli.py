@@ -5,6 +5,7 @@ sharebench params arch=bert size=bert-base sharing=shared_qkv
 sharebench compare outputs/runs/*/seed=0
 sharebench collect outputs/runs --out results/my_sweep
 sharebench site results/leaderboard results/scaling --out site   (web pages: open site/index.html)
+sharebench board add results/leaderboard arch=gpt data=wikipedia sharing=pairwise   (join the board)
 sharebench convert <checkpoint> <out> --to headwise --ratio 0.3
 sharebench generate outputs/runs/<run>/seed=0 --prompt "ROMEO:" --tokens 200
 sharebench infer outputs/runs/<run>/seed=0
@@ -164,6 +165,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     site_parser.add_argument("folders", nargs="+", type=Path, help="folders `collect --out` wrote (results/<name>)")
     site_parser.add_argument("--out", type=Path, required=True, help="the site's folder (index.html in it)")
+    board_parser = commands.add_parser("board", help="join a committed board without re-running it")
+    board_commands = board_parser.add_subparsers(dest="board_command", required=True)
+    add_parser = board_commands.add_parser(
+        "add", help="run one configuration (its search, seeds and twins) under a board's recipe, then collect it in"
+    )
+    add_parser.add_argument("board", type=Path, help="a folder `collect --out` wrote (results/leaderboard)")
+    add_parser.add_argument("overrides", nargs="+", help="the configuration, as for train.py (arch=gpt sharing=…)")
+    add_parser.add_argument("--runs", type=Path, help="where its runs go (default: outputs/board-add/<board>)")
+    add_parser.add_argument(
+        "--accept-code", action="store_true", help="join although the training code differs (the row is marked)"
+    )
+    add_parser.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
+    add_parser.add_argument("--site", type=Path, help="then write the site of the results beside the board here")
     upgrade_parser = commands.add_parser(
         "upgrade", help="rewrite the run records below folders in this version's schema (paths machine-free)"
     )
@@ -243,6 +257,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             report = power_report(args.folders, args.family, args.target, args.plateau, args.rates, args.search_seeds)
             print(report, end="")
+            return
+        if args.command == "board":
+            from sharebench.board import add
+
+            runs = args.runs or Path("outputs") / "board-add" / args.board.resolve().name
+            print(add(args.board, args.overrides, runs, args.accept_code, args.dry_run))
+            if args.site and not args.dry_run:
+                from sharebench.site import build
+
+                beside = sorted(p.parent for p in args.board.resolve().parent.glob("*/setting.md"))
+                print(f"open {build(beside, args.site)}")
             return
         if args.command == "site":
             from sharebench.site import build

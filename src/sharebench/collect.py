@@ -220,7 +220,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
         unique = configuration.unique_parameters()
         unshared = configuration.unshared_parameters()
         row = [
-            configuration.label,
+            configuration.label + (f" {OTHER_CODE}" if configuration.other_code else ""),
             scheme_cell(configuration),
             _format(configuration.ratio, "g"),
             _format(configuration.layers_ratio, ".4g"),
@@ -275,21 +275,24 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
             else:
                 row += ["—"] * 4
         rows.append(row)
-    fewer = (
+    marks = [f"{OTHER_CODE} joined by `sharebench board add --accept-code`: trained by other code than the others."
+             ] if any(c.other_code for c in configurations) else []  # fmt: skip
+    marks += (
         [
-            f"{LOWER_POWER} fewer seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
+            f"{LOWER_POWER} marks seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
             "effect says how much lower."
         ]
         if lower(*configurations)
         else []
     )
     if not main:
-        return Table(header, rows, fewer)
+        return Table(header, rows, marks)
     margin = margin if margin is not None else margin_of(configurations, main[1])
     judged.judge(main[1] == "lower", margin)
-    return Table(header, rows, judged.notes(main[0], margin) + fewer)
+    return Table(header, rows, judged.notes(main[0], margin) + marks)
 
 
+OTHER_CODE = "‡"  # marks a configuration trained by other code than the table's others (`board add --accept-code`)
 LOWER_POWER = "†"  # marks the seeds of a configuration run with fewer seeds than the table's others
 
 

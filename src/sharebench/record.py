@@ -3,8 +3,10 @@ fails, by pretraining, GLUE fine-tuning, zero-shot scoring and conversion alike.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
+import hashlib
 import json
 import platform
 import subprocess
@@ -63,6 +65,7 @@ class Record(TypedDict, total=False):
     config: dict[str, Any]
     config_keys: ConfigKeys
     git: dict[str, Any]
+    code: dict[str, Any]  # the training code's fingerprint (training_code)
     packages: dict[str, str | None]
     hardware: dict[str, Any]
     started_at: str
@@ -113,6 +116,60 @@ def git_commit() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+# Where a run starts: train.py's entry and the sweeper that launches (and searches the learning rate of) a sweep,
+# and the scheme packages, whose modules a config names by `_target_` rather than an import.
+TRAINING_ENTRIES = ("sharebench.train", "hydra_plugins.sharebench_sweeper",
+                    *(f"sharebench.{package}.{module.stem}" for package in ("sharing", "layers")
+                      for module in (PACKAGE_DIR / package).glob("*.py")))  # fmt: skip
+
+
+def training_files() -> list[Path]:
+    """The suite's source files a run can execute: the modules reachable by import from TRAINING_ENTRIES (a static
+    walk of every import statement, those inside functions too) and the packages above them; not the report side
+    (collect, plots, the site), which reads records."""
+    roots = {"sharebench": PACKAGE_DIR, "hydra_plugins": PACKAGE_DIR.parent / "hydra_plugins"}
+
+    def source(module: str) -> Path | None:
+        first, *rest = module.split(".")
+        path = roots[first].joinpath(*rest) if first in roots else None
+        if path is not None and path.is_dir():  # a package; a namespace package (hydra_plugins) has no file
+            return path / "__init__.py" if (path / "__init__.py").is_file() else None
+        return path.with_suffix(".py") if path is not None and path.with_suffix(".py").is_file() else None
+
+    found: dict[str, Path] = {}
+    pending = list(TRAINING_ENTRIES)
+    while pending:
+        module = pending.pop()
+        path = source(module)
+        if module in found or path is None:
+            continue
+        found[module] = path
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        pending += [module.rsplit(".", depth)[0] for depth in range(1, module.count(".") + 1)]  # its packages
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package the module is in
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *base.split(".")])
+                    base = base.rstrip(".")
+                pending += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return sorted(set(found.values()))
+
+
+@functools.cache  # the code a process runs is the code it loaded
+def training_code() -> dict[str, Any]:
+    """A fingerprint of the code that trains: SHA-256 over the `training_files`, each named by its path below the
+    package's parent folder. Two runs with equal fingerprints were trained by the same code, whatever the rest of
+    the suite (tables, plots) was at the time, and wherever the suite was installed."""
+    digest = hashlib.sha256()
+    files = training_files()
+    for path in files:
+        digest.update(path.relative_to(PACKAGE_DIR.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"training_sha256": digest.hexdigest(), "training_files": len(files)}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -175,6 +232,7 @@ class RunRecord:
             "config": dict(config),
             "config_keys": declared_keys(),
             "git": dict(git_commit()),
+            "code": dict(training_code()),
             "packages": package_versions(),
             "hardware": hardware(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),

@@ -39,6 +39,8 @@ MAIN_METRICS = (("test_loss_full", "lower"), ("val_loss_full", "lower"), ("val_l
 COMPARED_TOO = ("train_loss", "val_rise")
 LABEL_NAMES = {"arch.name": "arch"}  # as a user types it
 
+# experiment.<this> = true: a configuration `board add --accept-code` joined to a board, trained by other code.
+ADDED_WITH_OTHER_CODE = "added_with_other_code"
 STAGING = ".runs-"  # collect --out builds the new copy of the records beside the old one, then swaps them
 
 
@@ -158,6 +160,11 @@ class Configuration:
     @property
     def iso_baseline(self) -> bool:
         return bool(self.description.get("iso_baseline"))
+
+    @property
+    def other_code(self) -> bool:
+        """Joined to a board by `board add --accept-code`: trained by other code than the board's records."""
+        return any(((r.get("config") or {}).get("experiment") or {}).get(ADDED_WITH_OTHER_CODE) for r in self.records)
 
     @property
     def iso_compute(self) -> bool:
