@@ -279,7 +279,7 @@ def table_rows(configurations: Sequence[Configuration], iso: bool = False, margi
              ] if any(c.other_code for c in configurations) else []  # fmt: skip
     marks += (
         [
-            f"{LOWER_POWER} marks seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
+            f"{LOWER_POWER} fewer seeds than the table's most ({most_seeds}): lower power; each verdict's detectable "
             "effect says how much lower."
         ]
         if lower(*configurations)
