@@ -30,7 +30,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_has_a_board_readme_and_page_per_configuration_with_plotly_written_once(site):
     groups = by_model(pretraining(find_configurations([BOARD / "runs"])))
-    pages = sorted(p.name for p in (site / "leaderboard" / "config").iterdir())
+    pages = sorted(p.name for p in (site / "leaderboard" / "config").glob("*.html"))
     assert len(pages) == sum(len(group) for group in groups.values())
     assert [p.name for p in site.rglob("plotly*.js")] == ["plotly.min.js"]
     board = (site / "leaderboard" / "index.html").read_text()
@@ -50,8 +50,11 @@ def test_a_configuration_page_states_its_command_and_each_run(site):
     page = (site / "leaderboard" / "config" / f"{slug(label)}.html").read_text()
     seeds = ",".join(str(r["seed"]) for r in configuration.records)
     assert f"python train.py -m experiment=leaderboard scale=cpu {label.replace(',', ' ')} seed={seeds}" in page
-    for record in configuration.records:
+    for index, record in enumerate(configuration.records):
         assert f"{record['metrics']['val_loss_full']:.4f}" in page
+        copy = f"{slug(label)}/run-{index}-seed={record['seed']}.json"  # each run's record, linked from its row
+        assert f'<a href="{copy}">run.json</a>' in page
+        assert json.loads((site / "leaderboard" / "config" / copy).read_text())["metrics"] == record["metrics"]
     assert "plotly-graph-div" in page  # its curves
 
 
@@ -122,7 +125,7 @@ def test_the_board_in_a_browser_has_its_rows_sorts_filters_and_plots(site, page)
 
 @pytest.mark.slow
 def test_every_kind_of_page_opens_without_a_console_error(site, page):
-    config = next((site / "leaderboard" / "config").iterdir())
+    config = next((site / "leaderboard" / "config").glob("*.html"))
     for path in (site / "index.html", site / "leaderboard" / "readme.html", config):
         page.goto(path.as_uri())
         page.wait_for_load_state("load")

@@ -277,13 +277,19 @@ class Site:
                 "runs": sum(len(c.records) for c in configurations)}  # fmt: skip
 
     def configuration(self, name: str, row: Row, values: dict[str, Any]) -> None:
+        """Its page, and beside it a copy of each of its run records, which the page links."""
         configuration = row.configuration
         metrics = configuration.metrics()
-        runs = [{"seed": r.get("seed"), "status": r.get("status"),
-                 "values": [_number(r.get("metrics", {}).get(m)) for m in metrics]}
-                for r in configuration.records + configuration.failed]  # fmt: skip
+        folder = Path(row.page).with_suffix("")
+        runs = []
+        for index, record in enumerate(configuration.records + configuration.failed):
+            copy = folder / f"run-{index}-seed={record.get('seed')}.json"
+            (self.out / name / copy).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(record["_path"], self.out / name / copy)
+            runs.append({"seed": record.get("seed"), "status": record.get("status"), "record": copy.name,
+                         "values": [_number(record.get("metrics", {}).get(m)) for m in metrics]})  # fmt: skip
         self.write(f"{name}/{row.page}", "configuration.html", row=row, command=command(configuration),
-                   metrics=metrics, runs=runs, curves=curves(configuration), **values)  # fmt: skip
+                   slug=folder.name, metrics=metrics, runs=runs, curves=curves(configuration), **values)  # fmt: skip
 
 
 def _number(value: Any) -> str:
