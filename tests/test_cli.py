@@ -257,7 +257,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     listed = capsys.readouterr().out
     choices = re.search(r"\{([a-z,]+)\}", listed).group(1).split(",")  # argparse's list of the commands
-    assert choices == ["train", "params", "compare", "collect", "power", "upgrade", "convert", "generate", "infer",
-                       "export", "data"]  # fmt: skip
+    assert choices == ["train", "params", "compare", "collect", "power", "site", "board", "upgrade", "convert",
+                       "generate", "infer", "export", "data"]  # fmt: skip
     for command in choices:  # each with its help line
         assert re.search(rf"^\s+{command}\s+\S", listed, re.MULTILINE), command
