@@ -188,7 +188,7 @@ def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llam
     """task=pretrain from a Llama folder with its own tokenizer, converted in the same run or not: the saved
     model keeps its (converted) sharing, reloads, and has trained (its weights moved, its validation loss fell)."""
     from sharebench.checkpoint import converted_model
-    from sharebench.config import compose
+    from sharebench.config import compose, unique_parameters
     from sharebench.tasks import run_task
 
     overrides = llama_task(nano_overrides, llama_folder, "arch=llama", *conversion, "trainer.max_steps=6",
@@ -201,6 +201,7 @@ def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llam
     assert healed.sharing_name == before.sharing_name == record["sharing"]["name"]
     assert healed.parameter_counts().unique == before.parameter_counts().unique == record["parameters"]["unique"]
     assert record["sharing"].get("conversion", {}).get("to") == to
+    assert record["unshared_parameters"] == unique_parameters(before.config)  # the checkpoint's shape, unshared
     assert not torch.equal(healed.transformer.blocks[0].ffn.up.weight, before.transformer.blocks[0].ffn.up.weight)
     history = record["metrics"]["val_history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]

@@ -112,6 +112,15 @@ def test_a_second_version_record_gains_what_its_keys_are():
     assert upgrade(upgraded) == upgraded
 
 
+def test_a_third_version_run_from_a_checkpoint_drops_the_unshared_size_of_its_config():
+    """Version 3 recorded a run from a checkpoint the unshared size of its config's own shape (arch=llama's default
+    while it trained SmolLM2): not the model's, so not read; a run trained from scratch keeps its count."""
+    third = {"schema_version": 3, "status": "completed", "unshared_parameters": 10,
+             "config": {"seed": 0, "pretrained": "model.gguf"}}  # fmt: skip
+    assert "unshared_parameters" not in upgrade(third)
+    assert upgrade({**third, "config": {"seed": 0, "pretrained": None}})["unshared_parameters"] == 10
+
+
 def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tmp_path, capsys):
     old, newer = tmp_path / "runs" / "old", tmp_path / "runs" / "newer"
     old.mkdir(parents=True), newer.mkdir(parents=True)

@@ -398,7 +398,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
         data={"name": spec.data.name, "fingerprint": data.fingerprint()},
         tokenizer=data.tokenizer.describe(),
         parameters=counts.to_dict(),
-        unshared_parameters=unique_parameters(model_config(spec, data.vocab_size)),
+        # The shape trained without sharing: the checkpoint's (as converted) where it comes from one.
+        unshared_parameters=unique_parameters(model.config if spec.pretrained else model_config(spec, data.vocab_size)),
         flops_per_token=flops,
         tokens={split: len(stream) for split, stream in data.streams.items()},
         unigram_val_loss=data.unigram_loss(),

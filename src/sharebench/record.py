@@ -37,8 +37,10 @@ RECORD_NAME = "run.json"
 SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside the pretraining run's record
 # The record's schema. 1: records without the field, which name the files of the machine they ran on (and the
 # oldest have no `compute`); 2: records name files relative to their output root; 3: records state the role of
-# their config's keys (`config_keys`). `upgrade` reads any version.
-SCHEMA_VERSION = 3
+# their config's keys (`config_keys`); 4: a pretraining run from a checkpoint records as `unshared_parameters` the
+# checkpoint's shape without sharing (version 3 recorded the config's own size there, so `upgrade` drops it).
+# `upgrade` reads any version.
+SCHEMA_VERSION = 4
 # The roles of config keys (spec.Role) that tell what a run computes: a folder holds one configuration of them.
 IDENTITY_ROLES = ("result", "scheme", "replicate")
 
@@ -391,6 +393,8 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
             record["compute"] = compute
     if version < 3 and "config" in record:  # what versions 1 and 2 declared about keys, this version declares
         record = {**record, "config_keys": declared_keys()}
+    if version < 4 and (record.get("config") or {}).get("pretrained"):  # the config's size, not the checkpoint's
+        record = {key: value for key, value in record.items() if key != "unshared_parameters"}
     return {"schema_version": SCHEMA_VERSION} | {key: value for key, value in record.items() if key != "schema_version"}
 
 
