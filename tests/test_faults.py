@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,10 +218,15 @@ def test_a_signal_stops_the_run_at_a_step_and_the_same_command_resumes(signum, a
     folder = run_dir(output_root)
     checkpoint = folder / "checkpoints" / "last.ckpt"
     assert f"checkpoint saved in {checkpoint}; the same command resumes" in said.err + said.out
-    assert record_of(output_root)["status"] == "interrupted" and not leftovers(output_root)
+    stopped = record_of(output_root)
+    assert stopped["status"] == "interrupted" and not leftovers(output_root)
+    began = time.perf_counter()
     assert start(argv) == 0
+    second = time.perf_counter() - began
     again = record_of(output_root)
     assert again["status"] == "completed" and again["metrics"]["steps"] == STEPS
+    # The whole run's time: its first start's, then the second's (less the setup before its run began).
+    assert stopped["wall_time_s"] < again["wall_time_s"] < stopped["wall_time_s"] + second
     assert again["metrics"]["val_history"] == record_of(whole)["metrics"]["val_history"]
     assert again["metrics"]["val_loss_full"] == record_of(whole)["metrics"]["val_loss_full"]
     assert curve(output_root) == curve(whole)

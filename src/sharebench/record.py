@@ -221,9 +221,10 @@ def hardware() -> dict[str, Any]:
 class RunRecord:
     """Collects a run's facts and writes them to <run>/run.json; `write` is safe to call at any point."""
 
-    def __init__(self, config: Mapping[str, Any], run_dir: Path) -> None:
+    def __init__(self, config: Mapping[str, Any], run_dir: Path, earlier_seconds: float = 0.0) -> None:
         self.path = Path(run_dir) / RECORD_NAME
         self.started = time.time()
+        self.earlier_seconds = earlier_seconds  # a resumed run's wall time counts its earlier starts
         self.unwritten: OSError | None = None  # why the last write failed, where one did (a full disk)
         self.roots = record_roots(config, run_dir)
         self.data: Record = {
@@ -260,7 +261,7 @@ class RunRecord:
             self.data["status"] = "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
             self.data["error"] = f"{type(error).__name__}: {error}"
             self.data["traceback"] = "".join(traceback.format_exception(error))
-        self.data["wall_time_s"] = round(time.time() - self.started, 3)
+        self.data["wall_time_s"] = round(self.earlier_seconds + time.time() - self.started, 3)
         # The whole process (libraries, data, heap): kept apart from what the model itself needs (`memory`).
         self.data.setdefault("memory", {})["process_peak_rss_bytes"] = process_peak_rss_bytes()
         if torch.cuda.is_available():
@@ -519,7 +520,7 @@ def run_once(config: Mapping[str, Any], run_dir: Path, body: Callable[[RunRecord
             check_same_config(run_dir, config, ignores)
             if previous := finished_record(run_dir):
                 return previous, False
-            record = RunRecord(config, run_dir)
+            record = RunRecord(config, run_dir, earlier_seconds(run_dir))
             with record:
                 body(record)
     except Exception as error:  # a fault of the machine becomes one line; anything else keeps its traceback
@@ -540,6 +541,15 @@ def mark_stale_record(run_dir: Path) -> None:
     if (run_dir / RECORD_NAME).exists() and (stale := read_record(run_dir)).get("status") == "running":
         atomic_write_json(run_dir / RECORD_NAME, stale | {"status": "interrupted", "error": STALE})
         print(f"{run_dir / RECORD_NAME} said running, but no process held the run: marked interrupted")
+
+
+def earlier_seconds(run_dir: Path) -> float:
+    """The wall time the run's earlier starts recorded (an interrupted or failed start writes its own, which
+    includes the starts before it): a resumed run's `wall_time_s` is its whole time. A start killed before it
+    could write one (SIGKILL) left none: its time is not counted."""
+    if not (run_dir / RECORD_NAME).exists():
+        return 0.0
+    return float(read_record(run_dir).get("wall_time_s") or 0.0)
 
 
 def finished_record(run_dir: Path) -> dict[str, Any] | None:
