@@ -4,6 +4,7 @@ the board's records stay as they were, and joining is refused where the result w
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,20 @@ def records(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("run.json")}
 
 
-@pytest.fixture
-def board(tmp_path, cache_dir) -> Path:
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, cache_dir) -> Path:
     """A board of the unshared GPT and gqa beside its iso-parameter twin, 2 seeds each."""
-    sweep(tmp_path / "runs", cache_dir, "sharing=none,gqa", "iso_baseline=false")
-    sweep(tmp_path / "runs", cache_dir, "sharing=gqa", "iso_baseline=true")
-    collect([tmp_path / "runs"], tmp_path / "board")
-    return tmp_path / "board"
+    folder = tmp_path_factory.mktemp("made")
+    sweep(folder / "runs", cache_dir, "sharing=none,gqa", "iso_baseline=false")
+    sweep(folder / "runs", cache_dir, "sharing=gqa", "iso_baseline=true")
+    collect([folder / "runs"], folder / "board")
+    return folder / "board"
+
+
+@pytest.fixture
+def board(made, tmp_path) -> Path:
+    """A copy of the board for a test to change: the board holds its records' copies, not the runs' folders."""
+    return Path(shutil.copytree(made, tmp_path / "board"))
 
 
 def test_the_training_code_is_what_a_run_imports_and_the_schemes():
