@@ -29,7 +29,7 @@ from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
 from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
 from sharebench.sharing import AttentionSharing, scheme_class
-from sharebench.sharing.gqa import GroupedQuery
+from sharebench.sharing.gqa import GroupedQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
 from sharebench.spec import Convert, SharingSpec
 from sharebench.tokenizer import TOKENIZER_FILES, gguf_tokenizer
@@ -103,9 +103,8 @@ def checkpoint_sharing(folder: str | Path, model: LanguageModel) -> dict[str, An
     if spec_path.is_file():
         return spec_sharing(json.loads(spec_path.read_text()))
     qkv = model.transformer.blocks[0].attn.qkv
-    if isinstance(qkv, GroupedQuery):
-        return stored_scheme(qkv.name, 1 - qkv.n_kv_heads / qkv.n_heads if qkv.ratio_range else None)
-    return SEPARATE
+    scheme, ratio = scheme_for_kv_heads(getattr(qkv, "n_kv_heads", qkv.n_heads), qkv.n_heads)
+    return stored_scheme(scheme.name, ratio)
 
 
 def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:

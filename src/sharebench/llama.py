@@ -19,7 +19,7 @@ import torch
 from sharebench.errors import ConfigError
 from sharebench.layers import Unshared
 from sharebench.model import LanguageModel, ModelConfig
-from sharebench.sharing.gqa import GroupedQuery, MultiQuery
+from sharebench.sharing.gqa import GroupedQuery, MultiQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
 
 # Hugging Face LlamaForCausalLM parameter names → this suite's, per layer where {i} appears. The query, key and
@@ -78,13 +78,8 @@ def model_config(hf: Mapping[str, Any], source: str) -> tuple[ModelConfig, int]:
 def from_state(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str) -> LanguageModel:
     """The `arch=llama` model of a Hugging Face Llama config and its weights (by Hugging Face's names)."""
     cfg, kv_heads = model_config(hf, source)
-    if kv_heads == cfg.n_heads:
-        sharing, name = Separate, Separate.name
-    elif kv_heads == 1:
-        sharing, name = MultiQuery, MultiQuery.name
-    else:
-        sharing, name = partial(GroupedQuery, ratio=1 - kv_heads / cfg.n_heads), GroupedQuery.name
-    model = LanguageModel(cfg, sharing, name, Unshared())
+    scheme, ratio = scheme_for_kv_heads(kv_heads, cfg.n_heads)
+    model = LanguageModel(cfg, scheme if ratio is None else partial(scheme, ratio=ratio), scheme.name, Unshared())
     converted, used = {}, set()
     for layer in range(cfg.n_layers):
         names = [QKV.format(i=layer, role=role) for role in "qkv"]

@@ -71,3 +71,15 @@ class MultiQuery(GroupedQuery):
     name = "mqa"
     ratio_range = None
     default_ratio = None
+
+
+def scheme_for_kv_heads(kv_heads: int, n_heads: int) -> tuple[type[AttentionSharing], float | None]:
+    """The scheme that stores G = `kv_heads` key/value heads for H = `n_heads` query heads (a Llama checkpoint's),
+    with its ratio: separate Q/K/V at G = H, MQA at G = 1, else GQA at 1 − G/H."""
+    from sharebench.sharing.none import Separate
+
+    if kv_heads == n_heads:
+        return Separate, None
+    if kv_heads == 1:
+        return MultiQuery, None
+    return GroupedQuery, 1 - kv_heads / n_heads
