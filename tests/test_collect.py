@@ -289,6 +289,8 @@ def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budge
         reference = next(row for row in table.rows if row[verdicts] == "reference")
         assert "drop_layers" not in reference[0] and "postshare_ratio=0.3" not in reference[0]
         assert all(row[verdicts].startswith("worse") for row in table.rows if row is not reference)
+    healed = made["table-llama-healed_16_steps"]  # PostShare is named so, not by the checkpoint's grouped heads
+    assert sorted(row[healed.header.index("sharing")] for row in healed.rows) == ["gqa", "gqa", "postshare"]
 
 
 COMMITTED = sorted(p.parent.name for p in (PROJECT_ROOT / "results").glob("*/runs") if (p.parent / "table.md").exists())

@@ -51,8 +51,10 @@ def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
     layers = scheme.get("layers") or {}
     if (scheme.get("conversion") or {}).get("to") == "drop_layers":  # the layers it keeps: a share of them dropped
         layers = {"name": "drop_layers", "ratio": scheme["conversion"]["ratio"]}
-    return {"sharing": scheme.get("name"), "ratio": scheme.get("ratio"), "layers": layers.get("name", "none"),
-            "layers.ratio": layers.get("ratio")}  # fmt: skip
+    name, ratio = scheme.get("name"), scheme.get("ratio")
+    if (postshare := (record.get("config") or {}).get("postshare_ratio")) is not None:  # trained, then heads shared
+        name, ratio = "postshare", postshare
+    return {"sharing": name, "ratio": ratio, "layers": layers.get("name", "none"), "layers.ratio": layers.get("ratio")}
 
 
 def description(record: dict[str, Any]) -> dict[str, Any]:
