@@ -81,11 +81,11 @@ def loaded_sharing(model: LanguageModel, folder: str | Path, conversion: Mapping
                    stored: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What a run records as the sharing of a model loaded from `folder`: converted (`conversion`, the run's
     `convert`), its conversion, with the within-layer scheme at the conversion's ratio where the conversion sets
-    it (headwise, gqa) and at the checkpoint's (`stored`, as `pretrained_model` gives it) where it changes the
-    layers (recursive_lora, mlkv, drop_layers); else the sharing its pretraining run recorded (iso-parameter baselines
-    keep the configuration they match), or for other checkpoints the scheme the checkpoint stores."""
+    it (`convert.CONVERSIONS`) and at the checkpoint's (`stored`, as `pretrained_model` gives it) where it changes
+    the layers; else the sharing its pretraining run recorded (iso-parameter baselines keep the configuration they
+    match), or for other checkpoints the scheme the checkpoint stores."""
     if conversion:
-        within = conversion["ratio"] if conversion["to"] in ("headwise", "gqa") or stored is None else stored["ratio"]
+        within = conversion["ratio"] if CONVERSIONS[conversion["to"]] or stored is None else stored["ratio"]
         return SharingSpec.of(model.sharing_name, within, model.layers.describe(),
                               pretrained=str(folder), conversion=dict(conversion)).to_record()  # fmt: skip
     record = Path(folder) / RECORD_NAME

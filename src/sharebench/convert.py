@@ -41,7 +41,9 @@ from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 
-CONVERSIONS = ("headwise", "gqa", "recursive_lora", "mlkv", "drop_layers")
+# Each conversion, and whether it sets the within-layer scheme's ratio (the others change the layers and keep the
+# checkpoint's within-layer scheme at its own ratio).
+CONVERSIONS = {"headwise": True, "gqa": True, "recursive_lora": False, "mlkv": False, "drop_layers": False}
 
 HeadId = tuple[int, int]  # (layer, head)
 
