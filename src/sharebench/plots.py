@@ -141,12 +141,13 @@ def even_cuts(sizes: Sequence[int], room: int) -> tuple[int, ...]:
 
 
 def curve_bands(configuration: Configuration, key: str) -> tuple[list[int], list[float], list[float]]:
-    """Steps, mean and CI half-width of one curve over the seeds that recorded every step."""
+    """Steps, mean and CI half-width of one curve over the seeds that recorded every step. A run that validated
+    twice at one step (PostShare: before and after sharing its heads) counts there with its last value."""
     per_step: dict[int, list[float]] = {}
     for record in configuration.records:
-        for entry in record.get("metrics", {}).get("val_history", []):
-            if key in entry:
-                per_step.setdefault(int(entry["step"]), []).append(float(entry[key]))
+        history = record.get("metrics", {}).get("val_history", [])
+        for step, value in {int(entry["step"]): float(entry[key]) for entry in history if key in entry}.items():
+            per_step.setdefault(step, []).append(value)
     steps = sorted(per_step)
     stats = [mean_ci(per_step[s]) for s in steps]
     return steps, [m for m, _ in stats], [h or 0.0 for _, h in stats]
