@@ -46,8 +46,8 @@ from sharebench.results import (
 )
 from sharebench.spec import RunSpec
 
-# What `board add` decides itself: the twins and where the runs go.
-DECIDED = ("iso_baseline", "iso_compute", "output_root", "hydra.sweeper.grids")
+# Where the runs go, which `board add` decides itself (as it does the twins: a spec that names one is refused).
+DECIDED = ("output_root", "hydra.sweeper.grids")
 
 
 def recipe_of(configurations: Sequence[Configuration]) -> list[str]:
@@ -119,8 +119,7 @@ def add(board: str | Path, overrides: Sequence[str], runs: str | Path, accept_co
     board, runs = Path(board), Path(runs).resolve()
     if not (board / "runs").is_dir():
         raise ConfigError(f"board add: {board} has no runs/ folder; give a board `sharebench collect --out` wrote")
-    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in DECIDED]
-    if given:
+    if given := [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in DECIDED]:
         raise ConfigError(f"board add: {' '.join(given)}: board add chooses the twins and where runs go itself; "
                           f"give the configuration only (and `seed=` to change its seeds)")  # fmt: skip
     configurations = pretraining(find_configurations([board / "runs"]))
@@ -129,7 +128,11 @@ def add(board: str | Path, overrides: Sequence[str], runs: str | Path, accept_co
     if len(swept) != 1:
         raise ConfigError("board add: give one configuration (no comma-separated values but `seed=`)")
     run = [o for o in swept[0] if not o.startswith("seed=")]
-    shared = validate(compose([*run, "iso_baseline=false"]), data=False)
+    shared = validate(compose(run), data=False)
+    if shared.iso_baseline or shared.iso_compute:
+        named = " ".join(o for o in run if o.lstrip("+~").startswith("iso_"))
+        raise ConfigError(f"board add: {named}: board add chooses the twins and where runs go itself; give the "
+                          f"shared configuration only")  # fmt: skip
     arch = [c for c in configurations if c.arch == shared.arch.name]
     base = reference(arch)
     if base is None:
