@@ -131,14 +131,14 @@ class HeadwiseOut(nn.Module):
         return sum(h.weight.numel() for h in self.heads)
 
 
-def _require_headwise_source(model: nn.Module) -> None:
+def _require_plain_layers(model: nn.Module, conversion: str) -> None:
+    """A conversion that reads each layer's own query/key/value rows: separate or grouped Q/K/V, no layer shared."""
     blocks = list(model.transformer.blocks)
     if len({id(b) for b in blocks}) != len(blocks) or not all(type(b.attn.qkv) in (Separate, GroupedQuery)
                                                                for b in blocks):  # fmt: skip
-        raise ConfigError(
-            f"convert --to headwise needs a model with separate or grouped Q/K/V (sharing=none, gqa or mqa) and no "
-            f"cross-layer sharing; this one has sharing={model.sharing_name}, layers={model.layers.name}"
-        )
+        raise ConfigError(f"convert --to {conversion} needs a model with separate or grouped Q/K/V (sharing=none or "
+                          f"gqa) and no cross-layer sharing; this one has sharing={model.sharing_name}, "
+                          f"layers={model.layers.name}")  # fmt: skip
 
 
 def kv_heads(model: nn.Module) -> int:
@@ -160,7 +160,7 @@ def head_weights(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor,
 def select_shared_heads(model: nn.Module, ratio: float) -> dict[HeadId, HeadId]:
     """DirectShare's choice: which heads reuse which, for the top int(r·L·G) heads by best-match similarity."""
     ratio = checked_ratio("headwise", "ratio", ratio, HeadwiseRatio)
-    _require_headwise_source(model)
+    _require_plain_layers(model, "headwise")
     heads = [(layer, head) for layer in range(model.config.n_layers) for head in range(kv_heads(model))]
     with torch.no_grad():
         vectors = torch.stack([torch.cat([w.flatten() for w in head_weights(model, *h)[:2]]) for h in heads])
@@ -185,7 +185,7 @@ def share_heads(model: nn.Module, sources: dict[HeadId, HeadId]) -> nn.Module:
     """Rebuild the attention of a model with separate or grouped Q/K/V from per-head modules, each head in
     `sources` holding its source head's modules (its own weights are dropped). Returns the model, changed in
     place."""
-    _require_headwise_source(model)
+    _require_plain_layers(model, "headwise")
     cfg = model.config
     width, groups = cfg.dim // cfg.n_heads, kv_heads(model)
     queries = cfg.n_heads // groups
@@ -229,16 +229,6 @@ def similarity_penalty(model: nn.Module, sources: dict[HeadId, HeadId]) -> torch
         for mine, theirs in zip(head_weights(model, *receiver), head_weights(model, *source), strict=True)
     ]
     return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def _require_plain_layers(model: LanguageModel, conversion: str) -> None:
-    """A conversion that reads each layer's own query/key/value rows: separate or grouped Q/K/V, no layer shared."""
-    blocks = list(model.transformer.blocks)
-    if len({id(b) for b in blocks}) != len(blocks) or not all(type(b.attn.qkv) in (Separate, GroupedQuery)
-                                                               for b in blocks):  # fmt: skip
-        raise ConfigError(f"convert --to {conversion} needs a model with separate or grouped Q/K/V (sharing=none or "
-                          f"gqa) and no cross-layer sharing; this one has sharing={model.sharing_name}, "
-                          f"layers={model.layers.name}")  # fmt: skip
 
 
 def mlkv_sources(n_layers: int, ratio: float) -> list[int]:
