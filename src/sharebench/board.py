@@ -81,10 +81,11 @@ def differences(planned: dict[str, Any], base: dict[str, Any]) -> list[str]:
     of the suite that added or dropped one) are not compared, as a run's folder is not."""
     chooses = stated_keys(base)["sharing"]
     mine, theirs = description(planned), description(base)
-    return [f"{key}={label_value(mine[key])} here, {label_value(theirs[key])} on the board"
-            for key in sorted(mine.keys() & theirs.keys())
-            if mine.get(key) != theirs.get(key) and not under(chooses, key)
-            and key not in ("sharing", "ratio", "layers", "layers.ratio")]  # fmt: skip
+    return [
+        f"{key}={label_value(mine[key])} here, {label_value(theirs[key])} on the board"
+        for key in sorted(mine.keys() & theirs.keys())
+        if mine[key] != theirs[key] and not under(chooses, key)
+    ]
 
 
 def code_differences(configurations: Sequence[Configuration]) -> list[str]:
@@ -148,17 +149,16 @@ def add(board: str | Path, overrides: Sequence[str], runs: str | Path, accept_co
         raise ConfigError(f"board add: the training code here may not be the board's ({'; '.join(code)}); "
                           f"--accept-code adds the configuration anyway, marked in its table")  # fmt: skip
 
-    twins = [["iso_baseline=false"]]
+    planned = {("iso_baseline=false",): shared}  # each run the configuration needs, with its spec
     if shared.shares.scheme != "none" or shared.shares.layers != "none":
-        twins.append(["iso_baseline=true"])
-        twin = validate(compose([*run, "iso_baseline=true"]), data=False)
+        twin = planned[("iso_baseline=true",)] = validate(compose([*run, "iso_baseline=true"]), data=False)
         if flops_per_token(shared) > flops_per_token(twin) * (1 + ISO_COMPUTE_TOLERANCE):
-            twins.append(["iso_baseline=true", "iso_compute=true"])
+            twin_overrides = ("iso_baseline=true", "iso_compute=true")
+            planned[twin_overrides] = validate(compose([*run, *twin_overrides]), data=False)
     on_board = {json.dumps(c.description, sort_keys=True, default=str) for c in configurations}
     needed, lines = [], []
-    for twin_overrides in twins:
-        planned = planned_record(validate(compose([*run, *twin_overrides]), data=False), runs)
-        if json.dumps(description(planned), sort_keys=True, default=str) in on_board:
+    for twin_overrides, spec in planned.items():
+        if json.dumps(description(planned_record(spec, runs)), sort_keys=True, default=str) in on_board:
             lines.append(f"on the board already: {' '.join(twin_overrides)}")
         else:
             needed.append(twin_overrides)
