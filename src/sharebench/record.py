@@ -7,6 +7,7 @@ import ast
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import platform
 import subprocess
@@ -154,10 +155,7 @@ def training_files() -> list[Path]:
             if isinstance(node, ast.Import):
                 pending += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: from the package the module is in
-                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *base.split(".")])
-                    base = base.rstrip(".")
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
                 pending += [base, *(f"{base}.{alias.name}" for alias in node.names)]
     return sorted(set(found.values()))
 
