@@ -90,6 +90,18 @@ def test_a_choice_the_defaults_make_anyway_names_no_folder():
     assert run_name(["~logger"]) == "~logger"
 
 
+def test_a_value_the_defaults_hold_anyway_names_no_folder():
+    """Item 6's values: `iso_baseline=false` or `optim.lr=5e-4` (conf/config.yaml's literal, however it is typed)
+    names no folder; a value the defaults reach through an interpolation stays named, since that interpolation may
+    read other overrides (the leaderboard's rate comes from its budget)."""
+    from sharebench.config import run_name
+
+    assert run_name(["iso_baseline=false", "optim.lr=0.0005"]) == run_name(["iso_compute=False"]) == "default"
+    assert run_name(["optim.lr=1e-3", "iso_baseline=false", "sharing=mqa"]) == "sharing=mqa,optim.lr=1e-3"
+    board = ["experiment=leaderboard", "arch=gpt", "data=wikipedia"]
+    assert run_name([*board, "optim.lr=0.001"]) == "experiment=leaderboard,arch=gpt,data=wikipedia,optim.lr=0.001"
+
+
 def test_lightnings_throughput_monitor_logs_tokens_and_flops_per_second(nano_cfg, tmp_path):
     """`callbacks=[throughput,lr_monitor]` adds Lightning's ThroughputMonitor and learning-rate monitor: tokens/s
     in the logger, and FLOP/s from the model's analytic FLOPs per batch (the run record's own figure)."""

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sharebench import glue
 from sharebench.convert import HeadwiseRatio
@@ -160,9 +160,9 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(spec.sharing, ratio=spec.ratio)(dim=size.dim, n_heads=size.n_heads, bias=spec.arch.qkv_bias)
     layers.check(size.n_layers)
-    if layers.replaces_attention and scheme is not Separate:
-        raise ConfigError(f"layers={layers.name} builds every layer's attention projections itself from separate "
-                          f"Q/K/V; it does not compose with sharing={scheme.name}: use sharing=none")  # fmt: skip
+    if layers.composes_with is not None and scheme.name not in layers.composes_with:
+        raise ConfigError(f"layers={layers.name} {layers.composes_why}; it does not compose with "
+                          f"sharing={scheme.name}: use sharing={' or '.join(layers.composes_with)}")  # fmt: skip
     ratio = scheme.resolve_ratio(spec.ratio, size.dim, size.n_heads)
     shares = SharingSpec.of(scheme.name, ratio, layers.describe())
     if spec.iso_baseline:
@@ -428,12 +428,14 @@ def defaults_in_effect(choices: Mapping[str, str]) -> dict[str, str]:
     return defaults
 
 
-def run_name(task_overrides: Sequence[str]) -> str:
+def run_name(task_overrides: Sequence[str], _root_: DictConfig | None = None) -> str:
     """A run's folder name: its overrides, the ones that tell runs apart first ('/' would nest folders);
-    no overrides means the defaults. A group's choice that the defaults make anyway names nothing, so the same
-    configuration is one folder (`python train.py` and `python train.py sharing=none`; a recipe's `scale=cpu`
-    given or not). A name too long for the file system keeps its start and ends in a hash of the whole (the
-    run's .hydra/overrides.yaml and run.json keep every override)."""
+    no overrides means the defaults. What the defaults make anyway names nothing, so the same configuration is one
+    folder: a group's choice (`python train.py` and `python train.py sharing=none`; a recipe's `scale=cpu` given or
+    not), and a value equal to the literal the defaults hold for it (`iso_baseline=false`). A value whose default
+    is an interpolation is named even where they agree, since the interpolation may read other overrides. A name
+    too long for the file system keeps its start and ends in a hash of the whole (the run's .hydra/overrides.yaml
+    and run.json keep every override). `_root_`: the composed config, as OmegaConf passes it to the resolver."""
 
     def key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
@@ -448,14 +450,47 @@ def run_name(task_overrides: Sequence[str]) -> str:
     given = {key(o): canonical(o) for o in task_overrides}
     choices = {name: override.partition("=")[2] for name, override in given.items() if "=" in override}
     defaults = defaults_in_effect(choices)
+    values = [name for name, override in given.items()
+              if name not in GROUPS and role_of(name) in NAMED and override[0] not in "+~"]  # fmt: skip
+    at_default = set()
+    if values:
+        chosen = tuple(override for name, override in given.items() if name not in values)
+        unset = composed_unresolved(chosen)
+        final = _root_ if _root_ is not None else compose(list(given.values()))
+        at_default = {name for name in values if literal_default(unset, name) == (OmegaConf.select(final, name),)}
 
     def named(name: str, override: str) -> bool:  # a group's own choice, or a value that changes the result
         if name in GROUPS:
             return defaults.get(name) != choices.get(name)
-        return role_of(name) in NAMED  # where it lives, how it reports and the seed are not
+        return role_of(name) in NAMED and name not in at_default  # where it lives, how it reports and the seed are not
 
     kept = sorted((o for name, o in given.items() if named(name, o)), key=lambda o: (naming_rank(key(o)), key(o), o))
     return folder_name(",".join(kept) or "default")
+
+
+def literal_default(config: DictConfig, key: str) -> tuple[Any, ...]:
+    """The value `key` holds in `config` as a one-element tuple where it is a literal; an empty one where it is an
+    interpolation, a container or absent."""
+    node = OmegaConf.select(config, key, default=None, throw_on_missing=False)
+    parent, _, leaf = key.rpartition(".")
+    holder = OmegaConf.select(config, parent) if parent else config
+    if node is None and (not isinstance(holder, DictConfig) or leaf not in holder):
+        return ()
+    if isinstance(node, DictConfig | ListConfig) or OmegaConf.is_interpolation(holder, leaf):
+        return ()
+    return (node,)
+
+
+@functools.lru_cache(maxsize=256)
+def composed_unresolved(overrides: tuple[str, ...]) -> DictConfig:
+    """The config of these overrides, interpolations unresolved: inside a running Hydra app through its own
+    search path (plugins' config folders included), else as `compose` does."""
+    from hydra import compose as hydra_compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=list(overrides))
+    return compose(overrides, with_hydra=True)
 
 
 def package_dir(package: str) -> str:
