@@ -46,10 +46,11 @@ def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
 
 def within_layer_for(layers: str) -> list[str]:
     """The within-layer scheme a cross-layer scheme is tested with: partial_qk at 0.5 (the two compose), none for
-    a scheme that builds its attention projections itself (masa)."""
+    a scheme that composes with a few only (masa builds its attention projections itself, basis compresses plain
+    ones)."""
     from sharebench.layers import LAYER_SCHEMES
 
-    return [] if LAYER_SCHEMES[layers].replaces_attention else ["sharing=partial_qk", "ratio=0.5"]
+    return [] if LAYER_SCHEMES[layers].composes_with is not None else ["sharing=partial_qk", "ratio=0.5"]
 
 
 def layers_for(scheme: str) -> list[str]:

@@ -277,7 +277,8 @@ LIMIT_CASES = {
     ),
     "an unknown conversion": (
         ["convert.to=bogus"],
-        "convert.to='bogus' is not valid; it must be one of headwise, gqa, recursive_lora, mlkv, drop_layers or null",
+        "convert.to='bogus' is not valid; it must be one of headwise, gqa, recursive_lora, mlkv, basis, drop_layers "
+        "or null",
     ),
     "attention larger than memory": (
         ["arch=gpt", "data=tinyshakespeare", "data.seq_len=100000"],

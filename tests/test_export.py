@@ -90,6 +90,21 @@ def test_every_scheme_exports_with_the_suites_logits_and_shared_tensors_once(arc
             torch.testing.assert_close(theirs[keep], ours[keep], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_a_basis_sharing_conversion_exports_with_the_suites_logits(arch, trained, tmp_path):
+    """Issue 48, item 4: a trained GPT or Llama converted by `convert --to basis`, then exported, computes in
+    transformers what it computes in the suite; its shared bases are stored once."""
+    from sharebench.checkpoint import convert_checkpoint
+
+    model = convert_checkpoint(trained[arch], tmp_path / "basis", "basis", 0.3, group=2).eval()
+    info = export(tmp_path / "basis", tmp_path / "hf")
+    assert info["trust_remote_code"] and info["stored_parameters"] == model.parameter_counts().unique
+    hf = loaded(tmp_path / "hf", info, causal=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_exported_tokenizer_encodes_as_the_run_did(arch, trained, tmp_path):
     from sharebench.tokenizer import load_run_tokenizer

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import get_class
 
-from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained
+from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained, stored_scheme
 from sharebench.config import build_model, compose
 from sharebench.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
 from sharebench.errors import ConfigError
@@ -370,3 +370,63 @@ def test_mlkv_groups_share_one_set_of_keys_and_values_and_its_cache():
 def test_a_kv_map_that_reads_a_later_layer_or_a_reader_or_misses_layers_is_refused(sources, refusal):
     with pytest.raises(ConfigError, match=refusal):
         gpt_model("size.n_layers=4", "layers=kv_sources", f"layers.sources={sources}")
+
+
+def paper_rank(ratio: float, layers: int, d_in: int, d_out: int) -> int:
+    """Basis Sharing's `compute_num_basis` (its utils.py): ⌊d_in·d_out·n·(1 − r) / (d_in + d_out·n)⌋."""
+    return int((d_in * d_out * layers * (1 - ratio)) // (d_in + d_out * layers))
+
+
+def test_basis_sharing_stores_a_basis_per_group_and_role_and_coefficients_per_layer():
+    """At L = 6 in groups of 2 and r = 0.5: per group, Q, K, V (D × D each) and the FFN's up projection (F × D)
+    each store one k × D basis and two layers' coefficients (the paper's shared roles); the output and down
+    projections store a basis and coefficients per layer; biases and norms stay. A within-layer scheme other
+    than none or gqa, and a group longer than the model, are refused in one line."""
+    none = counts()
+    basis = counts("layers=basis", "layers.ratio=0.5")
+    shared_qkv, shared_up = paper_rank(0.5, 2, D, D), paper_rank(0.5, 2, D, F)
+    own_out, own_down = paper_rank(0.5, 1, D, D), paper_rank(0.5, 1, F, D)
+    per_group = 3 * shared_qkv * (D + 2 * D) + shared_up * (D + 2 * F)
+    per_layer = own_out * (D + D) + own_down * (F + D)
+    weights = L * (4 * D * D + 2 * D * F)
+    assert basis.unique == none.unique - weights + (L // 2) * per_group + L * per_layer
+    model = build_model(spec_of([*SIZE, "layers=basis", "layers.ratio=0.5"]), VOCAB)
+    blocks = model.transformer.blocks
+    assert blocks[0].attn.qkv.proj.bases[0] is blocks[1].attn.qkv.proj.bases[0]
+    assert blocks[1].attn.qkv.proj.bases[0] is not blocks[2].attn.qkv.proj.bases[0]
+    assert blocks[0].attn.out.bases[0] is not blocks[1].attn.out.bases[0]
+    assert counts("layers=basis", "layers.group=4").unique > counts("layers=basis", "layers.group=1").unique - L * D
+    refused = "layers=basis compresses plain query/key/value projections; it does not compose with sharing=partial_qk"
+    with pytest.raises(ConfigError, match=f"{refused}: use sharing=none or gqa or mqa"):
+        counts("layers=basis", "sharing=partial_qk")
+    with pytest.raises(ConfigError, match="layers=basis: group=7 is more than the model's 6 layers"):
+        counts("layers=basis", "layers.group=7")
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_basis_conversion_is_each_groups_best_rank_k_approximation(arch, tmp_path):
+    """`convert --to basis`: each group's stacked query matrices (and the FFN's up projections) become their
+    truncated SVD, so the error left is exactly the norm of the singular values dropped (Eckart-Young); the
+    output projection is compressed per layer; the checkpoint reloads with the logits it was written with."""
+    from sharebench.layers.basis import rank_for
+
+    model = gpt_model(*([] if arch == "gpt" else ["arch=llama", "sharing=gqa"]), "size.n_layers=4")
+    save_pretrained(model, tmp_path / "source", SEPARATE if arch == "gpt" else stored_scheme("gqa", 0.5))
+    converted = convert_checkpoint(tmp_path / "source", tmp_path / "basis", "basis", 0.3, group=2).eval()
+    assert converted.layers.describe()["group"] == 2
+    for path, members in (("attn.qkv.proj", [0, 1]), ("ffn.up", [2, 3]), ("attn.out", [1])):
+        original = torch.cat([query_or_weight(model, layer, path) for layer in members]).double()
+        approximated = torch.cat([query_or_weight(converted, layer, path) for layer in members]).double()
+        rank = rank_for(0.3, len(members), original.size(1), original.size(0) // len(members))
+        dropped = torch.linalg.svdvals(original)[rank:]
+        torch.testing.assert_close(torch.linalg.matrix_norm(original - approximated), dropped.norm(), rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+    ids = torch.randint(0, 50, (2, 16))
+    assert torch.equal(logits(load_pretrained(tmp_path / "basis"), ids), logits(converted, ids))
+    assert converted.parameter_counts().unique < model.parameter_counts().unique
+
+
+def query_or_weight(model, layer: int, path: str) -> torch.Tensor:
+    """The query rows of a layer's fused projection, or the weight of another of its linear layers."""
+    block = model.transformer.blocks[layer]
+    return block.attn.qkv.role_weights()["q"][0] if path == "attn.qkv.proj" else block.get_submodule(path).weight

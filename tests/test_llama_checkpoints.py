@@ -216,7 +216,7 @@ def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint_and_healing_its_object
         validate(compose(llama_task(nano_overrides, llama_folder)))
 
 
-@pytest.mark.parametrize("to", ["headwise", "recursive_lora", "mlkv", "drop_layers"])
+@pytest.mark.parametrize("to", ["headwise", "recursive_lora", "mlkv", "basis", "drop_layers"])
 def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path):
     """DirectShare treats a key/value head with its query heads as one head (at ratio 0 the logits are
     transformers'); recursive conversion at full rank and MLKV at ratio 0 compute what the original does; MLKV
@@ -242,6 +242,11 @@ def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path
         grouped = converted_model(tmp_path / "llama", to, 0.5)[0]  # layers 0-1 and 2-3 over one set of 2 heads
         kv = original.transformer.blocks[0].attn.qkv.role_weights()["k"][0]
         assert grouped.parameter_counts().unique == original.parameter_counts().unique - 2 * 2 * kv.numel()
+    elif to == "basis":  # the grouped key/value rows take a basis of their own, shared by layers 0-1 and 2-3
+        based = converted_model(tmp_path / "llama", to, 0.25)[0]
+        qkv = [block.attn.qkv.proj for block in based.transformer.blocks]
+        assert qkv[0].bases[1] is qkv[1].bases[1] and qkv[1].bases[1] is not qkv[2].bases[1]
+        assert based.parameter_counts().unique < original.parameter_counts().unique
     else:
         dropped = converted_model(tmp_path / "llama", to, 0.25)[0]
         assert dropped.config.n_layers == 3

@@ -22,7 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from sharebench import llama
-from sharebench.convert import CONVERSIONS, direct_share, drop_layers, share_heads, to_gqa, to_mlkv, to_recursive
+from sharebench.convert import (
+    CONVERSIONS,
+    direct_share,
+    drop_layers,
+    share_heads,
+    to_basis,
+    to_gqa,
+    to_mlkv,
+    to_recursive,
+)
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
@@ -260,7 +269,8 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
     return model
 
 
-def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) -> tuple[LanguageModel, dict]:
+def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8, group: int = 2
+                    ) -> tuple[LanguageModel, dict]:  # fmt: skip
     """The checkpoint in `source` with the new sharing, and the within-layer scheme it stores."""
     if to not in CONVERSIONS:
         raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
@@ -275,6 +285,8 @@ def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8) ->
         return drop_layers(model, ratio, scheme_factory(sharing)), sharing
     if to == "mlkv":
         return to_mlkv(model, ratio, scheme_factory(sharing)), sharing
+    if to == "basis":
+        return to_basis(model, ratio, group, scheme_factory(sharing)), sharing
     return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
 
 
@@ -287,15 +299,16 @@ def pretrained_model(source: Path, convert: Convert) -> tuple[LanguageModel, dic
     return model, checkpoint_sharing(source, model)
 
 
-def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8) -> LanguageModel:
+def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8, group: int = 2
+                       ) -> LanguageModel:  # fmt: skip
     """Convert the checkpoint in `source` and write it, with its tokenizer files and a run record of the
     conversion (its sharing, parameters and checkpoint), to `out`; returns the converted model as written."""
     source, out = Path(source), Path(out)
-    conversion = {"to": to, "ratio": ratio, "rank": rank}
+    conversion = {"to": to, "ratio": ratio, "rank": rank} | ({"group": group} if to == "basis" else {})
     config = {"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion}
 
     def convert(record: RunRecord) -> None:
-        converted, sharing = converted_model(source, to, ratio, rank)
+        converted, sharing = converted_model(source, to, ratio, rank, group)
         weights_bytes = save_pretrained(converted, out, sharing)
         if source.suffix == ".gguf":  # its tokenizer, as the converted folder's own
             gguf_tokenizer(source).save(out)

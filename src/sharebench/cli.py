@@ -189,10 +189,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "source", type=Path, help="a finished run's folder, a Hugging Face BERT or Llama folder, or a Llama .gguf file"
     )
     convert_parser.add_argument("out", type=Path, help="the folder the converted checkpoint is written to")
-    convert_parser.add_argument("--to", required=True,
-                                help="headwise (DirectShare) | gqa | recursive_lora | mlkv | drop_layers")  # fmt: skip
+    convert_parser.add_argument(
+        "--to", required=True, help="headwise (DirectShare) | gqa | recursive_lora | mlkv | basis | drop_layers"
+    )
     convert_parser.add_argument("--ratio", type=float, required=True, help="the share ratio of the new sharing")
     convert_parser.add_argument("--rank", type=int, default=8, help="recursive_lora: the rank of each LoRA")
+    convert_parser.add_argument("--group", type=int, default=2,
+                                help="basis: the consecutive layers that share a basis (within a task: 2)")  # fmt: skip
     generate_parser = commands.add_parser("generate", help="print text a trained decoder writes after a prompt")
     generate_parser.add_argument("run", type=Path, help="a finished run's folder (arch=gpt)")
     generate_parser.add_argument("--prompt", default="\n", help="the text to continue (default: a new line)")
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "convert":
             from sharebench.checkpoint import convert_checkpoint
 
-            model = convert_checkpoint(args.source, args.out, args.to, args.ratio, args.rank)
+            model = convert_checkpoint(args.source, args.out, args.to, args.ratio, args.rank, args.group)
             print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
             return
         if args.command == "power":

@@ -15,6 +15,8 @@
   layers, each attending over one set of key/value heads, the mean of the group's (MLKV uptrains from such a
   mean-pooled model as GQA does); the first layer of a group computes them, the others project queries only
   (`layers=kv_sources` with the groups' map).
+- `basis`: Basis Sharing (Wang et al. 2025): groups of consecutive layers share one basis per projection role,
+  each layer keeping its coefficients, from the truncated SVD of the group's stacked matrices (`layers.basis`).
 - `drop_layers`: the naive baseline of fewer stored parameters, round(r·L) whole layers removed: the deepest
   ones below the last layer, which Gromov et al. (2024) found the most redundant in Llama-family models.
 
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharebench.errors import ConfigError
+from sharebench.layers.basis import BasisSharing, role_modules
 from sharebench.layers.kv_sources import KVSources
 from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
 from sharebench.model import LanguageModel
@@ -43,7 +46,8 @@ from sharebench.sharing.none import Separate
 
 # Each conversion, and whether it sets the within-layer scheme's ratio (the others change the layers and keep the
 # checkpoint's within-layer scheme at its own ratio).
-CONVERSIONS = {"headwise": True, "gqa": True, "recursive_lora": False, "mlkv": False, "drop_layers": False}
+CONVERSIONS = {"headwise": True, "gqa": True, "recursive_lora": False, "mlkv": False, "basis": False,
+               "drop_layers": False}  # fmt: skip
 
 HeadId = tuple[int, int]  # (layer, head)
 
@@ -330,6 +334,40 @@ def _copy_layer(original: nn.Module, relaxed: nn.Module) -> None:
             module.lora_b.zero_()
             module.lora_a[:rank] = vh[:rank]
             module.lora_b[:, :rank] = u[:, :rank] * s[:rank]
+
+
+def to_basis(model: LanguageModel, ratio: float, group: int, sharing: Callable[..., AttentionSharing]
+             ) -> LanguageModel:  # fmt: skip
+    """The model with Basis Sharing at compression ratio `ratio` over groups of `group` layers: each group's
+    matrices of a shared role stacked (n·d_out × d_in) and replaced by their truncated SVD, U_k as the layers'
+    coefficients and Σ_k·V_kᵀ as the group's basis; every other role's matrix by its own truncated SVD."""
+    _require_plain_layers(model, "basis")
+    layers = BasisSharing(ratio, group=group)
+    layers.check(model.config.n_layers)
+    with torch.device(next(model.parameters()).device):
+        converted = LanguageModel(model.config, sharing, model.sharing_name, layers)
+    converted.load_state_dict(model.state_dict(), strict=False)  # all but the projections' weights
+    originals, targets = list(model.transformer.blocks), list(converted.transformer.blocks)
+    with torch.no_grad():
+        for role, (path, part) in role_modules(originals[0]).items():
+            for members in layers.groups(model.config.n_layers):
+                for together in [members] if role in layers.shared else [[layer] for layer in members]:
+                    weights = [_role_weight(originals[layer], path, part) for layer in together]
+                    u, s, vh = torch.linalg.svd(torch.cat(weights).double(), full_matrices=False)
+                    rank = targets[together[0]].get_submodule(path).bases[part].weight.size(0)
+                    targets[together[0]].get_submodule(path).bases[part].weight.copy_(s[:rank, None] * vh[:rank])
+                    rows = weights[0].size(0)
+                    for index, layer in enumerate(together):
+                        coefficients = u[index * rows : (index + 1) * rows, :rank]
+                        targets[layer].get_submodule(path).coefficients[part].copy_(coefficients)
+    return converted
+
+
+def _role_weight(block: nn.Module, path: str, part: int) -> torch.Tensor:
+    """One role's weight in a block: a part of the fused query/key/value projection, or a whole linear layer's."""
+    if path == "attn.qkv.proj":
+        return list(block.attn.qkv.role_weights().values())[part][0].detach()
+    return block.get_submodule(path).weight.detach()
 
 
 def drop_layers(model: LanguageModel, ratio: float, sharing: Callable[..., AttentionSharing]) -> LanguageModel:

@@ -26,8 +26,9 @@ class LayerSharing:
     default_ratio: ClassVar[float | None] = None
     fixed_ratio: ClassVar[float | None] = None
     ratio_meaning: ClassVar[str] = ""
-    # Builds each layer's attention projections itself (from separate Q/K/V): no within-layer scheme composes.
-    replaces_attention: ClassVar[bool] = False
+    # The within-layer schemes it composes with (None: every one), and why it takes no other.
+    composes_with: ClassVar[tuple[str, ...] | None] = None
+    composes_why: ClassVar[str] = ""
 
     def __init__(self, ratio: float | None = None) -> None:
         if self.ratio_range is None and ratio is not None:

@@ -91,7 +91,8 @@ class MatrixAtoms(LayerSharing):
     ratio_range = (0.0, 1.0)
     default_ratio = 0.5
     ratio_meaning = "1 − S/L with S atoms per projection role shared by the L layers"
-    replaces_attention = True
+    composes_with = ("none",)
+    composes_why = "builds every layer's attention projections itself from separate Q/K/V"
 
     def atoms(self, n_layers: int) -> int:
         count = n_layers * (1 - self.ratio)
