@@ -46,9 +46,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sharebench.cpu import cpu_features, tune_cpu_process
+from sharebench.environment import cpu_model, measure_matmul_peak, write_benchmark
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import PROJECT_ROOT
-from sharebench.record import cpu_model, measure_matmul_peak, write_benchmark
 
 SHAPE = {"vocab_size": 30522, "n_layers": 4, "dim": 312, "n_heads": 12, "ffn_dim": 1200}  # size=tinybert
 SEQ_LEN, BATCH, MASKED = 128, 32, 0.15

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from sharebench.cpu import cpu_features, tune_cpu_process
+from sharebench.environment import cpu_model, measure_matmul_peak, write_benchmark
 from sharebench.llama import from_state
 from sharebench.model import LanguageModel
 from sharebench.paths import PROJECT_ROOT
-from sharebench.record import cpu_model, measure_matmul_peak, write_benchmark
 
 SMOLLM2_135M = {
     "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

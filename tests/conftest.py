@@ -44,6 +44,15 @@ def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 
 
+def current_record(fields: dict) -> dict:
+    """A run record as this version writes it, from the fields a test sets: with its schema version and what its
+    config's keys are (a record before version 3 stated neither, and only `sharebench upgrade` reads it)."""
+    from sharebench.schema import SCHEMA_VERSION
+    from sharebench.spec import key_declarations
+
+    return {"schema_version": SCHEMA_VERSION, "config_keys": key_declarations(), **fields}
+
+
 def within_layer_for(layers: str) -> list[str]:
     """The within-layer scheme a cross-layer scheme is tested with: partial_qk at 0.5 (the two compose), none for
     a scheme that composes with a few only (masa builds its attention projections itself, basis compresses plain

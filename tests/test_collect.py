@@ -17,7 +17,7 @@ from sharebench.config import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.results import find_configurations
 from sharebench.tasks import run_task
-from tests.conftest import nano_settings
+from tests.conftest import current_record, nano_settings
 
 RUNS = {  # folder name (as a sweep would type it) → overrides
     "none": ["sharing=none"],
@@ -206,7 +206,7 @@ def test_a_config_key_added_later_at_one_value_does_not_split_a_configuration(tm
         path = tmp_path / folder / f"seed={seed}" / "run.json"
         path.parent.mkdir(parents=True)
         run = {"status": "completed", "seed": seed, "sharing": {"name": "none"}, "config": {"seed": seed, **config}}
-        path.write_text(json.dumps({**run, "metrics": {"val_loss": 2.0 + seed}}))
+        path.write_text(json.dumps(current_record({**run, "metrics": {"val_loss": 2.0 + seed}})))
 
     record("old", 0, {"lr": 1})
     record("new", 1, {"lr": 1, "iso_compute": False})  # a run made after the suite added iso_compute
@@ -223,8 +223,8 @@ def test_a_configuration_with_fewer_seeds_than_the_others_is_marked_as_lower_pow
         path.parent.mkdir(parents=True)
         config = {"seed": seed, "sharing": scheme, "arch": {"name": "gpt"}}
         sharing = {"name": scheme, "ratio": None, "layers": {"name": "none", "ratio": None}}
-        path.write_text(json.dumps({"status": "completed", "seed": seed, "config": config, "sharing": sharing,
-                                    "metrics": {"val_loss": loss}}))  # fmt: skip
+        path.write_text(json.dumps(current_record({"status": "completed", "seed": seed, "config": config,
+                                                   "sharing": sharing, "metrics": {"val_loss": loss}})))  # fmt: skip
 
     for seed in range(4):
         record("none", seed, 3.0 + seed / 100)
@@ -272,7 +272,7 @@ def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budge
             "sharing": {"name": "gqa", "ratio": 0.667, "layers": {"name": "none", "ratio": None}},
             "config_keys": key_declarations(),
         }
-        path.write_text(json.dumps(run | ({"compute": {"tokens_seen": 16 * steps}} if steps else {})))
+        path.write_text(json.dumps(current_record(run | ({"compute": {"tokens_seen": 16 * steps}} if steps else {}))))
 
     for steps in (None, 16):
         for seed in range(3):
@@ -326,7 +326,7 @@ def test_the_setting_lists_only_what_records_hold(tmp_path):
         path = tmp_path / name / "seed=0" / "run.json"
         path.parent.mkdir(parents=True)
         config = {"seed": 0, "task": name, "arch": {"name": "bert"}, "size": {"name": "s"}, "data": {"name": "d"}}
-        path.write_text(json.dumps({"status": "completed", "seed": 0, "config": config, **fields}))
+        path.write_text(json.dumps(current_record({"status": "completed", "seed": 0, "config": config, **fields})))
 
     record("pretrain", vocab_size=2048, metrics={"steps": 800})
     record("glue", metrics={"score": 0.7})  # a fine-tuning run: no vocabulary or training steps of its own
@@ -342,22 +342,41 @@ def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path)
         path = tmp_path / "run" / f"seed={seed}" / "run.json"
         path.parent.mkdir(parents=True)
         config = {"seed": seed, "task": "pretrain", "arch": {"name": "gpt"}}
-        path.write_text(json.dumps({"status": "completed", "seed": seed, "config": config, "hardware": {"cpu": cpu},
-                                    "vocab_size": 65}))  # fmt: skip
+        path.write_text(json.dumps(current_record({"status": "completed", "seed": seed, "config": config,
+                                                   "hardware": {"cpu": cpu}, "vocab_size": 65})))  # fmt: skip
     text = setting(find_configurations([tmp_path]))
     assert "- hardware: cpu Intel Xeon (1 run); cpu AMD EPYC (2 runs)\n" in text
     assert "- vocabulary size: 65\n" in text  # one value: no count
 
 
+# The report side: it reads run records (sharebench.schema) and the run folder's lock, never what trains.
+REPORT = ("collect", "results", "plots", "scaling", "power", "stats", "site")
+RUN_AND_MODEL = ("config", "spec", "model", "checkpoint", "record", "environment", "resume", "pretrain", "finetune",
+                 "data", "tokenizer", "convert", "sharing", "layers", "train", "tasks", "llama")  # fmt: skip
+
+
 def test_reporting_reads_records_only():
-    """Results flow one way: collect and its plots read run records, never the config, the spec or the model
-    that produced them (a record collected on another machine, or by a later version, reads the same)."""
+    """Results flow one way: collect, its tables, plots and the site read run records, never the config, the spec
+    or the model that produced them (a record collected on another machine, or by a later version, reads the
+    same). Held on the package graph, imports inside functions included (those for type checking aside), and on
+    what importing the report side loads."""
+    from tests.test_imports import imports
+
+    graph = imports(type_checking=False)
+    reached, pending = set(), [f"sharebench.{name}" for name in REPORT]
+    while pending:
+        for target in graph[pending.pop()] - reached:
+            reached.add(target)
+            pending.append(target)
+    forbidden = {m for m in reached if m.split(".")[1] in RUN_AND_MODEL}
+    assert not forbidden, f"the report side imports {sorted(forbidden)}"
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, sharebench.collect, sharebench.plots; print(*sorted(sys.modules))"],
+        [sys.executable, "-c", "import sys, sharebench.collect, sharebench.site; print(*sorted(sys.modules))"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert "sharebench.collect" in loaded
-    assert not {"sharebench.config", "sharebench.spec", "sharebench.model", "sharebench.checkpoint"} & set(loaded)
+    assert "sharebench.collect" in loaded and "sharebench.schema" in loaded
+    assert not {m for m in loaded if m.startswith("sharebench.") and m.split(".")[1] in RUN_AND_MODEL}
+    assert "torch" not in loaded  # reading results needs no deep-learning stack
 
 
 def test_small_multiples_keep_families_apart_and_panels_even():

@@ -210,7 +210,7 @@ def test_a_run_held_by_another_process_is_refused_even_when_completed(nano_overr
     """Completion is looked at under the run's lock: the holder may be finishing the run this very moment."""
     from sharebench.config import compose
     from sharebench.errors import RunInUse
-    from sharebench.resume import RunLock
+    from sharebench.lock import RunLock
     from sharebench.tasks import run_task
 
     run_task(compose(nano_overrides), tmp_path)

@@ -294,7 +294,7 @@ def test_a_task_run_has_the_lifecycle_of_every_run(pretrained_nano, glue_fixture
     """Locked while it runs, skipped once completed (also when more tasks are asked for), refused under another
     recipe."""
     from sharebench.errors import RunInUse
-    from sharebench.resume import RunLock
+    from sharebench.lock import RunLock
 
     given = [f"glue.source={glue_fixture}", "glue.recipe.epochs=1", "glue.recipe.batch_size=8",
              "glue.predict_test=false", "trainer.enable_progress_bar=false",

@@ -14,14 +14,20 @@ def module_name(path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports() -> dict[str, set[str]]:
-    """Each module's imports of the package's own modules; importing a.b.c also runs the packages a.b above it."""
+def imports(type_checking: bool = True) -> dict[str, set[str]]:
+    """Each module's imports of the package's own modules; importing a.b.c also runs the packages a.b above it.
+    `type_checking=False` leaves out the imports under `if TYPE_CHECKING:`, which never run."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        guards = [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+        skipped = set() if type_checking else {id(inner) for guard in guards for inner in ast.walk(guard)}
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 targets |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):

@@ -10,6 +10,7 @@ from pathlib import Path
 from scipy import stats
 
 from sharebench.power import power_report, seeds_for
+from tests.conftest import current_record
 
 
 def write_run(root: Path, steps: int, twin: bool, seed: int, loss: float) -> None:
@@ -23,7 +24,7 @@ def write_run(root: Path, steps: int, twin: bool, seed: int, loss: float) -> Non
               "wall_time_s": steps / (20 if twin else 10)}  # fmt: skip
     folder = root / f"steps={steps},twin={twin}" / f"seed={seed}"
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "run.json").write_text(json.dumps(current_record(record)))
 
 
 def test_seeds_for_a_target_follow_the_detectable_effect_after_correction():

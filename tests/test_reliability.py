@@ -170,7 +170,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(project_root, nano_ov
 def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, tmp_path):
     """A second start of a run that another process holds is refused; in a sweep that run is left to its holder
     and the sweep goes on, so two sweeps over the same runs share them."""
-    from sharebench.resume import RunLock
+    from sharebench.lock import RunLock
 
     output_root = tmp_path / "busy"
     args = command(project_root, nano_overrides, output_root, "seed=0,1")

@@ -12,6 +12,7 @@ import pytest
 from sharebench.collect import collect
 from sharebench.results import find_configurations
 from sharebench.scaling import PowerLaw, analyse, fit, ladder
+from tests.conftest import current_record
 
 TRUE = PowerLaw(floor=1.5, scale=1.0, exponent=0.3, x0=1e6)
 RUNGS = {"r1": 2e5, "r2": 5e5, "r3": 1e6, "r4": 2e6, "r5": 4e6}
@@ -39,7 +40,7 @@ def write(root, name: str, scheme: str, size: str, unique: float, loss: float, s
     }  # fmt: skip
     path = root / name / f"seed={seed}" / "run.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(current_record(record)))
 
 
 @pytest.fixture(scope="module")

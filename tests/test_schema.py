@@ -13,8 +13,9 @@ import pytest
 from sharebench.cli import main as cli
 from sharebench.errors import ConfigError
 from sharebench.paths import machine_free
-from sharebench.record import SCHEMA_VERSION, read_record, record_leaves, upgrade
+from sharebench.record import declared_keys
 from sharebench.results import read_records
+from sharebench.schema import SCHEMA_VERSION, read_record, record_leaves, upgrade
 from sharebench.tasks import run_task
 
 # A path of a machine: an absolute one, or one folder name made of one (a run named after a path override).
@@ -87,7 +88,7 @@ FIRST_VERSION = {
 
 
 def test_a_first_version_record_is_upgraded_from_what_it_says_itself():
-    upgraded = upgrade(json.loads(json.dumps(FIRST_VERSION)))
+    upgraded = upgrade(json.loads(json.dumps(FIRST_VERSION)), declared_keys())
     assert upgraded["schema_version"] == SCHEMA_VERSION and list(upgraded)[0] == "schema_version"
     assert upgraded["run_dir"] == "runs/arch=gpt/seed=1"
     assert upgraded["checkpoint"]["path"] == "runs/arch=gpt/seed=1/model.safetensors"
@@ -99,13 +100,16 @@ def test_a_first_version_record_is_upgraded_from_what_it_says_itself():
 
 
 def test_a_second_version_record_gains_what_its_keys_are():
-    """Records before version 3 did not state their keys' roles: the upgrade states those of this version."""
+    """Records before version 3 did not state their keys' roles: the upgrade states those of this version, which
+    only the run side knows; read without them (by collect), such a record asks for `sharebench upgrade`."""
     second = {
         "schema_version": 2,
         "status": "completed",
         "config": {"seed": 1, "output_root": "x", "data": {"seq_len": 8}},
     }
-    upgraded = upgrade(second)
+    with pytest.raises(ConfigError, match=r"of schema version 2 does not state its config's keys; `sharebench upgrade"):
+        upgrade(second)
+    upgraded = upgrade(second, declared_keys())
     assert list(upgraded)[0] == "schema_version" and upgraded["schema_version"] == SCHEMA_VERSION
     assert upgraded["config_keys"]["roles"]["output_root"] == "location"
     assert record_leaves(upgraded) == {"seed": 1, "data.seq_len": 8}  # where the run lived does not identify it
@@ -127,18 +131,20 @@ def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tm
     (old / "run.json").write_text(json.dumps(FIRST_VERSION))
     (old / "glue_summary.json").write_text(json.dumps({"pretrained": FIRST_VERSION["run_dir"]}))
     (newer / "run.json").write_text(json.dumps({**FIRST_VERSION, "schema_version": SCHEMA_VERSION + 1}))
-    assert read_record(old)["run_dir"] == "runs/arch=gpt/seed=1"
+    with pytest.raises(ConfigError, match="does not state its config's keys; `sharebench upgrade"):
+        read_record(old)
     with pytest.raises(ConfigError, match=f"schema_version {SCHEMA_VERSION + 1} is newer than this sharebench"):
         read_record(newer)
     by_folder = {Path(r["_path"]).parent.name: r for r in read_records([tmp_path])}
-    assert by_folder["old"]["schema_version"] == SCHEMA_VERSION
+    assert by_folder["old"]["status"] == "failed" and "sharebench upgrade" in by_folder["old"]["error"]
     assert by_folder["newer"]["status"] == "failed" and "upgrade sharebench" in by_folder["newer"]["error"]
     (newer / "run.json").unlink()
     cli(["upgrade", str(tmp_path)])
     assert (
         capsys.readouterr().out.strip() == f"upgrade: 1 of 1 run records rewritten in schema version {SCHEMA_VERSION}"
     )
-    assert json.loads((old / "run.json").read_text()) == upgrade(json.loads(json.dumps(FIRST_VERSION)))
+    assert json.loads((old / "run.json").read_text()) == upgrade(json.loads(json.dumps(FIRST_VERSION)), declared_keys())
+    assert read_record(old)["run_dir"] == "runs/arch=gpt/seed=1"
     summary = json.loads((old / "glue_summary.json").read_text())
     assert summary == {"pretrained": "runs/arch=gpt/seed=1"}  # named as its record names its run
     cli(["upgrade", str(tmp_path)])

@@ -6,7 +6,7 @@ collects the board's records with the new ones into the board again.
 
 Joining is refused, in one line and before anything runs, where the result would not be comparable: a recipe that
 now composes another configuration than the board's reference was run with (a changed budget, data or model), or
-training code that differs from the code the board's records were trained with (`record.training_code`; for
+training code that differs from the code the board's records were trained with (`environment.training_code`; for
 records older than that fingerprint, their git commit's files). `--accept-code` joins anyway and the table marks
 the configuration."""
 
@@ -24,16 +24,10 @@ import torch
 from sharebench.collect import collect
 from sharebench.config import build_model, check_overrides, compose, validate
 from sharebench.data import tokenizer_vocab_size
+from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT, machine_free
-from sharebench.record import (
-    declared_keys,
-    record_roots,
-    stated_keys,
-    training_code,
-    training_files,
-    under,
-)
+from sharebench.record import declared_keys
 from sharebench.results import (
     ADDED_WITH_OTHER_CODE,
     ISO_COMPUTE_TOLERANCE,
@@ -44,6 +38,7 @@ from sharebench.results import (
     pretraining,
     reference,
 )
+from sharebench.schema import record_roots, stated_keys, under
 from sharebench.spec import RunSpec
 
 # Where the runs go, which `board add` decides itself (as it does the twins: a spec that names one is refused).

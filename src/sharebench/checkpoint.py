@@ -36,7 +36,8 @@ from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RECORD_NAME, RunRecord, read_record, run_once
+from sharebench.record import RunRecord, run_once
+from sharebench.schema import RECORD_NAME, read_record
 from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate

@@ -109,7 +109,7 @@ def infer(run: Path, seq_len: int | None) -> dict:
     """Inference costs of a run's or a checkpoint's model (sharebench.inference.inference_costs)."""
     from sharebench.checkpoint import load_pretrained
     from sharebench.inference import inference_costs
-    from sharebench.record import RECORD_NAME, read_record
+    from sharebench.schema import RECORD_NAME, read_record
 
     model = load_pretrained(run)
     if seq_len is None and (run / RECORD_NAME).is_file():  # a conversion's record has no data to take it from
@@ -278,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"open {build(args.folders, args.out)}")
             return
         if args.command == "upgrade":
-            from sharebench.record import upgrade_records
+            from sharebench.record import declared_keys
+            from sharebench.schema import upgrade_records
 
-            print(upgrade_records(args.folders))
+            print(upgrade_records(args.folders, declared_keys()))
             return
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json
-from sharebench.record import RECORD_NAME, record_leaves
 from sharebench.results import (
     COMPARED_TOO,
     STAGING,
@@ -43,6 +42,7 @@ from sharebench.results import (
 )
 from sharebench.scaling import Ladder, PowerLaw, Shared, Worth, analyse, ladder, scheme_of
 from sharebench.scaling import Result as LadderResult
+from sharebench.schema import RECORD_NAME, record_leaves
 from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
+from sharebench.schema import Record
+
 
 def quiet_libraries() -> None:
     """Lightning's device lines, its advertising tip and a deprecation warning from inside it: the run's own
@@ -85,3 +87,46 @@ def progress(trainer_settings: dict[str, Any]) -> tuple[dict[str, Any], list[L.C
     if trainer_settings.get("enable_progress_bar", True) and sys.stdout.isatty():
         return trainer_settings, [StepProgressBar()]
     return {**trainer_settings, "enable_progress_bar": False}, [ProgressLine()]
+
+
+def start_line(record: Record) -> str:
+    """How a pretraining run starts on the console: where it goes and what it trains."""
+    sharing, parameters = record["sharing"], record["parameters"]
+    scheme = describe_sharing(sharing.get("iso_baseline_of") or sharing)
+    twin = "the iso-parameter twin of " if "iso_baseline_of" in sharing else ""
+    return (
+        f"run: {record['run_dir']}: {twin}{scheme}, {parameters['unique']:,} unique parameters "
+        f"({parameters['total']:,} in use), {record['tokens']['train']:,} training tokens"
+    )
+
+
+def describe_sharing(sharing: dict[str, Any]) -> str:
+    from sharebench.sharing import SCHEMES
+
+    scheme = SCHEMES.get(sharing["name"])
+    takes_ratio = scheme is None or scheme.ratio_range is not None  # a conversion (headwise) has one
+    within = sharing["name"] + (f" {sharing['ratio']:g}" if sharing.get("ratio") is not None and takes_ratio else "")
+    layers = sharing.get("layers") or {"name": "none"}
+    across = f", layers={layers['name']}" + (f" {layers['ratio']:g}" if layers.get("ratio") is not None else "")
+    return f"sharing={within}" + (across if layers["name"] != "none" else "")
+
+
+def diverged_line(record: dict[str, Any]) -> str:
+    """How a diverged run ends on the console."""
+    lr = (record.get("config") or {}).get("optim", {}).get("lr")
+    return (
+        f"diverged: {record['run_dir']}: {record['diverged']['reason']} at step {record['diverged']['step']}; "
+        f"run.json says diverged (a lower optim.lr than {lr:g} may train)"
+    )
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """How a finished pretraining run ends on the console: where it went and what it reached."""
+    metrics, speed = record["metrics"], record["speed"]
+    tokens_per_second = f"{speed['tokens_per_second']:,.0f} tokens/s" if speed.get("tokens_per_second") else "—"
+    full = metrics.get("val_loss_full")
+    loss = f"{full:.4f} over the whole validation split" if full is not None else f"{metrics['val_loss']:.4f}"
+    return (
+        f"done: {record['run_dir']}: validation loss {loss} after {metrics['steps']:,} steps, "
+        f"{record['parameters']['unique']:,} unique parameters, {tokens_per_second}, {record['wall_time_s']:,.0f} s"
+    )

@@ -18,7 +18,8 @@ from sharebench.inference import kv_cache_bytes
 from sharebench.model import perplexity
 from sharebench.paths import resolve_path
 from sharebench.pretrain import full_split_loss
-from sharebench.record import Record, RunRecord, run_once
+from sharebench.record import RunRecord, run_once
+from sharebench.schema import Record
 from sharebench.spec import RunSpec
 
 FP32_BYTES = 4

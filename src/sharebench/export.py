@@ -26,7 +26,7 @@ from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, spec_sha
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import PACKAGE_DIR
-from sharebench.record import RECORD_NAME, read_record
+from sharebench.schema import RECORD_NAME, read_record
 from sharebench.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 
 # The modules a remote-code folder carries: what `sharebench.model` needs to build any scheme.

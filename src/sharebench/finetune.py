@@ -28,8 +28,9 @@ from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path
-from sharebench.record import RECORD_NAME, SUMMARY_NAME, RunRecord, read_record, record_roots, run_once
+from sharebench.record import RunRecord, run_once
 from sharebench.resume import StopOnSignal
+from sharebench.schema import RECORD_NAME, SUMMARY_NAME, read_record, record_roots
 from sharebench.spec import GlueRecipe, RunSpec, run_selecting_keys
 from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean

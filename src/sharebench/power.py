@@ -19,8 +19,8 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from sharebench.record import stated_keys, under
 from sharebench.results import Configuration, find_configurations, label_value, main_metric, pretraining
+from sharebench.schema import stated_keys, under
 from sharebench.stats import ALPHA, POWER, compare
 
 MOST_SEEDS = 100

@@ -36,10 +36,11 @@ from sharebench.config import (
     training_steps,
     unique_parameters,
 )
-from sharebench.console import progress
+from sharebench.console import diverged_line, progress, start_line, summary_line
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import matmul_dtype, tune_cpu_process
 from sharebench.data import PretrainData
+from sharebench.environment import measure_matmul_peak
 from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy
 from sharebench.inference import inference_costs
@@ -47,15 +48,7 @@ from sharebench.memory import training_memory
 from sharebench.model import IGNORE_INDEX, LanguageModel, perplexity
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import resolve_path
-from sharebench.record import (
-    Record,
-    RunRecord,
-    diverged_line,
-    measure_matmul_peak,
-    run_once,
-    start_line,
-    summary_line,
-)
+from sharebench.record import RunRecord, run_once
 from sharebench.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
@@ -64,6 +57,7 @@ from sharebench.resume import (
     continue_metrics,
     resume_point,
 )
+from sharebench.schema import Record
 from sharebench.spec import Optim, RunSpec, run_selecting_keys
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sharebench.errors import ConfigError
+from sharebench.lock import RunLock
 from sharebench.paths import folder_name, naming_rank
-from sharebench.record import RECORD_NAME, STALE, normalized, read_record, record_leaves, stated_keys, under
-from sharebench.resume import RunLock
+from sharebench.schema import RECORD_NAME, STALE, normalized, read_record, record_leaves, stated_keys, under
 from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import os
 import re
 import signal
@@ -19,11 +18,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sharebench.errors import RunFault, RunInterrupted, RunInUse
+from sharebench.errors import RunFault, RunInterrupted
 
 CHECKPOINT_FOLDER = "checkpoints"
 # The newest checkpoint and the one before it, in case the newest is damaged (a full disk, a kill mid-write).
@@ -248,39 +246,3 @@ def fault_of(error: BaseException, run_dir: Path, record: str) -> RunFault | Non
     step = resumable_step(run_dir)
     then = f"it resumes from step {step}" if step is not None else "it starts over (no checkpoint was written yet)"
     return RunFault(f"{what}: the run stopped ({record}). {todo}, then run the same command: {then}")
-
-
-class RunLock:
-    """One process per run folder: a second start of the same run, while the first is alive, is refused. The lock
-    is filelock's on <run>/.lock; <run>/.lock.owner names the process holding it."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.lock = FileLock(run_dir / ".lock", timeout=0)
-        self.owner = run_dir / ".lock.owner"
-
-    def __enter__(self) -> RunLock:
-        self.owner.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.lock.acquire()
-        except Timeout:
-            owner = (self.owner.read_text().strip() if self.owner.exists() else "") or "another process"
-            raise RunInUse(f"{self.owner.parent} is in use by {owner}; wait for it to end or stop it") from None
-        self.owner.write_text(f"process {os.getpid()}")
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self.lock.release()
-
-    @staticmethod
-    def held(run_dir: Path) -> bool:
-        """Whether a live process holds the run's lock (a dead one's lock is free: the kernel releases it)."""
-        path = run_dir / ".lock"
-        if not path.exists():
-            return False
-        with path.open("rb") as file:
-            try:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-        return False

@@ -12,7 +12,8 @@ from sharebench.checkpoint import pretrained_model
 from sharebench.glue import encode, load_split, pad_batch
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
-from sharebench.record import Record, RunRecord, run_once
+from sharebench.record import RunRecord, run_once
+from sharebench.schema import Record
 from sharebench.spec import RunSpec, SharingSpec
 from sharebench.tokenizer import load_pretrained_tokenizer
 
