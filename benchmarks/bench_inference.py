@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-from sharebench.config import build_model, compose, validate
+from sharebench.build import build_model
+from sharebench.composing import compose
 from sharebench.cpu import cpu_features, tune_cpu_process
 from sharebench.environment import cpu_model, write_benchmark
 from sharebench.inference import kv_cache_bytes
 from sharebench.paths import PROJECT_ROOT
+from sharebench.validation import validate
 
 SHAPE = {"n_layers": 6, "dim": 384, "n_heads": 6, "ffn_dim": 1536}  # size=nanogpt_char
 CONTEXT, VOCAB = 256, 65

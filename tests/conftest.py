@@ -19,7 +19,7 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs p
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))  # share the cores, not oversubscribe them
 
-from sharebench.config import compose  # noqa: E402  (after the environment is set)
+from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT  # noqa: E402
 from sharebench.spec import RunSpec  # noqa: E402
 
@@ -39,7 +39,7 @@ WORDS = (
 
 def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     """The validated run spec of a config or of overrides, without looking at the data's files."""
-    from sharebench.config import validate
+    from sharebench.validation import validate
 
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 
 from sharebench import load_pretrained
+from sharebench.build import build_model
 from sharebench.checkpoint import save_pretrained
-from sharebench.config import build_model
 from sharebench.errors import ConfigError
 from sharebench.pretrain import stored_sharing
 from sharebench.sharing import SCHEMES

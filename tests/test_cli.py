@@ -169,7 +169,8 @@ SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launc
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
 def test_the_documented_slurm_command_composes_into_its_submitit_parameters(launcher):
-    from sharebench.config import compose, validate
+    from sharebench.composing import compose
+    from sharebench.validation import validate
 
     validate(compose([f"hydra/launcher={launcher}", *SLURM[1:]]), data=False)
     cfg = compose([f"hydra/launcher={launcher}", *SLURM[1:]], with_hydra=True)

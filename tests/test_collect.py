@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sharebench.collect import collect, table_rows
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.results import find_configurations
 from sharebench.tasks import run_task

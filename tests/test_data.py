@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import sharebench
 from sharebench import data as data_module
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from sharebench.errors import ConfigError
 from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, HUB_WIKITEXT, bert_vocab, spec_of
@@ -162,7 +162,8 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
     """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
     cfg = spec_of(nano_overrides)
     script = (
-        "import sys, pathlib; from sharebench.config import compose, validate; from sharebench import data;"
+        "import sys, pathlib; from sharebench.composing import compose; from sharebench import data;"
+        "from sharebench.validation import validate;"
         "cfg = validate(compose(sys.argv[2:]), data=False);"
         "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
     )

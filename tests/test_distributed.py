@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
 from torch.nn.parallel import DistributedDataParallel
 
-from sharebench.config import build_model, compose, group_choices
+from sharebench.build import build_model
+from sharebench.composing import compose, group_choices
 from sharebench.finetune import SequenceClassifier
 from sharebench.fsdp import fsdp_units, fsdp_wrap_policy
 from tests.conftest import layers_for, spec_of
@@ -145,8 +146,8 @@ def test_pretraining_under_lightnings_fsdp_with_the_suites_wrap_policy(nano_over
 
 
 def test_fsdp_on_cpu_is_refused_in_one_line():
-    from sharebench.config import validate
     from sharebench.errors import ConfigError
+    from sharebench.validation import validate
 
     with pytest.raises(ConfigError, match="needs a GPU: Lightning runs FSDP on CUDA only; on CPU use"):
         validate(compose(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=fsdp"]), data=False)

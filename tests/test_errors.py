@@ -153,7 +153,7 @@ def test_missing_data_folder_is_named(project_root, tmp_path):
 def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_path):
     import json
 
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
     from sharebench.tasks import run_task
 
@@ -169,7 +169,7 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
 
 
 def test_resuming_a_checkpoint_of_another_shape_is_refused(nano_overrides, tmp_path):
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
     from sharebench.tasks import run_task
 
@@ -185,7 +185,7 @@ def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, 
     import json
     import re
 
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
     from sharebench.tasks import run_task
 
@@ -208,7 +208,7 @@ def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, 
 
 def test_a_run_held_by_another_process_is_refused_even_when_completed(nano_overrides, tmp_path):
     """Completion is looked at under the run's lock: the holder may be finishing the run this very moment."""
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.errors import RunInUse
     from sharebench.lock import RunLock
     from sharebench.tasks import run_task
@@ -224,7 +224,7 @@ def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch)
     import shutil
     from collections import namedtuple
 
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
     from sharebench.tasks import run_task
 
@@ -289,8 +289,10 @@ LIMIT_CASES = {
 
 @pytest.mark.parametrize("case", LIMIT_CASES)
 def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
-    from sharebench.config import check_trainer_here, compose, validate
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
+    from sharebench.machine import check_trainer_here
+    from sharebench.validation import validate
 
     overrides, line = LIMIT_CASES[case]
     with pytest.raises(ConfigError) as refused:  # as a single run is checked: its spec, then this machine
@@ -301,8 +303,10 @@ def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
 def test_a_sweep_is_expanded_without_the_machine_checks_that_belong_where_it_trains(tmp_path):
     """A sweep submitted from a login node without a GPU (hydra/launcher=slurm) asks for FSDP on the GPU nodes
     it will run on: its expansion does not refuse it; the machine it trains on checks it."""
-    from sharebench.config import check_trainer_here, compose, sweep_runs
+    from sharebench.composing import compose
+    from sharebench.config import sweep_runs
     from sharebench.errors import ConfigError
+    from sharebench.machine import check_trainer_here
 
     given = ["trainer.strategy=fsdp", f"output_root={tmp_path}"]
     ((run, spec),) = sweep_runs([given], lambda overrides: compose(overrides))
@@ -313,8 +317,9 @@ def test_a_sweep_is_expanded_without_the_machine_checks_that_belong_where_it_tra
 
 
 def test_unwritable_output_root_is_refused(tmp_path):
-    from sharebench.config import compose, validate
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
+    from sharebench.validation import validate
 
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("")
@@ -333,7 +338,7 @@ def test_a_new_output_root_removed_while_checked_is_checked_again(tmp_path, monk
     writes its test file there (CI saw it): that is no reason to refuse the folder."""
     import tempfile
 
-    from sharebench.config import check_writable
+    from sharebench.validation import check_writable
 
     root = tmp_path / "runs"
     temporary_file, calls = tempfile.TemporaryFile, []
@@ -357,7 +362,7 @@ def test_every_key_is_a_spec_field(overrides):
     a field is refused, and the spec gives back the config the run record stores."""
     from omegaconf import OmegaConf
 
-    from sharebench.config import compose
+    from sharebench.composing import compose
     from sharebench.spec import RunSpec
 
     config = OmegaConf.to_container(compose(overrides), resolve=True)
@@ -365,8 +370,9 @@ def test_every_key_is_a_spec_field(overrides):
 
 
 def test_a_key_the_suite_does_not_read_is_refused():
-    from sharebench.config import compose, validate
+    from sharebench.composing import compose
     from sharebench.errors import ConfigError
+    from sharebench.validation import validate
 
     with pytest.raises(ConfigError, match=r"^data\.foo: no such setting; the settings of data: name, source"):
         validate(compose(["+data.foo=1"]))

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sharebench.build import build_model
 from sharebench.checkpoint import load_pretrained, save_pretrained
-from sharebench.config import build_model, compose, group_choices
+from sharebench.composing import compose, group_choices
 from sharebench.errors import ConfigError
 from sharebench.export import export
 from sharebench.pretrain import stored_sharing

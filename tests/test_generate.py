@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sharebench.config import build_model, group_choices
+from sharebench.build import build_model
+from sharebench.composing import group_choices
 from tests.conftest import spec_of
 
 WITHIN = group_choices("sharing")

@@ -17,7 +17,7 @@ from scipy import stats
 from sklearn import metrics as sk
 
 from sharebench import glue, load_pretrained
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.errors import ConfigError
 from sharebench.finetune import run_glue
 from sharebench.tasks import run_task
@@ -200,7 +200,7 @@ def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_pat
 
 
 def test_glue_errors(pretrained_nano, tmp_path):
-    from sharebench.config import validate
+    from sharebench.validation import validate
 
     with pytest.raises(ConfigError, match="unknown GLUE task 'colaa'"):
         validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[colaa]"]))

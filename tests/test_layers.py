@@ -9,8 +9,9 @@ import pytest
 import torch
 from hydra.utils import get_class
 
+from sharebench.build import build_model
 from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained, stored_scheme
-from sharebench.config import build_model, compose
+from sharebench.composing import compose
 from sharebench.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES

@@ -135,10 +135,11 @@ def llama_task(nano_overrides: list[str], folder: Path, *overrides: str) -> list
 def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder, nano_overrides, tmp_path):
     """task=evaluate: the test split's loss is transformers' cross-entropy on the same blocks, its bits per byte
     that loss over the split's UTF-8 bytes; a conversion (K/V heads 2 → 1) stores fewer parameters and KV bytes."""
-    from sharebench.config import compose, validate
+    from sharebench.composing import compose
     from sharebench.data import PretrainData
     from sharebench.results import scheme_of
     from sharebench.tasks import run_task
+    from sharebench.validation import validate
 
     overrides = llama_task(nano_overrides, llama_folder, "task=evaluate")
     record = run_task(compose(overrides), tmp_path / "as-is")
@@ -187,8 +188,9 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
 def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llama_folder, nano_overrides, tmp_path):
     """task=pretrain from a Llama folder with its own tokenizer, converted in the same run or not: the saved
     model keeps its (converted) sharing, reloads, and has trained (its weights moved, its validation loss fell)."""
+    from sharebench.build import unique_parameters
     from sharebench.checkpoint import converted_model
-    from sharebench.config import compose, unique_parameters
+    from sharebench.composing import compose
     from sharebench.tasks import run_task
 
     overrides = llama_task(nano_overrides, llama_folder, "arch=llama", *conversion, "trainer.max_steps=6",
@@ -208,7 +210,8 @@ def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llam
 
 
 def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint_and_healing_its_objective(nano_overrides, llama_folder):
-    from sharebench.config import compose, validate
+    from sharebench.composing import compose
+    from sharebench.validation import validate
 
     with pytest.raises(ConfigError, match="data.tokenizer.kind=pretrained tokenizes with the tokenizer of pretrained"):
         validate(compose([*nano_overrides, "data.tokenizer.kind=pretrained"]))

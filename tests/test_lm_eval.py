@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sharebench.checkpoint import load_pretrained
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.export import export
 from sharebench.tasks import run_task
 from sharebench.tokenizer import load_run_tokenizer

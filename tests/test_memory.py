@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.config import build_model
+from sharebench.build import build_model
 from sharebench.memory import activation_bytes, training_memory
 from sharebench.optim import adamw_with_schedule
 from tests.conftest import spec_of

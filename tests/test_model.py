@@ -79,7 +79,7 @@ def test_gqa_has_fewer_key_value_heads():
 
 
 def test_causal_model_does_not_look_ahead(nano_cfg):
-    from sharebench.config import build_model
+    from sharebench.build import build_model
 
     model = build_model(spec_of(nano_cfg("arch=gpt", "sharing=partial_qk")), 50).eval()
     ids = torch.randint(0, 50, (1, 12))
@@ -90,7 +90,7 @@ def test_causal_model_does_not_look_ahead(nano_cfg):
 
 
 def test_padding_does_not_change_the_other_tokens(nano_cfg):
-    from sharebench.config import build_model
+    from sharebench.build import build_model
 
     model = build_model(spec_of(nano_cfg()), 50).eval()
     ids = torch.randint(5, 50, (1, 10))
@@ -100,7 +100,7 @@ def test_padding_does_not_change_the_other_tokens(nano_cfg):
 
 
 def test_masked_lm_predicts_only_masked_positions(nano_cfg):
-    from sharebench.config import build_model
+    from sharebench.build import build_model
 
     model = build_model(spec_of(nano_cfg()), 50)
     ids = torch.randint(5, 50, (2, 10))
@@ -115,7 +115,7 @@ def test_masked_lm_predicts_only_masked_positions(nano_cfg):
 def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_cfg, arch):
     import torch.nn.functional as F
 
-    from sharebench.config import build_model
+    from sharebench.build import build_model
 
     model = build_model(spec_of(nano_cfg(f"arch={arch}")), 50)
     hidden, labels = torch.randn(7, model.config.dim), torch.randint(0, 50, (7,))
@@ -133,7 +133,7 @@ def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_c
 
 
 def test_pre_ln_option(nano_cfg):
-    from sharebench.config import build_model
+    from sharebench.build import build_model
 
     model = build_model(spec_of(nano_cfg("arch.norm_position=pre")), 50)
     assert model.transformer.final_norm is not None and model.transformer.embeddings.norm is None
@@ -187,7 +187,7 @@ def test_masked_lm_head_runs_on_a_multiple_of_64_rows_with_the_same_loss(monkeyp
     tensors come in a few sizes the allocator reuses) and the loss is that of the predicted tokens alone."""
     import torch.nn.functional as F
 
-    from sharebench.config import build_model
+    from sharebench.build import build_model
     from sharebench.model import IGNORE_INDEX, PREDICTED_ROWS, LMHead
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from tests.conftest import nano_settings
 

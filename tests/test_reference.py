@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.config import build_model
+from sharebench.build import build_model
 from sharebench.convert import direct_share
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.model import IGNORE_INDEX
@@ -115,7 +115,7 @@ def test_the_walkthrough_scheme_works_as_documented():
     stores one D × D block fewer per layer."""
     from functools import partial
 
-    from sharebench.config import model_config
+    from sharebench.build import model_config
     from sharebench.model import LanguageModel
     from sharebench.paths import PROJECT_ROOT
 

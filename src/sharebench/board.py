@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from sharebench.build import build_model
 from sharebench.collect import collect
-from sharebench.config import build_model, check_overrides, compose, validate
+from sharebench.composing import compose
+from sharebench.config import check_overrides
 from sharebench.data import tokenizer_vocab_size
 from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
@@ -40,6 +42,7 @@ from sharebench.results import (
 )
 from sharebench.schema import record_roots, stated_keys, under
 from sharebench.spec import RunSpec
+from sharebench.validation import validate
 
 # Where the runs go, which `board add` decides itself (as it does the twins: a spec that names one is refused).
 DECIDED = ("output_root", "hydra.sweeper.grids")

@@ -28,8 +28,11 @@ def params(overrides: Sequence[str]) -> dict:
     """Parameter accounting and FLOPs of a configuration, built on the meta device (no memory, no data)."""
     import torch
 
-    from sharebench.config import build_model, check_overrides, compose, validate
+    from sharebench.build import build_model
+    from sharebench.composing import compose
+    from sharebench.config import check_overrides
     from sharebench.data import tokenizer_vocab_size
+    from sharebench.validation import validate
 
     runs = check_overrides(overrides)
     if len(runs) != 1:

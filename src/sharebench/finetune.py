@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from sharebench import glue
 from sharebench.checkpoint import load_pretrained, loaded_sharing
-from sharebench.config import precision_used
 from sharebench.console import progress
 from sharebench.cpu import tune_cpu_process
 from sharebench.errors import ConfigError, RunInterrupted
+from sharebench.machine import precision_used
 from sharebench.model import LanguageModel
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path

@@ -20,6 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch.utils.data import DataLoader
 
+from sharebench.build import build_model, model_config, sharing_class, training_steps, unique_parameters
 from sharebench.checkpoint import (
     SEPARATE,
     load_pretrained,
@@ -27,14 +28,6 @@ from sharebench.checkpoint import (
     pretrained_model,
     save_pretrained,
     stored_from_config,
-)
-from sharebench.config import (
-    build_model,
-    model_config,
-    precision_used,
-    sharing_class,
-    training_steps,
-    unique_parameters,
 )
 from sharebench.console import diverged_line, progress, start_line, summary_line
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
@@ -44,6 +37,7 @@ from sharebench.environment import measure_matmul_peak
 from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy
 from sharebench.inference import inference_costs
+from sharebench.machine import precision_used
 from sharebench.memory import training_memory
 from sharebench.model import IGNORE_INDEX, LanguageModel, perplexity
 from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
@@ -297,7 +291,7 @@ def check_disk_space(run_dir: Path, unique_parameters: int, checkpoints: str) ->
 
 
 def run(spec: RunSpec, run_dir: str | Path) -> Record:
-    """Pretrain one validated configuration (`config.validate`'s spec) into `run_dir` and return its run record
+    """Pretrain one validated configuration (`validation.validate`'s spec) into `run_dir` and return its run record
     (also written as run.json).
 
     A run whose record says completed is not repeated; a run with a Lightning checkpoint resumes from it; either

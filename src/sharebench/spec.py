@@ -6,7 +6,7 @@ depend on each other are checked in the dataclass's `__post_init__`. `RunSpec.to
 record stores it; `RunSpec.from_dict` reads a record's config back.
 
 What the spec cannot see by itself (a scheme's own ratio range, the data's files, the machine) is checked by
-`sharebench.config.validate`, which builds the spec and resolves what the model shares into `RunSpec.shares`.
+`sharebench.validation.validate`, which builds the spec and resolves what the model shares into `RunSpec.shares`.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sharebench.config import check_trainer_here, validate
 from sharebench.console import quiet_libraries
+from sharebench.machine import check_trainer_here
+from sharebench.validation import validate
 
 
 def run_task(config: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -51,7 +51,8 @@ class CheckRun(Callback):
     sweeper (conf/hydra/sweeper) before the first starts."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sharebench.config import check_trainer_here, validate
+        from sharebench.machine import check_trainer_here
+        from sharebench.validation import validate
 
         with exit_on_config_error():
             check_trainer_here(spec := validate(config))
@@ -87,7 +88,8 @@ def main() -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sharebench.config import GROUPS, check_choice, innermost, one_line
+    from sharebench.composing import GROUPS, innermost, one_line
+    from sharebench.config import check_choice
 
     argv = sys.argv[1:] = quote_paths(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose instead of printing it in many lines

