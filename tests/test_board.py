@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from sharebench.board import add
-from sharebench.collect import collect
 from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT
+from sharebench.report.collect import collect
 from tests.conftest import FIXTURE_DATA
 from tests.test_sweeps import FAST
 

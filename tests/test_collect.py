@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.collect import collect, table_rows
 from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
-from sharebench.results import find_configurations
+from sharebench.report.collect import collect, table_rows
+from sharebench.report.results import find_configurations
 from sharebench.tasks import run_task
 from tests.conftest import current_record, nano_settings
 
@@ -171,7 +171,7 @@ def test_one_seed_gives_no_verdict(sweep):
 def test_the_same_run_in_two_folders_counts_once(nano_cfg, tmp_path, capsys):
     import shutil
 
-    from sharebench.results import find_configurations
+    from sharebench.report.results import find_configurations
     from sharebench.tasks import run_task
 
     for seed in (0, 1):
@@ -183,7 +183,7 @@ def test_the_same_run_in_two_folders_counts_once(nano_cfg, tmp_path, capsys):
 
 
 def test_without_a_twin_of_its_own_the_closest_truly_unshared_model_is_named_as_such(nano_cfg, tmp_path):
-    from sharebench.results import find_configurations, iso_baseline
+    from sharebench.report.results import find_configurations, iso_baseline
     from sharebench.tasks import run_task
 
     runs = {"none": [], "cycle": ["layers=cycle", "layers.ratio=0.5"],
@@ -248,7 +248,7 @@ def test_a_configuration_with_fewer_seeds_than_the_others_is_marked_as_lower_pow
 def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budget(tmp_path):
     """A table per budget (scored as converted, healed N steps), each conversion against the unconverted model
     at the same budget, PostShare counted as a conversion."""
-    from sharebench.collect import tables
+    from sharebench.report.collect import tables
     from sharebench.spec import key_declarations
 
     def record(name: str, seed: int, loss: float, config: dict, steps: int | None = None) -> None:
@@ -309,7 +309,7 @@ def test_every_committed_table_rebuilds_from_its_records(result, tmp_path, monke
 
 
 def test_plots_of_configurations_told_apart_by_their_architecture_alone(tmp_path, corpus, cache_dir):
-    from sharebench.plots import plot_all
+    from sharebench.report.plots import plot_all
 
     for arch in ("bert", "gpt"):
         cfg = compose([*nano_settings(corpus, cache_dir, tmp_path), f"arch={arch}"])
@@ -320,7 +320,7 @@ def test_plots_of_configurations_told_apart_by_their_architecture_alone(tmp_path
 
 
 def test_the_setting_lists_only_what_records_hold(tmp_path):
-    from sharebench.collect import setting
+    from sharebench.report.collect import setting
 
     def record(name: str, **fields) -> None:
         path = tmp_path / name / "seed=0" / "run.json"
@@ -336,7 +336,7 @@ def test_the_setting_lists_only_what_records_hold(tmp_path):
 
 
 def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path):
-    from sharebench.collect import setting
+    from sharebench.report.collect import setting
 
     for seed, cpu in enumerate(("Intel Xeon", "AMD EPYC", "AMD EPYC")):
         path = tmp_path / "run" / f"seed={seed}" / "run.json"
@@ -349,10 +349,10 @@ def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path)
     assert "- vocabulary size: 65\n" in text  # one value: no count
 
 
-# The report side: it reads run records (sharebench.schema) and the run folder's lock, never what trains.
-REPORT = ("collect", "results", "plots", "scaling", "power", "stats", "site")
-RUN_AND_MODEL = ("config", "spec", "model", "checkpoint", "record", "environment", "resume", "pretrain", "finetune",
-                 "data", "tokenizer", "convert", "sharing", "layers", "train", "tasks", "llama")  # fmt: skip
+# What trains: the report side (sharebench.report) imports none of it.
+RUN_AND_MODEL = ("config", "composing", "naming", "validation", "build", "machine", "spec", "model", "checkpoint",
+                 "record", "environment", "resume", "pretrain", "finetune", "data", "tokenizer", "convert", "sharing",
+                 "layers", "train", "tasks", "llama")  # fmt: skip
 
 
 def test_reporting_reads_records_only():
@@ -363,18 +363,18 @@ def test_reporting_reads_records_only():
     from tests.test_imports import imports
 
     graph = imports(type_checking=False)
-    reached, pending = set(), [f"sharebench.{name}" for name in REPORT]
+    report = [module for module in graph if module.startswith("sharebench.report")]
+    assert len(report) >= 8  # the package and its modules
+    reached, pending = set(), list(report)
     while pending:
         for target in graph[pending.pop()] - reached:
             reached.add(target)
             pending.append(target)
     forbidden = {m for m in reached if m.split(".")[1] in RUN_AND_MODEL}
     assert not forbidden, f"the report side imports {sorted(forbidden)}"
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, sharebench.collect, sharebench.site; print(*sorted(sys.modules))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert "sharebench.collect" in loaded and "sharebench.schema" in loaded
+    script = "import sys, sharebench.report.collect, sharebench.report.site; print(*sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert "sharebench.report.collect" in loaded and "sharebench.schema" in loaded
     assert not {m for m in loaded if m.startswith("sharebench.") and m.split(".")[1] in RUN_AND_MODEL}
     assert "torch" not in loaded  # reading results needs no deep-learning stack
 
@@ -384,7 +384,7 @@ def test_small_multiples_keep_families_apart_and_panels_even():
     twin: panels of at most 10 legend entries with the baseline, a family per panel, as even as the schemes allow."""
     from types import SimpleNamespace
 
-    from sharebench.plots import MAX_LEGEND, even_cuts, family, panels, scheme_name
+    from sharebench.report.plots import MAX_LEGEND, even_cuts, family, panels, scheme_name
 
     within = ["gqa", "mhe_add", "mhe_mul", "mqa", "pairwise", "partial_qk", "shared_qkv", "symmetric"]
     across = [f"none+{s}" for s in ("all", "attn", "cla", "cycle", "cycle_rev", "ffn", "ffn_wide", "recursive_lora",
@@ -408,7 +408,7 @@ def test_small_multiples_keep_families_apart_and_panels_even():
 def test_a_pareto_panel_spreads_its_own_points_and_the_line_between_them():
     import matplotlib.pyplot as plt
 
-    from sharebench.plots import zoom
+    from sharebench.report.plots import zoom
 
     figure, axis = plt.subplots()
     shown = [(700_000, 2.0, 0.05, None), (800_000, 2.1, 0.02, None)]
@@ -423,7 +423,7 @@ def test_a_pareto_panel_spreads_its_own_points_and_the_line_between_them():
 def test_an_iso_compute_twin_is_drawn_apart_from_the_unshared_line(monkeypatch, tmp_path):
     """takase21's twin trained to the stacks' FLOPs, past the recipe's budget: off the line of unshared models at
     that budget, a half-filled point of its scheme; a dotted curve."""
-    from sharebench import plots
+    from sharebench.report import plots
 
     figures = []
     monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure) or True)
@@ -441,7 +441,7 @@ def test_an_iso_compute_twin_is_drawn_apart_from_the_unshared_line(monkeypatch, 
 
 
 def test_a_far_point_is_left_out_of_the_range_that_spreads_the_others():
-    from sharebench.plots import bulk
+    from sharebench.report.plots import bulk
 
     assert bulk([136.1, 300.6, 139.0, 143.2, 57.0]) == (136.1, 143.2)  # ffn_wide's memory, a twin's at 57 MiB
     assert bulk([1.0, 2.0, 3.0, 10.0, 11.0, 12.0]) == (1.0, 12.0)  # two clusters: no bulk
@@ -451,7 +451,7 @@ def test_a_far_point_is_left_out_of_the_range_that_spreads_the_others():
 
 
 def test_a_long_legend_label_is_wrapped_at_its_commas():
-    from sharebench.plots import LEGEND_WIDTH, wrapped
+    from sharebench.report.plots import LEGEND_WIDTH, wrapped
 
     label = "layers=none,arch.norm_position=post,data.tokenizer.vocab_size=2048,optim.lr=0.001,size.dim=128 (n=5)"
     lines = wrapped(label).splitlines()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sharebench.results import find_configurations, iso_compute_twin
+from sharebench.report.results import find_configurations, iso_compute_twin
 from sharebench.tasks import run_task
 
 

@@ -338,7 +338,7 @@ def test_a_record_left_running_by_a_dead_process_is_listed_apart_and_marked_at_t
     """A run killed outright (SIGKILL, a lost node) leaves run.json saying running and its lock free:
     `collect` and `compare` list it as interrupted, and the next start marks it so, then resumes it."""
     from sharebench.cli import compare
-    from sharebench.collect import collect
+    from sharebench.report.collect import collect
 
     output_root = tmp_path / "outputs"
     with monkeypatch.context() as patched:

@@ -257,8 +257,8 @@ def test_the_majority_class_score_is_the_score_of_always_answering_the_most_freq
 
 
 def test_a_grid_of_rates_fine_tunes_at_each_and_scores_the_best_on_validation(pretrained_nano, glue_fixture, tmp_path):
-    from sharebench.collect import glue_table_rows
-    from sharebench.results import find_configurations
+    from sharebench.report.collect import glue_table_rows
+    from sharebench.report.results import find_configurations
 
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[sst2,stsb]", "glue.lrs=[1.0e-4,1.0e-3]",
                    "glue.seeds=[0,1]", "glue.recipe.epochs=1", "glue.recipe.batch_size=16", "glue.predict_test=false",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from sharebench.power import power_report, seeds_for
+from sharebench.report.power import power_report, seeds_for
 from tests.conftest import current_record
 
 

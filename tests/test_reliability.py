@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sharebench import load_pretrained
-from sharebench.collect import collect
+from sharebench.report.collect import collect
 from tests.conftest import nano_settings
 
 RESUME_STEPS = 60

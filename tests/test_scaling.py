@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from sharebench.collect import collect
-from sharebench.results import find_configurations
-from sharebench.scaling import PowerLaw, analyse, fit, ladder
+from sharebench.report.collect import collect
+from sharebench.report.results import find_configurations
+from sharebench.report.scaling import PowerLaw, analyse, fit, ladder
 from tests.conftest import current_record
 
 TRUE = PowerLaw(floor=1.5, scale=1.0, exponent=0.3, x0=1e6)
@@ -103,7 +103,7 @@ def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder
     assert shared_qkv[0] == pytest.approx(0.2, abs=0.02) and shared_qkv[1] > 0  # grows with size
     assert abs(mqa[0]) < 0.02
 
-    from sharebench.collect import ladder_by_scheme
+    from sharebench.report.collect import ladder_by_scheme
 
     by_scheme = ladder_by_scheme(found, result)  # one line per scheme, a column per rung it ran
     assert by_scheme.header == ["scheme", "× params at r1", "× params at r2", "× params at r3", "trend with size"]
@@ -145,8 +145,8 @@ def test_without_a_configuration_of_several_seeds_a_single_seed_gets_no_interval
 
 
 def test_a_scheme_keeps_one_colour_and_marker_at_every_rung(ladder_runs):
-    from sharebench.plots import Styles
-    from sharebench.scaling import scheme_of
+    from sharebench.report.plots import Styles
+    from sharebench.report.scaling import scheme_of
 
     found = ladder(find_configurations([ladder_runs]), "val_loss_full")
     style = Styles([s.configuration for s in found.shared], key=scheme_of)

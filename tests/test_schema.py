@@ -14,7 +14,7 @@ from sharebench.cli import main as cli
 from sharebench.errors import ConfigError
 from sharebench.paths import machine_free
 from sharebench.record import declared_keys
-from sharebench.results import read_records
+from sharebench.report.results import read_records
 from sharebench.schema import SCHEMA_VERSION, read_record, record_leaves, upgrade
 from sharebench.tasks import run_task
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.results import by_model, find_configurations, pretraining
-from sharebench.site import slug
+from sharebench.report.results import by_model, find_configurations, pretraining
+from sharebench.report.site import slug
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "results" / "leaderboard"

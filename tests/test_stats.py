@@ -3,7 +3,7 @@
 import pytest
 from scipy.stats import ttest_ind, ttest_rel
 
-from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
+from sharebench.report.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 
 def by_seed(*values: float) -> dict[int, float]:
@@ -81,7 +81,7 @@ def test_the_detectable_effect_after_correction_uses_holms_strictest_step():
 
 
 def test_every_verdict_shows_its_detectable_effect_after_the_tables_correction():
-    from sharebench.collect import Verdicts
+    from sharebench.report.collect import Verdicts
 
     judged = Verdicts()
     rows = [judged.add(compare(by_seed(1.70 + d, 1.62 + d, 1.66 + d), by_seed(1.68, 1.60, 1.65), paired=True), [])

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sharebench.collect import collect, csv_text, latex, table_rows
 from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
-from sharebench.results import find_configurations, mean_ci
+from sharebench.report.collect import collect, csv_text, latex, table_rows
+from sharebench.report.results import find_configurations, mean_ci
 from tests.conftest import FIXTURE_DATA, bert_vocab, sweep_grid, sweeper_params
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from sharebench.collect import collect
 from sharebench.paths import PROJECT_ROOT
-from sharebench.results import find_configurations
+from sharebench.report.collect import collect
+from sharebench.report.results import find_configurations
 from sharebench.tuning import Search, beyond, choose, grid, metric_of
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from sharebench.build import build_model
-from sharebench.collect import collect
 from sharebench.composing import compose
 from sharebench.config import check_overrides
 from sharebench.data import tokenizer_vocab_size
@@ -30,7 +29,8 @@ from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT, machine_free
 from sharebench.record import declared_keys
-from sharebench.results import (
+from sharebench.report.collect import collect
+from sharebench.report.results import (
     ADDED_WITH_OTHER_CODE,
     ISO_COMPUTE_TOLERANCE,
     Configuration,

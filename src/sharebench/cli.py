@@ -57,7 +57,7 @@ def compare(run_dirs: Sequence[str]) -> str:
     its configuration apart from the others (as in `collect`'s tables): unique parameters, validation loss (the
     curve's sample and the whole split), the whole test split's, beside the unigram loss of its data (what a model
     that learnt no context reaches), speed."""
-    from sharebench.results import find_configurations, pretraining
+    from sharebench.report.results import find_configurations, pretraining
 
     lines = [
         "| run | seed | status | unique params | val loss | whole split | test split | unigram loss | val ppl "
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
             return
         if args.command == "power":
-            from sharebench.power import power_report
+            from sharebench.report.power import power_report
 
             if args.family < 1 or args.target <= 0 or args.plateau < 0 or args.rates < 1 or args.search_seeds < 1:
                 raise ConfigError(
@@ -270,13 +270,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs = args.runs or Path("outputs") / "board-add" / args.board.resolve().name
             print(add(args.board, args.overrides, runs, args.accept_code, args.dry_run))
             if args.site and not args.dry_run:
-                from sharebench.site import build
+                from sharebench.report.site import build
 
                 beside = sorted(p.parent for p in args.board.resolve().parent.glob("*/setting.md"))
                 print(f"open {build(beside, args.site)}")
             return
         if args.command == "site":
-            from sharebench.site import build
+            from sharebench.report.site import build
 
             print(f"open {build(args.folders, args.out)}")
             return
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "compare":
             print(compare([str(r) for r in args.runs]))
         else:
-            from sharebench import collect
+            from sharebench.report import collect
 
             report = collect.collect(args.folders, args.out, args.iso, plots=not args.no_plots, margin=args.margin)
             if args.format == "md":

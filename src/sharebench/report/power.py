@@ -19,9 +19,9 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from sharebench.results import Configuration, find_configurations, label_value, main_metric, pretraining
+from sharebench.report.results import Configuration, find_configurations, label_value, main_metric, pretraining
+from sharebench.report.stats import ALPHA, POWER, compare
 from sharebench.schema import stated_keys, under
-from sharebench.stats import ALPHA, POWER, compare
 
 MOST_SEEDS = 100
 

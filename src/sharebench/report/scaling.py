@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import curve_fit
 
-from sharebench.results import Configuration
-from sharebench.stats import Comparison, compare
+from sharebench.report.results import Configuration
+from sharebench.report.stats import Comparison, compare
 
 MIN_RUNGS = 4  # a three-parameter law through fewer sizes fits any three points exactly
 BOUND_TOLERANCE = 1e-3  # a floor within this share of the lowest loss from 0 or from that loss is at its bound

@@ -16,10 +16,10 @@ from typing import Any
 
 from plotly.colors import qualitative
 
-from sharebench.collect import Table, ladders_of, table_rows
 from sharebench.errors import ConfigError
-from sharebench.plots import curve_bands, scheme_name
-from sharebench.results import (
+from sharebench.report.collect import Table, ladders_of, table_rows
+from sharebench.report.plots import curve_bands, scheme_name
+from sharebench.report.results import (
     Configuration,
     by_model,
     find_configurations,
@@ -27,9 +27,9 @@ from sharebench.results import (
     pretraining,
     reference,
 )
-from sharebench.scaling import Ladder
-from sharebench.scaling import Result as LadderResult
-from sharebench.stats import mean_ci
+from sharebench.report.scaling import Ladder
+from sharebench.report.scaling import Result as LadderResult
+from sharebench.report.stats import mean_ci
 
 STATIC = Path(__file__).with_name("static")
 # The x axes of a board's Pareto views: a title, how a configuration gives its value, and whether the axis is log.
@@ -239,7 +239,7 @@ class Site:
         from jinja2 import Environment, PackageLoader, select_autoescape
 
         self.out = out
-        self.pages = Environment(loader=PackageLoader("sharebench.site"), autoescape=select_autoescape(),
+        self.pages = Environment(loader=PackageLoader("sharebench.report.site"), autoescape=select_autoescape(),
                                  trim_blocks=True, lstrip_blocks=True)  # fmt: skip
         self.pages.filters["verdict_class"] = verdict_class
 

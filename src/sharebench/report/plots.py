@@ -24,13 +24,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from sharebench.results import main_metric, mean_ci  # noqa: E402
-from sharebench.scaling import scheme_of  # noqa: E402
+from sharebench.report.results import main_metric, mean_ci  # noqa: E402
+from sharebench.report.scaling import scheme_of  # noqa: E402
 
 if TYPE_CHECKING:
-    from sharebench.results import Configuration
-    from sharebench.scaling import Ladder
-    from sharebench.scaling import Result as LadderResult
+    from sharebench.report.results import Configuration
+    from sharebench.report.scaling import Ladder
+    from sharebench.report.scaling import Result as LadderResult
 
 CURVES = ("train_loss", "val_loss")
 MAX_LEGEND = 10

@@ -1,6 +1,6 @@
 """From a folder of runs to comparison tables and plots: `sharebench collect <folder>`.
 
-The runs are grouped into configurations (`sharebench.results`). Each configuration gives one row: how many seeds
+The runs are grouped into configurations (`sharebench.report.results`). Each configuration gives one row: how many seeds
 completed and how many did not (failed, interrupted, still running), the mean and 95 % confidence interval
 (Student's t over seeds) of every metric, unique parameters and their ratio to the same model without sharing, and
 tokens/s. A row's label names only what varies in the table (`sharing=shared_qkv`, `ratio=0.9`). GLUE fine-tuning
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from sharebench.errors import ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json
-from sharebench.results import (
+from sharebench.report.results import (
     COMPARED_TOO,
     STAGING,
     Configuration,
@@ -40,10 +40,10 @@ from sharebench.results import (
     shares_data_order,
     tuned_rate,
 )
-from sharebench.scaling import Ladder, PowerLaw, Shared, Worth, analyse, ladder, scheme_of
-from sharebench.scaling import Result as LadderResult
+from sharebench.report.scaling import Ladder, PowerLaw, Shared, Worth, analyse, ladder, scheme_of
+from sharebench.report.scaling import Result as LadderResult
+from sharebench.report.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 from sharebench.schema import RECORD_NAME, record_leaves
-from sharebench.stats import Comparison, compare, mean_ci, minimal_detectable_effect, verdicts
 
 
 def comparison_cells(comparison: Comparison | None) -> list[str]:
@@ -704,7 +704,7 @@ def collect(folders: Sequence[str | Path], out: str | Path | None = None, iso: b
             atomic_write_bytes(out / f"{name}.tex", latex(table.header, table.rows).encode())
         replace_records(configurations, out / "runs")
         if plots:
-            from sharebench.plots import plot_all, plot_ladder
+            from sharebench.report.plots import plot_all, plot_ladder
 
             groups = by_model(pretraining(configurations))
             for key, group in groups.items():

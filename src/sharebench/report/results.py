@@ -1,6 +1,6 @@
 """A folder of run records as configurations: what identifies a configuration, its runs' metrics, and the
-metrics of its runs by seed, and which configurations compare fairly (`sharebench.stats` has the statistics).
-`sharebench.collect` makes tables of them, `sharebench.plots` plots.
+metrics of its runs by seed, and which configurations compare fairly (`sharebench.report.stats` has the statistics).
+`sharebench.report.collect` makes tables of them, `sharebench.report.plots` plots.
 
 A configuration is identified by what its runs computed, not by the strings typed or the folders they sit in:
 the within-layer and cross-layer schemes with the ratios they used, and every resolved config value except the
@@ -22,8 +22,8 @@ from typing import Any
 from sharebench.errors import ConfigError
 from sharebench.lock import RunLock
 from sharebench.paths import folder_name, naming_rank
+from sharebench.report.stats import mean_ci
 from sharebench.schema import RECORD_NAME, STALE, normalized, read_record, record_leaves, stated_keys, under
-from sharebench.stats import mean_ci
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
 
 __all__ = ["mean_ci"]  # plots take it from here with the configurations
