@@ -123,8 +123,9 @@ class BasisSharing(LayerSharing):
 
     def build(self, n_layers: int, make_block: BlockFactory) -> list[nn.Module]:
         blocks = [make_block() for _ in range(n_layers)]
-        for path in dict.fromkeys(path for path, _ in role_modules(blocks[0]).values()):
-            roles = [role for role, (at, _) in role_modules(blocks[0]).items() if at == path]
+        located = role_modules(blocks[0])  # read once: the loop below replaces the layers it names
+        for path in dict.fromkeys(path for path, _ in located.values()):
+            roles = [role for role, (at, _) in located.items() if at == path]
             rows = role_rows(blocks[0], path)
             d_in = blocks[0].get_submodule(path).in_features
             for members in self.groups(n_layers):
