@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,6 +80,36 @@ def train_in_process(argv: Sequence[str]) -> None:
         main()
     finally:
         sys.argv = saved
+
+
+def run_in_process(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python train.py <argv>` (argv[0] "train.py") or `sharebench <argv>` (argv[0] "sharebench") as a process
+    would run it in `cwd`: its exit status and what it printed. A subprocess would first spend seconds importing
+    Lightning (and through it torchmetrics, scipy and transformers), which the tests that run commands pay once."""
+    import contextlib
+    import io
+    import sys
+    import traceback
+
+    from sharebench import cli
+
+    program, *args = argv
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    status = 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            train_in_process(args) if program == "train.py" else cli.main(args)
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+        except Exception:  # what the interpreter does with an exception nobody caught
+            traceback.print_exc()
+            status = 1
+        finally:
+            sys.argv = saved  # `sharebench train` sets it for Hydra
+    return subprocess.CompletedProcess(list(argv), status, out.getvalue(), err.getvalue())
 
 
 def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:

@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from sharebench.paths import PROJECT_ROOT
-from tests.conftest import FIXTURE_DATA
+from tests.conftest import FIXTURE_DATA, run_in_process
 
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
-# What a documented run is shortened with: two steps on little data, GLUE on one small task of the fixture.
-SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.batch_size=4",
-         "data.max_train_chars=30000", "data.max_validation_chars=10000", "data.tokenizer.train_chars=null",
-         "glue.tasks=[rte]", "glue.recipe.max_train_examples=8", "glue.recipe.max_eval_examples=8",
-         "glue.recipe.epochs=1", "glue.predict_test=false", f"glue.source={FIXTURE_DATA / 'glue'}",
-         "trainer.enable_progress_bar=false"]  # fmt: skip
+# What a documented run is shortened with: two steps on little data, GLUE on one small task of the fixture, and no
+# measuring pass after training (the tests of the measurements ask for it: tests/test_memory.py, test_bench.py).
+SHORT = ["measure=false", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+         "data.batch_size=4", "data.max_train_chars=30000", "data.max_validation_chars=10000",
+         "data.tokenizer.train_chars=null", "glue.tasks=[rte]", "glue.recipe.max_train_examples=8",
+         "glue.recipe.max_eval_examples=8", "glue.recipe.epochs=1", "glue.predict_test=false",
+         f"glue.source={FIXTURE_DATA / 'glue'}", "trainer.enable_progress_bar=false"]  # fmt: skip
 # The environment, the tests themselves, and lm-evaluation-harness's tasks, which read the hub (tests/test_lm_eval.py
 # runs lm-eval on a local task).
 NOT_RUN = ("source ", "export ", "make test", "lm_eval ")
@@ -59,13 +60,17 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
     if words[0] == "make":
         return ["make", "-n", "-C", str(PROJECT_ROOT), *words[1:]]  # what it would run, and that the target exists
     if words[:2] == ["python", "train.py"] or words[:2] == ["sharebench", "train"]:
-        words = [sys.executable, str(PROJECT_ROOT / "train.py"), *words[2:]]
+        words = ["train.py", *words[2:]]
         if "-m" in words:
             return [*words, "hydra.sweeper.dry_run=true", f"output_root={scratch / 'outputs'}"]
         gpus = any(w in words for w in ("trainer.devices=4", "trainer.strategy=fsdp"))
-        return [*words, "--cfg", "job"] if gpus else [*words, *SHORT]  # no GPU here: composed, not run
+        if gpus:  # no GPU here: composed, not run
+            return [*words, "--cfg", "job"]
+        if "trainer.strategy=ddp" in words:  # Lightning starts the other processes with this one's command line
+            return [sys.executable, str(PROJECT_ROOT / "train.py"), *words[1:], *SHORT]
+        return [*words, *SHORT]
     if words[0] == "sharebench":
-        return [sys.executable, "-m", "sharebench", *words[1:]]
+        return words
     raise AssertionError(f"a documented command this test does not know how to run: {command}")
 
 
@@ -73,18 +78,22 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
 def test_every_documented_command_works_as_typed(tmp_path):
     runs = {}
     for arch, overrides in (("bert", ["size=nano"]), ("gpt", ["arch=gpt", "size=nano", "data=tinyshakespeare"])):
-        argv = [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides, *SHORT, f"output_root={tmp_path / 'made'}"]
-        made = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+        made = run_in_process(["train.py", *overrides, *SHORT, f"output_root={tmp_path / 'made'}"], tmp_path)
         assert made.returncode == 0, made.stderr[-2000:]
         runs[arch] = next(line.split(": ")[1] for line in made.stdout.splitlines() if line.startswith("done: "))
     commands = documented_commands()
     assert len(commands) > 30
+    ran = set()
     for source, command in commands:
         argv = as_run(command, tmp_path, runs)
-        if argv is None:
+        if argv is None or command in ran:  # a command several pages give runs where it stands first
             continue
+        ran.add(command)
         started = time.perf_counter()
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        if argv[0] in ("train.py", "sharebench"):  # in this process (tests/test_install.py runs the installed one)
+            result = run_in_process(argv, tmp_path)
+        else:
+            result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=900)
         print(f"{time.perf_counter() - started:5.1f} s  {source}: {command}")
         if command.startswith("sharebench data download"):  # the hub, which this machine cannot reach
             assert result.returncode == 2 and "SHAREBENCH_DATA" in result.stderr, (source, command, result.stderr)

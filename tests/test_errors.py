@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sharebench.paths import PROJECT_ROOT
+from tests.conftest import run_in_process
 
 CASES = {
     "unknown scheme": (["sharing=foo"], ["unknown sharing 'foo'", "partial_qk", "shared_qkv"]),
@@ -71,14 +72,12 @@ def test_a_machine_without_the_accelerator_asked_for_is_refused_before_anything_
 
 
 def one_line_error(command: list[str], tmp_path, env: dict | None = None) -> str:
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path.parent,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
+    """What a command prints as it refuses its input: a process, or `train.py <args>` in this one."""
+    if command[0] == "train.py":
+        result = run_in_process(command, tmp_path.parent)
+    else:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path.parent,
+                                env={**os.environ, **(env or {})}, timeout=120)  # fmt: skip
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -103,17 +102,16 @@ def test_train_refuses_bad_input(case, tmp_path, capsys):
 
     overrides, expected = CASES[case]
     if "-m" in overrides:  # a sweep's runs are validated by its sweeper, inside Hydra
-        line = one_line_error([sys.executable, str(PROJECT_ROOT / "train.py"), *overrides,
-                               f"output_root={tmp_path / 'outputs'}"], tmp_path)  # fmt: skip
+        line = one_line_error(["train.py", *overrides, f"output_root={tmp_path / 'outputs'}"], tmp_path)
     else:
         line = in_process_error(train_in_process, [*overrides, f"output_root={tmp_path / 'outputs'}"], capsys)
     for fragment in expected:
         assert fragment in line
 
 
-@pytest.mark.parametrize("case", ["unknown scheme", "ratio out of range"])
-def test_train_py_ends_bad_input_in_one_line_before_creating_anything(case, tmp_path):
-    overrides, expected = CASES[case]
+def test_train_py_ends_bad_input_in_one_line_before_creating_anything(tmp_path):
+    """As a process, exactly as a user's shell shows it (the other cases of CASES are checked in this process)."""
+    overrides, expected = CASES["ratio out of range"]
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), *overrides, f"output_root={tmp_path / 'outputs'}"]
     assert expected[0] in one_line_error(command, tmp_path)
 
@@ -400,3 +398,23 @@ def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
     weights.write_bytes(weights.read_bytes()[:500])
     with pytest.raises(ConfigError, match=f"pretrained: {weights} is damaged"):
         load_pretrained(tmp_path / "run")
+
+
+def test_a_sweeps_seeds_are_composed_once_and_checked_as_if_each_were(tmp_path):
+    """Composing is most of a sweep's check: the seeds of a configuration are composed once, and each run's spec is
+    the one its own composition gives."""
+    from sharebench.composing import compose
+    from sharebench.config import check_overrides, sweep_runs
+    from sharebench.validation import validate
+
+    composed = []
+
+    def compose_run(overrides: list[str]):
+        composed.append(overrides)
+        return compose(overrides)
+
+    runs = check_overrides(["sharing=partial_qk", "ratio=0.5,0.9", "seed=0,1,2", f"output_root={tmp_path}"])
+    checked = sweep_runs(runs, compose_run)
+    assert len(checked) == 6 and len(composed) == 2
+    assert [spec for _, spec in checked] == [validate(compose(run)) for run, _ in checked]
+    assert [(spec.shares.ratio, spec.seed) for _, spec in checked] == [(r, s) for r in (0.5, 0.9) for s in (0, 1, 2)]

@@ -14,7 +14,7 @@ import pytest
 
 from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
-from tests.conftest import nano_settings
+from tests.conftest import nano_settings, run_in_process
 
 
 def docs_plugin() -> tuple[str, str]:
@@ -56,8 +56,9 @@ def params(env: dict[str, str], *overrides: str) -> dict:
 def test_the_docs_plugin_is_a_scheme_by_name(tmp_path):
     """`sharebench params sharing=shared_kv` with the docs' plugin installed: one D × D block (and its bias) fewer
     per layer than separate Q/K/V."""
-    env = docs_plugin_installed(tmp_path)
-    plugin, unshared = params(env, "sharing=shared_kv"), params(env, "sharing=none")
+    plugin = params(docs_plugin_installed(tmp_path), "sharing=shared_kv")
+    unshared = run_in_process(["sharebench", "params", "size=nano", "sharing=none"], tmp_path)  # needs no plugin
+    unshared = json.loads(unshared.stdout)
     assert plugin["sharing"] == "shared_kv"
     size = compose(["size=nano"]).size
     assert unshared["unique"] - plugin["unique"] == size.n_layers * (size.dim * size.dim + size.dim)

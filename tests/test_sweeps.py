@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect, csv_text, latex, table_rows
 from sharebench.report.results import find_configurations, mean_ci
-from tests.conftest import FIXTURE_DATA, bert_vocab, sweep_grid, sweeper_params
+from tests.conftest import FIXTURE_DATA, bert_vocab, run_in_process, sweep_grid, sweeper_params
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml"))
@@ -84,8 +83,7 @@ def test_scales_differ_where_the_paper_needs_a_gpu():
 
 
 def train(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=900, cwd=cwd)  # fmt: skip
+    return run_in_process(["train.py", *args], cwd)
 
 
 @pytest.mark.slow
@@ -269,8 +267,7 @@ def test_collect_writes_tables_and_lists_failed_runs(tmp_path):
 
 
 def test_collect_of_an_empty_folder_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sharebench", "collect", str(tmp_path)], capture_output=True,
-                            text=True)  # fmt: skip
+    result = run_in_process(["sharebench", "collect", str(tmp_path)], tmp_path)
     assert result.returncode == 2 and "no run.json" in result.stderr
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, open_dict
 
 import sharebench.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
 from sharebench.composing import GROUPS, composed, group_choices
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.spec import RunSpec
 from sharebench.validation import validate
+
+ComposeRun = Callable[[list[str]], DictConfig]  # Hydra's config loader, one run's overrides to its config
 
 
 def check_choice(group: str, value: str) -> None:
@@ -31,8 +34,6 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Reject unknown group choices on the command line, and expand sweeps (`a=1,2`) into one override list
     per run (every combination), so that every run of a sweep is validated before the first starts. A key given
     twice keeps its last value, where it stands first."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as error:
@@ -53,28 +54,49 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*per_override.values())]
 
 
-def sweep_runs(
-    runs: Sequence[Sequence[str]], compose_run: Callable[[list[str]], DictConfig]
-) -> list[tuple[list[str], RunSpec]]:
+def sweep_runs(runs: Sequence[Sequence[str]], compose_run: ComposeRun) -> list[tuple[list[str], RunSpec]]:
     """The runs of a sweep to launch with their run specs, every one validated before the first starts
     (`compose_run` is Hydra's config loader). A scheme that takes no ratio meets the ratios of a sweep such as
     `sharing=none,partial_qk ratio=0.5,0.9`: its runs differ only in a ratio it ignores, so they are one run,
     launched without the ratio. A run given twice (several grids of a recipe naming it) is launched once."""
     launched: dict[tuple[str, ...], tuple[list[str], RunSpec]] = {}
     seen, skipped = set(), []
+    spec_of = specs_composed_once_per_configuration(compose_run)
     for given in runs:
         if (key := tuple(sorted(given))) in seen:
             continue
         seen.add(key)
         run = list(given)
         try:
-            spec = validate(composed(compose_run, run))
+            spec = spec_of(run)
         except RatioNotTaken as error:
             run = [o for o in run if o.split("=", 1)[0].lstrip("+~") != "ratio"]
-            spec = validate(composed(compose_run, run))
+            spec = spec_of(run)
             if tuple(sorted(run)) in launched:
                 reason = str(error).split(" (")[0]
                 skipped.append(f"skipped: {reason}: {' '.join(given)} is the same run without the ratio")
         launched.setdefault(tuple(sorted(run)), (run, spec))
     print(*skipped, sep="\n", end="\n" if skipped else "")
     return list(launched.values())
+
+
+def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[list[str]], RunSpec]:
+    """`validate(composed(compose_run, run))`, where runs that differ only in their seed are composed once: the seed
+    is a value, not a group choice, and Hydra resolves no interpolation while it composes, so another seed's config
+    is the first one's with `seed` set (Hydra's own settings aside, which validation leaves out). Composing is most
+    of a sweep's check (a third of a second a run), and the leaderboard runs each configuration at up to 14 seeds."""
+    configurations: dict[tuple[str, ...], DictConfig] = {}
+
+    def spec_of(run: list[str]) -> RunSpec:
+        seeds = [o for o in run if o.startswith("seed=")]
+        if len(seeds) != 1:
+            return validate(composed(compose_run, run))
+        configuration = tuple(o for o in run if o not in seeds)
+        if configuration not in configurations:
+            configurations[configuration] = composed(compose_run, run)
+        config = configurations[configuration]  # no config leaves this function: each seed is set, then read
+        with open_dict(config):
+            config.seed = OverridesParser.create().parse_override(seeds[0]).value()
+        return validate(config)
+
+    return spec_of
