@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sharebench.errors import ConfigError
+from tests.conftest import run_in_process
 
 
 def train(project_root, *args: str, env_cache) -> subprocess.CompletedProcess:
@@ -61,13 +62,13 @@ def test_sweep_lands_each_run_in_its_own_folder(project_root, nano_overrides, tm
 
 
 @pytest.mark.slow
-def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_overrides, tmp_path, cache_dir):
+def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_overrides, tmp_path):
     args = [
         *[o for o in nano_overrides if not o.startswith("output_root")],
         f"output_root={tmp_path}",
         "seed=0",
     ]
-    first = train(project_root, "sharing=partial_qk", "ratio=0.9", *args, env_cache=cache_dir)
+    first = run_in_process(["train.py", "sharing=partial_qk", "ratio=0.9", *args], project_root)
     assert first.returncode == 0, first.stderr[-3000:]
     (record_path,) = tmp_path.rglob("run.json")
     record = json.loads(record_path.read_text())
@@ -94,7 +95,7 @@ def test_single_run_with_seed_zero_and_rerun_does_nothing(project_root, nano_ove
         f"{record['parameters']['unique']:,} unique parameters, "
         f"{record['speed']['tokens_per_second']:,.0f} tokens/s, {record['wall_time_s']:,.0f} s"
     ]
-    again = train(project_root, "sharing=partial_qk", "ratio=0.9", *args, env_cache=cache_dir)
+    again = run_in_process(["train.py", "sharing=partial_qk", "ratio=0.9", *args], project_root)
     assert again.returncode == 0 and "already completed" in again.stdout
     assert json.loads(record_path.read_text())["started_at"] == record["started_at"]
 
@@ -194,21 +195,21 @@ def test_a_printed_run_folder_is_taken_back_as_typed_relative_to_the_working_fol
     from tests.conftest import FIXTURE_DATA
 
     def command(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        return run_in_process(args, tmp_path)
 
     kept = [o for o in nano_overrides if not o.startswith("output_root")]
-    pretrained = command(str(project_root / "train.py"), "sharing=partial_qk", "ratio=0.5", *kept)
+    pretrained = command("train.py", "sharing=partial_qk", "ratio=0.5", *kept)
     assert pretrained.returncode == 0, pretrained.stderr[-3000:]
     (folder,) = [line.split(": ")[1] for line in pretrained.stdout.splitlines() if line.startswith("done: ")]
     assert "=" in folder and "," in folder
     relative = os.path.relpath(folder, tmp_path)  # relative paths are read from the working folder
-    glue = command(str(project_root / "train.py"), "task=glue", f"pretrained={relative}", "glue.tasks=[rte]",
+    glue = command("train.py", "task=glue", f"pretrained={relative}", "glue.tasks=[rte]",
                    f"glue.source={FIXTURE_DATA / 'glue'}", "glue.recipe.epochs=1", "glue.predict_test=false",
                    "trainer.enable_progress_bar=false")  # fmt: skip
     assert glue.returncode == 0, glue.stderr[-3000:]
     (glue_folder,) = [line.split(": ")[1] for line in glue.stdout.splitlines() if line.startswith("done: ")]
     assert (Path(glue_folder) / "glue_summary.md").read_text().count("| std |") == 1
-    infer = command("-m", "sharebench", "infer", folder)  # as printed
+    infer = command("sharebench", "infer", folder)  # as printed
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert json.loads(infer.stdout)["weights_bytes"] > 0
 
