@@ -351,7 +351,7 @@ def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path)
 
 # What trains: the report side (sharebench.report) imports none of it.
 RUN_AND_MODEL = ("config", "composing", "naming", "validation", "build", "machine", "spec", "model", "checkpoint",
-                 "record", "environment", "resume", "pretrain", "finetune", "data", "tokenizer", "convert", "sharing",
+                 "record", "environment", "resume", "pretrain", "finetune", "data", "convert", "sharing",
                  "layers", "train", "tasks", "llama")  # fmt: skip
 
 

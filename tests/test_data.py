@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 import sharebench
-from sharebench import data as data_module
 from sharebench.composing import compose
-from sharebench.data import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
+from sharebench.data import corpora as data_module
+from sharebench.data.corpora import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from sharebench.errors import ConfigError
 from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, HUB_WIKITEXT, bert_vocab, spec_of
 
@@ -162,7 +162,7 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
     """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
     cfg = spec_of(nano_overrides)
     script = (
-        "import sys, pathlib; from sharebench.composing import compose; from sharebench import data;"
+        "import sys, pathlib; from sharebench.composing import compose; from sharebench.data import corpora as data;"
         "from sharebench.validation import validate;"
         "cfg = validate(compose(sys.argv[2:]), data=False);"
         "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
@@ -219,7 +219,7 @@ def test_the_default_data_ships_with_the_package(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.5, 0.3])
 def test_the_test_split_is_disjoint_from_validation_by_document(fraction):
-    from sharebench.data import held_out_as_validation_and_test
+    from sharebench.data.corpora import held_out_as_validation_and_test
 
     documents = [f"article {i}" for i in range(20)]
     split = held_out_as_validation_and_test(documents, fraction)
@@ -307,8 +307,8 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
     """The hub's calls, on local clones in the hub's layout: what `sharebench data download` writes, a run reads."""
     import zlib
 
-    from sharebench import glue
-    from sharebench.mirror import download
+    from sharebench.data import glue
+    from sharebench.data.mirror import download
 
     mirror = tmp_path / "mirror"
     sources = {"wikipedia": (str(HUB_WIKIPEDIA), "20231101.en"), "glue": (str(FIXTURE_DATA / "glue"), None),
@@ -361,7 +361,7 @@ def test_a_pretraining_run_reports_the_test_split_and_bits_per_byte(nano_cfg, tm
 
 
 def test_a_character_vocabulary_read_with_other_text_names_the_missing_character():
-    from sharebench.tokenizer import CharTokenizer
+    from sharebench.data.tokenizer import CharTokenizer
 
     with pytest.raises(ConfigError, match="the character 'K' has no token in this vocabulary of 2 characters"):
         CharTokenizer("ab", ()).encode_batch(["abK"])

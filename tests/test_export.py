@@ -108,7 +108,7 @@ def test_a_basis_sharing_conversion_exports_with_the_suites_logits(arch, trained
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_exported_tokenizer_encodes_as_the_run_did(arch, trained, tmp_path):
-    from sharebench.tokenizer import load_run_tokenizer
+    from sharebench.data.tokenizer import load_run_tokenizer
 
     export(trained[arch], tmp_path / "hf")
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -116,7 +116,7 @@ def io_error(dataset, item) -> None:
 def inject(monkeypatch: pytest.MonkeyPatch, fault: str, output_root: Path) -> None:
     """Makes the next start meet `fault`."""
     from sharebench import paths
-    from sharebench.data import BlockDataset
+    from sharebench.data.corpora import BlockDataset
 
     if fault == "disk full at a checkpoint write":  # the second checkpoint (step 8)
         monkeypatch.setattr(L.Trainer, "save_checkpoint", nth_call(2, disk_full, L.Trainer.save_checkpoint))

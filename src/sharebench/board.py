@@ -24,7 +24,7 @@ import torch
 from sharebench.build import build_model
 from sharebench.composing import compose
 from sharebench.config import check_overrides
-from sharebench.data import tokenizer_vocab_size
+from sharebench.data.corpora import tokenizer_vocab_size
 from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT, machine_free

@@ -32,6 +32,7 @@ from sharebench.convert import (
     to_mlkv,
     to_recursive,
 )
+from sharebench.data.tokenizer import TOKENIZER_FILES, gguf_tokenizer
 from sharebench.errors import ConfigError
 from sharebench.layers import layer_scheme_class
 from sharebench.model import LanguageModel, ModelConfig
@@ -42,7 +43,6 @@ from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
 from sharebench.spec import Convert, SharingSpec
-from sharebench.tokenizer import TOKENIZER_FILES, gguf_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"

@@ -31,7 +31,7 @@ def params(overrides: Sequence[str]) -> dict:
     from sharebench.build import build_model
     from sharebench.composing import compose
     from sharebench.config import check_overrides
-    from sharebench.data import tokenizer_vocab_size
+    from sharebench.data.corpora import tokenizer_vocab_size
     from sharebench.validation import validate
 
     runs = check_overrides(overrides)
@@ -88,7 +88,7 @@ def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int
     import torch
 
     from sharebench.checkpoint import load_pretrained
-    from sharebench.tokenizer import load_run_tokenizer
+    from sharebench.data.tokenizer import load_run_tokenizer
 
     if tokens < 1 or temperature < 0 or top_k < 1:
         raise ConfigError(f"generate: --tokens and --top-k must be ≥ 1, --temperature ≥ 0; got {tokens}, {top_k}, "
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(export(args.run, args.folder), indent=2))
             return
         if args.command == "data":
-            from sharebench.mirror import download
+            from sharebench.data.mirror import download
 
             print(*download(args.names, args.to, args.max_train_chars), sep="\n")
             print(f"use it with SHAREBENCH_DATA={args.to.resolve()}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sharebench.checkpoint import loaded_sharing, pretrained_model
-from sharebench.data import PretrainData
+from sharebench.data.corpora import PretrainData
 from sharebench.errors import ConfigError
 from sharebench.inference import kv_cache_bytes
 from sharebench.model import perplexity

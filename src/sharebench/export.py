@@ -23,11 +23,11 @@ from safetensors.torch import save_file, save_model
 
 from sharebench import llama
 from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, spec_sharing
+from sharebench.data.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
 from sharebench.paths import PACKAGE_DIR
 from sharebench.schema import RECORD_NAME, read_record
-from sharebench.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 
 # The modules a remote-code folder carries: what `sharebench.model` needs to build any scheme.
 MODEL_MODULES = ("errors", "registry", "model", "sharing.base", "layers.base")

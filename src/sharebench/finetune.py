@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sharebench import glue
 from sharebench.checkpoint import load_pretrained, loaded_sharing
 from sharebench.console import progress
 from sharebench.cpu import tune_cpu_process
+from sharebench.data import glue
+from sharebench.data.tokenizer import load_pretrained_tokenizer
 from sharebench.errors import ConfigError, RunInterrupted
 from sharebench.machine import precision_used
 from sharebench.model import LanguageModel
@@ -32,7 +33,6 @@ from sharebench.record import RunRecord, run_once
 from sharebench.resume import StopOnSignal
 from sharebench.schema import RECORD_NAME, SUMMARY_NAME, read_record, record_roots
 from sharebench.spec import GlueRecipe, RunSpec, run_selecting_keys
-from sharebench.tokenizer import load_pretrained_tokenizer
 from sharebench.tuning import best_mean
 
 

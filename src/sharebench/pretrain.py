@@ -32,7 +32,7 @@ from sharebench.checkpoint import (
 from sharebench.console import diverged_line, progress, start_line, summary_line
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
 from sharebench.cpu import matmul_dtype, tune_cpu_process
-from sharebench.data import PretrainData
+from sharebench.data.corpora import PretrainData
 from sharebench.environment import measure_matmul_peak
 from sharebench.errors import ConfigError, RunDiverged
 from sharebench.fsdp import fsdp_wrap_policy

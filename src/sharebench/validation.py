@@ -15,10 +15,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sharebench import glue
 from sharebench.build import layer_sharing, sharing_class
 from sharebench.convert import HeadwiseRatio
-from sharebench.data import check_source
+from sharebench.data import glue
+from sharebench.data.corpora import check_source
 from sharebench.errors import ConfigError
 from sharebench.layers import Unshared
 from sharebench.machine import check_fsdp_on_a_gpu

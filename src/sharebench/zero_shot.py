@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from sharebench.checkpoint import pretrained_model
-from sharebench.glue import encode, load_split, pad_batch
+from sharebench.data.glue import encode, load_split, pad_batch
+from sharebench.data.tokenizer import load_pretrained_tokenizer
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, run_once
 from sharebench.schema import Record
 from sharebench.spec import RunSpec, SharingSpec
-from sharebench.tokenizer import load_pretrained_tokenizer
 
 
 def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sharebench.data.glue import HUB_NAME, TASKS
+from sharebench.data.tokenizer import HUB_VOCAB
 from sharebench.errors import WITHOUT_THE_HUB, ConfigError
-from sharebench.glue import HUB_NAME, TASKS
 from sharebench.paths import CORPUS_DIR
-from sharebench.tokenizer import HUB_VOCAB
 
 # Where each part of a mirror comes from: a hub dataset (or a local clone of one) and its config, or a hub file.
 SOURCES: dict[str, tuple[str, str | None]] = {

@@ -25,9 +25,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sharebench.console import stage
-from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
-from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
-from sharebench.tokenizer import (
+from sharebench.data.tokenizer import (
     SPECIAL_TOKENS,
     CharTokenizer,
     SubwordTokenizer,
@@ -36,6 +34,8 @@ from sharebench.tokenizer import (
     vocab_file_path,
     wordpiece_pipeline,
 )
+from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
+from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 
 if TYPE_CHECKING:
     from sharebench.spec import Data, Masking
