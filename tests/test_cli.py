@@ -182,9 +182,8 @@ def test_the_documented_slurm_command_composes_into_its_submitit_parameters(laun
     assert submitit.nodes * submitit.tasks_per_node == cfg.trainer.num_nodes * cfg.trainer.devices  # one per GPU
 
 
-def test_a_launchers_settings_print_without_submitting(project_root, tmp_path):
-    result = subprocess.run([sys.executable, str(project_root / "train.py"), *SLURM, "--cfg", "hydra", "--package",
-                             "hydra.launcher"], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+def test_a_launchers_settings_print_without_submitting(tmp_path):
+    result = run_in_process(["train.py", *SLURM, "--cfg", "hydra", "--package", "hydra.launcher"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "nodes: 2" in result.stdout and "tasks_per_node: 4" in result.stdout and not list(tmp_path.iterdir())
 
