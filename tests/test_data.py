@@ -168,12 +168,12 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
         "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
     )
     builds = []
-    for build in range(3):
-        cache = tmp_path / str(build)
+    for build in ("first", "second"):  # two processes: any two hash in different orders
+        cache = tmp_path / build
         subprocess.run([sys.executable, "-c", script, str(cache), *nano_overrides], check=True, timeout=300)
         (path,) = (cache / "tokenizers").glob("*.json")
         builds.append(path.read_bytes())
-    assert builds[0] == builds[1] == builds[2]
+    assert builds[0] == builds[1]
     vocab = json.loads(builds[0])["model"]["vocab"]
     assert list(vocab)[:5] == list(data_module.SPECIAL_TOKENS) and len(vocab) <= cfg.data.tokenizer.vocab_size
 

@@ -213,13 +213,15 @@ def test_experiment_runs_on_a_tiny_model_and_collects(experiment, tmp_path, cach
 # measures nothing (measuring is tested at small scale) and writes no checkpoints (a BERT-base's need 4 GiB).
 PAPER_SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
                "data.batch_size=2", "data.max_train_chars=50000", "data.max_validation_chars=20000",
-               "data.tokenizer.train_chars=50000", "glue.tasks=[rte]", "glue.seeds=[0]", "glue.predict_test=false",
-               "glue.recipe.max_train_examples=4", "glue.recipe.max_eval_examples=4", "glue.recipe.epochs=1",
+               "data.tokenizer.train_chars=50000", "glue.tasks=[rte]", "glue.seeds=[0]", "glue.lrs=null",
+               "glue.predict_test=false", "glue.recipe.max_train_examples=4", "glue.recipe.max_eval_examples=4",
+               "glue.recipe.epochs=1",
                "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "lr_grid=none",
                "tokens_per_parameter=null", "measure=false", "checkpoints=none"]  # fmt: skip
 
 
 @pytest.mark.slow
+@pytest.mark.paper
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_paper_scale_recipe_runs_a_few_steps_with_the_papers_model(experiment, tmp_path, cache_dir):
     skip_without_its_model(experiment)
