@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect
-from tests.conftest import FIXTURE_DATA
+from tests.conftest import FIXTURE_DATA, run_in_process
 from tests.test_sweeps import FAST
 
 SEEDS = "seed=0,1"
@@ -29,10 +27,9 @@ def settings(cache_dir: Path) -> list[str]:
 
 
 def sweep(output_root: Path, cache_dir: Path, *overrides: str) -> None:
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), "-m", "experiment=leaderboard",
-                             "hydra.sweeper.grids=[{}]", *settings(cache_dir), *CONFIGURATION, "iso_compute=false",
-                             SEEDS, f"output_root={output_root}", *overrides],
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = run_in_process(["train.py", "-m", "experiment=leaderboard", "hydra.sweeper.grids=[{}]",
+                             *settings(cache_dir), *CONFIGURATION, "iso_compute=false", SEEDS,
+                             f"output_root={output_root}", *overrides], PROJECT_ROOT)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
 

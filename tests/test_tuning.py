@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +13,7 @@ from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect
 from sharebench.report.results import find_configurations
 from sharebench.tuning import Search, beyond, choose, grid, metric_of
+from tests.conftest import run_in_process
 
 
 def test_grid_is_the_base_rate_times_each_factor_rounded_as_folder_names_show_it():
@@ -105,8 +105,7 @@ def test_the_metric_comes_from_the_returned_record_and_a_diverged_run_is_infinit
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=900, cwd=PROJECT_ROOT)  # fmt: skip
+    return run_in_process(["train.py", *args], PROJECT_ROOT)
 
 
 def test_a_search_needs_a_sweep(tmp_path, capsys):
