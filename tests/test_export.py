@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from sharebench.errors import ConfigError
 from sharebench.export import export
 from sharebench.pretrain import stored_sharing
 from sharebench.tasks import run_task
-from tests.conftest import spec_of
+from tests.conftest import run_in_process, spec_of
 
 transformers = pytest.importorskip("transformers")
 ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"], "llama": ["arch=llama", "data=tinyshakespeare"]}
@@ -136,10 +134,9 @@ def test_unfinished_runs_and_non_empty_folders_are_refused(trained, tmp_path):
 
 @pytest.mark.slow
 def test_export_command_on_a_trained_run(trained, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sharebench", "export", str(trained["gpt"]), str(tmp_path / "hf")],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = ["sharebench", "export", str(trained["gpt"]), str(tmp_path / "hf")]
+    result = run_in_process(command, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["loads_as"] == "AutoModelForCausalLM (trust_remote_code=True)"
-    again = subprocess.run([sys.executable, "-m", "sharebench", "export", str(trained["gpt"]), str(tmp_path / "hf")],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = run_in_process(command, tmp_path)
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "is not empty" in again.stderr
