@@ -57,8 +57,9 @@ def test_the_docs_plugin_is_a_scheme_by_name(tmp_path):
     """`sharebench params sharing=shared_kv` with the docs' plugin installed: one D × D block (and its bias) fewer
     per layer than separate Q/K/V."""
     plugin = params(docs_plugin_installed(tmp_path), "sharing=shared_kv")
-    unshared = run_in_process(["sharebench", "params", "size=nano", "sharing=none"], tmp_path)  # needs no plugin
-    unshared = json.loads(unshared.stdout)
+    separate = run_in_process(["sharebench", "params", "size=nano", "sharing=none"], tmp_path)  # needs no plugin
+    assert separate.returncode == 0, separate.stderr[-2000:]
+    unshared = json.loads(separate.stdout)
     assert plugin["sharing"] == "shared_kv"
     size = compose(["size=nano"]).size
     assert unshared["unique"] - plugin["unique"] == size.n_layers * (size.dim * size.dim + size.dim)

@@ -13,6 +13,7 @@ import sharebench.naming  # noqa: F401  (registers sb.run_name, which a run's fo
 from sharebench.composing import GROUPS, composed, group_choices
 from sharebench.errors import ConfigError, RatioNotTaken
 from sharebench.spec import RunSpec
+from sharebench.tuning import SEED_KEY
 from sharebench.validation import validate
 
 ComposeRun = Callable[[list[str]], DictConfig]  # Hydra's config loader, one run's overrides to its config
@@ -86,9 +87,10 @@ def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[
     is the first one's with `seed` set (Hydra's own settings aside, which validation leaves out). Composing is most
     of a sweep's check (a third of a second a run), and the leaderboard runs each configuration at up to 14 seeds."""
     configurations: dict[tuple[str, ...], DictConfig] = {}
+    parser = OverridesParser.create()
 
     def spec_of(run: list[str]) -> RunSpec:
-        seeds = [o for o in run if o.startswith("seed=")]
+        seeds = [o for o in run if o.startswith(f"{SEED_KEY}=")]
         if len(seeds) != 1:
             return validate(composed(compose_run, run))
         configuration = tuple(o for o in run if o not in seeds)
@@ -96,7 +98,7 @@ def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[
             configurations[configuration] = composed(compose_run, run)
         config = configurations[configuration]  # no config leaves this function: each seed is set, then read
         with open_dict(config):
-            config.seed = OverridesParser.create().parse_override(seeds[0]).value()
+            config[SEED_KEY] = parser.parse_override(seeds[0]).value()
         return validate(config)
 
     return spec_of
