@@ -155,10 +155,11 @@ class Trainee:
             "loss": self.loss.item(),
         }
         if self.kind == "suite":
-            from sharebench.checkpoint import save_pretrained, stored_scheme
+            from sharebench.checkpoint import save_pretrained
+            from sharebench.spec import SharingSpec
 
             with tempfile.TemporaryDirectory() as folder:
-                result["checkpoint_bytes"] = save_pretrained(self.model, folder, stored_scheme(self.scheme, self.ratio))
+                result["checkpoint_bytes"] = save_pretrained(self.model, folder, SharingSpec(self.scheme, self.ratio))
             result.update(
                 unique_parameters=self.model.parameter_counts().unique,
                 flops_per_token=self.model.flops_per_token(SEQ_LEN, MASKED),

@@ -12,7 +12,6 @@ from sharebench import load_pretrained
 from sharebench.build import build_model
 from sharebench.checkpoint import save_pretrained
 from sharebench.errors import ConfigError
-from sharebench.pretrain import stored_sharing
 from sharebench.sharing import SCHEMES
 from tests.conftest import spec_of
 
@@ -21,7 +20,7 @@ from tests.conftest import spec_of
 def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, scheme):
     spec = spec_of(nano_cfg(f"sharing={scheme}"))
     model = build_model(spec, 60)
-    save_pretrained(model, tmp_path, stored_sharing(spec))
+    save_pretrained(model, tmp_path, spec.shares)
     loaded = load_pretrained(tmp_path)
     assert loaded.head.decoder.weight is loaded.transformer.embeddings.tokens.weight
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as stored:
@@ -37,30 +36,43 @@ def test_round_trip_keeps_weights_and_tied_tensors_shared(nano_cfg, tmp_path, sc
 
 
 def test_a_checkpoint_names_its_scheme_and_older_checkpoints_still_load(nano_cfg, tmp_path):
-    """model.json stores the scheme by name with its ratio and options, as an exported Hugging Face config does;
-    a checkpoint written before (the scheme's class path, the ratio beside it) loads into the same model."""
+    """model.json stores what the model shares in the shape run records use (the scheme by name with its ratio and
+    options, the layer scheme as it describes itself), with its schema version; checkpoints written before (the
+    scheme as {scheme, ratio, options} beside `layers`; before that its class path with the ratio beside it) load
+    into the same model, and `sharebench upgrade` rewrites them as this version writes them."""
     import json
 
-    spec = spec_of(nano_cfg("sharing=partial_qk", "ratio=0.5", "sharing.split=matrix"))
+    from sharebench.checkpoint import upgrade_checkpoints
+
+    spec = spec_of(nano_cfg("sharing=partial_qk", "ratio=0.5", "sharing.split=matrix", "layers=cycle"))
     model = build_model(spec, 60)
-    save_pretrained(model, tmp_path, stored_sharing(spec))
+    save_pretrained(model, tmp_path, spec.shares)
     stored = json.loads((tmp_path / "model.json").read_text())
-    assert stored["sharing"] == {"scheme": "partial_qk", "ratio": 0.5, "options": {"split": "matrix"}}
+    assert stored["schema_version"] == 2
+    assert stored["sharing"] == {"name": "partial_qk", "ratio": 0.5, "options": {"split": "matrix"},
+                                 "layers": {"name": "cycle", "ratio": 0.5}}  # fmt: skip
     ids = torch.randint(0, 60, (2, 7))
     model.eval()
     assert torch.equal(load_pretrained(tmp_path).encode(ids), model.encode(ids))
 
-    older = {**stored, "ratio": 0.5, "sharing": {"_target_": "sharebench.sharing.partial_qk.PartialQK",
+    scheme = {"scheme": "partial_qk", "ratio": 0.5, "options": {"split": "matrix"}}
+    first = {"model": stored["model"], "sharing": scheme,
+             "sharing_name": "partial_qk", "layers": {"name": "cycle", "ratio": 0.5}, "head_sources": None}  # fmt: skip
+    oldest = {**first, "ratio": 0.5, "sharing": {"_target_": "sharebench.sharing.partial_qk.PartialQK",
                                                  "_partial_": True, "split": "matrix"}}  # fmt: skip
-    (tmp_path / "model.json").write_text(json.dumps(older))
-    assert torch.equal(load_pretrained(tmp_path).encode(ids), model.encode(ids))
+    for older in (first, oldest):
+        (tmp_path / "model.json").write_text(json.dumps(older))
+        assert torch.equal(load_pretrained(tmp_path).encode(ids), model.encode(ids))
+        assert upgrade_checkpoints([tmp_path]).startswith("upgrade: 1 of 1 checkpoints")
+        assert json.loads((tmp_path / "model.json").read_text()) == stored
+    assert upgrade_checkpoints([tmp_path]).startswith("upgrade: 0 of 1 checkpoints")
 
 
 def test_a_checkpoint_of_another_shape_is_refused(nano_cfg, tmp_path):
     import json
 
     spec = spec_of(nano_cfg())
-    save_pretrained(build_model(spec, 60), tmp_path, stored_sharing(spec))
+    save_pretrained(build_model(spec, 60), tmp_path, spec.shares)
     stored = json.loads((tmp_path / "model.json").read_text())
     stored["model"]["dim"] = 64
     (tmp_path / "model.json").write_text(json.dumps(stored))

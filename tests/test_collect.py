@@ -264,12 +264,15 @@ def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budge
             "postshare_ratio": None,
             **config,
         }
+        sharing = {"name": "gqa", "ratio": 0.667, "options": {}, "layers": {"name": "none", "ratio": None}}
+        if config["postshare_ratio"] is not None:
+            sharing["conversion"] = {"to": "postshare", "ratio": config["postshare_ratio"]}
         run = {
             "status": "completed",
             "seed": seed,
             "config": config,
             "metrics": {"test_loss_full": loss},
-            "sharing": {"name": "gqa", "ratio": 0.667, "layers": {"name": "none", "ratio": None}},
+            "sharing": sharing,
             "config_keys": key_declarations(),
         }
         path.write_text(json.dumps(current_record(run | ({"compute": {"tokens_seen": 16 * steps}} if steps else {}))))

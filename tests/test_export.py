@@ -16,7 +16,6 @@ from sharebench.checkpoint import load_pretrained, save_pretrained
 from sharebench.composing import compose, group_choices
 from sharebench.errors import ConfigError
 from sharebench.export import export
-from sharebench.pretrain import stored_sharing
 from sharebench.tasks import run_task
 from tests.conftest import run_in_process, spec_of
 
@@ -53,7 +52,7 @@ def scheme_run(trained: Path, overrides: list[str], folder: Path) -> Path:
     shutil.copytree(trained, folder)
     vocab_size = json.loads((trained / "run.json").read_text())["vocab_size"]
     torch.manual_seed(0)
-    save_pretrained(build_model(spec, vocab_size), folder, stored_sharing(spec))
+    save_pretrained(build_model(spec, vocab_size), folder, spec.shares)
     return folder
 
 

@@ -10,13 +10,14 @@ import torch
 from hydra.utils import get_class
 
 from sharebench.build import build_model
-from sharebench.checkpoint import SEPARATE, convert_checkpoint, load_pretrained, save_pretrained, stored_scheme
+from sharebench.checkpoint import convert_checkpoint, load_pretrained, save_pretrained
 from sharebench.composing import compose
 from sharebench.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
 from sharebench.paths import PROJECT_ROOT
+from sharebench.spec import SharingSpec
 from tests.conftest import layers_for, spec_of, within_layer_for
 from tests.test_checkpoint import minilm_folder
 
@@ -229,7 +230,7 @@ def test_directshare_at_ratio_zero_is_the_identity_and_round_trips(tmp_path):
 
     shared = direct_share(gpt_model(), 0.5)
     assert len(shared.head_sources) == 6
-    save_pretrained(shared, tmp_path, SEPARATE)
+    save_pretrained(shared, tmp_path, SharingSpec("none", None))
     loaded = load_pretrained(tmp_path)
     assert loaded.parameter_counts() == shared.parameter_counts()
     assert torch.equal(logits(loaded, ids), logits(shared, ids))
@@ -266,7 +267,7 @@ def test_mlkv_conversion_groups_layers_over_mean_pooled_keys_and_values(tmp_path
     assert torch.allclose(logits(to_mlkv(model, 0.0, Separate).eval(), ids), logits(model, ids), atol=1e-5)
     assert mlkv_sources(4, 0.5) == [0, 0, 2, 2] and mlkv_sources(6, 2 / 3) == [0, 0, 0, 3, 3, 3]
     assert mlkv_sources(5, 0.4) == [0, 0, 2, 3, 3]  # groups as even as they can be
-    save_pretrained(model, tmp_path / "source", SEPARATE)
+    save_pretrained(model, tmp_path / "source", SharingSpec("none", None))
     grouped = convert_checkpoint(tmp_path / "source", tmp_path / "mlkv", "mlkv", 0.5).eval()
     assert grouped.layers.describe() == {"name": "kv_sources", "ratio": None, "sources": [0, 0, 2, 2]}
     weight = [block.attn.qkv.proj.weight for block in model.transformer.blocks]
@@ -286,7 +287,7 @@ def test_mlkv_conversion_groups_layers_over_mean_pooled_keys_and_values(tmp_path
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_recursive_conversion_at_full_rank_reproduces_the_model(tmp_path, ratio):
     model = gpt_model("size.n_layers=4")
-    save_pretrained(model, tmp_path / "source", SEPARATE)
+    save_pretrained(model, tmp_path / "source", SharingSpec("none", None))
     ids = torch.randint(0, 50, (2, 16))
     full = convert_checkpoint(tmp_path / "source", tmp_path / "full", "recursive_lora", ratio, rank=32).eval()
     assert torch.allclose(logits(full, ids), logits(model, ids), atol=1e-5)
@@ -305,7 +306,8 @@ def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path)
     assert record["status"] == "completed"
     assert record["postshare"]["pairs"] == 2  # int(0.25 · 2 layers · 4 heads)
     spec = json.loads((tmp_path / "post" / "model.json").read_text())
-    assert len(spec["head_sources"]) == 2
+    assert len(spec["sharing"]["head_sources"]) == 2 == len(record["sharing"]["head_sources"])
+    assert record["sharing"]["conversion"] == {"to": "postshare", "ratio": 0.25}
     base = json.loads((tmp_path / "base" / "run.json").read_text())["parameters"]["unique"]
     assert record["parameters"]["unique"] < base
     assert load_pretrained(tmp_path / "post").parameter_counts().unique == record["parameters"]["unique"]
@@ -415,7 +417,7 @@ def test_basis_conversion_is_each_groups_best_rank_k_approximation(arch, tmp_pat
     from sharebench.layers.basis import rank_for
 
     model = gpt_model(*([] if arch == "gpt" else ["arch=llama", "sharing=gqa"]), "size.n_layers=4")
-    save_pretrained(model, tmp_path / "source", SEPARATE if arch == "gpt" else stored_scheme("gqa", 0.5))
+    save_pretrained(model, tmp_path / "source", SharingSpec("none", None) if arch == "gpt" else SharingSpec("gqa", 0.5))
     converted = convert_checkpoint(tmp_path / "source", tmp_path / "basis", "basis", 0.3, group=2).eval()
     assert converted.layers.describe()["group"] == 2
     for path, members in (("attn.qkv.proj", [0, 1]), ("ffn.up", [2, 3]), ("attn.out", [1])):

@@ -13,6 +13,7 @@ import torch
 
 from sharebench.checkpoint import load_pretrained
 from sharebench.errors import ConfigError
+from sharebench.schema import named_schemes
 
 transformers = pytest.importorskip("transformers")
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -200,7 +201,7 @@ def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llam
     to, ratio = (o.split("=")[1] for o in conversion) if conversion else (None, None)
     before = converted_model(llama_folder, to, float(ratio))[0] if to else load_pretrained(llama_folder)
     healed = load_pretrained(tmp_path / "healed")
-    assert healed.sharing_name == before.sharing_name == record["sharing"]["name"]
+    assert healed.sharing_name == before.sharing_name == named_schemes(record["sharing"])["sharing"]
     assert healed.parameter_counts().unique == before.parameter_counts().unique == record["parameters"]["unique"]
     assert record["sharing"].get("conversion", {}).get("to") == to
     assert record["unshared_parameters"] == unique_parameters(before.config)  # the checkpoint's shape, unshared

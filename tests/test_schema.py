@@ -125,6 +125,50 @@ def test_a_third_version_run_from_a_checkpoint_drops_the_unshared_size_of_its_co
     assert upgrade({**third, "config": {"seed": 0, "pretrained": None}})["unshared_parameters"] == 10
 
 
+def test_a_fourth_version_sharing_takes_the_shape_checkpoints_store_and_keeps_its_name_in_tables():
+    """Version 4's `sharing` lacked a scheme's options, named a model whose heads DirectShare shared `headwise`
+    (without the scheme its heads came from) and left PostShare to the config; version 5 states the options from
+    the config, and both head conversions as conversions, which name the model in a table as before."""
+    from sharebench.schema import named_schemes
+
+    def fourth(recorded: dict, **config) -> dict:
+        return {"schema_version": 4, "status": "completed", "sharing": recorded,
+                "config": {"seed": 0, "pretrained": None, **config}}  # fmt: skip
+
+    layers = {"name": "cycle", "ratio": 0.5}
+    trained = fourth({"name": "partial_qk", "ratio": 0.5, "layers": layers},
+                     sharing={"_target_": "sharebench.sharing.partial_qk.PartialQK", "split": "matrix"})  # fmt: skip
+    assert upgrade(trained)["sharing"] == {"name": "partial_qk", "ratio": 0.5, "options": {"split": "matrix"},
+                                           "layers": layers}  # fmt: skip
+    twin = fourth({"name": "none", "ratio": None, "layers": {"name": "none", "ratio": None},
+                   "iso_baseline_of": {"name": "partial_qk", "ratio": 0.5, "layers": layers}},
+                  sharing={"_target_": "sharebench.sharing.partial_qk.PartialQK", "split": "matrix"})  # fmt: skip
+    assert upgrade(twin)["sharing"]["options"] == {}  # the twin shares nothing; the configuration it matches does
+    assert upgrade(twin)["sharing"]["iso_baseline_of"]["options"] == {"split": "matrix"}
+    conversion = {"to": "headwise", "ratio": 0.3, "rank": 8}
+    directshare = fourth({"name": "headwise", "ratio": 0.3, "layers": {"name": "none", "ratio": None},
+                          "conversion": conversion})  # fmt: skip
+    upgraded = upgrade(directshare)["sharing"]
+    assert upgraded["name"] is upgraded["ratio"] is None and upgraded["conversion"] == conversion
+    postshare = fourth({"name": "gqa", "ratio": 0.5, "layers": {"name": "none", "ratio": None}, "pretrained": "m"},
+                       postshare_ratio=0.3)  # fmt: skip
+    assert upgrade(postshare)["sharing"]["conversion"] == {"to": "postshare", "ratio": 0.3}
+    for record in (trained, twin, directshare, postshare):
+        assert named_schemes(upgrade(record)["sharing"]) == old_named_schemes(record)
+    assert named_schemes(upgrade(directshare)["sharing"])["sharing"] == "headwise"
+    assert named_schemes(upgrade(postshare)["sharing"])["sharing"] == "postshare"
+
+
+def old_named_schemes(record: dict) -> dict:
+    """How version 4's tables named a record's schemes (its `results.scheme_of`)."""
+    sharing = record["sharing"]
+    scheme = sharing.get("iso_baseline_of") or sharing
+    layers, name, ratio = scheme.get("layers") or {}, scheme.get("name"), scheme.get("ratio")
+    if (postshare := record["config"].get("postshare_ratio")) is not None:
+        name, ratio = "postshare", postshare
+    return {"sharing": name, "ratio": ratio, "layers": layers.get("name", "none"), "layers.ratio": layers.get("ratio")}
+
+
 def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tmp_path, capsys):
     old, newer = tmp_path / "runs" / "old", tmp_path / "runs" / "newer"
     old.mkdir(parents=True), newer.mkdir(parents=True)
@@ -140,9 +184,10 @@ def test_every_reader_reads_through_the_upgrade_and_a_newer_record_is_refused(tm
     assert by_folder["newer"]["status"] == "failed" and "upgrade sharebench" in by_folder["newer"]["error"]
     (newer / "run.json").unlink()
     cli(["upgrade", str(tmp_path)])
-    assert (
-        capsys.readouterr().out.strip() == f"upgrade: 1 of 1 run records rewritten in schema version {SCHEMA_VERSION}"
-    )
+    assert capsys.readouterr().out.splitlines() == [
+        f"upgrade: 1 of 1 run records rewritten in schema version {SCHEMA_VERSION}",
+        "upgrade: 0 of 0 checkpoints (model.json) rewritten in version 2",
+    ]
     assert json.loads((old / "run.json").read_text()) == upgrade(json.loads(json.dumps(FIRST_VERSION)), declared_keys())
     assert read_record(old)["run_dir"] == "runs/arch=gpt/seed=1"
     summary = json.loads((old / "glue_summary.json").read_text())

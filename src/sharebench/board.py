@@ -148,7 +148,7 @@ def add(board: str | Path, overrides: Sequence[str], runs: str | Path, accept_co
                           f"--accept-code adds the configuration anyway, marked in its table")  # fmt: skip
 
     planned = {("iso_baseline=false",): shared}  # each run the configuration needs, with its spec
-    if shared.shares.scheme != "none" or shared.shares.layers != "none":
+    if shared.shares.name != "none" or shared.shares.layers["name"] != "none":
         twin = planned[("iso_baseline=true",)] = validate(compose([*run, "iso_baseline=true"]), data=False)
         if flops_per_token(shared) > flops_per_token(twin) * (1 + ISO_COMPUTE_TOLERANCE):
             twin_overrides = ("iso_baseline=true", "iso_compute=true")

@@ -8,11 +8,11 @@ tensor once, and `model.json`, which says how to rebuild the model (its shape an
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,81 +48,87 @@ WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
 
 
-def save_pretrained(model: LanguageModel, folder: str | Path, sharing: dict[str, Any]) -> int:
-    """Write the checkpoint, with `sharing` as `stored_scheme` gives it; returns the bytes of the weights file."""
+# model.json's schema. 1: no `schema_version`; the within-layer scheme as {scheme, ratio, options} (before that, its
+# class's `_target_` and a top-level `ratio`) beside `sharing_name`, `layers` and `head_sources`; 2: `sharing` in
+# the shape run records use (`SharingSpec`). `upgraded_spec` reads either.
+CHECKPOINT_VERSION = 2
+
+
+def save_pretrained(model: LanguageModel, folder: str | Path, sharing: SharingSpec) -> int:
+    """Write the checkpoint, with what `sharing` says the model shares (`SharingSpec.built`; heads a conversion
+    shared, from the model); returns the bytes of the weights file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{WEIGHTS_NAME}.tmp"
     save_model(model, str(temporary))
     temporary.chmod(FILE_MODE)  # safetensors writes files only their owner may read
     temporary.replace(folder / WEIGHTS_NAME)
-    spec = {
-        "model": model.config.to_dict(),
-        "sharing": sharing,
-        "sharing_name": model.sharing_name,
-        "layers": model.layers.describe(),
-        "head_sources": getattr(model, "head_sources", None),
-    }
+    built = replace(sharing.built(), head_sources=getattr(model, "head_sources", None))
+    spec = {"schema_version": CHECKPOINT_VERSION, "model": model.config.to_dict(), "sharing": built.to_record()}
     atomic_write_json(folder / SPEC_NAME, spec)
     return (folder / WEIGHTS_NAME).stat().st_size
 
 
-def stored_scheme(scheme: str, ratio: float | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A within-layer scheme as checkpoints (and exported Hugging Face configs) store it: by its name, with its
-    ratio and its own options (partial_qk's `split`), so a checkpoint does not depend on where the code lives."""
-    return {"scheme": scheme, "ratio": ratio, "options": dict(options or {})}
+def read_spec(folder: str | Path) -> dict[str, Any]:
+    """A suite checkpoint's model.json, of any version, as this version writes it."""
+    return upgraded_spec(json.loads((Path(folder).expanduser() / SPEC_NAME).read_text()))
 
 
-SEPARATE = stored_scheme(Separate.name)
+def upgraded_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model.json of any version as this version writes it: the one place older ones are read."""
+    version = spec.get("schema_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ConfigError(f"{SPEC_NAME}: schema_version {version!r} is newer than this sharebench reads "
+                          f"({CHECKPOINT_VERSION}); upgrade sharebench")  # fmt: skip
+    if version == 2:
+        return spec
+    stored = spec.get("sharing") or {"scheme": Separate.name, "ratio": None, "options": {}}
+    if "_target_" in stored:  # written before schemes were stored by name: the class's path and its ratio
+        options = {key: value for key, value in stored.items() if not key.startswith("_")}
+        stored = {"scheme": get_class(stored["_target_"]).name, "ratio": spec.get("ratio"), "options": options}
+    layers = spec.get("layers") or {"name": "none", "ratio": None}
+    sharing = SharingSpec(stored["scheme"], stored["ratio"], stored["options"], layers, spec.get("head_sources"))
+    return {"schema_version": CHECKPOINT_VERSION, "model": spec["model"], "sharing": sharing.to_record()}
 
 
-def stored_from_config(config: Mapping[str, Any], ratio: float | None) -> dict[str, Any]:
-    """A scheme's config (`_target_` and its options, conf/sharing/<name>.yaml) with its ratio, as stored."""
-    options = {key: value for key, value in config.items() if not key.startswith("_")}
-    return stored_scheme(get_class(config["_target_"]).name, ratio, options)
+def upgrade_checkpoints(folders: Sequence[Path]) -> str:
+    """Every model.json below `folders` rewritten as `upgraded_spec` reads it; says how many changed."""
+    paths = sorted({path for folder in folders for path in folder.rglob(SPEC_NAME)})
+    changed = 0
+    for path in paths:
+        if (upgraded := upgraded_spec(stored := json.loads(path.read_text()))) != stored:
+            atomic_write_json(path, upgraded)
+            changed += 1
+    return f"upgrade: {changed} of {len(paths)} checkpoints ({SPEC_NAME}) rewritten in version {CHECKPOINT_VERSION}"
 
 
-def scheme_factory(stored: Mapping[str, Any]) -> Callable[..., AttentionSharing]:
+def scheme_factory(sharing: SharingSpec) -> Callable[..., AttentionSharing]:
     """What builds each layer's attention projections of a stored scheme."""
-    return functools.partial(scheme_class(stored["scheme"]), ratio=stored["ratio"], **stored["options"])
+    return scheme_class(sharing.name).factory(sharing.ratio, sharing.options)
 
 
-def loaded_sharing(model: LanguageModel, folder: str | Path, conversion: Mapping[str, Any] | None = None,
-                   stored: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """What a run records as the sharing of a model loaded from `folder`: converted (`conversion`, the run's
-    `convert`), its conversion, with the within-layer scheme at the conversion's ratio where the conversion sets
-    it (`convert.CONVERSIONS`) and at the checkpoint's (`stored`, as `pretrained_model` gives it) where it changes
-    the layers; else the sharing its pretraining run recorded (iso-parameter baselines keep the configuration they
-    match), or for other checkpoints the scheme the checkpoint stores."""
+def loaded_sharing(folder: str | Path, built: SharingSpec, conversion: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What a run records as the sharing of a model loaded from `folder`, which shares what `built` says (as
+    `pretrained_model` gives it): converted (`conversion`, the run's `convert`), the converted model with its
+    conversion; else the sharing its pretraining run recorded (iso-parameter baselines keep the configuration they
+    match), or for other checkpoints what the checkpoint stores."""
     if conversion:
-        within = conversion["ratio"] if CONVERSIONS[conversion["to"]] or stored is None else stored["ratio"]
-        return SharingSpec.of(model.sharing_name, within, model.layers.describe(),
-                              pretrained=str(folder), conversion=dict(conversion)).to_record()  # fmt: skip
-    record = Path(folder) / RECORD_NAME
-    recorded = read_record(folder).get("sharing") if record.is_file() else None
+        return replace(built, pretrained=str(folder), conversion=dict(conversion)).to_record()
+    recorded = read_record(folder).get("sharing") if (Path(folder) / RECORD_NAME).is_file() else None
     if recorded:
         return {**recorded, "pretrained": str(folder)}
-    ratio = checkpoint_sharing(folder, model)["ratio"]
-    return SharingSpec.of(model.sharing_name, ratio, model.layers.describe(), pretrained=str(folder)).to_record()
+    return replace(built, pretrained=str(folder)).to_record()
 
 
-def checkpoint_sharing(folder: str | Path, model: LanguageModel) -> dict[str, Any]:
-    """The within-layer scheme of `model`, loaded from `folder`: the one a suite checkpoint was saved with
-    (`stored_scheme`); for a Hugging Face checkpoint, separate Q/K/V or a Llama's grouped key/value heads."""
-    spec_path = Path(folder).expanduser() / SPEC_NAME
-    if spec_path.is_file():
-        return spec_sharing(json.loads(spec_path.read_text()))
+def checkpoint_sharing(folder: str | Path, model: LanguageModel) -> SharingSpec:
+    """What `model`, loaded from `folder`, shares: what a suite checkpoint stores; for a Hugging Face checkpoint,
+    separate Q/K/V or a Llama's grouped key/value heads."""
+    if (Path(folder).expanduser() / SPEC_NAME).is_file():
+        return SharingSpec.from_record(read_spec(folder)["sharing"])
     qkv = model.transformer.blocks[0].attn.qkv
     scheme, ratio = scheme_for_kv_heads(getattr(qkv, "n_kv_heads", qkv.n_heads), qkv.n_heads)
-    return stored_scheme(scheme.name, ratio)
-
-
-def spec_sharing(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The within-layer scheme of a read model.json."""
-    sharing = spec.get("sharing", SEPARATE)
-    if "_target_" in sharing:  # written before schemes were stored by name: the class's path and its ratio
-        return stored_from_config(sharing, spec.get("ratio"))
-    return sharing
+    return SharingSpec(scheme.name, ratio, layers=model.layers.describe())
 
 
 def checkpoint_objective(path: str | Path) -> str:
@@ -132,7 +138,7 @@ def checkpoint_objective(path: str | Path) -> str:
     if folder.suffix == ".gguf":
         return "causal"
     if (folder / SPEC_NAME).is_file():
-        return json.loads((folder / SPEC_NAME).read_text())["model"]["objective"]
+        return read_spec(folder)["model"]["objective"]
     return "causal" if json.loads((folder / "config.json").read_text()).get("model_type") == "llama" else "mlm"
 
 
@@ -156,13 +162,13 @@ def load_pretrained(path: str | Path) -> LanguageModel:
 
 
 def _load_suite(folder: Path) -> LanguageModel:
-    spec = json.loads((folder / SPEC_NAME).read_text())
-    sharing = scheme_factory(spec_sharing(spec))
-    layers = dict(spec.get("layers") or {"name": "none"})
+    spec = read_spec(folder)
+    sharing = SharingSpec.from_record(spec["sharing"])
+    layers = dict(sharing.layers)
     layer_scheme = layer_scheme_class(layers.pop("name"))(**layers)
-    model = LanguageModel(ModelConfig(**spec["model"]), sharing, spec.get("sharing_name", ""), layer_scheme)
-    if spec.get("head_sources"):
-        share_heads(model, {(a, b): (c, d) for a, b, c, d in spec["head_sources"]})
+    model = LanguageModel(ModelConfig(**spec["model"]), scheme_factory(sharing), sharing.name, layer_scheme)
+    if sharing.head_sources:
+        share_heads(model, {(a, b): (c, d) for a, b, c, d in sharing.head_sources})
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
     except SafetensorError as error:  # an empty or truncated file
@@ -271,29 +277,32 @@ def _load_hugging_face(folder: Path) -> LanguageModel:
 
 
 def converted_model(source: str | Path, to: str, ratio: float, rank: int = 8, group: int = 2
-                    ) -> tuple[LanguageModel, dict]:  # fmt: skip
-    """The checkpoint in `source` with the new sharing, and the within-layer scheme it stores."""
+                    ) -> tuple[LanguageModel, SharingSpec]:  # fmt: skip
+    """The checkpoint in `source` with the new sharing, and what the converted model shares."""
     if to not in CONVERSIONS:
         raise ConfigError(f"convert: unknown conversion {to!r}; valid: {', '.join(CONVERSIONS)}")
     source = Path(source)
     model = load_pretrained(source)
     sharing = checkpoint_sharing(source, model)
+    factory = scheme_factory(sharing)
     if to == "headwise":
-        return direct_share(model, ratio), sharing
-    if to == "gqa":
-        return to_gqa(model, ratio), stored_scheme(GroupedQuery.name, ratio)
-    if to == "drop_layers":
-        return drop_layers(model, ratio, scheme_factory(sharing)), sharing
-    if to == "mlkv":
-        return to_mlkv(model, ratio, scheme_factory(sharing)), sharing
-    if to == "basis":
-        return to_basis(model, ratio, group, scheme_factory(sharing)), sharing
-    return to_recursive(model, ratio, rank, scheme_factory(sharing)), sharing
+        converted = direct_share(model, ratio)
+    elif to == "gqa":
+        converted, sharing = to_gqa(model, ratio), SharingSpec(GroupedQuery.name, ratio)
+    elif to == "drop_layers":
+        converted = drop_layers(model, ratio, factory)
+    elif to == "mlkv":
+        converted = to_mlkv(model, ratio, factory)
+    elif to == "basis":
+        converted = to_basis(model, ratio, group, factory)
+    else:
+        converted = to_recursive(model, ratio, rank, factory)
+    return converted, replace(sharing, layers=converted.layers.describe(),
+                              head_sources=getattr(converted, "head_sources", None))  # fmt: skip
 
 
-def pretrained_model(source: Path, convert: Convert) -> tuple[LanguageModel, dict[str, Any]]:
-    """The model a task reads from `source`, converted as `convert` says (or not), and the within-layer scheme its
-    checkpoint stores."""
+def pretrained_model(source: Path, convert: Convert) -> tuple[LanguageModel, SharingSpec]:
+    """The model a task reads from `source`, converted as `convert` says (or not), and what it shares."""
     if convert.to:
         return converted_model(source, convert.to, convert.ratio, convert.rank)
     model = load_pretrained(source)
@@ -317,8 +326,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: floa
             if (source / name).is_file():
                 shutil.copyfile(source / name, out / name)
         record.update(
-            sharing=SharingSpec.of(converted.sharing_name, ratio, converted.layers.describe(), conversion=conversion,
-                                   pretrained=str(source)).to_record(),
+            sharing=replace(sharing, pretrained=str(source), conversion=conversion).to_record(),
             parameters=converted.parameter_counts().to_dict(),
             checkpoint={"path": str(out / WEIGHTS_NAME), "bytes": weights_bytes},
         )  # fmt: skip

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_parser.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
     add_parser.add_argument("--site", type=Path, help="then write the site of the results beside the board here")
     upgrade_parser = commands.add_parser(
-        "upgrade", help="rewrite the run records below folders in this version's schema (paths machine-free)"
+        "upgrade", help="rewrite the run records and checkpoints below folders in this version's schema"
     )
     upgrade_parser.add_argument("folders", nargs="+", type=Path, help="folders holding runs (searched recursively)")
     convert_parser = commands.add_parser(
@@ -281,10 +281,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"open {build(args.folders, args.out)}")
             return
         if args.command == "upgrade":
+            from sharebench.checkpoint import upgrade_checkpoints
             from sharebench.record import declared_keys
             from sharebench.schema import upgrade_records
 
             print(upgrade_records(args.folders, declared_keys()))
+            print(upgrade_checkpoints(args.folders))
             return
         if args.command == "params":
             print(json.dumps(params(args.overrides), indent=2))

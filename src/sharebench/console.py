@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from sharebench.schema import Record
+from sharebench.schema import Record, named_schemes
 
 
 def quiet_libraries() -> None:
@@ -92,7 +92,7 @@ def progress(trainer_settings: dict[str, Any]) -> tuple[dict[str, Any], list[L.C
 def start_line(record: Record) -> str:
     """How a pretraining run starts on the console: where it goes and what it trains."""
     sharing, parameters = record["sharing"], record["parameters"]
-    scheme = describe_sharing(sharing.get("iso_baseline_of") or sharing)
+    scheme = describe_sharing(sharing)
     twin = "the iso-parameter twin of " if "iso_baseline_of" in sharing else ""
     return (
         f"run: {record['run_dir']}: {twin}{scheme}, {parameters['unique']:,} unique parameters "
@@ -103,12 +103,13 @@ def start_line(record: Record) -> str:
 def describe_sharing(sharing: dict[str, Any]) -> str:
     from sharebench.sharing import SCHEMES
 
-    scheme = SCHEMES.get(sharing["name"])
+    named = named_schemes(sharing)
+    scheme = SCHEMES.get(named["sharing"])
     takes_ratio = scheme is None or scheme.ratio_range is not None  # a conversion (headwise) has one
-    within = sharing["name"] + (f" {sharing['ratio']:g}" if sharing.get("ratio") is not None and takes_ratio else "")
-    layers = sharing.get("layers") or {"name": "none"}
-    across = f", layers={layers['name']}" + (f" {layers['ratio']:g}" if layers.get("ratio") is not None else "")
-    return f"sharing={within}" + (across if layers["name"] != "none" else "")
+    ratio, layers_ratio = named["ratio"], named["layers.ratio"]
+    within = named["sharing"] + (f" {ratio:g}" if ratio is not None and takes_ratio else "")
+    across = f", layers={named['layers']}" + (f" {layers_ratio:g}" if layers_ratio is not None else "")
+    return f"sharing={within}" + (across if named["layers"] != "none" else "")
 
 
 def diverged_line(record: dict[str, Any]) -> str:

@@ -44,10 +44,9 @@ from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate
 
-# Each conversion, and whether it sets the within-layer scheme's ratio (the others change the layers and keep the
-# checkpoint's within-layer scheme at its own ratio).
-CONVERSIONS = {"headwise": True, "gqa": True, "recursive_lora": False, "mlkv": False, "basis": False,
-               "drop_layers": False}  # fmt: skip
+# The conversions: `gqa` replaces the within-layer scheme; `headwise` shares single heads over it; the others change
+# the layers and keep the checkpoint's within-layer scheme.
+CONVERSIONS = ("headwise", "gqa", "recursive_lora", "mlkv", "basis", "drop_layers")
 
 HeadId = tuple[int, int]  # (layer, head)
 

@@ -31,7 +31,7 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
 
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
-        model, stored = pretrained_model(source, spec.convert)
+        model, built = pretrained_model(source, spec.convert)
         if not model.config.causal:
             raise ConfigError(f"task=evaluate scores a causal LM's next-token loss; {source} is a masked LM")
         data = PretrainData(spec.data, "causal", spec.cache_dir)
@@ -45,7 +45,7 @@ def run_evaluate(spec: RunSpec, run_dir: Path) -> Record:
         counts = model.parameter_counts()
         record.update(
             pretrained=str(source),
-            sharing=loaded_sharing(model, source, spec.convert.to_dict() if spec.convert.to else None, stored),
+            sharing=loaded_sharing(source, built, spec.convert.to_dict() if spec.convert.to else None),
             parameters=counts.to_dict(),
             tokenizer=data.tokenizer.describe(),
             tokens={split: len(data.streams[split]) for split in ("validation", "test")},

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 
 from sharebench import llama
-from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, spec_sharing
+from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, read_spec
 from sharebench.data.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 from sharebench.errors import ConfigError
 from sharebench.model import LanguageModel
@@ -49,8 +49,8 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"export: {folder} is not empty; give a new or empty folder")
     model = load_pretrained(run)
-    spec = json.loads((run / SPEC_NAME).read_text())
-    if spec.get("head_sources"):
+    sharing = read_spec(run)["sharing"]
+    if sharing.get("head_sources"):
         raise ConfigError("export: head-wise shared models (DirectShare conversions) do not export yet; export the "
                           "model they were converted from")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def export(run: Path, folder: Path) -> dict[str, Any]:
     elif llama.native(model):
         written = _export_llama(model, folder)
     else:
-        written = _export_remote_code(model, spec_sharing(spec), folder)
+        written = _export_remote_code(model, sharing, folder)
     _export_tokenizer(run, folder, model.config.causal, model.config.max_positions)
     with safe_open(folder / "model.safetensors", "pt") as weights:
         stored = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
@@ -139,8 +139,7 @@ def _export_remote_code(model: LanguageModel, sharing: dict[str, Any], folder: P
         "architectures": [head], "model_type": "sharebench",
         "auto_map": {"AutoConfig": "configuration_sharebench.SharebenchConfig", auto: f"modeling_sharebench.{head}"},
         "model": model.config.to_dict(),
-        "sharing": sharing,
-        "sharing_name": model.sharing_name, "layers": model.layers.describe(), "tie_word_embeddings": False,
+        "sharing": sharing, "tie_word_embeddings": False,
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return {"loads_as": f"{auto} (trust_remote_code=True)", "trust_remote_code": True}

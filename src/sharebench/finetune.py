@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import load_pretrained, loaded_sharing
+from sharebench.checkpoint import checkpoint_sharing, load_pretrained, loaded_sharing
 from sharebench.console import progress
 from sharebench.cpu import tune_cpu_process
 from sharebench.data import glue
@@ -31,7 +31,7 @@ from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path
 from sharebench.record import RunRecord, run_once
 from sharebench.resume import StopOnSignal
-from sharebench.schema import RECORD_NAME, SUMMARY_NAME, read_record, record_roots
+from sharebench.schema import RECORD_NAME, SUMMARY_NAME, named_schemes, read_record, record_roots
 from sharebench.spec import GlueRecipe, RunSpec, run_selecting_keys
 from sharebench.tuning import best_mean
 
@@ -192,7 +192,7 @@ def finetune_task(spec: RunSpec, pretrained: Path, task_name: str, seed: int, ro
                 "epochs": module.history,
             },
             parameters={"unique": counts.unique + head, "total": counts.total + head, "encoder": counts.to_dict()},
-            sharing=loaded_sharing(encoder, pretrained),
+            sharing=loaded_sharing(pretrained, checkpoint_sharing(pretrained, encoder)),
             speed={"train_examples_per_second": len(train) * recipe.epochs / seconds},
             examples={"train": len(train), **{s: len(v) for s, v in validation.items()}},
         )
@@ -258,7 +258,7 @@ def run_glue(spec: RunSpec, pretrained: str | Path, run_dir: Path) -> dict[str, 
                 | ({"lrs": {rate: statistics.fmean(s) for rate, s in scores.items()}} if lr is not None else {})
             )
             summary["unique_parameters"] = by_rate[lr][0]["parameters"]["encoder"]["unique"]
-            summary["sharing"] = by_rate[lr][0]["sharing"]["name"]
+            summary["sharing"] = named_schemes(by_rate[lr][0]["sharing"])["sharing"]
     scores = [t["score"]["median"] for t in summary["tasks"].values()]
     summary["glue_score"] = sum(scores) / len(scores) if scores else None
     atomic_write_json(run_dir / SUMMARY_NAME, machine_free(summary, record_roots(spec.to_dict(), run_dir)))

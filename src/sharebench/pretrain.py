@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,12 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch.utils.data import DataLoader
 
-from sharebench.build import build_model, model_config, sharing_class, training_steps, unique_parameters
+from sharebench.build import build_model, model_config, training_steps, unique_parameters
 from sharebench.checkpoint import (
-    SEPARATE,
     load_pretrained,
     loaded_sharing,
     pretrained_model,
     save_pretrained,
-    stored_from_config,
 )
 from sharebench.console import diverged_line, progress, start_line, summary_line
 from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
@@ -52,7 +51,7 @@ from sharebench.resume import (
     resume_point,
 )
 from sharebench.schema import Record
-from sharebench.spec import Optim, RunSpec, run_selecting_keys
+from sharebench.spec import Optim, RunSpec, SharingSpec, run_selecting_keys
 
 
 class PretrainModule(L.LightningModule):
@@ -315,11 +314,11 @@ def run(spec: RunSpec, run_dir: str | Path) -> Record:
     return data
 
 
-def initial_model(spec: RunSpec, vocab_size: int) -> tuple[LanguageModel, dict[str, Any]]:
+def initial_model(spec: RunSpec, vocab_size: int) -> tuple[LanguageModel, SharingSpec]:
     """A new model as the config says, or with `pretrained`, that checkpoint's model, converted as `convert` says
-    or not, to train further ("uptraining", "healing"); and its within-layer scheme as its checkpoint stores it."""
+    or not, to train further ("uptraining", "healing"); and what it shares."""
     if not spec.pretrained:
-        return build_model(spec, vocab_size), stored_sharing(spec)
+        return build_model(spec, vocab_size), spec.shares.built()
     model, stored = pretrained_model(resolve_path(spec.pretrained), spec.convert)
     model.train()
     own_tokenizer = spec.data.tokenizer.kind == "pretrained"  # its ids fit the embeddings, which may be padded
@@ -359,13 +358,6 @@ def finished_logger(logger: Logger) -> Iterator[None]:
                 wandb.finish(exit_code=exit_code)
 
 
-def stored_sharing(spec: RunSpec) -> dict[str, Any]:
-    """The within-layer scheme as the checkpoint stores it (schemes without a ratio refuse one)."""
-    if spec.iso_baseline:
-        return SEPARATE
-    return stored_from_config(spec.sharing, spec.shares.ratio if sharing_class(spec).ratio_range is not None else None)
-
-
 def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     tune_cpu_process()
     L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -377,7 +369,9 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     head_pairs = select_shared_heads(model, spec.postshare_ratio) if spec.postshare_ratio is not None else None
     if spec.pretrained:  # the checkpoint's sharing (or its conversion), not the config's
         conversion = spec.convert.to_dict() if spec.convert.to else None
-        record.update(sharing=loaded_sharing(model, resolve_path(spec.pretrained), conversion, stored))
+        if spec.postshare_ratio is not None:
+            conversion = {"to": "postshare", "ratio": spec.postshare_ratio}
+        record.update(sharing=loaded_sharing(resolve_path(spec.pretrained), stored, conversion))
     counts = model.parameter_counts()
     fraction = spec.predicted_fraction
     flops = model.flops_per_token(spec.data.seq_len, fraction)
@@ -446,7 +440,8 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
             record.update(postshare={"ratio": spec.postshare_ratio, "pairs": len(head_pairs),
                                      "val_loss_before_sharing": module.validation_history[-1]["val_loss"]})  # fmt: skip
             share_heads(model, head_pairs)
-            record.update(parameters=model.parameter_counts().to_dict())
+            shared = replace(SharingSpec.from_record(record.data["sharing"]), head_sources=model.head_sources)
+            record.update(sharing=shared.to_record(), parameters=model.parameter_counts().to_dict())
             trainer.validate(module, verbose=False)
 
     speed = throughput.summary()

@@ -21,9 +21,15 @@ SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside 
 # The record's schema. 1: records without the field, which name the files of the machine they ran on (and the
 # oldest have no `compute`); 2: records name files relative to their output root; 3: records state the role of
 # their config's keys (`config_keys`); 4: a pretraining run from a checkpoint records as `unshared_parameters` the
-# checkpoint's shape without sharing (version 3 recorded the config's own size there, so `upgrade` drops it).
-# `upgrade` reads any version.
-SCHEMA_VERSION = 4
+# checkpoint's shape without sharing (version 3 recorded the config's own size there, so `upgrade` drops it); 5:
+# `sharing` in the one shape checkpoints store too (`spec.SharingSpec`): a scheme's options, a layer scheme's own
+# settings, and heads shared by a conversion as the conversion with the scheme the heads came from (version 4 named
+# such a model `headwise` and left PostShare to the config). `upgrade` reads any version.
+SCHEMA_VERSION = 5
+
+# The conversions that share single heads over the checkpoint's scheme (DirectShare's `convert.to=headwise`,
+# PostShare's `postshare_ratio`): a table names a model they made by them.
+HEAD_SHARING = ("headwise", "postshare")
 
 
 # The roles of config keys (spec.Role) that tell what a run computes: a folder holds one configuration of them.
@@ -60,7 +66,7 @@ class Record(TypedDict, total=False):
     error: str
     traceback: str
     diverged: dict[str, Any]  # the step and the reason: a non-finite loss, or one above `diverged_above`
-    sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record()
+    sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record(); read by `scheme_of`
     parameters: dict[str, Any]
     unshared_parameters: int  # unique parameters of the same shape with separate Q/K/V, no cross-layer sharing
     metrics: dict[str, Any]
@@ -151,7 +157,47 @@ def upgrade(record: dict[str, Any], declarations: ConfigKeys | None = None) -> d
         record = {**record, "config_keys": declarations}
     if version < 4 and (record.get("config") or {}).get("pretrained"):  # the config's size, not the checkpoint's
         record = {key: value for key, value in record.items() if key != "unshared_parameters"}
+    if version < 5 and record.get("sharing"):
+        record = {**record, "sharing": fifth_version_sharing(record)}
     return {"schema_version": SCHEMA_VERSION} | {key: value for key, value in record.items() if key != "schema_version"}
+
+
+def fifth_version_sharing(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's `sharing` of version 4 or before in version 5's shape. A scheme's options come from the config
+    that chose it (a model from a checkpoint had them unrecorded: none); a model whose heads a conversion shared
+    becomes that conversion, over a scheme version 4 did not record (null); PostShare becomes a conversion."""
+    config, sharing = record.get("config") or {}, record["sharing"]
+    configured = {key: value for key, value in (config.get("sharing") or {}).items() if not key.startswith("_")}
+    from_checkpoint = "pretrained" in sharing or "conversion" in sharing
+
+    def shaped(sharing: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        name, ratio = sharing["name"], sharing.get("ratio")
+        if name == "headwise":
+            name = ratio = None
+        shape = {"name": name, "ratio": ratio, "options": options,
+                 "layers": sharing.get("layers") or {"name": "none", "ratio": None}}  # fmt: skip
+        if "iso_baseline_of" in sharing:
+            shape["iso_baseline_of"] = shaped(sharing["iso_baseline_of"], configured)
+        return shape | {key: sharing[key] for key in ("pretrained", "conversion") if key in sharing}
+
+    upgraded = shaped(sharing, {} if from_checkpoint or "iso_baseline_of" in sharing else configured)
+    if (postshare := config.get("postshare_ratio")) is not None:
+        upgraded["conversion"] = {"to": "postshare", "ratio": postshare}
+    return upgraded
+
+
+def named_schemes(sharing: Mapping[str, Any]) -> dict[str, Any]:
+    """The schemes a record's `sharing` names its model by: those it uses, those of the configuration an
+    iso-parameter baseline matches, a conversion that shared single heads (`HEAD_SHARING`), or for a conversion that
+    dropped layers, the share of them dropped."""
+    scheme = sharing.get("iso_baseline_of") or sharing
+    name, ratio, layers = scheme.get("name"), scheme.get("ratio"), scheme.get("layers") or {}
+    conversion = scheme.get("conversion") or {}
+    if conversion.get("to") in HEAD_SHARING:
+        name, ratio = conversion["to"], conversion["ratio"]
+    elif conversion.get("to") == "drop_layers":
+        layers = {"name": "drop_layers", "ratio": conversion["ratio"]}
+    return {"sharing": name, "ratio": ratio, "layers": layers.get("name", "none"), "layers.ratio": layers.get("ratio")}
 
 
 def first_version_roots(record: dict[str, Any]) -> list[tuple[str | Path, str]]:

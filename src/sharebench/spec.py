@@ -389,32 +389,43 @@ class Scale(Spec):
 
 @dataclass(frozen=True)
 class SharingSpec:
-    """What a run's model shares: its within-layer scheme and that scheme's ratio (the default filled in), and its
-    cross-layer scheme and ratio. An iso-parameter baseline shares nothing and names the configuration it matches;
-    a model loaded from a checkpoint names the checkpoint, a converted one its conversion."""
+    """What a model shares, in the one shape that run records (`sharing`), checkpoints (model.json's `sharing`) and
+    exported Hugging Face configs store (docs/run-record.md): the within-layer scheme by name with its ratio (the
+    default filled in) and its own options (partial_qk's `split`); the cross-layer scheme as `LayerSharing.describe()`
+    gives it; and where a conversion shared single heads (DirectShare, PostShare), which head holds which.
 
-    scheme: str
+    A record adds the context of its run: an iso-parameter baseline shares nothing and names the configuration it
+    matches; a model loaded from a checkpoint names the checkpoint, a converted one its conversion."""
+
+    name: str
     ratio: float | None
-    layers: str = "none"
-    layers_ratio: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    layers: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "ratio": None})
+    head_sources: list[list[int]] | None = None  # [layer, head, source layer, source head] per head shared
     iso_baseline_of: SharingSpec | None = None
     pretrained: str | None = None
-    conversion: dict[str, Any] | None = None
-
-    @classmethod
-    def of(cls, scheme: str, ratio: float | None, layers: Mapping[str, Any], **context: Any) -> SharingSpec:
-        """From a cross-layer scheme's description (`LayerSharing.describe()`: its name and ratio)."""
-        return cls(scheme, ratio, layers["name"], layers["ratio"], **context)
+    conversion: Mapping[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """The run record's `sharing` (record.Sharing, docs/run-record.md)."""
-        record: dict[str, Any] = {"name": self.scheme, "ratio": self.ratio,
-                                  "layers": {"name": self.layers, "ratio": self.layers_ratio}}  # fmt: skip
+        record: dict[str, Any] = {"name": self.name, "ratio": self.ratio, "options": dict(self.options),
+                                  "layers": dict(self.layers)}  # fmt: skip
         if self.iso_baseline_of is not None:
             record["iso_baseline_of"] = self.iso_baseline_of.to_record()
-        return record | {
-            key: value for key in ("pretrained", "conversion") if (value := getattr(self, key)) is not None
-        }
+        return record | {key: value for key in ("head_sources", "pretrained", "conversion")
+                         if (value := getattr(self, key)) is not None}  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SharingSpec:
+        baseline = record.get("iso_baseline_of")
+        layers = record.get("layers") or {"name": "none", "ratio": None}
+        return cls(record["name"], record["ratio"], record.get("options") or {}, layers, record.get("head_sources"),
+                   cls.from_record(baseline) if baseline else None, record.get("pretrained"),
+                   record.get("conversion"))  # fmt: skip
+
+    def built(self) -> SharingSpec:
+        """What the model itself shares, as its checkpoint stores it: without the run's context. An iso-parameter
+        baseline is the unshared model it trains."""
+        return SharingSpec(self.name, self.ratio, self.options, self.layers, self.head_sources)
 
 
 SCHEME_CHOICE = {"_target_": Role.SCHEME, "_partial_": Role.SCHEME}  # Hydra's keys of a scheme's constructor

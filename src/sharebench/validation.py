@@ -86,9 +86,10 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
         raise ConfigError(f"layers={layers.name} {layers.composes_why}; it does not compose with "
                           f"sharing={scheme.name}: use sharing={' or '.join(layers.composes_with)}")  # fmt: skip
     ratio = scheme.resolve_ratio(spec.ratio, size.dim, size.n_heads)
-    shares = SharingSpec.of(scheme.name, ratio, layers.describe())
+    options = {key: value for key, value in spec.sharing.items() if not key.startswith("_")}
+    shares = SharingSpec(scheme.name, ratio, options, layers.describe())
     if spec.iso_baseline:
-        shares = SharingSpec.of(Separate.name, None, Unshared().describe(), iso_baseline_of=shares)
+        shares = SharingSpec(Separate.name, None, layers=Unshared().describe(), iso_baseline_of=shares)
     return replace(spec, shares=shares)
 
 

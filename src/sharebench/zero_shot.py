@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from sharebench.checkpoint import pretrained_model
+from sharebench.checkpoint import loaded_sharing, pretrained_model
 from sharebench.data.glue import encode, load_split, pad_batch
 from sharebench.data.tokenizer import load_pretrained_tokenizer
 from sharebench.model import LanguageModel
 from sharebench.paths import resolve_path
 from sharebench.record import RunRecord, run_once
 from sharebench.schema import Record
-from sharebench.spec import RunSpec, SharingSpec
+from sharebench.spec import RunSpec
 
 
 def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
@@ -24,7 +24,7 @@ def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
 
     def score(record: RunRecord) -> None:
         source = resolve_path(spec.pretrained)
-        model, _ = pretrained_model(source, spec.convert)
+        model, built = pretrained_model(source, spec.convert)
         tokenizer = load_pretrained_tokenizer(source, spec.glue.recipe.max_length, model.config.vocab_size)
         split = load_split(spec.glue.source, "stsb", "validation")
         if spec.glue.recipe.max_eval_examples:
@@ -32,8 +32,7 @@ def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:
         counts = model.parameter_counts(lm_head=False)
         record.update(
             pretrained=str(source),
-            sharing=SharingSpec.of(model.sharing_name, spec.convert.ratio if spec.convert.to else None,
-                                   model.layers.describe(), conversion=spec.convert.to_dict()).to_record(),
+            sharing=loaded_sharing(source, built, spec.convert.to_dict() if spec.convert.to else None),
             parameters=counts.to_dict(),
             examples={"validation": len(split["label"])},
             metrics=sts_zero_shot(model, tokenizer, split),

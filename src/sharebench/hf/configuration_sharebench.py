@@ -13,13 +13,10 @@ class SharebenchConfig(PretrainedConfig):
         self,
         model: dict[str, Any] | None = None,
         sharing: dict[str, Any] | None = None,
-        sharing_name: str = "",
-        layers: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.model = model or {}
-        self.sharing = sharing or {"scheme": "none", "options": {}, "ratio": None}
-        self.sharing_name = sharing_name
-        self.layers = layers or {"name": "none"}
+        unshared = {"name": "none", "ratio": None, "options": {}, "layers": {"name": "none", "ratio": None}}
+        self.sharing = sharing or unshared
         kwargs.setdefault("tie_word_embeddings", False)  # the model ties its own tensors, as it was trained
         super().__init__(**kwargs)

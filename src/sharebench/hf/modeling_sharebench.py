@@ -7,7 +7,6 @@ model code (the sb_*.py files beside it), so that the folder alone loads it:
 model.safetensors stores every shared tensor once, as the suite saved it; loading restores the sharing.
 """
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,11 @@ class SharebenchPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: SharebenchConfig) -> None:
         super().__init__(config)
-        scheme = subclasses(AttentionSharing)[config.sharing["scheme"]]
-        sharing = partial(scheme, ratio=config.sharing["ratio"], **config.sharing["options"])
-        layers = dict(config.layers)
+        name = config.sharing["name"]
+        sharing = subclasses(AttentionSharing)[name].factory(config.sharing["ratio"], config.sharing["options"])
+        layers = dict(config.sharing["layers"])
         layer_scheme = subclasses(LayerSharing)[layers.pop("name")](**layers)
-        self.model = LanguageModel(ModelConfig(**config.model), sharing, config.sharing_name, layer_scheme)
+        self.model = LanguageModel(ModelConfig(**config.model), sharing, name, layer_scheme)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, config: Any = None,

@@ -23,7 +23,16 @@ from sharebench.errors import ConfigError
 from sharebench.lock import RunLock
 from sharebench.paths import folder_name, naming_rank
 from sharebench.report.stats import mean_ci
-from sharebench.schema import RECORD_NAME, STALE, normalized, read_record, record_leaves, stated_keys, under
+from sharebench.schema import (
+    RECORD_NAME,
+    STALE,
+    named_schemes,
+    normalized,
+    read_record,
+    record_leaves,
+    stated_keys,
+    under,
+)
 from sharebench.tuning import LR_KEY, Choice, best_mean, choose, mean_of, metric_of
 
 __all__ = ["mean_ci"]  # plots take it from here with the configurations
@@ -45,16 +54,8 @@ STAGING = ".runs-"  # collect --out builds the new copy of the records beside th
 
 
 def scheme_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The schemes a run used, or for an iso-parameter baseline the schemes of the configuration it matches."""
-    sharing = record.get("sharing") or {}  # every run records it before it can fail
-    scheme = sharing.get("iso_baseline_of") or sharing
-    layers = scheme.get("layers") or {}
-    if (scheme.get("conversion") or {}).get("to") == "drop_layers":  # the layers it keeps: a share of them dropped
-        layers = {"name": "drop_layers", "ratio": scheme["conversion"]["ratio"]}
-    name, ratio = scheme.get("name"), scheme.get("ratio")
-    if (postshare := (record.get("config") or {}).get("postshare_ratio")) is not None:  # trained, then heads shared
-        name, ratio = "postshare", postshare
-    return {"sharing": name, "ratio": ratio, "layers": layers.get("name", "none"), "layers.ratio": layers.get("ratio")}
+    """The schemes a table names a run by (`schema.named_schemes`)."""
+    return named_schemes(record.get("sharing") or {})  # every run records it before it can fail
 
 
 def description(record: dict[str, Any]) -> dict[str, Any]:

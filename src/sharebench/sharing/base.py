@@ -7,7 +7,9 @@ Everything after that (scores, softmax, output projection) is common and lives i
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -46,6 +48,12 @@ class AttentionSharing(nn.Module):
         self.n_heads = n_heads
         self.head_dim = dim // n_heads
         self.n_kv_heads = n_heads
+
+    @classmethod
+    def factory(cls, ratio: float | None, options: Mapping[str, Any]) -> Callable[..., AttentionSharing]:
+        """What builds each layer's projections of this scheme as a checkpoint stores it (its name, ratio and
+        options): a scheme that takes no ratio is given none (the ratio stored is its fixed one)."""
+        return functools.partial(cls, ratio=ratio if cls.ratio_range is not None else None, **options)
 
     @classmethod
     def resolve_ratio(cls, ratio: float | None, dim: int, n_heads: int) -> float | None:
