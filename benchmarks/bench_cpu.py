@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sharebench.cpu import cpu_features, tune_cpu_process
-from sharebench.environment import cpu_model, measure_matmul_peak, write_benchmark
-from sharebench.model import LanguageModel, ModelConfig
+from sharebench.model.transformer import LanguageModel, ModelConfig
 from sharebench.paths import PROJECT_ROOT
+from sharebench.run.cpu import cpu_features, tune_cpu_process
+from sharebench.run.environment import cpu_model, measure_matmul_peak, write_benchmark
 
 SHAPE = {"vocab_size": 30522, "n_layers": 4, "dim": 312, "n_heads": 12, "ffn_dim": 1200}  # size=tinybert
 SEQ_LEN, BATCH, MASKED = 128, 32, 0.15
@@ -122,7 +122,7 @@ class Trainee:
             self.model = hugging_face_model()
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, fused=fused_adamw)
         else:
-            from sharebench.optim import adamw_with_schedule
+            from sharebench.train.optim import adamw_with_schedule
 
             self.model = suite_model(scheme, ratio)  # with the optimizer the suite trains it with
             self.optimizer = adamw_with_schedule(self.model, LR, 0.01, 0, 1, "constant", 1.0)["optimizer"]
@@ -155,8 +155,8 @@ class Trainee:
             "loss": self.loss.item(),
         }
         if self.kind == "suite":
-            from sharebench.checkpoint import save_pretrained
-            from sharebench.spec import SharingSpec
+            from sharebench.model.checkpoint import save_pretrained
+            from sharebench.model.shares import SharingSpec
 
             with tempfile.TemporaryDirectory() as folder:
                 result["checkpoint_bytes"] = save_pretrained(self.model, folder, SharingSpec(self.scheme, self.ratio))

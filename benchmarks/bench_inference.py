@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from sharebench.build import build_model
-from sharebench.composing import compose
-from sharebench.cpu import cpu_features, tune_cpu_process
-from sharebench.environment import cpu_model, write_benchmark
-from sharebench.inference import kv_cache_bytes
+from sharebench.model.inference import kv_cache_bytes
 from sharebench.paths import PROJECT_ROOT
-from sharebench.validation import validate
+from sharebench.run.build import build_model
+from sharebench.run.composing import compose
+from sharebench.run.cpu import cpu_features, tune_cpu_process
+from sharebench.run.environment import cpu_model, write_benchmark
+from sharebench.run.validation import validate
 
 SHAPE = {"n_layers": 6, "dim": 384, "n_heads": 6, "ffn_dim": 1536}  # size=nanogpt_char
 CONTEXT, VOCAB = 256, 65

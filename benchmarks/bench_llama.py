@@ -1,7 +1,7 @@
 """Llama benchmark (`make bench`): `arch=llama` at SmolLM2-135M's shape against transformers' `LlamaForCausalLM`.
 
 - The two models are the same weights: a `LlamaForCausalLM` built from SmolLM2-135M's config with random weights
-  (no download), and the suite's model read from it (`sharebench.llama.from_state`): 30 layers, D = 576, 9 query
+  (no download), and the suite's model read from it (`sharebench.model.llama.from_state`): 30 layers, D = 576, 9 query
   and 3 key/value heads, SwiGLU 1,536, vocabulary 49,152, tied embeddings.
 - Training: forward, backward and fused AdamW on random tokens, batch 4 × 256, fp32. Tokens/s, and the MFU of
   each against the fp32 matrix-multiply peak measured in the same cycle (the same FLOPs per token: the same model).
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from sharebench.cpu import cpu_features, tune_cpu_process
-from sharebench.environment import cpu_model, measure_matmul_peak, write_benchmark
-from sharebench.llama import from_state
-from sharebench.model import LanguageModel
+from sharebench.model.llama import from_state
+from sharebench.model.transformer import LanguageModel
 from sharebench.paths import PROJECT_ROOT
+from sharebench.run.cpu import cpu_features, tune_cpu_process
+from sharebench.run.environment import cpu_model, measure_matmul_peak, write_benchmark
 
 SMOLLM2_135M = {
     "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

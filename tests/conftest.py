@@ -20,9 +20,9 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs p
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))  # share the cores, not oversubscribe them
 
-from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT  # noqa: E402
-from sharebench.spec import RunSpec  # noqa: E402
+from sharebench.run.composing import compose
+from sharebench.run.spec import RunSpec  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A data mirror in miniature (tests/fixtures/make_fixtures.py): wikipedia/, tinyshakespeare/, glue/ (the hub's
@@ -40,7 +40,7 @@ WORDS = (
 
 def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     """The validated run spec of a config or of overrides, without looking at the data's files."""
-    from sharebench.validation import validate
+    from sharebench.run.validation import validate
 
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
 
@@ -48,8 +48,8 @@ def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
 def current_record(fields: dict) -> dict:
     """A run record as this version writes it, from the fields a test sets: with its schema version and what its
     config's keys are (a record before version 3 stated neither, and only `sharebench upgrade` reads it)."""
+    from sharebench.run.spec import key_declarations
     from sharebench.schema import SCHEMA_VERSION
-    from sharebench.spec import key_declarations
 
     return {"schema_version": SCHEMA_VERSION, "config_keys": key_declarations(), **fields}
 
@@ -73,7 +73,7 @@ def train_in_process(argv: Sequence[str]) -> None:
     """`python train.py <argv>` in this process (for input it refuses: anything else would train)."""
     import sys
 
-    from sharebench.train import main
+    from sharebench.main import main
 
     saved, sys.argv = sys.argv, ["train.py", *argv]
     try:
@@ -128,7 +128,7 @@ def sweeper_params(overrides: list[str]) -> dict[str, str]:
 def sweep_grid(overrides: list[str]) -> list[list[str]]:
     """The runs the sweeper expands a command line into: each grid of the recipe with its common axes, the command
     line winning."""
-    from sharebench.config import check_overrides
+    from sharebench.run.sweep import check_overrides
 
     params, grids = sweeper_settings(overrides)
     return [run for grid in grids for run in check_overrides([f"{k}={v}" for k, v in {**params, **grid}.items()]

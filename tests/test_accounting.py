@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.build import build_model
 from sharebench.cli import params
+from sharebench.run.build import build_model
 from tests.conftest import spec_of
 
 SIZES = {"nano": (2, 32, 4, 64), "bert-mini": (4, 256, 4, 1024), "tinybert": (4, 312, 12, 1200)}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from sharebench.board import add
-from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect
+from sharebench.run.environment import training_code, training_files
 from tests.conftest import FIXTURE_DATA, run_in_process
 from tests.test_sweeps import FAST
 
@@ -55,7 +55,7 @@ def board(made, tmp_path) -> Path:
 
 def test_the_training_code_is_what_a_run_imports_and_the_schemes():
     names = {p.relative_to(PROJECT_ROOT / "src").as_posix() for p in training_files()}
-    assert {"sharebench/pretrain.py", "sharebench/model.py", "sharebench/sharing/mhe.py",
+    assert {"sharebench/train/pretrain.py", "sharebench/model/transformer.py", "sharebench/sharing/mhe.py",
             "sharebench/layers/takase.py", "sharebench/data/corpora.py",
             "hydra_plugins/sharebench_sweeper/__init__.py"} <= names  # fmt: skip
     assert not names & {

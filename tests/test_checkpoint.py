@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 
 from sharebench import load_pretrained
-from sharebench.build import build_model
-from sharebench.checkpoint import save_pretrained
 from sharebench.errors import ConfigError
+from sharebench.model.checkpoint import save_pretrained
+from sharebench.run.build import build_model
 from sharebench.sharing import SCHEMES
 from tests.conftest import spec_of
 
@@ -42,7 +42,7 @@ def test_a_checkpoint_names_its_scheme_and_older_checkpoints_still_load(nano_cfg
     into the same model, and `sharebench upgrade` rewrites them as this version writes them."""
     import json
 
-    from sharebench.checkpoint import upgrade_checkpoints
+    from sharebench.model.checkpoint import upgrade_checkpoints
 
     spec = spec_of(nano_cfg("sharing=partial_qk", "ratio=0.5", "sharing.split=matrix", "layers=cycle"))
     model = build_model(spec, 60)

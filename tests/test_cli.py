@@ -127,7 +127,7 @@ def test_params_command_prints_json(project_root):
 
 def test_compare_lists_runs(nano_cfg, tmp_path):
     from sharebench.cli import compare
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg("sharing=none"), tmp_path / "a")
     run_task(nano_cfg("sharing=shared_qkv"), tmp_path / "b")
@@ -150,7 +150,7 @@ def test_params_needs_no_data(monkeypatch, tmp_path):
 
 
 def test_a_run_prints_one_line_per_event(nano_cfg, tmp_path, capfd):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg("trainer.max_steps=4", "trainer.val_check_interval=2", "sharing=gqa"), tmp_path)
     out, err = capfd.readouterr()
@@ -170,8 +170,8 @@ SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launc
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm"])
 def test_the_documented_slurm_command_composes_into_its_submitit_parameters(launcher):
-    from sharebench.composing import compose
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.validation import validate
 
     validate(compose([f"hydra/launcher={launcher}", *SLURM[1:]]), data=False)
     cfg = compose([f"hydra/launcher={launcher}", *SLURM[1:]], with_hydra=True)
@@ -224,7 +224,7 @@ def test_a_sweep_cannot_be_printed(capsys):
 
 
 def test_a_run_folders_equals_and_commas_are_quoted_for_hydra(tmp_path):
-    from sharebench.train import quote_paths
+    from sharebench.main import quote_paths
 
     folder = tmp_path / "sharing=partial_qk,ratio=0.9" / "seed=0"
     folder.mkdir(parents=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect, table_rows
 from sharebench.report.results import find_configurations
-from sharebench.tasks import run_task
+from sharebench.run.composing import compose
+from sharebench.train.tasks import run_task
 from tests.conftest import current_record, nano_settings
 
 RUNS = {  # folder name (as a sweep would type it) → overrides
@@ -172,7 +172,7 @@ def test_the_same_run_in_two_folders_counts_once(nano_cfg, tmp_path, capsys):
     import shutil
 
     from sharebench.report.results import find_configurations
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     for seed in (0, 1):
         run_task(nano_cfg(f"seed={seed}"), tmp_path / "runs" / f"seed={seed}")
@@ -184,7 +184,7 @@ def test_the_same_run_in_two_folders_counts_once(nano_cfg, tmp_path, capsys):
 
 def test_without_a_twin_of_its_own_the_closest_truly_unshared_model_is_named_as_such(nano_cfg, tmp_path):
     from sharebench.report.results import find_configurations, iso_baseline
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     runs = {"none": [], "cycle": ["layers=cycle", "layers.ratio=0.5"],
             "twin_of_gqa": ["sharing=gqa", "ratio=0.5", "iso_baseline=true"]}  # fmt: skip
@@ -249,7 +249,7 @@ def test_conversions_of_a_checkpoint_are_judged_against_it_at_each_healing_budge
     """A table per budget (scored as converted, healed N steps), each conversion against the unconverted model
     at the same budget, PostShare counted as a conversion."""
     from sharebench.report.collect import tables
-    from sharebench.spec import key_declarations
+    from sharebench.run.spec import key_declarations
 
     def record(name: str, seed: int, loss: float, config: dict, steps: int | None = None) -> None:
         path = tmp_path / f"{name},steps={steps}" / f"seed={seed}" / "run.json"
@@ -353,9 +353,7 @@ def test_the_setting_counts_the_runs_of_each_machine_where_they_differ(tmp_path)
 
 
 # What trains: the report side (sharebench.report) imports none of it.
-RUN_AND_MODEL = ("config", "composing", "naming", "validation", "build", "machine", "spec", "model", "checkpoint",
-                 "record", "environment", "resume", "pretrain", "finetune", "data", "convert", "sharing",
-                 "layers", "train", "tasks", "llama")  # fmt: skip
+RUN_AND_MODEL = ("main", "board", "train", "run", "model", "data", "sharing", "layers")
 
 
 def test_reporting_reads_records_only():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sharebench.report.results import find_configurations, iso_compute_twin
-from sharebench.tasks import run_task
+from sharebench.train.tasks import run_task
 
 
 def test_a_run_records_its_compute_and_its_loss_over_the_whole_validation_split(nano_cfg, tmp_path):
@@ -45,7 +45,7 @@ def test_an_iso_compute_twin_trains_until_it_has_spent_the_shared_models_flops(n
 
 def test_iso_compute_is_refused_without_an_iso_baseline(nano_cfg):
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match="iso_compute=true .* add iso_baseline=true"):
         validate(nano_cfg("layers=cycle", "layers.ratio=0.5", "iso_compute=true"))
@@ -60,9 +60,9 @@ def test_a_budget_per_unique_parameter_trains_whole_steps_to_at_least_that_many_
 
 
 def test_a_budget_is_one_rule(nano_cfg):
-    from sharebench.build import devices
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.build import devices
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match="iso_compute=true and tokens_per_parameter both set the training budget"):
         validate(nano_cfg("layers=cycle", "layers.ratio=0.5", "iso_baseline=true", "iso_compute=true",

@@ -9,11 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from sharebench import load_pretrained
-from sharebench.composing import GROUPS, compose, group_choices
 from sharebench.paths import CONFIG_DIR
+from sharebench.run.composing import GROUPS, compose, group_choices
+from sharebench.run.validation import validate
 from sharebench.sharing import SCHEMES
-from sharebench.tasks import run_task
-from sharebench.validation import validate
+from sharebench.train.tasks import run_task
 
 SHARING = group_choices("sharing")
 ARCHS = group_choices("arch")
@@ -67,7 +67,7 @@ def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
 def test_a_sweep_and_a_single_run_of_one_configuration_share_a_folder():
     """Hydra's sweeper writes the booleans it expands as True/False (typed on their own they read true/false) and
     merges a key given twice."""
-    from sharebench.naming import run_name
+    from sharebench.run.naming import run_name
 
     assert run_name(["iso_baseline=True", "sharing=mqa"]) == run_name(["sharing=mqa", "iso_baseline=true"])
     assert run_name(["iso_baseline=true"]) == "iso_baseline=true"
@@ -78,7 +78,7 @@ def test_a_choice_the_defaults_make_anyway_names_no_folder():
     """The same configuration is one folder (issue 47, item 6): `python train.py` and `python train.py
     sharing=none`, or a recipe's sweep with and without `scale=cpu`, train into the same folder; a choice that
     differs from what a recipe makes its default (scaling searches rates: lr_grid=none does not) is named."""
-    from sharebench.naming import run_name
+    from sharebench.run.naming import run_name
 
     assert run_name(["sharing=none"]) == run_name([]) == run_name(["sharing=mqa", "sharing=none"]) == "default"
     board = ["experiment=leaderboard", "arch=gpt", "sharing=none", "data=wikipedia", "seed=3"]
@@ -95,7 +95,7 @@ def test_a_value_the_defaults_hold_anyway_names_no_folder():
     """Item 6's values: `iso_baseline=false` or `optim.lr=5e-4` (conf/config.yaml's literal, however it is typed)
     names no folder; a value the defaults reach through an interpolation stays named, since that interpolation may
     read other overrides (the leaderboard's rate comes from its budget)."""
-    from sharebench.naming import run_name
+    from sharebench.run.naming import run_name
 
     assert run_name(["iso_baseline=false", "optim.lr=0.0005"]) == run_name(["iso_compute=False"]) == "default"
     assert run_name(["optim.lr=1e-3", "iso_baseline=false", "sharing=mqa"]) == "sharing=mqa,optim.lr=1e-3"

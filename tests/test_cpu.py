@@ -13,8 +13,8 @@ import pytest
 # block lands at a new address above the last and the heap grows, in some layouts even with the tuning.
 PAGE_FAULTS_OF_LARGE_TENSORS = """
 import resource, sys, torch
-import sharebench.pretrain
-from sharebench.cpu import tune_cpu_process
+import sharebench.train.pretrain
+from sharebench.run.cpu import tune_cpu_process
 if sys.argv[1] == "tuned":
     tune_cpu_process()
 x = torch.randn(608, 30522)  # a step's logits: 74 MB
@@ -64,7 +64,7 @@ def fault_granularity() -> int:
     ],
 )
 def test_auto_precision_is_bf16_mixed_where_the_cpu_computes_bf16(features, expected, monkeypatch):
-    from sharebench import cpu
+    from sharebench.run import cpu
 
     monkeypatch.setattr(cpu, "cpu_features", lambda: features)
     assert cpu.precision_here("auto", "cpu") == expected
@@ -72,8 +72,8 @@ def test_auto_precision_is_bf16_mixed_where_the_cpu_computes_bf16(features, expe
 
 
 def test_a_run_records_the_precision_it_used_and_why(nano_cfg, tmp_path):
-    from sharebench.cpu import cpu_features
-    from sharebench.tasks import run_task
+    from sharebench.run.cpu import cpu_features
+    from sharebench.train.tasks import run_task
 
     record = run_task(nano_cfg("trainer.precision=auto"), tmp_path / "run")
     used = "bf16-mixed" if cpu_features() else "32-true"

@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 import sharebench
-from sharebench.composing import compose
 from sharebench.data import corpora as data_module
 from sharebench.data.corpora import BlockSampler, EstimateSampler, PretrainData, mask_tokens, read_documents
 from sharebench.errors import ConfigError
+from sharebench.run.composing import compose
 from tests.conftest import FIXTURE_DATA, HUB_WIKIPEDIA, HUB_WIKITEXT, bert_vocab, spec_of
 
 MLM = OmegaConf.create({"probability": 0.15, "mask": 0.8, "random": 0.1})
@@ -162,8 +162,9 @@ def test_wordpiece_vocabulary_is_the_same_bytes_every_build(nano_overrides, tmp_
     """`tokenizers` numbers the pieces it learns in hash order, different in every process."""
     cfg = spec_of(nano_overrides)
     script = (
-        "import sys, pathlib; from sharebench.composing import compose; from sharebench.data import corpora as data;"
-        "from sharebench.validation import validate;"
+        "import sys, pathlib; from sharebench.run.composing import compose;"
+        "from sharebench.data import corpora as data;"
+        "from sharebench.run.validation import validate;"
         "cfg = validate(compose(sys.argv[2:]), data=False);"
         "data.build_tokenizer(cfg.data, 'mlm', lambda: data.read_documents(cfg.data), pathlib.Path(sys.argv[1]))"
     )
@@ -350,7 +351,7 @@ def test_data_download_writes_the_mirror_that_sharebench_data_reads(tmp_path):
 def test_a_pretraining_run_reports_the_test_split_and_bits_per_byte(nano_cfg, tmp_path):
     import math
 
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     metrics = run_task(nano_cfg(), tmp_path / "run")["metrics"]
     for name in ("val_loss_full", "test_loss_full", "val_bpb", "test_bpb"):

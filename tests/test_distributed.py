@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
 from torch.nn.parallel import DistributedDataParallel
 
-from sharebench.build import build_model
-from sharebench.composing import compose, group_choices
-from sharebench.finetune import SequenceClassifier
-from sharebench.fsdp import fsdp_units, fsdp_wrap_policy
+from sharebench.model.fsdp import fsdp_units, fsdp_wrap_policy
+from sharebench.run.build import build_model
+from sharebench.run.composing import compose, group_choices
+from sharebench.train.finetune import SequenceClassifier
 from tests.conftest import layers_for, spec_of
 
 ARCHS = {"bert": ["arch=bert"], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
@@ -139,7 +139,7 @@ def test_fsdp_units_never_split_a_shared_tensor(arch, scheme):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only (GPU tier)")
 def test_pretraining_under_lightnings_fsdp_with_the_suites_wrap_policy(nano_overrides, tmp_path):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     overrides = ["layers=cycle", "layers.ratio=0.5", "trainer.accelerator=gpu", "trainer.strategy=fsdp"]
     assert run_task(compose([*nano_overrides, *overrides]), tmp_path / "fsdp")["status"] == "completed"
@@ -147,7 +147,7 @@ def test_pretraining_under_lightnings_fsdp_with_the_suites_wrap_policy(nano_over
 
 def test_fsdp_on_cpu_is_refused_in_one_line():
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match="needs a GPU: Lightning runs FSDP on CUDA only; on CPU use"):
         validate(compose(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=fsdp"]), data=False)

@@ -151,9 +151,9 @@ def test_missing_data_folder_is_named(project_root, tmp_path):
 def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_path):
     import json
 
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -167,9 +167,9 @@ def test_corrupt_parquet_is_named_and_the_failure_recorded(nano_overrides, tmp_p
 
 
 def test_resuming_a_checkpoint_of_another_shape_is_refused(nano_overrides, tmp_path):
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     run_task(compose(nano_overrides), tmp_path)
     (tmp_path / "run.json").unlink()  # as if killed before the end
@@ -183,9 +183,9 @@ def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, 
     import json
     import re
 
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     run_task(compose(nano_overrides), tmp_path)
     record = tmp_path / "run.json"
@@ -206,10 +206,10 @@ def test_a_run_folder_is_not_reused_under_another_configuration(nano_overrides, 
 
 def test_a_run_held_by_another_process_is_refused_even_when_completed(nano_overrides, tmp_path):
     """Completion is looked at under the run's lock: the holder may be finishing the run this very moment."""
-    from sharebench.composing import compose
     from sharebench.errors import RunInUse
     from sharebench.lock import RunLock
-    from sharebench.tasks import run_task
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     run_task(compose(nano_overrides), tmp_path)
     with RunLock(tmp_path), pytest.raises(RunInUse, match="is in use by process"):
@@ -222,9 +222,9 @@ def test_no_disk_space_for_the_checkpoint(nano_overrides, tmp_path, monkeypatch)
     import shutil
     from collections import namedtuple
 
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
@@ -287,10 +287,10 @@ LIMIT_CASES = {
 
 @pytest.mark.parametrize("case", LIMIT_CASES)
 def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.machine import check_trainer_here
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.machine import check_trainer_here
+    from sharebench.run.validation import validate
 
     overrides, line = LIMIT_CASES[case]
     with pytest.raises(ConfigError) as refused:  # as a single run is checked: its spec, then this machine
@@ -301,10 +301,10 @@ def test_every_bad_value_is_refused_before_any_data(case, tmp_path):
 def test_a_sweep_is_expanded_without_the_machine_checks_that_belong_where_it_trains(tmp_path):
     """A sweep submitted from a login node without a GPU (hydra/launcher=slurm) asks for FSDP on the GPU nodes
     it will run on: its expansion does not refuse it; the machine it trains on checks it."""
-    from sharebench.composing import compose
-    from sharebench.config import sweep_runs
     from sharebench.errors import ConfigError
-    from sharebench.machine import check_trainer_here
+    from sharebench.run.composing import compose
+    from sharebench.run.machine import check_trainer_here
+    from sharebench.run.sweep import sweep_runs
 
     given = ["trainer.strategy=fsdp", f"output_root={tmp_path}"]
     ((run, spec),) = sweep_runs([given], lambda overrides: compose(overrides))
@@ -315,9 +315,9 @@ def test_a_sweep_is_expanded_without_the_machine_checks_that_belong_where_it_tra
 
 
 def test_unwritable_output_root_is_refused(tmp_path):
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.validation import validate
 
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("")
@@ -336,7 +336,7 @@ def test_a_new_output_root_removed_while_checked_is_checked_again(tmp_path, monk
     writes its test file there (CI saw it): that is no reason to refuse the folder."""
     import tempfile
 
-    from sharebench.validation import check_writable
+    from sharebench.run.validation import check_writable
 
     root = tmp_path / "runs"
     temporary_file, calls = tempfile.TemporaryFile, []
@@ -360,17 +360,17 @@ def test_every_key_is_a_spec_field(overrides):
     a field is refused, and the spec gives back the config the run record stores."""
     from omegaconf import OmegaConf
 
-    from sharebench.composing import compose
-    from sharebench.spec import RunSpec
+    from sharebench.run.composing import compose
+    from sharebench.run.spec import RunSpec
 
     config = OmegaConf.to_container(compose(overrides), resolve=True)
     assert RunSpec.from_dict(config).to_dict() == config
 
 
 def test_a_key_the_suite_does_not_read_is_refused():
-    from sharebench.composing import compose
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match=r"^data\.foo: no such setting; the settings of data: name, source"):
         validate(compose(["+data.foo=1"]))
@@ -389,9 +389,9 @@ def test_a_bad_value_ends_in_one_line_and_status_2(project_root, tmp_path):
 
 
 def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
-    from sharebench.checkpoint import WEIGHTS_NAME, load_pretrained
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.model.checkpoint import WEIGHTS_NAME, load_pretrained
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg(), tmp_path / "run")
     weights = tmp_path / "run" / WEIGHTS_NAME
@@ -403,9 +403,9 @@ def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
 def test_a_sweeps_seeds_are_composed_once_and_checked_as_if_each_were(tmp_path):
     """Composing is most of a sweep's check: the seeds of a configuration are composed once, and each run's spec is
     the one its own composition gives."""
-    from sharebench.composing import compose
-    from sharebench.config import check_overrides, sweep_runs
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.sweep import check_overrides, sweep_runs
+    from sharebench.run.validation import validate
 
     composed = []
 

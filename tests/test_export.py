@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharebench.build import build_model
-from sharebench.checkpoint import load_pretrained, save_pretrained
-from sharebench.composing import compose, group_choices
 from sharebench.errors import ConfigError
-from sharebench.export import export
-from sharebench.tasks import run_task
+from sharebench.model.checkpoint import load_pretrained, save_pretrained
+from sharebench.model.export import export
+from sharebench.run.build import build_model
+from sharebench.run.composing import compose, group_choices
+from sharebench.train.tasks import run_task
 from tests.conftest import run_in_process, spec_of
 
 transformers = pytest.importorskip("transformers")
@@ -92,7 +92,7 @@ def test_every_scheme_exports_with_the_suites_logits_and_shared_tensors_once(arc
 def test_a_basis_sharing_conversion_exports_with_the_suites_logits(arch, trained, tmp_path):
     """Issue 48, item 4: a trained GPT or Llama converted by `convert --to basis`, then exported, computes in
     transformers what it computes in the suite; its shared bases are stored once."""
-    from sharebench.checkpoint import convert_checkpoint
+    from sharebench.train.conversion import convert_checkpoint
 
     model = convert_checkpoint(trained[arch], tmp_path / "basis", "basis", 0.3, group=2).eval()
     info = export(tmp_path / "basis", tmp_path / "hf")

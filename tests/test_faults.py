@@ -20,7 +20,7 @@ import lightning as L
 import pytest
 import torch
 
-from sharebench.pretrain import PretrainModule
+from sharebench.train.pretrain import PretrainModule
 from tests.conftest import nano_settings, train_in_process
 
 STEPS, EVERY = 12, 4  # checkpoints at steps 4, 8 and 12

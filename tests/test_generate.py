@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from sharebench.build import build_model
-from sharebench.composing import group_choices
+from sharebench.run.build import build_model
+from sharebench.run.composing import group_choices
 from tests.conftest import spec_of
 
 WITHIN = group_choices("sharing")
@@ -65,7 +65,7 @@ def test_an_encoder_does_not_generate(nano_cfg):
 
 
 def kv_bytes_per_token(nano_cfg, *overrides: str) -> int:
-    from sharebench.inference import kv_cache_bytes
+    from sharebench.model.inference import kv_cache_bytes
 
     return sum(kv_cache_bytes(decoder(nano_cfg, "size.n_heads=4", *overrides), tokens=8)) // 8
 
@@ -82,7 +82,7 @@ def test_kv_cache_shrinks_as_the_scheme_says(nano_cfg):
 
 
 def test_inference_costs_of_a_decoder_and_an_encoder(nano_cfg):
-    from sharebench.inference import inference_costs
+    from sharebench.model.inference import inference_costs
 
     costs = inference_costs(decoder(nano_cfg), seq_len=16)
     assert costs["kv_cache_bytes_per_token"] == sum(costs["kv_cache_bytes_per_token_by_layer"]) > 0
@@ -96,7 +96,7 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
     import json
 
     from sharebench.cli import main
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     record = run_task(
         nano_cfg("arch=gpt", "data.tokenizer.kind=char", "data.tokenizer.vocab_size=null", "measure=true"), tmp_path
@@ -114,7 +114,7 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
 def test_generate_refuses_an_encoder(nano_cfg, tmp_path):
     from sharebench.cli import generate
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg(), tmp_path)
     with pytest.raises(ConfigError, match="holds an encoder"):
@@ -122,9 +122,9 @@ def test_generate_refuses_an_encoder(nano_cfg, tmp_path):
 
 
 def test_infer_takes_a_converted_checkpoint(nano_cfg, tmp_path):
-    from sharebench.checkpoint import convert_checkpoint
     from sharebench.cli import infer
-    from sharebench.tasks import run_task
+    from sharebench.train.conversion import convert_checkpoint
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg("arch=gpt", "size.n_heads=4"), tmp_path / "run")
     convert_checkpoint(tmp_path / "run", tmp_path / "gqa", "gqa", 0.5, 8)

@@ -17,11 +17,11 @@ from scipy import stats
 from sklearn import metrics as sk
 
 from sharebench import load_pretrained
-from sharebench.composing import compose
 from sharebench.data import glue
 from sharebench.errors import ConfigError
-from sharebench.finetune import run_glue
-from sharebench.tasks import run_task
+from sharebench.run.composing import compose
+from sharebench.train.finetune import run_glue
+from sharebench.train.tasks import run_task
 from tests.conftest import FIXTURE_DATA, WORDS, spec_of
 
 HUB_SPLITS = {"mnli": ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]}
@@ -187,7 +187,7 @@ def test_finetunes_every_task_keeping_the_sharing(pretrained_nano, glue_fixture,
 
 
 def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_path):
-    from sharebench.checkpoint import convert_checkpoint
+    from sharebench.train.conversion import convert_checkpoint
 
     convert_checkpoint(pretrained_nano, tmp_path / "recursive", "recursive_lora", 0.5, rank=4)
     cfg = compose([f"glue.source={glue_fixture}", "glue.tasks=[rte]", "glue.recipe.epochs=1",
@@ -201,7 +201,7 @@ def test_a_converted_checkpoint_finetunes(pretrained_nano, glue_fixture, tmp_pat
 
 
 def test_glue_errors(pretrained_nano, tmp_path):
-    from sharebench.validation import validate
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match="unknown GLUE task 'colaa'"):
         validate(compose(["task=glue", f"pretrained={pretrained_nano}", "glue.tasks=[colaa]"]))
@@ -320,7 +320,7 @@ def test_a_signal_during_fine_tuning_ends_the_task_run_interrupted(pretrained_na
     """Lightning's own handlers would end the task's fine-tuning as a failure (SIGINT: exit status 1); the
     suite's end its run interrupted at the step boundary, and the same command runs it again to completion."""
     from sharebench.errors import RunInterrupted
-    from sharebench.finetune import GlueModule
+    from sharebench.train.finetune import GlueModule
 
     training_step = GlueModule.training_step
 

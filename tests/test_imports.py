@@ -67,8 +67,37 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_lazy_imports():
     graph = imports()
-    assert "sharebench.zero_shot" in graph["sharebench.tasks"]  # imported inside run_task
+    assert "sharebench.train.zero_shot" in graph["sharebench.train.tasks"]  # imported inside run_task
     assert "sharebench.report.plots" in graph["sharebench.report.collect"]
+
+
+# The packages in layers, the entry points on top and the shared modules at the bottom: a package imports only
+# those below it (docs/architecture.md draws it), so the report side reads records without what trains.
+LAYERS = {
+    "entry": ("sharebench", "__main__", "cli", "main", "board"),
+    "train": ("train",),
+    "run": ("run",),
+    "model": ("model",),
+    "data and report": ("data", "report"),
+    "layers": ("layers",),
+    "sharing": ("sharing",),
+    "shared": ("schema", "tuning", "lock", "paths", "errors", "registry", "conf"),
+}
+RANK = {package: rank for rank, packages in enumerate(LAYERS.values()) for package in packages}
+
+
+def test_packages_import_only_those_below_them():
+    def package(module: str) -> str:
+        return module.split(".")[1] if "." in module else module
+
+    def allowed(module: str, target: str) -> bool:  # the entry points, and the shared modules, also each other
+        above, below = package(module), package(target)
+        return above == below or RANK[below] > RANK[above] or RANK[above] == RANK[below] in (0, RANK["errors"])
+
+    graph = imports(type_checking=False)
+    assert {package(m) for m in graph} <= set(RANK), "a package or top-level module no layer names"
+    upward = sorted(f"{m} → {t}" for m, targets in graph.items() for t in targets if not allowed(m, t))
+    assert upward == []
 
 
 def test_no_import_circles():
@@ -98,7 +127,7 @@ def test_no_private_name_of_another_object_or_module_is_used():
 def test_config_keys_are_classified_only_where_declared():
     """Each config key is declared once, at its field of the run spec, with its role (issue 47): a collection
     of config keys (or of groups' key prefixes) written out anywhere else classifies keys a second time."""
-    from sharebench.spec import declared_keys, leaf_keys
+    from sharebench.run.spec import declared_keys, leaf_keys
 
     keys = set(declared_keys(lambda declared: True)) | set(leaf_keys())
     modules = {path.stem for path in PACKAGE.rglob("*")}  # "sharing", "data": a package's modules too

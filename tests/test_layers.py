@@ -9,15 +9,16 @@ import pytest
 import torch
 from hydra.utils import get_class
 
-from sharebench.build import build_model
-from sharebench.checkpoint import convert_checkpoint, load_pretrained, save_pretrained
-from sharebench.composing import compose
-from sharebench.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_SCHEMES
 from sharebench.layers.takase import Cycle, CycleRev, Sequence
+from sharebench.model.checkpoint import load_pretrained, save_pretrained
+from sharebench.model.convert import direct_share, mlkv_sources, select_shared_heads, share_heads, to_gqa, to_mlkv
+from sharebench.model.shares import SharingSpec
 from sharebench.paths import PROJECT_ROOT
-from sharebench.spec import SharingSpec
+from sharebench.run.build import build_model
+from sharebench.run.composing import compose
+from sharebench.train.conversion import convert_checkpoint
 from tests.conftest import layers_for, spec_of, within_layer_for
 from tests.test_checkpoint import minilm_folder
 
@@ -136,7 +137,7 @@ def test_recurrent_depth_stores_prelude_core_and_coda_and_loops_the_core():
 def test_yoco_caches_the_lower_half_and_one_global_set_of_keys_and_values():
     """At L = 6: layers 0–2 keep their keys and values, layer 3 computes the global ones, layers 4 and 5 reuse them
     (no key/value projections of their own); the preset mobilellm_ls is sequence at M = L/2."""
-    from sharebench.inference import kv_cache_bytes
+    from sharebench.model.inference import kv_cache_bytes
 
     model = build_model(spec_of([*SIZE, "arch=gpt", "layers=yoco"]), VOCAB)
     per_layer = kv_cache_bytes(model, 5)
@@ -169,7 +170,7 @@ def test_cycle_rev_18_layers_6_sets_reverses_the_last_cycle():
 
 @pytest.mark.parametrize("scheme", sorted(LAYER_SCHEMES))
 def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
     ratio += layers_for(f"layers={scheme}")
@@ -259,7 +260,7 @@ def test_mlkv_conversion_groups_layers_over_mean_pooled_keys_and_values(tmp_path
     """MLKV from a checkpoint: at ratio 0 the model as it was; at 0.5 on 4 layers, layers 0-1 and 2-3 each attend
     over the mean of their two key/value projections, computed by the group's first layer, the second projecting
     queries only; a key/value projection (2·D × D) fewer per pair, half the KV cache; it reloads as written."""
-    from sharebench.inference import kv_cache_bytes
+    from sharebench.model.inference import kv_cache_bytes
     from sharebench.sharing.none import Separate
 
     model = gpt_model("size.n_layers=4")
@@ -298,7 +299,7 @@ def test_recursive_conversion_at_full_rank_reproduces_the_model(tmp_path, ratio)
 
 
 def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg(), tmp_path / "base")
     record = run_task(nano_cfg(f"pretrained={tmp_path / 'base'}", "postshare_ratio=0.25", "trainer.max_steps=4"),
@@ -315,7 +316,7 @@ def test_postshare_trains_towards_the_pairs_then_shares_them(nano_cfg, tmp_path)
 
 def test_uptraining_refuses_a_vocabulary_of_another_size(nano_cfg, tmp_path):
     from sharebench.errors import ConfigError
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg(), tmp_path / "base")
     with pytest.raises(ConfigError, match="token embeddings but the data's tokenizer"):
@@ -323,7 +324,7 @@ def test_uptraining_refuses_a_vocabulary_of_another_size(nano_cfg, tmp_path):
 
 
 def test_converted_minilm_scores_sts_b_zero_shot(tmp_path):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
     from tests.conftest import FIXTURE_DATA
 
     folder = minilm_folder()
@@ -352,7 +353,7 @@ def test_a_kv_map_expresses_cla_and_yoco(scheme, sources):
 
 
 def test_mlkv_groups_share_one_set_of_keys_and_values_and_its_cache():
-    from sharebench.inference import kv_cache_bytes
+    from sharebench.model.inference import kv_cache_bytes
 
     six = ["size.n_layers=6"]
     unshared, mlkv = gpt_model(*six), gpt_model(*six, "layers=kv_sources", "layers.sources=[0,0,0,3,3,3]")

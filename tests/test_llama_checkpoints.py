@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharebench.checkpoint import load_pretrained
 from sharebench.errors import ConfigError
+from sharebench.model.checkpoint import load_pretrained
 from sharebench.schema import named_schemes
 
 transformers = pytest.importorskip("transformers")
@@ -136,11 +136,11 @@ def llama_task(nano_overrides: list[str], folder: Path, *overrides: str) -> list
 def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder, nano_overrides, tmp_path):
     """task=evaluate: the test split's loss is transformers' cross-entropy on the same blocks, its bits per byte
     that loss over the split's UTF-8 bytes; a conversion (K/V heads 2 → 1) stores fewer parameters and KV bytes."""
-    from sharebench.composing import compose
     from sharebench.data.corpora import PretrainData
     from sharebench.report.results import scheme_of
-    from sharebench.tasks import run_task
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.validation import validate
+    from sharebench.train.tasks import run_task
 
     overrides = llama_task(nano_overrides, llama_folder, "task=evaluate")
     record = run_task(compose(overrides), tmp_path / "as-is")
@@ -189,10 +189,10 @@ def test_evaluate_scores_a_llama_checkpoint_with_its_own_tokenizer(llama_folder,
 def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llama_folder, nano_overrides, tmp_path):
     """task=pretrain from a Llama folder with its own tokenizer, converted in the same run or not: the saved
     model keeps its (converted) sharing, reloads, and has trained (its weights moved, its validation loss fell)."""
-    from sharebench.build import unique_parameters
-    from sharebench.checkpoint import converted_model
-    from sharebench.composing import compose
-    from sharebench.tasks import run_task
+    from sharebench.model.checkpoint import converted_model
+    from sharebench.run.build import unique_parameters
+    from sharebench.run.composing import compose
+    from sharebench.train.tasks import run_task
 
     overrides = llama_task(nano_overrides, llama_folder, "arch=llama", *conversion, "trainer.max_steps=6",
                            "optim.lr=3e-3")  # fmt: skip
@@ -211,8 +211,8 @@ def test_healing_trains_a_llama_checkpoint_further_as_converted(conversion, llam
 
 
 def test_a_tokenizer_of_the_checkpoint_needs_a_checkpoint_and_healing_its_objective(nano_overrides, llama_folder):
-    from sharebench.composing import compose
-    from sharebench.validation import validate
+    from sharebench.run.composing import compose
+    from sharebench.run.validation import validate
 
     with pytest.raises(ConfigError, match="data.tokenizer.kind=pretrained tokenizes with the tokenizer of pretrained"):
         validate(compose([*nano_overrides, "data.tokenizer.kind=pretrained"]))
@@ -226,7 +226,8 @@ def test_conversions_apply_to_a_grouped_llama_and_reload_as_written(to, tmp_path
     transformers'); recursive conversion at full rank and MLKV at ratio 0 compute what the original does; MLKV
     at 0.5 stores half the key/value projections; dropping keeps the last layer and the first ones. Each
     converted checkpoint reloads with the logits it was written with."""
-    from sharebench.checkpoint import convert_checkpoint, converted_model
+    from sharebench.model.checkpoint import converted_model
+    from sharebench.train.conversion import convert_checkpoint
 
     theirs = hf_llama(2, True, n_layers=4)
     theirs.save_pretrained(tmp_path / "llama")

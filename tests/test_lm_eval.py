@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharebench.checkpoint import load_pretrained
-from sharebench.composing import compose
 from sharebench.data.tokenizer import load_run_tokenizer
-from sharebench.export import export
-from sharebench.tasks import run_task
+from sharebench.model.checkpoint import load_pretrained
+from sharebench.model.export import export
+from sharebench.run.composing import compose
+from sharebench.train.tasks import run_task
 from tests.conftest import nano_settings
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an opt-in extra: pip install 'sharebench[eval]'")

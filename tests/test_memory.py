@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.build import build_model
-from sharebench.memory import activation_bytes, training_memory
-from sharebench.optim import adamw_with_schedule
+from sharebench.model.memory import activation_bytes, training_memory
+from sharebench.run.build import build_model
+from sharebench.train.optim import adamw_with_schedule
 from tests.conftest import spec_of
 
 

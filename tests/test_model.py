@@ -79,7 +79,7 @@ def test_gqa_has_fewer_key_value_heads():
 
 
 def test_causal_model_does_not_look_ahead(nano_cfg):
-    from sharebench.build import build_model
+    from sharebench.run.build import build_model
 
     model = build_model(spec_of(nano_cfg("arch=gpt", "sharing=partial_qk")), 50).eval()
     ids = torch.randint(0, 50, (1, 12))
@@ -90,7 +90,7 @@ def test_causal_model_does_not_look_ahead(nano_cfg):
 
 
 def test_padding_does_not_change_the_other_tokens(nano_cfg):
-    from sharebench.build import build_model
+    from sharebench.run.build import build_model
 
     model = build_model(spec_of(nano_cfg()), 50).eval()
     ids = torch.randint(5, 50, (1, 10))
@@ -100,7 +100,7 @@ def test_padding_does_not_change_the_other_tokens(nano_cfg):
 
 
 def test_masked_lm_predicts_only_masked_positions(nano_cfg):
-    from sharebench.build import build_model
+    from sharebench.run.build import build_model
 
     model = build_model(spec_of(nano_cfg()), 50)
     ids = torch.randint(5, 50, (2, 10))
@@ -115,7 +115,7 @@ def test_masked_lm_predicts_only_masked_positions(nano_cfg):
 def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_cfg, arch):
     import torch.nn.functional as F
 
-    from sharebench.build import build_model
+    from sharebench.run.build import build_model
 
     model = build_model(spec_of(nano_cfg(f"arch={arch}")), 50)
     hidden, labels = torch.randn(7, model.config.dim), torch.randint(0, 50, (7,))
@@ -133,7 +133,7 @@ def test_padded_vocabulary_gives_the_loss_and_gradients_of_the_vocabulary(nano_c
 
 
 def test_pre_ln_option(nano_cfg):
-    from sharebench.build import build_model
+    from sharebench.run.build import build_model
 
     model = build_model(spec_of(nano_cfg("arch.norm_position=pre")), 50)
     assert model.transformer.final_norm is not None and model.transformer.embeddings.norm is None
@@ -141,7 +141,7 @@ def test_pre_ln_option(nano_cfg):
 
 
 def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation():
-    from sharebench.model import Dropout
+    from sharebench.model.transformer import Dropout
 
     dropout = Dropout(0.1).train()
     x = torch.ones(1000, 999)
@@ -157,7 +157,7 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expectation():
 @pytest.mark.slow
 def test_compiled_pretraining_gives_the_eager_losses_and_a_plain_checkpoint(nano_cfg, tmp_path):
     from sharebench import load_pretrained
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     no_dropout = ("arch.dropout=0", "arch.attention_dropout=0", "sharing=partial_qk", "ratio=0.5")
     eager = run_task(nano_cfg(*no_dropout), tmp_path / "eager")
@@ -173,7 +173,7 @@ def test_compiled_pretraining_gives_the_eager_losses_and_a_plain_checkpoint(nano
 def test_bf16_mixed_precision_pretrains_with_gradient_clipping(nano_cfg, tmp_path):
     """Lightning refuses to clip a fused optimizer's gradients under mixed precision; the suite then steps with
     the multi-tensor AdamW, and the run trains to about the fp32 loss."""
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     no_dropout = ("arch.dropout=0", "arch.attention_dropout=0", "trainer.gradient_clip_val=1.0")
     fp32 = run_task(nano_cfg(*no_dropout), tmp_path / "fp32")
@@ -187,8 +187,8 @@ def test_masked_lm_head_runs_on_a_multiple_of_64_rows_with_the_same_loss(monkeyp
     tensors come in a few sizes the allocator reuses) and the loss is that of the predicted tokens alone."""
     import torch.nn.functional as F
 
-    from sharebench.build import build_model
-    from sharebench.model import IGNORE_INDEX, PREDICTED_ROWS, LMHead
+    from sharebench.model.transformer import IGNORE_INDEX, PREDICTED_ROWS, LMHead
+    from sharebench.run.build import build_model
 
     torch.manual_seed(0)
     model = build_model(spec_of(["size=nano", "data.seq_len=32"]), 100).eval()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
+from sharebench.run.composing import compose
 from tests.conftest import nano_settings, run_in_process
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharebench.build import build_model
-from sharebench.convert import direct_share
 from sharebench.layers import LAYER_SCHEMES
-from sharebench.model import IGNORE_INDEX
-from sharebench.reference import reference_loss
+from sharebench.model.convert import direct_share
+from sharebench.model.reference import reference_loss
+from sharebench.model.transformer import IGNORE_INDEX
+from sharebench.run.build import build_model
 from sharebench.sharing import SCHEMES
 from tests.conftest import spec_of, within_layer_for
 
@@ -92,7 +92,7 @@ def test_partial_qk_split_matrix_matches_the_reference():
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_plain_loop():
-    from sharebench.optim import adamw_with_schedule
+    from sharebench.train.optim import adamw_with_schedule
 
     models = [model_with("sharing=partial_qk", "ratio=0.5") for _ in range(2)]
     optimizers = [adamw_with_schedule(m, 1e-3, 0.01, 1, 10, "linear", 0.0)["optimizer"] for m in models]
@@ -115,9 +115,9 @@ def test_the_walkthrough_scheme_works_as_documented():
     stores one D × D block fewer per layer."""
     from functools import partial
 
-    from sharebench.build import model_config
-    from sharebench.model import LanguageModel
+    from sharebench.model.transformer import LanguageModel
     from sharebench.paths import PROJECT_ROOT
+    from sharebench.run.build import model_config
 
     text = (PROJECT_ROOT / "docs" / "schemes.md").read_text()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]

@@ -22,7 +22,7 @@ RESUME_STEPS = 60
 # with seed `seed`.
 STOPPER = """
 import os, runpy, signal, sys
-from sharebench.pretrain import PretrainModule
+from sharebench.train.pretrain import PretrainModule
 step, signum, seed = (int(sys.argv.pop(1)) for _ in range(3))
 del sys.argv[0]  # "-c": train.py reads its overrides from sys.argv[1:]
 train_step = PretrainModule.training_step
@@ -105,7 +105,7 @@ def test_stopped_run_resumes_to_the_same_result(project_root, nano_overrides, tm
 def test_a_run_with_checkpoints_until_completed_keeps_none_once_completed(nano_cfg, tmp_path):
     """Which checkpoints a run keeps is not part of its configuration: a completed run started again with another
     setting is skipped, and removes them."""
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     run_task(nano_cfg(), tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
@@ -189,7 +189,7 @@ def test_second_start_of_a_running_run_is_refused(project_root, nano_overrides, 
 
 
 def test_same_seed_gives_bit_identical_loss_curves(nano_cfg, tmp_path):
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     def curve(folder: Path, seed: int) -> list[str]:
         run_task(nano_cfg(f"seed={seed}", "trainer.max_steps=12", "trainer.log_every_n_steps=1",
@@ -258,7 +258,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(arch, project_root, nano_o
 
 def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):
     from sharebench.paths import FILE_MODE
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     cfg = nano_cfg(f"cache_dir={tmp_path / 'cache'}")
     run_task(cfg, tmp_path / "run")
@@ -272,7 +272,7 @@ def test_records_weights_and_caches_get_the_users_file_mode(nano_cfg, tmp_path):
 def test_a_run_records_the_tokenizer_it_used(nano_cfg, tmp_path):
     import hashlib
 
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     record = run_task(nano_cfg(), tmp_path / "run")
     saved = (tmp_path / "run" / "tokenizer.json").read_bytes()
@@ -284,7 +284,7 @@ def test_a_run_records_the_tokenizer_it_used(nano_cfg, tmp_path):
 def test_a_run_hands_back_the_signal_handlers_it_found(nano_cfg, tmp_path):
     """After training, SIGTERM ends the process as before it: neither Lightning's handler (which only logs it)
     nor the suite's is left behind."""
-    from sharebench.tasks import run_task
+    from sharebench.train.tasks import run_task
 
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     run_task(nano_cfg(), tmp_path / "run")

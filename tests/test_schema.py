@@ -13,10 +13,10 @@ import pytest
 from sharebench.cli import main as cli
 from sharebench.errors import ConfigError
 from sharebench.paths import machine_free
-from sharebench.record import declared_keys
 from sharebench.report.results import read_records
+from sharebench.run.record import declared_keys
 from sharebench.schema import SCHEMA_VERSION, read_record, record_leaves, upgrade
-from sharebench.tasks import run_task
+from sharebench.train.tasks import run_task
 
 # A path of a machine: an absolute one, or one folder name made of one (a run named after a path override).
 MACHINE_PATH = re.compile(r"""(?<![\w.~<>$}\])=-])/(?:[\w.-]+/)*[\w.-]+|_(?:work|root|home|tmp|Users)_""")

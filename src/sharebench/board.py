@@ -21,14 +21,9 @@ from typing import Any
 
 import torch
 
-from sharebench.build import build_model
-from sharebench.composing import compose
-from sharebench.config import check_overrides
 from sharebench.data.corpora import tokenizer_vocab_size
-from sharebench.environment import training_code, training_files
 from sharebench.errors import ConfigError
 from sharebench.paths import PROJECT_ROOT, machine_free
-from sharebench.record import declared_keys
 from sharebench.report.collect import collect
 from sharebench.report.results import (
     ADDED_WITH_OTHER_CODE,
@@ -40,9 +35,14 @@ from sharebench.report.results import (
     pretraining,
     reference,
 )
+from sharebench.run.build import build_model
+from sharebench.run.composing import compose
+from sharebench.run.environment import training_code, training_files
+from sharebench.run.record import declared_keys
+from sharebench.run.spec import RunSpec
+from sharebench.run.sweep import check_overrides
+from sharebench.run.validation import validate
 from sharebench.schema import record_roots, stated_keys, under
-from sharebench.spec import RunSpec
-from sharebench.validation import validate
 
 # Where the runs go, which `board add` decides itself (as it does the twins: a spec that names one is refused).
 DECIDED = ("output_root", "hydra.sweeper.grids")

@@ -28,11 +28,11 @@ def params(overrides: Sequence[str]) -> dict:
     """Parameter accounting and FLOPs of a configuration, built on the meta device (no memory, no data)."""
     import torch
 
-    from sharebench.build import build_model
-    from sharebench.composing import compose
-    from sharebench.config import check_overrides
     from sharebench.data.corpora import tokenizer_vocab_size
-    from sharebench.validation import validate
+    from sharebench.run.build import build_model
+    from sharebench.run.composing import compose
+    from sharebench.run.sweep import check_overrides
+    from sharebench.run.validation import validate
 
     runs = check_overrides(overrides)
     if len(runs) != 1:
@@ -87,8 +87,8 @@ def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int
     """The prompt and what the run's decoder writes after it."""
     import torch
 
-    from sharebench.checkpoint import load_pretrained
     from sharebench.data.tokenizer import load_run_tokenizer
+    from sharebench.model.checkpoint import load_pretrained
 
     if tokens < 1 or temperature < 0 or top_k < 1:
         raise ConfigError(f"generate: --tokens and --top-k must be ≥ 1, --temperature ≥ 0; got {tokens}, {top_k}, "
@@ -109,9 +109,9 @@ def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int
 
 
 def infer(run: Path, seq_len: int | None) -> dict:
-    """Inference costs of a run's or a checkpoint's model (sharebench.inference.inference_costs)."""
-    from sharebench.checkpoint import load_pretrained
-    from sharebench.inference import inference_costs
+    """Inference costs of a run's or a checkpoint's model (sharebench.model.inference.inference_costs)."""
+    from sharebench.model.checkpoint import load_pretrained
+    from sharebench.model.inference import inference_costs
     from sharebench.schema import RECORD_NAME, read_record
 
     model = load_pretrained(run)
@@ -123,10 +123,10 @@ def infer(run: Path, seq_len: int | None) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # Hydra parses its own command line
-        from sharebench import train
+        from sharebench.main import main as train
 
         sys.argv = ["sharebench train", *argv[1:]]
-        train.main()
+        train()
         return
     parser = argparse.ArgumentParser(prog="sharebench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_config_error():
         if args.command == "export":
-            from sharebench.export import export
+            from sharebench.model.export import export
 
             print(json.dumps(export(args.run, args.folder), indent=2))
             return
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(infer(args.run, args.seq_len), indent=2))
             return
         if args.command == "convert":
-            from sharebench.checkpoint import convert_checkpoint
+            from sharebench.train.conversion import convert_checkpoint
 
             model = convert_checkpoint(args.source, args.out, args.to, args.ratio, args.rank, args.group)
             print(json.dumps({"out": str(args.out), **model.parameter_counts().to_dict()}, indent=2))
@@ -281,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"open {build(args.folders, args.out)}")
             return
         if args.command == "upgrade":
-            from sharebench.checkpoint import upgrade_checkpoints
-            from sharebench.record import declared_keys
+            from sharebench.model.checkpoint import upgrade_checkpoints
+            from sharebench.run.record import declared_keys
             from sharebench.schema import upgrade_records
 
             print(upgrade_records(args.folders, declared_keys()))

@@ -49,7 +49,7 @@ class RunInterrupted(Exception):
 class RunFault(Exception):
     """A fault of the machine, not of the input or the suite, that stopped a run (a full disk, a folder that
     became unwritable, an I/O error reading data, memory exhausted), after its record says failed: the same
-    command resumes from the last checkpoint once the cause is gone (sharebench.resume.fault_of builds it)."""
+    command resumes from the last checkpoint once the cause is gone (sharebench.run.resume.fault_of builds it)."""
 
     exit_code = 3
 

@@ -37,7 +37,7 @@ IDENTITY_ROLES = ("result", "scheme", "replicate")
 
 
 class ConfigKeys(TypedDict):
-    """What a run's suite declared about its config's keys (sharebench.spec.key_declarations): the keys and
+    """What a run's suite declared about its config's keys (sharebench.run.spec.key_declarations): the keys and
     groups whose role is not "result", with their role; those that fix a seed's batches and their order; those
     that choose what the model shares."""
 
@@ -66,7 +66,7 @@ class Record(TypedDict, total=False):
     error: str
     traceback: str
     diverged: dict[str, Any]  # the step and the reason: a non-finite loss, or one above `diverged_above`
-    sharing: dict[str, Any]  # sharebench.spec.SharingSpec.to_record(); read by `scheme_of`
+    sharing: dict[str, Any]  # sharebench.run.spec.SharingSpec.to_record(); read by `scheme_of`
     parameters: dict[str, Any]
     unshared_parameters: int  # unique parameters of the same shape with separate Q/K/V, no cross-layer sharing
     metrics: dict[str, Any]

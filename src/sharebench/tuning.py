@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sharebench.spec import RunSpec
+    from sharebench.run.spec import RunSpec
 
 LR_KEY = "optim.lr"
 SEED_KEY = "seed"

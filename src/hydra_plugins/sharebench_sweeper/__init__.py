@@ -9,7 +9,7 @@ runs, validated, and launches none: `python train.py -m experiment=leaderboard h
 Runs whose config sets `lr_grid.factors` search their learning rate first (`sharebench.tuning`): the grid on the
 first seed, then the other seeds at the chosen rate.
 
-Hydra discovers sweepers in the `hydra_plugins` package only; the checks themselves live in `sharebench.config`.
+Hydra discovers sweepers in the `hydra_plugins` package only; the checks themselves live in `sharebench.run.sweep`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class SharebenchSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
-        from sharebench.config import check_overrides, sweep_runs
         from sharebench.errors import exit_on_config_error
+        from sharebench.run.sweep import check_overrides, sweep_runs
         from sharebench.tuning import searches
 
         with exit_on_config_error():

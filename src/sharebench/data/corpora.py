@@ -9,12 +9,14 @@ hash of everything that produced it, so a second run does not tokenise again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,6 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sharebench.console import stage
 from sharebench.data.tokenizer import (
     SPECIAL_TOKENS,
     CharTokenizer,
@@ -38,7 +39,7 @@ from sharebench.errors import WITHOUT_THE_HUB_OR_EMBEDDED, ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 
 if TYPE_CHECKING:
-    from sharebench.spec import Data, Masking
+    from sharebench.run.spec import Data, Masking
 
 # Part of every cache key: a change to how text becomes tokens (here: WordPiece pieces numbered in order, not in
 # hash order) must not reuse tokens or vocabularies cached before it.
@@ -47,6 +48,15 @@ LOCAL_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv
 
 
 # ---- reading documents ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """A long step before training (reading and tokenizing a corpus): one line when it starts, one when it ends."""
+    print(f"data: {what} ...", flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"data: done in {time.perf_counter() - started:,.0f} s", flush=True)
 
 
 def is_local(source: str) -> bool:

@@ -19,7 +19,7 @@ from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import resolve_path
 
 if TYPE_CHECKING:
-    from sharebench.spec import Glue
+    from sharebench.run.spec import Glue
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import importlib.util
 import json
 from collections import Counter, defaultdict
 from itertools import pairwise
@@ -16,7 +17,7 @@ from sharebench.errors import WITHOUT_THE_HUB, ConfigError
 from sharebench.paths import atomic_write_bytes, atomic_write_json, resolve_path
 
 if TYPE_CHECKING:
-    from sharebench.spec import Tokenizer as TokenizerSettings
+    from sharebench.run.spec import Tokenizer as TokenizerSettings
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CHARS_FILE = "chars.json"  # a character tokenizer's vocabulary, in a run's folder
@@ -260,10 +261,18 @@ def end_of_text(folder: Path) -> str | None:
     return None
 
 
+GGUF_EXTRA = "pip install 'sharebench[llama]'"  # what reads GGUF files
+
+
+def require_gguf(path: Path) -> None:
+    """A ConfigError naming the install where what reads GGUF files is missing."""
+    missing = [package for package in ("gguf", "transformers") if importlib.util.find_spec(package) is None]
+    if missing:
+        raise ConfigError(f"pretrained: reading {path.name} needs {' and '.join(missing)}: {GGUF_EXTRA}")
+
+
 def gguf_tokenizer(path: Path) -> SubwordTokenizer:
     """The tokenizer a GGUF file holds, as transformers rebuilds it."""
-    from sharebench.llama import require_gguf
-
     require_gguf(path)
     from transformers import AutoTokenizer
 

@@ -2,7 +2,7 @@
 
 A scheme maps hidden states (batch, tokens, D) to queries (batch, H, tokens, d) and keys and values
 (batch, G, tokens, d), where G is the number of key/value heads (G = H except for grouped-query schemes).
-Everything after that (scores, softmax, output projection) is common and lives in `sharebench.model`.
+Everything after that (scores, softmax, output projection) is common and lives in `sharebench.model.transformer`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class AttentionSharing(nn.Module):
     def role_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """The plain projection each role computes, materialised from how the scheme stores it: for "q" a
         (H·d × D) weight and its bias, for "k" and "v" (G·d × D) ones. The reference path of the model
-        (`sharebench.reference`) computes with these, so tests can check the fast path against them."""
+        (`sharebench.model.reference`) computes with these, so tests can check the fast path against them."""
         raise NotImplementedError
 
     def used_numel(self) -> int:

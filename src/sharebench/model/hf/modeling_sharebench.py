@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutput, MaskedLMOutput
 
 from .configuration_sharebench import SharebenchConfig
 from .sb_layers_base import LayerSharing
-from .sb_model import IGNORE_INDEX, LanguageModel, ModelConfig
+from .sb_model_transformer import IGNORE_INDEX, LanguageModel, ModelConfig
 from .sb_registry import subclasses_by_name
 from .sb_sharing_base import AttentionSharing
 

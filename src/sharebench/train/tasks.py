@@ -8,19 +8,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sharebench.console import quiet_libraries
-from sharebench.machine import check_trainer_here
-from sharebench.validation import validate
+from sharebench.run.console import quiet_libraries
+from sharebench.run.machine import check_trainer_here
+from sharebench.run.validation import validate
 
 
 def run_task(config: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec = validate(config)
     check_trainer_here(spec)
     quiet_libraries()
-    from sharebench.evaluate import run_evaluate
-    from sharebench.finetune import run_glue
-    from sharebench.pretrain import run
-    from sharebench.zero_shot import run_sts_zero_shot
+    from sharebench.train.evaluate import run_evaluate
+    from sharebench.train.finetune import run_glue
+    from sharebench.train.pretrain import run
+    from sharebench.train.zero_shot import run_sts_zero_shot
 
     if spec.task == "sts_zero_shot":
         return run_sts_zero_shot(spec, run_dir)

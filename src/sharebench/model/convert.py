@@ -20,9 +20,9 @@
 - `drop_layers`: the naive baseline of fewer stored parameters, round(r·L) whole layers removed: the deepest
   ones below the last layer, which Gromov et al. (2024) found the most redundant in Llama-family models.
 
-`sharebench convert <checkpoint> <out> --to headwise --ratio 0.3` (`checkpoint.convert_checkpoint`) writes the
+`sharebench convert <checkpoint> <out> --to headwise --ratio 0.3` (`sharebench.train.conversion`) writes the
 result as a checkpoint that pretraining can continue from (`pretrained=<folder>`, "uptraining") and GLUE can
-fine-tune; `task=sts_zero_shot` scores it without training (`sharebench.zero_shot`).
+fine-tune; `task=sts_zero_shot` scores it without training (`sharebench.train.zero_shot`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sharebench.errors import ConfigError
 from sharebench.layers.basis import BasisSharing, role_modules
 from sharebench.layers.kv_sources import KVSources
 from sharebench.layers.recursive_lora import LoRALinear, RecursiveLoRA
-from sharebench.model import LanguageModel
+from sharebench.model.transformer import LanguageModel
 from sharebench.sharing.base import AttentionSharing, checked_ratio
 from sharebench.sharing.gqa import GroupedQuery
 from sharebench.sharing.none import Separate

@@ -10,9 +10,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sharebench.composing import GROUPS, compose
 from sharebench.paths import CONFIG_DIR, folder_name, machine_free, naming_rank
-from sharebench.spec import NAMED, role_of
+from sharebench.run.composing import GROUPS, compose
+from sharebench.run.spec import NAMED, role_of
 
 
 @functools.cache

@@ -3,13 +3,10 @@ elsewhere (a log file, a SLURM job, `make demo` piped), and nothing a user canno
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -25,29 +22,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence what C++ code writes to the process's stderr (torch's profiler announces every start and stop)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def stage(what: str) -> Iterator[None]:
-    """A long step before training (reading and tokenizing a corpus): one line when it starts, one when it ends."""
-    print(f"data: {what} ...", flush=True)
-    started = time.perf_counter()
-    yield
-    print(f"data: done in {time.perf_counter() - started:,.0f} s", flush=True)
 
 
 class StepProgressBar(RichProgressBar):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from sharebench.model import Attention, Block, FeedForward
+from sharebench.model.transformer import Attention, Block, FeedForward
 
 UNIT_TYPES = (Block, Attention, FeedForward)
 

@@ -4,16 +4,30 @@ libraries, data and heap, gigabytes around differences of megabytes)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import resource
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from sharebench.console import quiet_stderr
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence what C++ code writes to the process's stderr (torch's profiler announces every start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:

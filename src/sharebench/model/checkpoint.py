@@ -1,28 +1,30 @@
 """Saving and loading models: the suite's safetensors checkpoints, and Hugging Face BERT and Llama checkpoints
-(Llama's own reading and writing in `sharebench.llama`, GGUF files included).
+(Llama's own reading and writing in `sharebench.model.llama`, GGUF files included).
 
 A suite checkpoint is a folder (a finished run's folder) with `model.safetensors`, which stores every shared
-tensor once, and `model.json`, which says how to rebuild the model (its shape and its sharing scheme).
-`convert_checkpoint` applies a conversion (`sharebench.convert`) to a checkpoint and writes the result as one.
+tensor once, and `model.json`, which says how to rebuild the model (its shape and what it shares).
+`converted_model` applies a conversion (`sharebench.model.convert`) to a checkpoint; `sharebench.train.conversion`
+writes the result as a checkpoint of its own.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import get_class
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
-from sharebench import llama
-from sharebench.convert import (
+from sharebench.errors import ConfigError
+from sharebench.layers import layer_scheme_class
+from sharebench.model import llama
+from sharebench.model.convert import (
     CONVERSIONS,
     direct_share,
     drop_layers,
@@ -32,17 +34,16 @@ from sharebench.convert import (
     to_mlkv,
     to_recursive,
 )
-from sharebench.data.tokenizer import TOKENIZER_FILES, gguf_tokenizer
-from sharebench.errors import ConfigError
-from sharebench.layers import layer_scheme_class
-from sharebench.model import LanguageModel, ModelConfig
+from sharebench.model.shares import SharingSpec
+from sharebench.model.transformer import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.record import RunRecord, run_once
 from sharebench.schema import RECORD_NAME, read_record
 from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
-from sharebench.spec import Convert, SharingSpec
+
+if TYPE_CHECKING:
+    from sharebench.run.spec import Convert
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -307,29 +308,3 @@ def pretrained_model(source: Path, convert: Convert) -> tuple[LanguageModel, Sha
         return converted_model(source, convert.to, convert.ratio, convert.rank)
     model = load_pretrained(source)
     return model, checkpoint_sharing(source, model)
-
-
-def convert_checkpoint(source: str | Path, out: str | Path, to: str, ratio: float, rank: int = 8, group: int = 2
-                       ) -> LanguageModel:  # fmt: skip
-    """Convert the checkpoint in `source` and write it, with its tokenizer files and a run record of the
-    conversion (its sharing, parameters and checkpoint), to `out`; returns the converted model as written."""
-    source, out = Path(source), Path(out)
-    conversion = {"to": to, "ratio": ratio, "rank": rank} | ({"group": group} if to == "basis" else {})
-    config = {"task": "convert", "seed": None, "pretrained": str(source), "convert": conversion}
-
-    def convert(record: RunRecord) -> None:
-        converted, sharing = converted_model(source, to, ratio, rank, group)
-        weights_bytes = save_pretrained(converted, out, sharing)
-        if source.suffix == ".gguf":  # its tokenizer, as the converted folder's own
-            gguf_tokenizer(source).save(out)
-        for name in TOKENIZER_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, out / name)
-        record.update(
-            sharing=replace(sharing, pretrained=str(source), conversion=conversion).to_record(),
-            parameters=converted.parameter_counts().to_dict(),
-            checkpoint={"path": str(out / WEIGHTS_NAME), "bytes": weights_bytes},
-        )  # fmt: skip
-
-    run_once(config, out, convert)  # a conversion already written is not made again
-    return load_pretrained(out)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from sharebench.cpu import cpu_features
 from sharebench.paths import PACKAGE_DIR, PROJECT_ROOT, atomic_write_bytes, atomic_write_json
+from sharebench.run.cpu import cpu_features
 
 PACKAGES = (
     "sharebench",
@@ -43,7 +43,7 @@ def git_commit() -> dict[str, Any]:
 
 # Where a run starts: train.py's entry and the sweeper that launches (and searches the learning rate of) a sweep,
 # and the scheme packages, whose modules a config names by `_target_` rather than an import.
-TRAINING_ENTRIES = ("sharebench.train", "hydra_plugins.sharebench_sweeper",
+TRAINING_ENTRIES = ("sharebench.main", "hydra_plugins.sharebench_sweeper",
                     *(f"sharebench.{package}.{module.stem}" for package in ("sharing", "layers")
                       for module in (PACKAGE_DIR / package).glob("*.py")))  # fmt: skip
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from sharebench.memory import peak_allocated_bytes, tensor_bytes
-from sharebench.model import LanguageModel
+from sharebench.model.memory import peak_allocated_bytes, tensor_bytes
+from sharebench.model.transformer import LanguageModel
 
 DECODE_BATCHES = (1, 8)
 ENCODE_BATCH = 32

@@ -19,20 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sharebench.checkpoint import checkpoint_sharing, load_pretrained, loaded_sharing
-from sharebench.console import progress
-from sharebench.cpu import tune_cpu_process
 from sharebench.data import glue
 from sharebench.data.tokenizer import load_pretrained_tokenizer
 from sharebench.errors import ConfigError, RunInterrupted
-from sharebench.machine import precision_used
-from sharebench.model import LanguageModel
-from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
+from sharebench.model.checkpoint import checkpoint_sharing, load_pretrained, loaded_sharing
+from sharebench.model.transformer import LanguageModel
 from sharebench.paths import atomic_write_bytes, atomic_write_json, machine_free, resolve_path
-from sharebench.record import RunRecord, run_once
-from sharebench.resume import StopOnSignal
+from sharebench.run.console import progress
+from sharebench.run.cpu import tune_cpu_process
+from sharebench.run.machine import precision_used
+from sharebench.run.record import RunRecord, run_once
+from sharebench.run.resume import StopOnSignal
+from sharebench.run.spec import GlueRecipe, RunSpec, run_selecting_keys
 from sharebench.schema import RECORD_NAME, SUMMARY_NAME, named_schemes, read_record, record_roots
-from sharebench.spec import GlueRecipe, RunSpec, run_selecting_keys
+from sharebench.train.optim import adamw_with_schedule, fused_adamw_allowed
 from sharebench.tuning import best_mean
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from sharebench.cpu import precision_here
 from sharebench.errors import ConfigError
-from sharebench.spec import RunSpec, Trainer
+from sharebench.run.cpu import precision_here
+from sharebench.run.spec import RunSpec, Trainer
 
 
 def trains_on(trainer: Trainer) -> str:
@@ -24,7 +24,7 @@ def trains_on(trainer: Trainer) -> str:
 
 def precision_used(trainer: Trainer) -> dict[str, Any]:
     """The record's `precision`: what `trainer.precision` asks for, the precision the run trains in where it
-    trains (`auto` follows the hardware: sharebench.cpu.precision_here), and why."""
+    trains (`auto` follows the hardware: sharebench.run.cpu.precision_here), and why."""
     used, why = precision_here(trainer.precision, trains_on(trainer))
     return {"configured": trainer.precision, "used": used, "why": why}
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from sharebench.environment import git_commit, hardware, package_versions, training_code
 from sharebench.errors import ConfigError, RunDiverged, RunInterrupted
-from sharebench.memory import process_peak_rss_bytes
+from sharebench.model.memory import process_peak_rss_bytes
 from sharebench.paths import atomic_write_json, machine_free
+from sharebench.run.environment import git_commit, hardware, package_versions, training_code
 from sharebench.schema import (
     RECORD_NAME,
     SCHEMA_VERSION,
@@ -138,7 +138,7 @@ def run_once(config: Mapping[str, Any], run_dir: Path, body: Callable[[RunRecord
     keys starting with `ignores` aside), a completed run not repeated, and the record written however `body` ends
     (completed, failed, interrupted). Returns the record and whether the run ran now."""
     from sharebench.lock import RunLock
-    from sharebench.resume import fault_of, remove_temporary_files
+    from sharebench.run.resume import fault_of, remove_temporary_files
 
     record: RunRecord | None = None
     try:
@@ -190,7 +190,7 @@ def finished_record(run_dir: Path) -> dict[str, Any] | None:
 
 @functools.cache  # the same for every record this process writes or upgrades
 def declared_keys() -> ConfigKeys:
-    """What this version of the suite declares about its config keys (sharebench.spec), as a record states it."""
-    from sharebench.spec import key_declarations  # the run's side: readers of a record take what it states
+    """What this version of the suite declares about its config keys (sharebench.run.spec), as a record states it."""
+    from sharebench.run.spec import key_declarations  # the run's side: readers of a record take what it states
 
     return key_declarations()  # type: ignore[return-value]

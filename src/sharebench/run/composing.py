@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_PLUGINS
 from sharebench.paths import CONFIG_DIR, CORPUS_DIR
+from sharebench.run.spec import RunSpec
 from sharebench.sharing import PLUGINS
-from sharebench.spec import RunSpec
 
 # The spec's fields a config group of conf/ chooses (arch=bert): the command line's choices are checked against it.
 GROUPS = tuple(f.name for f in fields(RunSpec) if (CONFIG_DIR / f.name).is_dir())

@@ -8,7 +8,6 @@ native `LlamaForCausalLM` folder. One table of names (`HF_NAMES`) serves both di
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -16,9 +15,10 @@ from typing import Any
 
 import torch
 
+from sharebench.data.tokenizer import require_gguf
 from sharebench.errors import ConfigError
 from sharebench.layers import Unshared
-from sharebench.model import LanguageModel, ModelConfig
+from sharebench.model.transformer import LanguageModel, ModelConfig
 from sharebench.sharing.gqa import GroupedQuery, MultiQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
 
@@ -37,7 +37,6 @@ HF_NAMES = {
 }
 QKV = "model.layers.{i}.self_attn.{role}_proj.weight"
 SUITE_QKV = "transformer.blocks.{i}.attn.qkv.proj.weight"
-EXTRA = "pip install 'sharebench[llama]'"
 
 
 def rope(hf: Mapping[str, Any]) -> tuple[str, float]:
@@ -99,13 +98,6 @@ def from_state(hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], source:
         raise ConfigError(f"pretrained: {source} does not map onto arch=llama; missing {sorted(missing)[:5]}, "
                           f"not understood {unused[:5]}")  # fmt: skip
     return model
-
-
-def require_gguf(path: Path) -> None:
-    """A ConfigError naming the install where what reads GGUF files is missing."""
-    missing = [package for package in ("gguf", "transformers") if importlib.util.find_spec(package) is None]
-    if missing:
-        raise ConfigError(f"pretrained: reading {path.name} needs {' and '.join(missing)}: {EXTRA}")
 
 
 def load_gguf(path: Path) -> LanguageModel:

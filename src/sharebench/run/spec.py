@@ -6,7 +6,7 @@ depend on each other are checked in the dataclass's `__post_init__`. `RunSpec.to
 record stores it; `RunSpec.from_dict` reads a record's config back.
 
 What the spec cannot see by itself (a scheme's own ratio range, the data's files, the machine) is checked by
-`sharebench.validation.validate`, which builds the spec and resolves what the model shares into `RunSpec.shares`.
+`sharebench.run.validation.validate`, which builds the spec and resolves what the model shares into `RunSpec.shares`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Self
 
-from sharebench.convert import CONVERSIONS, HeadwiseRatio
 from sharebench.errors import ConfigError
-from sharebench.model import ACTIVATIONS
+from sharebench.model.convert import CONVERSIONS, HeadwiseRatio
+from sharebench.model.shares import SharingSpec
+from sharebench.model.transformer import ACTIVATIONS
 from sharebench.sharing.base import checked_ratio
 
 # ---- what a value accepts -----------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ SHARE = number(0, 1)  # a fraction, both ends included
 DROPOUT = number(0, 1, open_high=True)  # 1 would zero every activation (and 1/(1-p) divide by zero)
 SEED = integer(0, 2**32 - 1)  # numpy's seeds
 FRACTION_OF_BATCHES = POSITIVE | number(0, 1, open_low=True)  # Lightning: a count, or a share of the batches
-# Lightning's, and `auto`: bf16-mixed where the hardware computes bf16, 32-true elsewhere (sharebench.cpu).
+# Lightning's, and `auto`: bf16-mixed where the hardware computes bf16, 32-true elsewhere (sharebench.run.cpu).
 PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", 64, 32, 16)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 TASKS = ("pretrain", "glue", "pretrain_glue", "sts_zero_shot", "evaluate")
@@ -369,7 +370,7 @@ class LrGrid(Spec):
 @dataclass(frozen=True)
 class Convert(Spec):
     """Sharing applied to `pretrained` before task=sts_zero_shot or task=evaluate scores it, or task=pretrain
-    trains it further (healing): one of the conversions of sharebench.convert (or none) at a ratio it takes."""
+    trains it further (healing): one of the conversions of sharebench.model.convert (or none) at a ratio it takes."""
 
     to: str | None = accepts(one_of(*CONVERSIONS) | NULL, read_by=("sts_zero_shot", "evaluate", "pretrain"))
     ratio: float = accepts(number())
@@ -385,47 +386,6 @@ class Convert(Spec):
 @dataclass(frozen=True)
 class Scale(Spec):
     name: str = accepts(TEXT)
-
-
-@dataclass(frozen=True)
-class SharingSpec:
-    """What a model shares, in the one shape that run records (`sharing`), checkpoints (model.json's `sharing`) and
-    exported Hugging Face configs store (docs/run-record.md): the within-layer scheme by name with its ratio (the
-    default filled in) and its own options (partial_qk's `split`); the cross-layer scheme as `LayerSharing.describe()`
-    gives it; and where a conversion shared single heads (DirectShare, PostShare), which head holds which.
-
-    A record adds the context of its run: an iso-parameter baseline shares nothing and names the configuration it
-    matches; a model loaded from a checkpoint names the checkpoint, a converted one its conversion."""
-
-    name: str
-    ratio: float | None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    layers: Mapping[str, Any] = field(default_factory=lambda: {"name": "none", "ratio": None})
-    head_sources: list[list[int]] | None = None  # [layer, head, source layer, source head] per head shared
-    iso_baseline_of: SharingSpec | None = None
-    pretrained: str | None = None
-    conversion: Mapping[str, Any] | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"name": self.name, "ratio": self.ratio, "options": dict(self.options),
-                                  "layers": dict(self.layers)}  # fmt: skip
-        if self.iso_baseline_of is not None:
-            record["iso_baseline_of"] = self.iso_baseline_of.to_record()
-        return record | {key: value for key in ("head_sources", "pretrained", "conversion")
-                         if (value := getattr(self, key)) is not None}  # fmt: skip
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> SharingSpec:
-        baseline = record.get("iso_baseline_of")
-        layers = record.get("layers") or {"name": "none", "ratio": None}
-        return cls(record["name"], record["ratio"], record.get("options") or {}, layers, record.get("head_sources"),
-                   cls.from_record(baseline) if baseline else None, record.get("pretrained"),
-                   record.get("conversion"))  # fmt: skip
-
-    def built(self) -> SharingSpec:
-        """What the model itself shares, as its checkpoint stores it: without the run's context. An iso-parameter
-        baseline is the unshared model it trains."""
-        return SharingSpec(self.name, self.ratio, self.options, self.layers, self.head_sources)
 
 
 SCHEME_CHOICE = {"_target_": Role.SCHEME, "_partial_": Role.SCHEME}  # Hydra's keys of a scheme's constructor

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sharebench.model import ACTIVATIONS, IGNORE_INDEX, LanguageModel, explicit_attention
+from sharebench.model.transformer import ACTIVATIONS, IGNORE_INDEX, LanguageModel, explicit_attention
 
 
 def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
     """The command line with path values quoted for Hydra where they need it (one holding '=', or naming a file
     or folder that exists), so a run folder is passed back as typed. A comma in any other value still separates
     the values of a sweep."""
-    from sharebench.spec import PATH_KEYS  # a run folder the suite printed holds the '=' and ',' of Hydra's syntax
+    from sharebench.run.spec import PATH_KEYS  # a run folder the suite printed holds the '=' and ',' of Hydra's syntax
 
     def quoted(arg: str) -> str:
         key, equals, value = arg.partition("=")
@@ -51,8 +51,8 @@ class CheckRun(Callback):
     sweeper (conf/hydra/sweeper) before the first starts."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sharebench.machine import check_trainer_here
-        from sharebench.validation import validate
+        from sharebench.run.machine import check_trainer_here
+        from sharebench.run.validation import validate
 
         with exit_on_config_error():
             check_trainer_here(spec := validate(config))
@@ -64,7 +64,7 @@ class CheckRun(Callback):
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def run(config: DictConfig) -> dict[str, Any] | None:
-    from sharebench.tasks import run_task  # Lightning loads only once the command line has been checked
+    from sharebench.train.tasks import run_task  # Lightning loads only once the command line has been checked
 
     hydra_config = HydraConfig.get()
     # A sweep's runs were validated by its sweeper before the first started (conf/hydra/sweeper); in a sweep,
@@ -88,8 +88,8 @@ def main() -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sharebench.composing import GROUPS, innermost, one_line
-    from sharebench.config import check_choice
+    from sharebench.run.composing import GROUPS, innermost, one_line
+    from sharebench.run.sweep import check_choice
 
     argv = sys.argv[1:] = quote_paths(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose instead of printing it in many lines

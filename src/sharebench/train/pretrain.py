@@ -21,28 +21,28 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, WandbLogger
 from torch.utils.data import DataLoader
 
-from sharebench.build import build_model, model_config, training_steps, unique_parameters
-from sharebench.checkpoint import (
+from sharebench.data.corpora import PretrainData
+from sharebench.errors import ConfigError, RunDiverged
+from sharebench.model.checkpoint import (
     load_pretrained,
     loaded_sharing,
     pretrained_model,
     save_pretrained,
 )
-from sharebench.console import diverged_line, progress, start_line, summary_line
-from sharebench.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
-from sharebench.cpu import matmul_dtype, tune_cpu_process
-from sharebench.data.corpora import PretrainData
-from sharebench.environment import measure_matmul_peak
-from sharebench.errors import ConfigError, RunDiverged
-from sharebench.fsdp import fsdp_wrap_policy
-from sharebench.inference import inference_costs
-from sharebench.machine import precision_used
-from sharebench.memory import training_memory
-from sharebench.model import IGNORE_INDEX, LanguageModel, perplexity
-from sharebench.optim import adamw_with_schedule, fused_adamw_allowed
+from sharebench.model.convert import HeadId, select_shared_heads, share_heads, similarity_penalty
+from sharebench.model.fsdp import fsdp_wrap_policy
+from sharebench.model.inference import inference_costs
+from sharebench.model.memory import training_memory
+from sharebench.model.shares import SharingSpec
+from sharebench.model.transformer import IGNORE_INDEX, LanguageModel, perplexity
 from sharebench.paths import resolve_path
-from sharebench.record import RunRecord, run_once
-from sharebench.resume import (
+from sharebench.run.build import build_model, model_config, training_steps, unique_parameters
+from sharebench.run.console import diverged_line, progress, start_line, summary_line
+from sharebench.run.cpu import matmul_dtype, tune_cpu_process
+from sharebench.run.environment import measure_matmul_peak
+from sharebench.run.machine import precision_used
+from sharebench.run.record import RunRecord, run_once
+from sharebench.run.resume import (
     CHECKPOINT_FOLDER,
     PREVIOUS,
     ResumeCheckpoints,
@@ -50,8 +50,9 @@ from sharebench.resume import (
     continue_metrics,
     resume_point,
 )
+from sharebench.run.spec import Optim, RunSpec, run_selecting_keys
 from sharebench.schema import Record
-from sharebench.spec import Optim, RunSpec, SharingSpec, run_selecting_keys
+from sharebench.train.optim import adamw_with_schedule, fused_adamw_allowed
 
 
 class PretrainModule(L.LightningModule):
@@ -404,7 +405,7 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     settings["max_steps"] = steps
     record.update(precision=precision_used(spec.trainer))
     settings["precision"] = record.data["precision"]["used"]
-    if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.fsdp)
+    if settings["strategy"] == "fsdp":  # units that keep each shared tensor whole (sharebench.model.fsdp)
         from lightning.pytorch.strategies import FSDPStrategy
 
         settings["strategy"] = FSDPStrategy(auto_wrap_policy=fsdp_wrap_policy(model))

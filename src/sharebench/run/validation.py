@@ -15,17 +15,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sharebench.build import layer_sharing, sharing_class
-from sharebench.convert import HeadwiseRatio
 from sharebench.data import glue
 from sharebench.data.corpora import check_source
 from sharebench.errors import ConfigError
 from sharebench.layers import Unshared
-from sharebench.machine import check_fsdp_on_a_gpu
+from sharebench.model.convert import HeadwiseRatio
+from sharebench.model.shares import SharingSpec
 from sharebench.paths import resolve_path
+from sharebench.run.build import layer_sharing, sharing_class
+from sharebench.run.machine import check_fsdp_on_a_gpu
+from sharebench.run.spec import TOKENIZER_KINDS, RunSpec
 from sharebench.sharing.base import checked_ratio
 from sharebench.sharing.none import Separate
-from sharebench.spec import TOKENIZER_KINDS, RunSpec, SharingSpec
 
 
 def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSpec:
@@ -58,7 +59,7 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
         check_source(spec.data)
     if spec.pretrained:
         check_pretrained(spec.pretrained)
-        from sharebench.checkpoint import checkpoint_objective
+        from sharebench.model.checkpoint import checkpoint_objective
 
         if (objective := checkpoint_objective(resolve_path(spec.pretrained))) != spec.arch.objective:
             kind = {"causal": "causal LM", "mlm": "masked LM"}
@@ -121,7 +122,7 @@ def check_writable(output_root: str) -> None:
 
 
 def check_pretrained(pretrained: str | None) -> None:
-    from sharebench.checkpoint import SPEC_NAME
+    from sharebench.model.checkpoint import SPEC_NAME
 
     path = resolve_path(pretrained) if pretrained else None
     gguf = path is not None and path.suffix == ".gguf" and path.is_file()

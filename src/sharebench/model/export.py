@@ -3,7 +3,7 @@
 An unshared BERT (post-LN, biases, the suite's default) becomes a plain `BertForMaskedLM` folder, and an
 unshared or grouped-K/V Llama (arch=llama with sharing none, gqa or mqa) a plain `LlamaForCausalLM` one, loaded
 natively. Every other model is written with a modeling file and the suite's own model code beside it (sb_*.py,
-the modules of `sharebench.model`, `.sharing` and `.layers`, their imports made relative), loaded with
+the modules of `sharebench.model.transformer`, `.sharing` and `.layers`, their imports made relative), loaded with
 `trust_remote_code=True` by AutoModelForMaskedLM (arch=bert) or AutoModelForCausalLM (arch=gpt, llama). Either
 way model.safetensors stores each shared tensor once, and the tokenizer comes along as a `tokenizer.json` that
 AutoTokenizer reads.
@@ -21,16 +21,16 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 
-from sharebench import llama
-from sharebench.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, read_spec
 from sharebench.data.tokenizer import CHARS_FILE, SPECIAL_TOKENS, load_run_tokenizer
 from sharebench.errors import ConfigError
-from sharebench.model import LanguageModel
+from sharebench.model import llama
+from sharebench.model.checkpoint import HF_NAMES, SPEC_NAME, load_pretrained, read_spec
+from sharebench.model.transformer import LanguageModel
 from sharebench.paths import PACKAGE_DIR
 from sharebench.schema import RECORD_NAME, read_record
 
-# The modules a remote-code folder carries: what `sharebench.model` needs to build any scheme.
-MODEL_MODULES = ("errors", "registry", "model", "sharing.base", "layers.base")
+# The modules a remote-code folder carries: what `sharebench.model.transformer` needs to build any scheme.
+MODEL_MODULES = ("errors", "registry", "model.transformer", "sharing.base", "layers.base")
 SCHEME_PACKAGES = ("sharing", "layers")
 # What a package's own imports stand for in a flat folder (the names they re-export live in their base module).
 PACKAGE_MODULES = {"sharing": "sharing.base", "layers": "layers.base"}
@@ -130,9 +130,10 @@ def _export_remote_code(model: LanguageModel, sharing: dict[str, Any], folder: P
                                                                          .with_suffix(".py").read_text()))  # fmt: skip
     schemes = "\n".join(f"from .{flat_name(m)} import *  # noqa: F403" for m in modules if m.split(".")[0]
                         in SCHEME_PACKAGES and not m.endswith(".base"))  # fmt: skip
-    template = (PACKAGE_DIR / "hf" / "modeling_sharebench.py").read_text()
+    remote_code = PACKAGE_DIR / "model" / "hf"
+    template = (remote_code / "modeling_sharebench.py").read_text()
     (folder / "modeling_sharebench.py").write_text(template.replace("# {scheme modules}", schemes))
-    shutil.copyfile(PACKAGE_DIR / "hf" / "configuration_sharebench.py", folder / "configuration_sharebench.py")
+    shutil.copyfile(remote_code / "configuration_sharebench.py", folder / "configuration_sharebench.py")
     head = "SharebenchForCausalLM" if model.config.causal else "SharebenchForMaskedLM"
     auto = "AutoModelForCausalLM" if model.config.causal else "AutoModelForMaskedLM"
     config = {

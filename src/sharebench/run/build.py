@@ -12,11 +12,11 @@ from hydra.utils import get_class, instantiate
 
 from sharebench.errors import ConfigError
 from sharebench.layers import LayerSharing
-from sharebench.machine import trains_on
-from sharebench.model import LanguageModel, ModelConfig
+from sharebench.model.transformer import LanguageModel, ModelConfig
+from sharebench.run.machine import trains_on
+from sharebench.run.spec import RunSpec, Trainer
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.none import Separate
-from sharebench.spec import RunSpec, Trainer
 
 
 def sharing_class(spec: RunSpec) -> type[AttentionSharing]:

@@ -1,5 +1,5 @@
 """Zero-shot STS-B (`task=sts_zero_shot`): how much of a model's sentence similarity survives a conversion,
-with no training (Cao et al. 2024); GLUE fine-tuning is in `sharebench.finetune`."""
+with no training (Cao et al. 2024); GLUE fine-tuning is in `sharebench.train.finetune`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from sharebench.checkpoint import loaded_sharing, pretrained_model
 from sharebench.data.glue import encode, load_split, pad_batch
 from sharebench.data.tokenizer import load_pretrained_tokenizer
-from sharebench.model import LanguageModel
+from sharebench.model.checkpoint import loaded_sharing, pretrained_model
+from sharebench.model.transformer import LanguageModel
 from sharebench.paths import resolve_path
-from sharebench.record import RunRecord, run_once
+from sharebench.run.record import RunRecord, run_once
+from sharebench.run.spec import RunSpec
 from sharebench.schema import Record
-from sharebench.spec import RunSpec
 
 
 def run_sts_zero_shot(spec: RunSpec, run_dir: Path) -> Record:

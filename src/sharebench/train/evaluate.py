@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sharebench.checkpoint import loaded_sharing, pretrained_model
 from sharebench.data.corpora import PretrainData
 from sharebench.errors import ConfigError
-from sharebench.inference import kv_cache_bytes
-from sharebench.model import perplexity
+from sharebench.model.checkpoint import loaded_sharing, pretrained_model
+from sharebench.model.inference import kv_cache_bytes
+from sharebench.model.transformer import perplexity
 from sharebench.paths import resolve_path
-from sharebench.pretrain import full_split_loss
-from sharebench.record import RunRecord, run_once
+from sharebench.run.record import RunRecord, run_once
+from sharebench.run.spec import RunSpec
 from sharebench.schema import Record
-from sharebench.spec import RunSpec
+from sharebench.train.pretrain import full_split_loss
 
 FP32_BYTES = 4
 

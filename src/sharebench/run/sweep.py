@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
-import sharebench.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
-from sharebench.composing import GROUPS, composed, group_choices
+import sharebench.run.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
 from sharebench.errors import ConfigError, RatioNotTaken
-from sharebench.spec import RunSpec
+from sharebench.run.composing import GROUPS, composed, group_choices
+from sharebench.run.spec import RunSpec
+from sharebench.run.validation import validate
 from sharebench.tuning import SEED_KEY
-from sharebench.validation import validate
 
 ComposeRun = Callable[[list[str]], DictConfig]  # Hydra's config loader, one run's overrides to its config
 
