@@ -69,6 +69,10 @@ def test_auto_precision_is_bf16_mixed_where_the_cpu_computes_bf16(features, expe
     monkeypatch.setattr(cpu, "cpu_features", lambda: features)
     assert cpu.precision_here("auto", "cpu") == expected
     assert cpu.precision_here("32-true", "cpu") == ("32-true", "set by trainer.precision")  # given: used as given
+    emulated = "bf16-mixed", f"set by trainer.precision; {cpu.BF16_EMULATED}"  # given: used, slow where emulated
+    assert cpu.precision_here("bf16-mixed", "cpu") == (
+        emulated if not features else ("bf16-mixed", "set by trainer.precision")
+    )
 
 
 def test_a_run_records_the_precision_it_used_and_why(nano_cfg, tmp_path):
@@ -81,3 +85,21 @@ def test_a_run_records_the_precision_it_used_and_why(nano_cfg, tmp_path):
     assert record["precision"]["why"].startswith("auto: the CPU has")
     assert record["hardware"]["cpu_bf16"] == list(cpu_features())
     assert record["status"] == "completed"
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_recorded_and_warned_about(nano_cfg, monkeypatch, capsys):
+    """A CPU without AMX or AVX512-BF16 emulates bf16 (the AMD EPYC here: 7.9× slower per matmul), so a run told
+    to use it trains as told, records why it is slow, and says so on the console."""
+    from sharebench.run import cpu
+    from sharebench.run.machine import precision_used
+    from tests.conftest import spec_of
+
+    trainer = spec_of(nano_cfg("trainer.precision=bf16-mixed")).trainer
+    monkeypatch.setattr(cpu, "cpu_features", lambda: ())
+    used = precision_used(trainer)
+    assert used == {"configured": "bf16-mixed", "used": "bf16-mixed",
+                    "why": f"set by trainer.precision; {cpu.BF16_EMULATED}"}  # fmt: skip
+    assert capsys.readouterr().err == f"warning: trainer.precision=bf16-mixed: {cpu.BF16_EMULATED}\n"
+    monkeypatch.setattr(cpu, "cpu_features", lambda: ("avx512_bf16",))
+    assert precision_used(trainer)["why"] == "set by trainer.precision"
+    assert capsys.readouterr().err == ""

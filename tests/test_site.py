@@ -4,14 +4,13 @@ system has Chromium, in that real browser (Playwright drives it; no browser is d
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sharebench.report.results import by_model, find_configurations, pretraining
 from sharebench.report.site import slug
+from tests.conftest import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "results" / "leaderboard"
@@ -21,8 +20,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
-    built = subprocess.run([sys.executable, "-m", "sharebench", "site", str(BOARD), "--out", str(out)],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    built = run_in_process(["sharebench", "site", str(BOARD), "--out", str(out)], out)
     assert built.returncode == 0, built.stderr[-2000:]
     assert built.stdout.strip() == f"open {out / 'index.html'}"
     return out
@@ -59,8 +57,7 @@ def test_a_configuration_page_states_its_command_and_each_run(site):
 
 
 def test_a_folder_collect_did_not_write_is_refused_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sharebench", "site", str(tmp_path), "--out",
-                             str(tmp_path / "s")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = run_in_process(["sharebench", "site", str(tmp_path), "--out", str(tmp_path / "s")], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: site: {tmp_path} has no runs/ folder; give folders that "
                                      "`sharebench collect --out` wrote (results/<name>)")  # fmt: skip

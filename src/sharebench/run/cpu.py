@@ -38,6 +38,9 @@ def tune_cpu_process() -> None:
 # The CPU features that compute bf16 matrix multiplies natively (oneDNN uses them under torch.autocast): Intel's
 # AMX tiles (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later).
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+# Measured on an AMD EPYC with AVX2 only, one thread: a 2048³ matmul 7.9× slower in bf16, the leaderboard's GPT 13×.
+BF16_EMULATED = (f"the CPU has neither {' nor '.join(BF16_FEATURES)}, so bf16 is emulated, several times slower "
+                 f"than 32-true (trainer.precision=auto chooses 32-true here)")  # fmt: skip
 
 
 @functools.cache
@@ -54,8 +57,10 @@ def cpu_features() -> tuple[str, ...]:
 def precision_here(precision: str | int, device: str) -> tuple[str | int, str]:
     """The precision a run trains in on `device` ("cpu", "cuda", ...), and why: `auto` is bf16-mixed where the
     hardware computes bf16 natively (a CPU with AMX or AVX512-BF16, a GPU with bf16), 32-true elsewhere; any other
-    value is used as given."""
+    value is used as given, bf16 on a CPU without either feature noted as emulated."""
     if precision != "auto":
+        if device == "cpu" and str(precision).startswith("bf16") and not cpu_features():
+            return precision, f"set by trainer.precision; {BF16_EMULATED}"
         return precision, "set by trainer.precision"
     if device == "cuda":
         if torch.cuda.is_bf16_supported():

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from sharebench.errors import ConfigError
-from sharebench.run.cpu import precision_here
+from sharebench.run.cpu import BF16_EMULATED, precision_here
 from sharebench.run.spec import RunSpec, Trainer
 
 
@@ -26,6 +28,8 @@ def precision_used(trainer: Trainer) -> dict[str, Any]:
     """The record's `precision`: what `trainer.precision` asks for, the precision the run trains in where it
     trains (`auto` follows the hardware: sharebench.run.cpu.precision_here), and why."""
     used, why = precision_here(trainer.precision, trains_on(trainer))
+    if why.endswith(BF16_EMULATED) and rank_zero_only.rank == 0:
+        print(f"warning: trainer.precision={trainer.precision}: {BF16_EMULATED}", file=sys.stderr, flush=True)
     return {"configured": trainer.precision, "used": used, "why": why}
 
 
