@@ -158,3 +158,14 @@ def test_a_collection_of_config_keys_is_found(tmp_path, monkeypatch):
         assert "listed.py:1 ['data.', 'glue.']" in str(error)
     else:
         raise AssertionError("a tuple of config keys went unseen")
+
+
+def test_counting_parameters_does_not_load_lightning():
+    """`sharebench params` builds the model on the meta device: Lightning (seconds to import, with torchmetrics and
+    transformers behind it) loads only where a run trains."""
+    import subprocess
+    import sys
+
+    script = "import sys, sharebench.cli, sharebench.run.build, sharebench.run.machine; print(*sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert "sharebench.run.build" in loaded and "lightning" not in loaded

@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from sharebench.errors import ConfigError
 from sharebench.run.cpu import BF16_EMULATED, precision_here
@@ -28,6 +27,8 @@ def precision_used(trainer: Trainer) -> dict[str, Any]:
     """The record's `precision`: what `trainer.precision` asks for, the precision the run trains in where it
     trains (`auto` follows the hardware: sharebench.run.cpu.precision_here), and why."""
     used, why = precision_here(trainer.precision, trains_on(trainer))
+    from lightning.fabric.utilities.rank_zero import rank_zero_only  # called where Lightning trains, loaded there
+
     if why.endswith(BF16_EMULATED) and rank_zero_only.rank == 0:
         print(f"warning: trainer.precision={trainer.precision}: {BF16_EMULATED}", file=sys.stderr, flush=True)
     return {"configured": trainer.precision, "used": used, "why": why}
