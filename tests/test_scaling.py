@@ -88,7 +88,7 @@ def test_each_shared_configuration_is_paired_with_its_own_rungs_unshared_model(l
 
 def test_effective_parameters_recover_each_schemes_worth_with_an_interval(ladder_runs):
     found = ladder(find_configurations([ladder_runs]), "val_loss_full")
-    result = analyse(found, replicates=300)
+    result = analyse(found, replicates=100)
     assert [r.size for r in found.rungs] == list(RUNGS)
     for shared in found.shared:
         params, flops = result.worth[shared.configuration.label]
@@ -125,7 +125,7 @@ def test_a_configuration_with_one_seed_draws_the_pooled_seed_spread(tmp_path):
                 loss = TRUE.loss(multiplier("shared_qkv", n) * unique) + noise
                 write(tmp_path, f"shared_qkv-{size}", "shared_qkv", size, unique, loss, seed, n)
     found = ladder(find_configurations([tmp_path]), "val_loss_full")
-    result = analyse(found, replicates=300)
+    result = analyse(found, replicates=100)
     assert result.seed_spread == pytest.approx(0.002)  # the sample SD of NOISE, pooled
     (single,) = [s for s in found.shared if len(s.losses) == 1]
     params, _ = result.worth[single.configuration.label]
