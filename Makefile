@@ -27,8 +27,8 @@ install-smollm2: install
 # runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it; test-paper runs
 # each recipe's paper-scale model for a few steps (BERT-base-sized models: run it after changing a recipe). Each
 # spreads its tests over every core (pytest-xdist). The fast tier keeps a file's tests on one core, so a module's
-# trained fixtures are built once (173 s against 187 s when cores take tests from each other, on 2 cores); the
-# slower tiers, of fewer and longer tests, let a core that finishes early take tests from the other.
+# trained fixtures are built once (2 idle cores, warm caches: 173 s against 187 s when cores take tests from each
+# other); the slower tiers, of fewer and longer tests, let a core that finishes early take tests from the other.
 test: install
 	$(PY) -m pytest -m "not slow" -n auto --dist loadfile
 
