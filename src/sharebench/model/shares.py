@@ -1,4 +1,4 @@
-"""What a model shares, in the one shape run records, checkpoints and exported Hugging Face configs store."""
+"""`SharingSpec`: the one description of what a model shares, from validation to run records and checkpoints."""
 
 from __future__ import annotations
 
