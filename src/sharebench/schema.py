@@ -5,7 +5,7 @@ report side (collect, the tables, the site) reads records through this module al
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -22,9 +22,9 @@ SUMMARY_NAME = "glue_summary.json"  # a GLUE run's summary of its tasks, beside 
 # oldest have no `compute`); 2: records name files relative to their output root; 3: records state the role of
 # their config's keys (`config_keys`); 4: a pretraining run from a checkpoint records as `unshared_parameters` the
 # checkpoint's shape without sharing (version 3 recorded the config's own size there, so `upgrade` drops it); 5:
-# `sharing` in the one shape checkpoints store too (`spec.SharingSpec`): a scheme's options, a layer scheme's own
-# settings, and heads shared by a conversion as the conversion with the scheme the heads came from (version 4 named
-# such a model `headwise` and left PostShare to the config). `upgrade` reads any version.
+# `sharing` in the one shape checkpoints store too (`model.shares.SharingSpec`): a scheme's options, a layer
+# scheme's own settings, and heads shared by a conversion as the conversion with the scheme the heads came from
+# (version 4 named such a model `headwise` and left PostShare to the config). `upgrade` reads any version.
 SCHEMA_VERSION = 5
 
 # The conversions that share single heads over the checkpoint's scheme (DirectShare's `convert.to=headwise`,
@@ -109,13 +109,19 @@ def upgrade_records(folders: Sequence[Path], declarations: ConfigKeys) -> str:
         if (free := machine_free(stored := json.loads(path.read_text()), roots)) != stored:
             atomic_write_json(path, free)
     paths = sorted({path for folder in folders for path in folder.rglob(RECORD_NAME)})
+    changed = rewrite_upgraded(paths, lambda stored: upgrade(stored, declarations))
+    return f"upgrade: {changed} of {len(paths)} run records rewritten in schema version {SCHEMA_VERSION}"
+
+
+def rewrite_upgraded(paths: Sequence[Path], upgraded: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Each JSON file of `paths` rewritten as `upgraded` reads it, where that changes it; how many changed (run
+    records here, checkpoints' model.json in `sharebench.model.checkpoint`)."""
     changed = 0
     for path in paths:
-        stored = json.loads(path.read_text())
-        if (upgraded := upgrade(stored, declarations)) != stored:
-            atomic_write_json(path, upgraded)
+        if (new := upgraded(stored := json.loads(path.read_text()))) != stored:
+            atomic_write_json(path, new)
             changed += 1
-    return f"upgrade: {changed} of {len(paths)} run records rewritten in schema version {SCHEMA_VERSION}"
+    return changed
 
 
 def record_roots(config: Mapping[str, Any], run_dir: Path) -> list[tuple[str | Path, str]]:

@@ -37,7 +37,7 @@ from sharebench.model.convert import (
 from sharebench.model.shares import SharingSpec
 from sharebench.model.transformer import LanguageModel, ModelConfig
 from sharebench.paths import FILE_MODE, atomic_write_json
-from sharebench.schema import RECORD_NAME, read_record
+from sharebench.schema import RECORD_NAME, read_record, rewrite_upgraded
 from sharebench.sharing import AttentionSharing, scheme_class
 from sharebench.sharing.gqa import GroupedQuery, scheme_for_kv_heads
 from sharebench.sharing.none import Separate
@@ -95,11 +95,7 @@ def upgraded_spec(spec: dict[str, Any]) -> dict[str, Any]:
 def upgrade_checkpoints(folders: Sequence[Path]) -> str:
     """Every model.json below `folders` rewritten as `upgraded_spec` reads it; says how many changed."""
     paths = sorted({path for folder in folders for path in folder.rglob(SPEC_NAME)})
-    changed = 0
-    for path in paths:
-        if (upgraded := upgraded_spec(stored := json.loads(path.read_text()))) != stored:
-            atomic_write_json(path, upgraded)
-            changed += 1
+    changed = rewrite_upgraded(paths, upgraded_spec)
     return f"upgrade: {changed} of {len(paths)} checkpoints ({SPEC_NAME}) rewritten in version {CHECKPOINT_VERSION}"
 
 

@@ -39,8 +39,9 @@ def tune_cpu_process() -> None:
 # AMX tiles (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later).
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 # Measured on an AMD EPYC with AVX2 only, one thread: a 2048³ matmul 7.9× slower in bf16, the leaderboard's GPT 13×.
-BF16_EMULATED = (f"the CPU has neither {' nor '.join(BF16_FEATURES)}, so bf16 is emulated, several times slower "
-                 f"than 32-true (trainer.precision=auto chooses 32-true here)")  # fmt: skip
+NO_BF16 = f"the CPU has neither {' nor '.join(BF16_FEATURES)}"
+BF16_EMULATED = (f"{NO_BF16}, so bf16 is emulated, several times slower than 32-true (trainer.precision=auto chooses "
+                 f"32-true here)")  # fmt: skip
 
 
 @functools.cache
@@ -69,7 +70,7 @@ def precision_here(precision: str | int, device: str) -> tuple[str | int, str]:
     if device == "cpu":
         if features := cpu_features():
             return "bf16-mixed", f"auto: the CPU has {' and '.join(features)}"
-        return "32-true", f"auto: the CPU has neither {' nor '.join(BF16_FEATURES)}"
+        return "32-true", f"auto: {NO_BF16}"
     return "32-true", f"auto: bf16 is not used on {device}"
 
 

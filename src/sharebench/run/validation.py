@@ -1,6 +1,6 @@
 """A composed config checked, once, into the run spec the run reads (`validate`), before any data is read or
 model built: one `ConfigError` naming the problem and the valid choices. Group choices that do not exist (an
-unknown scheme or size) are caught even earlier, from the command line (`config.check_overrides`)."""
+unknown scheme or size) are caught even earlier, from the command line (`sweep.check_overrides`)."""
 
 from __future__ import annotations
 
