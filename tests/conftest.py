@@ -65,8 +65,20 @@ def within_layer_for(layers: str) -> list[str]:
 
 def layers_for(scheme: str) -> list[str]:
     """What a nano model (2 layers) needs to take a cross-layer scheme: recurrent_depth's prelude, looped core and
-    coda need 3 layers."""
-    return ["size.n_layers=3"] if scheme == "layers=recurrent_depth" else []
+    coda need 3 layers; Mixture-of-Recursions takes two recursions of its one block, with neither."""
+    settings = {
+        "layers=recurrent_depth": ["size.n_layers=3"],
+        "layers=mor": ["layers.prelude=0", "layers.coda=0", "layers.recursions=2"],
+    }
+    return settings.get(scheme, [])
+
+
+def decoder_only(scheme: str) -> bool:
+    """Whether a cross-layer scheme (`layers=<name>`; a preset of another counts as not) refuses encoders."""
+    from sharebench.layers import LAYER_SCHEMES
+
+    scheme_class = LAYER_SCHEMES.get(scheme.removeprefix("layers=")) if scheme.startswith("layers=") else None
+    return scheme_class is not None and scheme_class.decoder_only
 
 
 def train_in_process(argv: Sequence[str]) -> None:

@@ -154,6 +154,7 @@ def test_params_command_output(nano_overrides):
         "ffn",
         "norms",
         "heads",
+        "routers",
     }
     assert result["unique"] == model_for("size=bert-mini").parameter_counts().unique
     assert result["flops_per_token"] > 0

@@ -10,7 +10,7 @@ import torch
 
 from sharebench.run.build import build_model
 from sharebench.run.composing import group_choices
-from tests.conftest import spec_of
+from tests.conftest import layers_for, spec_of
 
 WITHIN = group_choices("sharing")
 ACROSS = [c for c in group_choices("layers") if c != "none"]
@@ -22,7 +22,9 @@ def decoder(nano_cfg, *overrides: str, arch: str = "gpt"):
     return build_model(spec_of(cfg), vocab_size=200).eval()
 
 
-SCHEMES = [["arch=gpt", f"sharing={s}"] for s in WITHIN] + [["arch=gpt", f"layers={c}"] for c in ACROSS]
+SCHEMES = [["arch=gpt", f"sharing={s}"] for s in WITHIN] + [
+    ["arch=gpt", f"layers={c}", *layers_for(f"layers={c}")] for c in ACROSS
+]
 # Rotary positions (the table of cosines grows as decoding goes on) with separate, grouped and reused keys.
 ROTARY = [["arch=llama", "sharing=none"], ["arch=llama", "sharing=gqa"], ["arch=llama", "layers=cla"]]
 

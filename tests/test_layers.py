@@ -19,7 +19,7 @@ from sharebench.paths import PROJECT_ROOT
 from sharebench.run.build import build_model
 from sharebench.run.composing import compose
 from sharebench.train.conversion import convert_checkpoint
-from tests.conftest import layers_for, spec_of, within_layer_for
+from tests.conftest import decoder_only, layers_for, spec_of, within_layer_for
 from tests.test_checkpoint import minilm_folder
 
 VOCAB = 1000
@@ -173,7 +173,7 @@ def test_every_layers_scheme_trains_and_round_trips(scheme, nano_cfg, tmp_path):
     from sharebench.train.tasks import run_task
 
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[scheme].ratio_range else []
-    ratio += layers_for(f"layers={scheme}")
+    ratio += layers_for(f"layers={scheme}") + (["arch=gpt"] if decoder_only(f"layers={scheme}") else [])
     record = run_task(nano_cfg(f"layers={scheme}", *ratio, *within_layer_for(scheme)), tmp_path)
     assert record["status"] == "completed" and record["sharing"]["layers"]["name"] == scheme
     model = load_pretrained(tmp_path)

@@ -83,6 +83,7 @@ class Record(TypedDict, total=False):
     checkpoint: dict[str, Any]
     inference: dict[str, Any] | None
     postshare: dict[str, Any]
+    routing: dict[str, Any]  # Mixture-of-Recursions: the share of the tokens that took each recursion
     task: str
     pretrained: str
     recipe: dict[str, Any]

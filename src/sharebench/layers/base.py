@@ -29,6 +29,8 @@ class LayerSharing:
     # The within-layer schemes it composes with (None: every one), and why it takes no other.
     composes_with: ClassVar[tuple[str, ...] | None] = None
     composes_why: ClassVar[str] = ""
+    # Whether it needs a decoder (a causal model): an encoder (arch=bert) is refused.
+    decoder_only: ClassVar[bool] = False
 
     def __init__(self, ratio: float | None = None) -> None:
         if self.ratio_range is None and ratio is not None:
@@ -45,6 +47,14 @@ class LayerSharing:
         """The layer whose keys and values each layer attends over: itself, or an earlier layer that computes its
         own (cross-layer KV sharing: `cla`, `yoco`, `kv_sources`), whose projections and cache it then lacks."""
         return list(range(n_layers))
+
+    def token_shares(self, n_layers: int) -> list[float]:
+        """The share of the tokens each layer computes (below 1 where a router lets tokens skip layers)."""
+        return [1.0] * n_layers
+
+    def router_module(self, dim: int, n_layers: int) -> nn.Module | None:
+        """The module that routes tokens past layers (`sharebench.layers.mor.DepthRouter`), or None."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio}

@@ -17,14 +17,15 @@ ENCODE_BATCH = 32
 
 def kv_cache_bytes(model: LanguageModel, tokens: int) -> list[int]:
     """Bytes each layer adds to the KV cache for `tokens` tokens of context at batch 1; a layer that reuses an
-    earlier layer's keys and values (cross-layer attention) adds none."""
+    earlier layer's keys and values (cross-layer attention), or that no token reached, adds none. A layer that a
+    router lets tokens skip caches the keys and values of the tokens it computed (and a mask, not counted)."""
     cache = model.new_cache()
     with torch.no_grad():
         model.transformer(torch.zeros(1, tokens, dtype=torch.long, device=_device(model)), cache=cache)
     seen: set[int] = set()
     per_layer = []
     for keys_values in cache:
-        assert keys_values is not None
+        keys_values = keys_values[:2] if keys_values is not None else ()
         added = [t for t in keys_values if id(t) not in seen]
         seen.update(id(t) for t in keys_values)
         per_layer.append(tensor_bytes(added))

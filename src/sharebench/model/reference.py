@@ -1,7 +1,9 @@
 """The model's loss computed the plain way, from the same parameters: each role's projection materialised as a
 full matrix (`role_weights`), attention as an explicit softmax, logits at every position. It is slow and exists
 so tests can show that the fast path (fused and shared projections, fused attention, masked-LM logits only at
-the masked positions) computes the same loss."""
+the masked positions, the tokens a router picks gathered) computes the same loss. Where a router lets tokens skip
+a recursion (Mixture-of-Recursions), every token goes through it here, attending over the tokens that took it,
+and only those that took it keep the result."""
 
 from __future__ import annotations
 
@@ -48,11 +50,21 @@ def reference_loss(
     x = model.transformer.embeddings(input_ids, token_type_ids)
     computed = []  # each layer's keys and values, its own or those of the layer its scheme's map names
     sources = model.layers.kv_sources(cfg.n_layers)
+    router, taken, kept, keys = model.transformer.router, None, None, None
+    if router is not None:
+        router.begin()
+    padding = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
     for layer, block in enumerate(model.transformer.blocks):
+        mask = padding
+        if router is not None and (recursion := router.recursion_at(layer)) is not None:
+            taken, weight = router.route(recursion, x, taken)
+            before, kept, keys = x, (weight, layer + router.core), taken[:, None, None, :] if recursion else None
+        if keys is not None and sources[layer] == layer:  # the keys of the tokens that took this recursion
+            mask = keys if mask is None else mask & keys
         h = block.attn_norm(x) if block.pre_norm else x
         roles = block.attn.qkv.role_weights()
         q = heads(F.linear(h, *roles["q"]), head_dim)
-        if "k" in roles:
+        if sources[layer] == layer:
             kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
             if cfg.positions == "rotary":
                 kv = rotated(kv[0], cfg.rope_theta), kv[1]
@@ -61,7 +73,6 @@ def reference_loss(
         computed.append(kv)
         if cfg.positions == "rotary":
             q = rotated(q, cfg.rope_theta)
-        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
         y = explicit_attention(q, *kv, mask, cfg.causal).transpose(1, 2).flatten(2)
         attended = block.attn.out(y)
         if block.pre_norm:
@@ -70,6 +81,9 @@ def reference_loss(
         else:
             x = block.attn_norm(x + attended)
             x = block.ffn_norm(x + feed_forward(block, x, activation))
+        if kept is not None and layer + 1 == kept[1]:  # the end of a recursion: its tokens move, the rest stay
+            x = torch.where(taken[..., None], before + kept[0][..., None] * (x - before), before)
+            kept = keys = None
     if model.transformer.final_norm is not None:
         x = model.transformer.final_norm(x)
     logits = model.head(x)  # the vocabulary's width, unpadded

@@ -23,7 +23,7 @@ from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import linear_weight
 
 SharingFactory = Callable[..., AttentionSharing]
-COMPONENTS = ("embeddings", "attention_qkv", "attention_out", "ffn", "norms", "heads")
+COMPONENTS = ("embeddings", "attention_qkv", "attention_out", "ffn", "norms", "heads", "routers")
 IGNORE_INDEX = -100
 PREDICTED_ROWS = 64  # masked LM: the head runs on a multiple of this many rows (see LanguageModel.forward)
 
@@ -95,10 +95,14 @@ class Rotary(nn.Module):
                              persistent=False)  # fmt: skip
         self.table: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (its kind, cosines, sines)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """`x` (batch, heads, tokens, d) at positions start, start + 1, ..."""
-        end = start + x.size(2)
-        cos, sin = (f[start:end] for f in self.cosines_and_sines(end, x))
+    def forward(self, x: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` (batch, heads, tokens, d) at positions start, start + 1, ..., or at `positions` (batch, tokens)
+        where a router picked the tokens."""
+        if positions is None:
+            end = start + x.size(2)
+            cos, sin = (f[start:end] for f in self.cosines_and_sines(end, x))
+        else:
+            cos, sin = (f[positions][:, None] for f in self.cosines_and_sines(int(positions.max()) + 1, x))
         first, second = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-second, first], dim=-1) * sin
 
@@ -249,20 +253,23 @@ class Attention(nn.Module):
         rows: torch.Tensor | None = None,
         past: KeysValues | None = None,
         start: int = 0,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
         """`rows` (batch, M): compute outputs only at these positions, attending over all of them. `past`: the
         keys and values of the tokens before `x` (a KV cache), which starts at position `start`; the ones
-        returned cover those tokens too. Rotary positions turn queries and keys after the scheme projects them
-        (a layer that reuses keys gets them turned)."""
+        returned cover those tokens too. `kv`: another layer's keys and values to attend over (cross-layer
+        attention, or a later recursion that shares the first's). `positions` (batch, tokens): where the tokens
+        of `x` sit when a router picked them. Rotary positions turn queries and keys after the scheme projects
+        them (a layer that reuses keys gets them turned)."""
         batch, _, dim = x.shape
-        if self.reuse_kv:  # `kv` already covers the cached tokens
-            q, (k, v) = self.qkv(x), kv
+        if kv is not None:  # `kv` already covers the cached tokens
+            q, (k, v) = (self.qkv(x) if self.reuse_kv else self.qkv(x)[0]), kv
             if self.rotary is not None:
-                q = self.rotary(q, start)
+                q = self.rotary(q, start, positions)
         else:
             q, k, v = self.qkv(x)
             if self.rotary is not None:
-                q, k = self.rotary(q, start), self.rotary(k, start)
+                q, k = self.rotary(q, start, positions), self.rotary(k, start, positions)
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if rows is not None:
@@ -330,14 +337,15 @@ class Block(nn.Module):
         rows: torch.Tensor | None = None,
         past: KeysValues | None = None,
         start: int = 0,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeysValues]:
         """`rows` (batch, M): outputs only at these positions (keys and values still come from all)."""
         residual = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.size(-1)))
         if self.pre_norm:
-            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows, past, start)
+            attended, kv = self.attn(self.attn_norm(x), key_mask, kv, rows, past, start, positions)
             x = residual + self.dropout(attended)
             return x + self.dropout(self.ffn(self.ffn_norm(x))), kv
-        attended, kv = self.attn(x, key_mask, kv, rows, past, start)
+        attended, kv = self.attn(x, key_mask, kv, rows, past, start, positions)
         x = self.attn_norm(residual + self.dropout(attended))
         return self.ffn_norm(x + self.dropout(self.ffn(x))), kv
 
@@ -351,6 +359,7 @@ class Transformer(nn.Module):
         # A block shared by several layers appears several times in this list (stored once).
         self.blocks = nn.ModuleList(layers.build(cfg.n_layers, partial(Block, cfg, sharing)))
         self.kv_sources = layers.kv_sources(cfg.n_layers)  # the layer whose keys and values each layer uses
+        self.router = layers.router_module(cfg.dim, cfg.n_layers)  # Mixture-of-Recursions: who takes each recursion
         self.final_norm = norm_layer(cfg) if cfg.norm_position == "pre" else None
         self.causal = cfg.causal
 
@@ -374,15 +383,95 @@ class Transformer(nn.Module):
             if self.causal:
                 tokens = input_ids.size(1)
                 key_mask = key_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-        computed: list[KeysValues] = []  # each layer's keys and values, its own or those of its source
-        for layer, block in enumerate(self.blocks):
+        computed: list[KeysValues | None] = []  # each layer's keys and values, its own or those of its source
+        if self.router is not None:
+            self.router.begin()
+        taken = None  # the tokens that took the last recursion (Mixture-of-Recursions)
+        layer = 0
+        while layer < len(self.blocks):
+            recursion = self.router.recursion_at(layer) if self.router is not None else None
+            if recursion is not None:
+                x, taken = self.recursion(recursion, layer, x, taken, key_mask, attention_mask, cache, computed, start)
+                layer += self.router.core
+                continue
             past = cache[layer] if cache is not None else None
             source = computed[self.kv_sources[layer]] if self.kv_sources[layer] != layer else None
-            x, kv = block(x, key_mask, source, rows if layer == len(self.blocks) - 1 else None, past, start)
+            last_rows = rows if layer == len(self.blocks) - 1 else None
+            x, kv = self.blocks[layer](x, key_mask, source, last_rows, past, start)
             computed.append(kv)
             if cache is not None:
                 cache[layer] = kv
+            layer += 1
         return self.final_norm(x) if self.final_norm is not None else x
+
+    def recursion(
+        self,
+        recursion: int,
+        first: int,
+        x: torch.Tensor,
+        taken: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: list[KeysValues | None] | None,
+        computed: list[KeysValues | None],
+        start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One recursion of a Mixture-of-Recursions model, from layer `first`: the router picks its tokens among
+        those that took the one before, their states go through the recursion block (gathered, in order, at their
+        positions), and each moves by the block's update times its router weight. The first recursion takes
+        every token. A later one attends over the tokens that took it (recursion-wise caching: its cache holds
+        theirs, with a mask of which entries are real) or over the first recursion's keys and values of every
+        token (recursive KV sharing). Returns the new states and the tokens that took this recursion."""
+        chosen, weight = self.router.route(recursion, x, taken)
+        layers = range(first, first + self.router.core)
+        if recursion == 0:  # every token: the layers as usual
+            h = x
+            for layer in layers:
+                h, kv = self.blocks[layer](h, key_mask, None, None, cache[layer] if cache else None, start)
+                computed.append(kv)
+                if cache is not None:
+                    cache[layer] = kv
+            return x + weight[..., None] * (h - x), chosen
+        rows, real = predicted_rows(chosen)
+        if rows.size(1) == 0:  # no token goes on
+            computed.extend([None] * len(layers))
+            return x, chosen
+        index = rows[..., None].expand(-1, -1, x.size(-1))
+        picked = h = x.gather(1, index)
+        positions = rows + start
+        if attention_mask is not None:  # padded tokens are never attended to
+            real = real & attention_mask.gather(1, rows).bool()
+        tokens = rows.size(1)
+        own = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device)
+        among = own.tril() & (real[:, None, None, :] | own.diag().diag_embed())  # causal, real keys (or itself)
+        for layer in layers:
+            source = self.kv_sources[layer]
+            if source != layer:  # the first recursion's keys and values, every token's: causal by position
+                keys = computed[source][0].size(2)
+                mask = torch.arange(keys, device=x.device) <= positions[:, None, :, None]
+                if attention_mask is not None:
+                    mask = (
+                        mask
+                        & F.pad(attention_mask.bool(), (keys - attention_mask.size(1), 0), value=True)[:, None, None, :]
+                    )
+                h, kv = self.blocks[layer](h, mask, computed[source], None, None, start, positions)
+                if cache is not None:
+                    cache[layer] = kv  # the source's tensors, stored once
+            else:
+                past = cache[layer] if cache else None
+                mask = among
+                if past is not None:
+                    mask = torch.cat([past[2][:, None, None, :].expand(-1, 1, tokens, -1), among], dim=-1)
+                h, kv = self.blocks[layer](h, mask, None, None, past[:2] if past else None, start, positions)
+                if cache is not None:
+                    cache[layer] = (*kv, real if past is None else torch.cat([past[2], real], dim=1))
+            computed.append(kv)
+        moved = picked + weight.gather(1, rows)[..., None] * (h - picked)
+        return x.scatter(1, index, torch.where(real[..., None], moved, picked)), chosen
+
+    def router_loss(self) -> torch.Tensor | None:
+        """The routers' auxiliary loss of the last forward pass (in training), or None."""
+        return self.router.loss if self.router is not None else None
 
 
 class LMHead(nn.Module):
@@ -480,7 +569,8 @@ class LanguageModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> LMOutput:
         """Masked LM: logits only at positions whose label is not -100 (flattened), and the last layer computes
-        only those positions. Causal LM: logits at every position."""
+        only those positions. Causal LM: logits at every position. In training the loss includes the routers'
+        auxiliary loss (Mixture-of-Recursions); in evaluation it is the language-modelling loss alone."""
         if self.config.objective == "mlm" and labels is not None:
             predicted = labels != IGNORE_INDEX
             rows, real = predicted_rows(predicted)
@@ -497,6 +587,8 @@ class LanguageModel(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+            if self.training and (router_loss := self.transformer.router_loss()) is not None:
+                loss = loss + router_loss
         return LMOutput(loss, logits[..., : self.config.vocab_size])
 
     @torch.no_grad()
@@ -562,12 +654,16 @@ class LanguageModel(nn.Module):
             by_component[component] += numel
         return ParameterCounts(total, sum(by_component.values()), by_component)
 
-    def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> int:
+    def flops_per_token(
+        self, seq_len: int, predicted_fraction: float = 1.0, token_shares: list[float] | None = None
+    ) -> int:
         """Training FLOPs (forward + backward = 3 × forward) per input token, nanoGPT's convention:
         2 FLOPs per multiply-accumulate of every matmul a token goes through, plus attention's QKᵀ and AV.
         A projection shared by several roles is computed once and counted once. The LM head runs on
         `predicted_fraction` of the tokens (the masked share for MLM); for MLM so does the last layer, apart
-        from its query/key/value projection."""
+        from its query/key/value projection. A layer that a router lets tokens skip computes its share of the
+        tokens (`token_shares`, by layer; the scheme's plan where not given), attending over the share of the
+        context its keys and values come from."""
 
         def linear_macs(module: nn.Module) -> int:
             if hasattr(module, "macs"):  # projections assembled from parts (LoRA, shared heads)
@@ -578,9 +674,14 @@ class LanguageModel(nn.Module):
 
         cfg = self.config
         layer_attention_macs = 2 * seq_len * cfg.dim
+        shares = token_shares or self.layers.token_shares(cfg.n_layers)
+        sources = self.transformer.kv_sources
+        blocks = zip(shares, self.transformer.blocks, strict=True)
+        attended = sum(share * shares[source] for share, source in zip(shares, sources, strict=True))
         forward_macs = (
             linear_macs(self.transformer)
-            + cfg.n_layers * layer_attention_macs
+            - sum((1 - share) * linear_macs(block) for share, block in blocks)
+            + attended * layer_attention_macs
             + predicted_fraction * linear_macs(self.head)
         )
         if cfg.objective == "mlm":
