@@ -65,10 +65,12 @@ def within_layer_for(layers: str) -> list[str]:
 
 def layers_for(scheme: str) -> list[str]:
     """What a nano model (2 layers) needs to take a cross-layer scheme: recurrent_depth's prelude, looped core and
-    coda need 3 layers; Mixture-of-Recursions takes two recursions of its one block, with neither."""
+    coda need 3 layers; Mixture-of-Recursions takes two recursions of its one block, with neither; LCKV condenses
+    with no warm-up layer, in as many passes as the tests' sequences have tokens (so that decoding is exact)."""
     settings = {
         "layers=recurrent_depth": ["size.n_layers=3"],
         "layers=mor": ["layers.prelude=0", "layers.coda=0", "layers.recursions=2"],
+        "layers=lckv": ["layers.warmup=0", "layers.forward_passes=40"],
     }
     return settings.get(scheme, [])
 

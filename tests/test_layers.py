@@ -367,13 +367,85 @@ def test_mlkv_groups_share_one_set_of_keys_and_values_and_its_cache():
 
 @pytest.mark.parametrize(("sources", "refusal"), [
     ("[0,0,2]", r"layers.sources=\[0, 0, 2\] names 3 layers; the model has 4"),
-    ("[0,3,2,3]", "layer 1 takes keys and values from layer 3; a layer reads itself or an earlier layer .*LCKV"),
+    ("[0,4,2,3]", "layer 1 takes keys and values from layer 4; the layers are 0 … 3"),
     ("[0,0,1,3]", "layer 2 takes keys and values from layer 1, which computes none of its own .*name 0"),
     ("[0,true,2,3]", "layers.sources must list, for every layer"),
 ])  # fmt: skip
-def test_a_kv_map_that_reads_a_later_layer_or_a_reader_or_misses_layers_is_refused(sources, refusal):
+def test_a_kv_map_that_reads_a_missing_layer_or_a_reader_or_misses_layers_is_refused(sources, refusal):
     with pytest.raises(ConfigError, match=refusal):
         gpt_model("size.n_layers=4", "layers=kv_sources", f"layers.sources={sources}")
+
+
+def test_a_kv_map_that_reads_a_later_layer_needs_a_decoder():
+    with pytest.raises(ConfigError, match="has layers that read a later layer's keys .* arch=bert is an encoder"):
+        spec_of(["size.n_layers=4", "layers=kv_sources", "layers.sources=[0,3,3,3]"])
+    spec_of(["size.n_layers=4", "layers=kv_sources", "layers.sources=[0,0,2,2]"])  # reading earlier layers: any
+
+
+def test_lckv_condenses_the_middle_layers_onto_the_last_of_them_and_caches_three_of_eight():
+    from sharebench.model.inference import kv_cache_bytes
+
+    eight = ["size.n_layers=8"]
+    unshared, lckv = gpt_model(*eight), gpt_model(*eight, "layers=lckv")
+    assert lckv.layers.kv_sources(8) == [0, 6, 6, 6, 6, 6, 6, 7]  # the paper's configuration (one warm-up at each end)
+    by_layer = kv_cache_bytes(lckv, 8)
+    assert [bool(size) for size in by_layer] == [True, False, False, False, False, False, True, True]
+    assert sum(by_layer) * 8 == sum(kv_cache_bytes(unshared, 8)) * 3
+    key_value_weights = 2 * 32 * 32
+    assert unshared.parameter_counts().unique - lckv.parameter_counts().unique == 5 * key_value_weights
+
+
+def test_lckv_training_flops_count_its_passes_over_the_condensed_layers():
+    """Layers 1 to 6 run 7 forward passes (a third of a training pass each) and 2 training passes."""
+    eight = ["size.n_layers=8"]
+    unshared, lckv = gpt_model(*eight), gpt_model(*eight, "layers=lckv")
+    assert lckv.layers.training_passes(8) == [1, *[7 / 3 + 2] * 6, 1]
+    dim, ffn, tokens = 32, 64, 16
+    reader = 2 * dim * dim + 2 * dim * ffn + 2 * tokens * dim  # query and output projections, FFN, attention
+    own = reader + 2 * dim * dim  # with its key and value projections
+    head = dim * unshared.config.vocab_size
+    forward = own + 5 * (7 / 3 + 2) * reader + (7 / 3 + 2) * own + own + head
+    assert lckv.flops_per_token(tokens) == round(6 * forward)
+    assert unshared.flops_per_token(tokens) == round(6 * (8 * own + head))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_lckv_passes_give_a_token_by_token_model_once_they_reach_the_sequence_length(arch):
+    torch.manual_seed(0)
+    size = ["size.n_layers=5", "size.dim=32", "size.n_heads=4", "size.ffn_dim=64", "data.seq_len=12"]
+    spec = spec_of([f"arch={arch}", *size, "layers=lckv", "layers.forward_passes=2", "layers.backward_passes=1"])
+    model = build_model(spec, 50).eval()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = model.new_cache()  # decoding: each token over the cached keys and values, one pass
+        stepwise = torch.cat([model.transformer(ids[:, [t]], cache=cache) for t in range(12)], dim=1)
+        three_passes = model.transformer(ids)
+        model.transformer.kv_passes = (11, 1)
+        twelve_passes = model.transformer(ids)
+    torch.testing.assert_close(twelve_passes, stepwise, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(three_passes[:, :3], stepwise[:, :3], rtol=1e-5, atol=1e-5)  # n passes: n tokens
+    assert not torch.allclose(three_passes, stepwise, rtol=1e-5, atol=1e-5)  # and not all of them
+
+
+def test_lckv_trains_the_readers_and_the_layer_they_read_through_its_last_passes():
+    model = gpt_model("size.n_layers=4", "layers=lckv", "layers.warmup=0").train()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    model(ids, labels=ids).loss.backward()
+    blocks = model.transformer.blocks
+    assert blocks[0].attn.qkv.proj.weight.grad.abs().sum() > 0  # a reader: its query projection
+    assert (
+        blocks[3].attn.qkv.proj.weight.grad[32:].abs().sum() > 0
+    )  # the layer read: its keys and values, through readers
+
+
+@pytest.mark.parametrize(("overrides", "refusal"), [
+    (["arch=bert", "layers=lckv"], "layers=lckv has layers that read a later layer's keys .* arch=bert is an encoder"),
+    (["arch=gpt", "layers=lckv", "layers.warmup=2"], "4 layers leave no layer between 2 warm-up layers .* 0 … 1"),
+    (["arch=gpt", "layers=lckv", "layers.backward_passes=0"], "layers.backward_passes=0 1 or more"),
+])  # fmt: skip
+def test_what_lckv_cannot_train_is_refused_in_one_line(overrides, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        spec_of(["size.n_layers=4", *overrides])
 
 
 def paper_rank(ratio: float, layers: int, d_in: int, d_out: int) -> int:

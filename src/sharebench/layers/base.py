@@ -29,8 +29,9 @@ class LayerSharing:
     # The within-layer schemes it composes with (None: every one), and why it takes no other.
     composes_with: ClassVar[tuple[str, ...] | None] = None
     composes_why: ClassVar[str] = ""
-    # Whether it needs a decoder (a causal model): an encoder (arch=bert) is refused.
+    # Whether it needs a decoder (a causal model): an encoder (arch=bert) is refused, for the reason given.
     decoder_only: ClassVar[bool] = False
+    decoder_why: ClassVar[str] = ""
 
     def __init__(self, ratio: float | None = None) -> None:
         if self.ratio_range is None and ratio is not None:
@@ -47,6 +48,19 @@ class LayerSharing:
         """The layer whose keys and values each layer attends over: itself, or an earlier layer that computes its
         own (cross-layer KV sharing: `cla`, `yoco`, `kv_sources`), whose projections and cache it then lacks."""
         return list(range(n_layers))
+
+    def needs_decoder(self, n_layers: int) -> bool:
+        """Whether the scheme, as configured for `n_layers`, refuses encoders (a map that reads later layers)."""
+        return self.decoder_only
+
+    def kv_passes(self) -> tuple[int, int]:
+        """For a map that reads later layers: the passes without and with gradients that compute it (LCKV)."""
+        return 0, 1
+
+    def training_passes(self, n_layers: int) -> list[float]:
+        """How many training passes (forward and backward) each layer runs per step: above 1 where layers are
+        computed in passes (LCKV)."""
+        return [1.0] * n_layers
 
     def token_shares(self, n_layers: int) -> list[float]:
         """The share of the tokens each layer computes (below 1 where a router lets tokens skip layers)."""

@@ -39,6 +39,7 @@ KV_POLICIES = ("recursion", "shared")
 class MixtureOfRecursions(LayerSharing):
     name = "mor"
     decoder_only = True
+    decoder_why = "routes each token by what precedes it"
 
     def __init__(
         self,

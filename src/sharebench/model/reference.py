@@ -45,46 +45,92 @@ def reference_loss(
 ) -> torch.Tensor:
     """The loss of `model` (in eval mode: no dropout) on one batch, by the plain path."""
     cfg = model.config
-    head_dim = cfg.dim // cfg.n_heads
-    activation = ACTIVATIONS[cfg.activation]
     x = model.transformer.embeddings(input_ids, token_type_ids)
-    computed = []  # each layer's keys and values, its own or those of the layer its scheme's map names
+    computed: dict[int, tuple] = {}  # each layer's keys and values, its own or those of the layer its map names
     sources = model.layers.kv_sources(cfg.n_layers)
+    span = model.transformer.later_span
     router, taken, kept, keys = model.transformer.router, None, None, None
     if router is not None:
         router.begin()
     padding = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-    for layer, block in enumerate(model.transformer.blocks):
+    layer = 0
+    while layer < cfg.n_layers:
+        if span is not None and layer == span[0]:  # LCKV: the span in passes, readers seeing earlier tokens only
+            x, layer = later_layers_in_passes(model, x, computed, padding), span[1]
+            continue
         mask = padding
         if router is not None and (recursion := router.recursion_at(layer)) is not None:
             taken, weight = router.route(recursion, x, taken)
             before, kept, keys = x, (weight, layer + router.core), taken[:, None, None, :] if recursion else None
         if keys is not None and sources[layer] == layer:  # the keys of the tokens that took this recursion
             mask = keys if mask is None else mask & keys
-        h = block.attn_norm(x) if block.pre_norm else x
-        roles = block.attn.qkv.role_weights()
-        q = heads(F.linear(h, *roles["q"]), head_dim)
-        if sources[layer] == layer:
-            kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
-            if cfg.positions == "rotary":
-                kv = rotated(kv[0], cfg.rope_theta), kv[1]
-        else:
-            kv = computed[sources[layer]]
-        computed.append(kv)
-        if cfg.positions == "rotary":
-            q = rotated(q, cfg.rope_theta)
-        y = explicit_attention(q, *kv, mask, cfg.causal).transpose(1, 2).flatten(2)
-        attended = block.attn.out(y)
-        if block.pre_norm:
-            x = x + attended
-            x = x + feed_forward(block, block.ffn_norm(x), activation)
-        else:
-            x = block.attn_norm(x + attended)
-            x = block.ffn_norm(x + feed_forward(block, x, activation))
+        x, computed[layer] = plain_layer(model, layer, x, computed.get(sources[layer]), mask)
         if kept is not None and layer + 1 == kept[1]:  # the end of a recursion: its tokens move, the rest stay
             x = torch.where(taken[..., None], before + kept[0][..., None] * (x - before), before)
             kept = keys = None
+        layer += 1
     if model.transformer.final_norm is not None:
         x = model.transformer.final_norm(x)
     logits = model.head(x)  # the vocabulary's width, unpadded
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def later_layers_in_passes(
+    model: LanguageModel, x: torch.Tensor, computed: dict[int, tuple], padding: torch.Tensor | None
+) -> torch.Tensor:
+    """The layers of `later_span` as LCKV's passes compute them: each reader of a later layer attends over the
+    keys and values that layer computed in the pass before (zero values in the first), tokens strictly before
+    it only; a token with none attends to nothing (zero)."""
+    sources = model.layers.kv_sources(model.config.n_layers)
+    low, high = model.transformer.later_span
+    forward_passes, backward_passes = model.layers.kv_passes()
+    tokens = x.size(1)
+    earlier = torch.ones(tokens, tokens, dtype=torch.bool).tril(-1)
+    before: dict[int, tuple] = {}
+    for _ in range(min(forward_passes + backward_passes, tokens)):
+        h, this_pass = x, dict(computed)
+        for layer in range(low, high):
+            source = sources[layer]
+            if source > layer:
+                zeros = heads(torch.zeros_like(h), model.config.dim // model.config.n_heads)
+                keys = before.get(source) or (zeros, zeros)
+                mask = earlier if padding is None else earlier & padding
+                h, _ = plain_layer(model, layer, h, keys, mask, causal=False)
+            else:
+                h, this_pass[layer] = plain_layer(model, layer, h, this_pass.get(source), padding)
+        before = {layer: kv for layer, kv in this_pass.items() if sources[layer] == layer}
+    computed.update(this_pass)
+    return h
+
+
+def plain_layer(
+    model: LanguageModel,
+    layer: int,
+    x: torch.Tensor,
+    read: tuple | None,
+    mask: torch.Tensor | None,
+    causal: bool | None = None,
+) -> tuple[torch.Tensor, tuple]:
+    """One layer: its own keys and values, or those it reads (`read`); a query with no key to see gets zero."""
+    cfg = model.config
+    block = model.transformer.blocks[layer]
+    head_dim = cfg.dim // cfg.n_heads
+    h = block.attn_norm(x) if block.pre_norm else x
+    roles = block.attn.qkv.role_weights()
+    q = heads(F.linear(h, *roles["q"]), head_dim)
+    if read is None:
+        kv = heads(F.linear(h, *roles["k"]), head_dim), heads(F.linear(h, *roles["v"]), head_dim)
+        if cfg.positions == "rotary":
+            kv = rotated(kv[0], cfg.rope_theta), kv[1]
+    else:
+        kv = read
+    if cfg.positions == "rotary":
+        q = rotated(q, cfg.rope_theta)
+    y = explicit_attention(q, *kv, mask, cfg.causal if causal is None else causal).nan_to_num(0.0)
+    attended = block.attn.out(y.transpose(1, 2).flatten(2))
+    activation = ACTIVATIONS[cfg.activation]
+    if block.pre_norm:
+        x = x + attended
+        return x + feed_forward(block, block.ffn_norm(x), activation), kv
+    x = block.attn_norm(x + attended)
+    return block.ffn_norm(x + feed_forward(block, x, activation)), kv

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharebench.layers import LayerSharing, Unshared
+from sharebench.layers.kv_sources import later_span
 from sharebench.sharing import AttentionSharing
 from sharebench.sharing.base import linear_weight
 
@@ -360,6 +361,9 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(layers.build(cfg.n_layers, partial(Block, cfg, sharing)))
         self.kv_sources = layers.kv_sources(cfg.n_layers)  # the layer whose keys and values each layer uses
         self.router = layers.router_module(cfg.dim, cfg.n_layers)  # Mixture-of-Recursions: who takes each recursion
+        # LCKV: the layers computed in passes, since some read a later layer's keys and values, and how many passes.
+        self.later_span, self.kv_passes = later_span(self.kv_sources), layers.kv_passes()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.dim // cfg.n_heads
         self.final_norm = norm_layer(cfg) if cfg.norm_position == "pre" else None
         self.causal = cfg.causal
 
@@ -374,7 +378,8 @@ class Transformer(nn.Module):
         """`rows` (batch, M): the last layer computes its outputs only at these positions (batch, M, D).
         `cache` (decoding): each layer's keys and values of the tokens before `input_ids`, extended in place
         (a layer that reuses an earlier layer's holds the same tensors, stored once)."""
-        start = cache[0][0].size(2) if cache and cache[0] is not None else 0
+        # The longest cache holds every token before (a routed recursion's holds those that took it).
+        start = max((kv[0].size(2) for kv in cache if kv is not None), default=0) if cache else 0
         x = self.embeddings(input_ids, token_type_ids, start)
         # A boolean (batch, 1, 1, keys) mask: padded keys are never attended to; None when nothing is padded.
         key_mask = None
@@ -393,6 +398,10 @@ class Transformer(nn.Module):
             if recursion is not None:
                 x, taken = self.recursion(recursion, layer, x, taken, key_mask, attention_mask, cache, computed, start)
                 layer += self.router.core
+                continue
+            if self.later_span is not None and layer == self.later_span[0]:
+                x = self.passes(x, key_mask, attention_mask, cache, computed, start)
+                layer = self.later_span[1]
                 continue
             past = cache[layer] if cache is not None else None
             source = computed[self.kv_sources[layer]] if self.kv_sources[layer] != layer else None
@@ -468,6 +477,74 @@ class Transformer(nn.Module):
             computed.append(kv)
         moved = picked + weight.gather(1, rows)[..., None] * (h - picked)
         return x.scatter(1, index, torch.where(real[..., None], moved, picked)), chosen
+
+    def passes(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: list[KeysValues | None] | None,
+        computed: list[KeysValues | None],
+        start: int,
+    ) -> torch.Tensor:
+        """The layers of `later_span`, where some read a later layer's keys and values (LCKV): run in passes,
+        each reader attending over the earlier tokens' keys and values of the pass before (zeros in the first, the
+        cache's for the tokens before), the last `backward_passes` with gradients. n passes make the first n
+        tokens exact, so a shorter input takes as many passes as it has tokens (decoding: one)."""
+        low, high = self.later_span
+        forward_passes, backward_passes = self.kv_passes
+        tokens = x.size(1)
+        total = min(forward_passes + backward_passes, tokens)
+        earlier: dict[int, KeysValues] = {}  # each layer read, its keys and values of the pass before
+        for number in range(total):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and number >= total - backward_passes):
+                h, this_pass = x, dict(enumerate(computed))
+                for layer in range(low, high):
+                    source = self.kv_sources[layer]
+                    past = cache[layer] if cache is not None else None
+                    if source > layer:
+                        keys, mask = self.earlier_tokens(earlier.get(source), cache[source] if cache else None, h,
+                                                         attention_mask, start)  # fmt: skip
+                        h, kv = self.blocks[layer](h, mask, keys, None, None, start)
+                        kv = None
+                    elif source < layer:
+                        h, kv = self.blocks[layer](h, key_mask, this_pass[source], None, None, start)
+                    else:
+                        h, kv = self.blocks[layer](h, key_mask, None, None, past, start)
+                    this_pass[layer] = kv
+                earlier = {layer: kv for layer, kv in this_pass.items() if kv is not None}
+        for layer in range(low, high):  # the last pass's keys and values are the model's
+            computed.append(this_pass[layer])
+            if cache is not None and this_pass[layer] is not None:
+                cache[layer] = this_pass[layer]
+        return h
+
+    def earlier_tokens(
+        self,
+        read: KeysValues | None,
+        past: KeysValues | None,
+        h: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        start: int,
+    ) -> tuple[KeysValues, torch.Tensor]:
+        """What a layer that reads a later layer attends over: that layer's keys and values from the pass before
+        (`read`, covering the cached tokens too), or in the first pass the cached ones and zeros, each token
+        seeing the tokens before it only; plus a zero key and value in front, which a token with none before it
+        attends to alone (its attention is then zero, as in LCKV's code)."""
+        batch, tokens = h.shape[:2]
+        if read is None:  # zero values: their attention is zero, whatever their number of heads
+            zeros = h.new_zeros(batch, *(past[0].shape[1:2] if past else (self.n_heads,)), tokens, self.head_dim)
+            read = (zeros, zeros) if past is None else (torch.cat([past[0], zeros], 2), torch.cat([past[1], zeros], 2))
+        keys, values = read
+        null = keys.new_zeros(*keys.shape[:2], 1, keys.size(3))
+        total = keys.size(2)
+        visible = torch.arange(total, device=h.device) < torch.arange(start, start + tokens, device=h.device)[:, None]
+        if attention_mask is not None:
+            visible = visible & F.pad(attention_mask.bool(), (total - attention_mask.size(1), 0), value=True)[:, None]
+        visible = visible.expand(batch, tokens, total) if visible.dim() == 2 else visible
+        alone = ~visible.any(-1, keepdim=True)
+        mask = torch.cat([alone, visible], dim=-1)[:, None]
+        return (torch.cat([null, keys], dim=2), torch.cat([null, values], dim=2)), mask
 
     def router_loss(self) -> torch.Tensor | None:
         """The routers' auxiliary loss of the last forward pass (in training), or None."""
@@ -663,7 +740,7 @@ class LanguageModel(nn.Module):
         `predicted_fraction` of the tokens (the masked share for MLM); for MLM so does the last layer, apart
         from its query/key/value projection. A layer that a router lets tokens skip computes its share of the
         tokens (`token_shares`, by layer; the scheme's plan where not given), attending over the share of the
-        context its keys and values come from."""
+        context its keys and values come from; a layer computed in several passes (LCKV) counts each."""
 
         def linear_macs(module: nn.Module) -> int:
             if hasattr(module, "macs"):  # projections assembled from parts (LoRA, shared heads)
@@ -675,13 +752,16 @@ class LanguageModel(nn.Module):
         cfg = self.config
         layer_attention_macs = 2 * seq_len * cfg.dim
         shares = token_shares or self.layers.token_shares(cfg.n_layers)
-        sources = self.transformer.kv_sources
-        blocks = zip(shares, self.transformer.blocks, strict=True)
-        attended = sum(share * shares[source] for share, source in zip(shares, sources, strict=True))
+        passes = self.layers.training_passes(cfg.n_layers)
+        blocks = self.transformer.blocks
+        layer_macs = [
+            passes[layer] * shares[layer] * (linear_macs(block) + shares[source] * layer_attention_macs)
+            for layer, (block, source) in enumerate(zip(blocks, self.transformer.kv_sources, strict=True))
+        ]
         forward_macs = (
             linear_macs(self.transformer)
-            - sum((1 - share) * linear_macs(block) for share, block in blocks)
-            + attended * layer_attention_macs
+            - sum(linear_macs(block) for block in blocks)
+            + sum(layer_macs)
             + predicted_fraction * linear_macs(self.head)
         )
         if cfg.objective == "mlm":

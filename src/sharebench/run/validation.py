@@ -83,9 +83,9 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     with torch.device("meta"):  # the scheme's own checks (split, groups, ...) at no cost
         instantiate(spec.sharing, ratio=spec.ratio)(dim=size.dim, n_heads=size.n_heads, bias=spec.arch.qkv_bias)
     layers.check(size.n_layers)
-    if layers.decoder_only and spec.arch.objective != "causal":
-        raise ConfigError(f"layers={layers.name} routes each token by what precedes it, which needs a decoder; "
-                          f"arch={spec.arch.name} is an encoder: use arch=gpt or arch=llama")  # fmt: skip
+    if layers.needs_decoder(size.n_layers) and spec.arch.objective != "causal":
+        raise ConfigError(f"layers={layers.name} {layers.decoder_why}, which needs a decoder; arch={spec.arch.name} "
+                          f"is an encoder: use arch=gpt or arch=llama")  # fmt: skip
     if layers.composes_with is not None and scheme.name not in layers.composes_with:
         raise ConfigError(f"layers={layers.name} {layers.composes_why}; it does not compose with "
                           f"sharing={scheme.name}: use sharing={' or '.join(layers.composes_with)}")  # fmt: skip
