@@ -113,6 +113,24 @@ def test_generate_and_infer_commands_on_a_trained_character_model(nano_cfg, tmp_
     assert costs["weights_bytes"] == record["inference"]["weights_bytes"] == record["memory"]["weights_bytes"]
 
 
+def test_generate_and_infer_loop_a_recurrent_depth_core_as_often_as_asked(nano_cfg, tmp_path, capsys):
+    import json
+
+    from sharebench.cli import main
+    from sharebench.train.tasks import run_task
+
+    run_task(nano_cfg("arch=gpt", "layers=recurrent_depth", "size.n_layers=3"), tmp_path)  # the core looped once
+    capsys.readouterr()
+    main(["infer", str(tmp_path)])
+    trained = json.loads(capsys.readouterr().out)
+    main(["infer", str(tmp_path), "--loops", "4"])
+    deeper = json.loads(capsys.readouterr().out)
+    assert len(deeper["kv_cache_bytes_per_token_by_layer"]) == 6 and deeper["weights_bytes"] == trained["weights_bytes"]
+    assert deeper["kv_cache_bytes_per_token"] * 3 == trained["kv_cache_bytes_per_token"] * 6
+    main(["generate", str(tmp_path), "--prompt", "The", "--tokens", "5", "--temperature", "0", "--loops", "4"])
+    assert capsys.readouterr().out.startswith("the")  # the uncased WordPiece vocabulary
+
+
 def test_generate_refuses_an_encoder(nano_cfg, tmp_path):
     from sharebench.cli import generate
     from sharebench.errors import ConfigError

@@ -134,6 +134,26 @@ def test_recurrent_depth_stores_prelude_core_and_coda_and_loops_the_core():
         counts("layers=recurrent_depth", "layers.core=3")
 
 
+def test_a_recurrent_depth_core_loops_more_or_fewer_times_at_inference():
+    model = gpt_model("size.n_layers=6", "layers=recurrent_depth", "layers.core=2")  # prelude, 2 × 2 loops, coda
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trained = model(ids).logits
+        counts = model.parameter_counts()
+        model.loop_core(2)  # as trained
+        torch.testing.assert_close(model(ids).logits, trained, rtol=0, atol=0)
+        model.loop_core(4)
+        deeper = model(ids).logits
+    blocks = [id(block) for block in model.transformer.blocks]
+    assert len(blocks) == 10 == model.config.n_layers and blocks[1:9] == blocks[1:3] * 4
+    assert model.parameter_counts().unique == counts.unique and model.parameter_counts().total > counts.total
+    assert not torch.allclose(deeper, trained)
+    assert torch.equal(model.generate(ids[:, :3], 6, temperature=0), model.generate(ids[:, :3], 6, temperature=0,
+                                                                                        use_cache=False))  # fmt: skip
+    with pytest.raises(ConfigError, match="layers=cycle has no looped core; .* layers=recurrent_depth"):
+        gpt_model("size.n_layers=4", "layers=cycle").loop_core(3)
+
+
 def test_yoco_caches_the_lower_half_and_one_global_set_of_keys_and_values():
     """At L = 6: layers 0–2 keep their keys and values, layer 3 computes the global ones, layers 4 and 5 reuse them
     (no key/value projections of their own); the preset mobilellm_ls is sequence at M = L/2."""

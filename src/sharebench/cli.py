@@ -83,8 +83,10 @@ def compare(run_dirs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int, seed: int) -> str:
-    """The prompt and what the run's decoder writes after it."""
+def generate(
+    run: Path, prompt: str, tokens: int, temperature: float, top_k: int, seed: int, loops: int | None = None
+) -> str:
+    """The prompt and what the run's decoder writes after it (`loops`: a recurrent-depth core looped so often)."""
     import torch
 
     from sharebench.data.tokenizer import load_run_tokenizer
@@ -96,6 +98,8 @@ def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int
     model = load_pretrained(run)
     if not model.config.causal:
         raise ConfigError(f"generate: {run} holds an encoder (arch=bert); only decoders (arch=gpt) write text")
+    if loops is not None:
+        model.loop_core(loops)
     tokenizer = load_run_tokenizer(run)
     try:
         (ids,) = tokenizer.encode_batch([prompt])
@@ -108,13 +112,16 @@ def generate(run: Path, prompt: str, tokens: int, temperature: float, top_k: int
     return tokenizer.decode(written[0].tolist())
 
 
-def infer(run: Path, seq_len: int | None) -> dict:
-    """Inference costs of a run's or a checkpoint's model (sharebench.model.inference.inference_costs)."""
+def infer(run: Path, seq_len: int | None, loops: int | None = None) -> dict:
+    """Inference costs of a run's or a checkpoint's model (sharebench.model.inference.inference_costs), its
+    recurrent-depth core looped `loops` times where given."""
     from sharebench.model.checkpoint import load_pretrained
     from sharebench.model.inference import inference_costs
     from sharebench.schema import RECORD_NAME, read_record
 
     model = load_pretrained(run)
+    if loops is not None:
+        model.loop_core(loops)
     if seq_len is None and (run / RECORD_NAME).is_file():  # a conversion's record has no data to take it from
         seq_len = read_record(run)["config"].get("data", {}).get("seq_len")
     return inference_costs(model, seq_len or min(model.config.max_positions, 128))
@@ -206,11 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     generate_parser.add_argument("--temperature", type=float, default=0.8, help="0: always the likeliest token")
     generate_parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens")
     generate_parser.add_argument("--seed", type=int, default=0)
+    loops_help = "layers=recurrent_depth: loop the core this many times (default: as trained)"
+    generate_parser.add_argument("--loops", type=int, help=loops_help)
     infer_parser = commands.add_parser(
         "infer", help="inference costs of a run or checkpoint: weights, KV cache per token, tokens/s, peak memory"
     )
     infer_parser.add_argument("run", type=Path, help="a finished run's folder or a converted checkpoint")
     infer_parser.add_argument("--seq-len", type=int, help="context length (default: the run's data.seq_len)")
+    infer_parser.add_argument("--loops", type=int, help=loops_help)
     export_parser = commands.add_parser(
         "export", help="write a finished run's model as a Hugging Face folder that transformers loads"
     )
@@ -242,10 +252,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"use it with SHAREBENCH_DATA={args.to.resolve()}")
             return
         if args.command == "generate":
-            print(generate(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+            print(generate(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed, args.loops))
             return
         if args.command == "infer":
-            print(json.dumps(infer(args.run, args.seq_len), indent=2))
+            print(json.dumps(infer(args.run, args.seq_len, args.loops), indent=2))
             return
         if args.command == "convert":
             from sharebench.train.conversion import convert_checkpoint

@@ -70,6 +70,11 @@ class LayerSharing:
         """The module that routes tokens past layers (`sharebench.layers.mor.DepthRouter`), or None."""
         return None
 
+    def relooped(self, blocks: list[nn.Module], loops: int) -> list[nn.Module]:
+        """The built `blocks` with a looped core run `loops` times (recurrent depth, at inference)."""
+        raise ConfigError(f"layers={self.name} has no looped core; the number of loops is set for "
+                          f"layers=recurrent_depth")  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio}
 

@@ -4,7 +4,8 @@ stored for L layers.
 
 Huginn also feeds the prelude's output into every loop of the core through an adapter, starts the core from a
 random state and draws the number of loops per step in training; this scheme is the sharing pattern alone, at a
-fixed number of loops (the layers the core fills)."""
+fixed number of loops in training (the layers the core fills); at inference the core may loop more or fewer times
+(`relooped`, `sharebench generate --loops`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ class RecurrentDepth(LayerSharing):
         self.check(n_layers)
         prelude, core, coda = ([make_block() for _ in range(count)] for count in (self.prelude, self.core, self.coda))
         return [*prelude, *(core[s] for s in cycle(n_layers - self.prelude - self.coda, self.core)), *coda]
+
+    def relooped(self, blocks: list[nn.Module], loops: int) -> list[nn.Module]:
+        if not isinstance(loops, int) or loops < 1:
+            raise ConfigError(f"layers=recurrent_depth: the core loops 1 or more times; got {loops}")
+        prelude, core = blocks[: self.prelude], blocks[self.prelude : self.prelude + self.core]
+        coda = blocks[len(blocks) - self.coda :] if self.coda else []
+        return [*prelude, *(core * loops), *coda]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "prelude": self.prelude, "core": self.core, "coda": self.coda}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -695,6 +695,14 @@ class LanguageModel(nn.Module):
             logits = self.head(hidden[:, -1]).float()
             tokens = torch.cat([tokens, next_tokens(logits, temperature, top_k, generator)], dim=1)
         return tokens
+
+    def loop_core(self, loops: int) -> None:
+        """Recurrent depth at inference: the looped core runs `loops` times (the model has as many layers more
+        or fewer); in place, the parameters unchanged."""
+        blocks = self.layers.relooped(list(self.transformer.blocks), loops)
+        self.transformer.blocks = nn.ModuleList(blocks)
+        self.transformer.kv_sources = list(range(len(blocks)))
+        self.config = replace(self.config, n_layers=len(blocks))
 
     def new_cache(self) -> list[KeysValues | None]:
         """An empty KV cache: one entry per layer, filled by `transformer(..., cache=)`."""
