@@ -14,7 +14,7 @@ import pytest
 
 from sharebench.paths import PROJECT_ROOT
 from sharebench.run.composing import compose
-from tests.conftest import nano_settings, run_in_process
+from tests.conftest import nano_settings
 
 
 def docs_plugin() -> tuple[str, str]:
@@ -56,10 +56,10 @@ def params(env: dict[str, str], *overrides: str) -> dict:
 def test_the_docs_plugin_is_a_scheme_by_name(tmp_path):
     """`sharebench params sharing=shared_kv` with the docs' plugin installed: one D × D block (and its bias) fewer
     per layer than separate Q/K/V."""
+    from sharebench.cli import params as params_here
+
     plugin = params(docs_plugin_installed(tmp_path), "sharing=shared_kv")
-    separate = run_in_process(["sharebench", "params", "size=nano", "sharing=none"], tmp_path)  # needs no plugin
-    assert separate.returncode == 0, separate.stderr[-2000:]
-    unshared = json.loads(separate.stdout)
+    unshared = params_here(["size=nano", "sharing=none"])  # needs no plugin: in this process
     assert plugin["sharing"] == "shared_kv"
     size = compose(["size=nano"]).size
     assert unshared["unique"] - plugin["unique"] == size.n_layers * (size.dim * size.dim + size.dim)
