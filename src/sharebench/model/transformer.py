@@ -451,18 +451,17 @@ class Transformer(nn.Module):
         if attention_mask is not None:  # padded tokens are never attended to
             real = real & attention_mask.gather(1, rows).bool()
         tokens = rows.size(1)
-        own = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device)
-        among = own.tril() & (real[:, None, None, :] | own.diag().diag_embed())  # causal, real keys (or itself)
+        causal = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
+        itself = torch.eye(tokens, dtype=torch.bool, device=x.device)
+        among = causal & (real[:, None, None, :] | itself)  # the real tokens before (a padding row: itself)
         for layer in layers:
             source = self.kv_sources[layer]
             if source != layer:  # the first recursion's keys and values, every token's: causal by position
                 keys = computed[source][0].size(2)
                 mask = torch.arange(keys, device=x.device) <= positions[:, None, :, None]
-                if attention_mask is not None:
-                    mask = (
-                        mask
-                        & F.pad(attention_mask.bool(), (keys - attention_mask.size(1), 0), value=True)[:, None, None, :]
-                    )
+                if attention_mask is not None:  # the cached tokens are real
+                    padded = F.pad(attention_mask.bool(), (keys - attention_mask.size(1), 0), value=True)
+                    mask = mask & padded[:, None, None, :]
                 h, kv = self.blocks[layer](h, mask, computed[source], None, None, start, positions)
                 if cache is not None:
                     cache[layer] = kv  # the source's tensors, stored once
@@ -506,7 +505,7 @@ class Transformer(nn.Module):
                         keys, mask = self.earlier_tokens(earlier.get(source), cache[source] if cache else None, h,
                                                          attention_mask, start)  # fmt: skip
                         h, kv = self.blocks[layer](h, mask, keys, None, None, start)
-                        kv = None
+                        kv = None  # a reader keeps no keys and values of its own
                     elif source < layer:
                         h, kv = self.blocks[layer](h, key_mask, this_pass[source], None, None, start)
                     else:
