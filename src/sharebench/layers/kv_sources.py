@@ -68,7 +68,7 @@ class KVSources(LayerSharing):
                                   f"{sources[source]}")  # fmt: skip
 
     def needs_decoder(self, n_layers: int) -> bool:
-        return any(source > layer for layer, source in enumerate(self.map(n_layers)))
+        return later_span(self.map(n_layers)) is not None
 
     def kv_sources(self, n_layers: int) -> list[int]:
         self.check(n_layers)
@@ -91,8 +91,8 @@ class KVSources(LayerSharing):
 
     def describe(self) -> dict[str, Any]:
         """The map, with the passes where it reads a later layer (they matter only then)."""
-        reads_later = self.sources is not None and any(source > layer for layer, source in enumerate(self.sources))
         passes = {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
+        reads_later = self.sources is not None and later_span(self.sources) is not None
         return {**super().describe(), "sources": self.sources, **(passes if reads_later else {})}
 
 

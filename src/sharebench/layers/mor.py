@@ -67,10 +67,9 @@ class MixtureOfRecursions(LayerSharing):
                               f"without its auxiliary loss is not the paper's")  # fmt: skip
         if min(prelude, coda) < 0:
             raise ConfigError(f"layers=mor: prelude={prelude} and coda={coda} must be 0 or more layers")
-        if capacity is None:
-            capacity = [(recursions - r) / recursions for r in range(1, recursions)]
-        capacity = list(capacity)
-        if router == "token" and capacity != [(recursions - r) / recursions for r in range(1, recursions)]:
+        linear = [(recursions - r) / recursions for r in range(1, recursions)]
+        capacity = linear if capacity is None else list(capacity)
+        if router == "token" and capacity != linear:
             raise ConfigError("layers=mor: layers.capacity schedules expert-choice routing; token-choice routing "
                               "picks each token's depth itself: leave it null")  # fmt: skip
         if (

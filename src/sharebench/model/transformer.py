@@ -459,9 +459,8 @@ class Transformer(nn.Module):
             if source != layer:  # the first recursion's keys and values, every token's: causal by position
                 keys = computed[source][0].size(2)
                 mask = torch.arange(keys, device=x.device) <= positions[:, None, :, None]
-                if attention_mask is not None:  # the cached tokens are real
-                    padded = F.pad(attention_mask.bool(), (keys - attention_mask.size(1), 0), value=True)
-                    mask = mask & padded[:, None, None, :]
+                if attention_mask is not None:
+                    mask = mask & real_keys(attention_mask, keys)[:, None, None, :]
                 h, kv = self.blocks[layer](h, mask, computed[source], None, None, start, positions)
                 if cache is not None:
                     cache[layer] = kv  # the source's tensors, stored once
@@ -539,8 +538,8 @@ class Transformer(nn.Module):
         total = keys.size(2)
         visible = torch.arange(total, device=h.device) < torch.arange(start, start + tokens, device=h.device)[:, None]
         if attention_mask is not None:
-            visible = visible & F.pad(attention_mask.bool(), (total - attention_mask.size(1), 0), value=True)[:, None]
-        visible = visible.expand(batch, tokens, total) if visible.dim() == 2 else visible
+            visible = visible & real_keys(attention_mask, total)[:, None]
+        visible = visible.expand(batch, tokens, total)
         alone = ~visible.any(-1, keepdim=True)
         mask = torch.cat([alone, visible], dim=-1)[:, None]
         return (torch.cat([null, keys], dim=2), torch.cat([null, values], dim=2)), mask
@@ -795,6 +794,12 @@ def next_tokens(
         threshold = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
+def real_keys(attention_mask: torch.Tensor, keys: int) -> torch.Tensor:
+    """(batch, keys): which of `keys` keys are real, given the padding mask of the last ones (the new tokens);
+    the cached tokens before them are real."""
+    return F.pad(attention_mask.bool(), (keys - attention_mask.size(1), 0), value=True)
 
 
 def predicted_rows(predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

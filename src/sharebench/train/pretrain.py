@@ -459,12 +459,13 @@ def _train(spec: RunSpec, run_dir: Path, record: RunRecord) -> None:
     full = {split: full_split_loss(served, data.loader(split, spec.seed)) for split in ("validation", "test")
             } if served is not None else {}  # fmt: skip
     if (router := model.transformer.router) is not None:  # Mixture-of-Recursions: what its routers decided
+        trained = router.shares(training=True)
         record.update(routing={"tokens_per_recursion": {
-            "training": router.shares(training=True),
+            "training": trained,
             "held_out": served.transformer.router.shares(training=False) if served is not None else None,
         }})  # fmt: skip
         # The FLOPs its tokens computed in training (token-choice: as routed, not as planned).
-        flops = model.flops_per_token(spec.data.seq_len, fraction, router.layer_shares(router.shares(training=True)))
+        flops = model.flops_per_token(spec.data.seq_len, fraction, router.layer_shares(trained))
         record.update(flops_per_token=flops)
     inference = inference_costs(served, spec.data.seq_len) if served is not None and spec.measure else None
     final = module.validation_history[-1]
