@@ -54,8 +54,11 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
     if command.startswith(NOT_RUN):
         return None
     for placeholder in re.findall(r"<[^>]+>", command):
-        kind = "gpt" if "gpt" in placeholder else "out" if placeholder == "<out>" else "bert"
-        command = command.replace(placeholder, str(scratch / "converted") if kind == "out" else runs[kind])
+        if placeholder == "<out>":
+            command = command.replace(placeholder, str(scratch / "converted"))
+            continue
+        kind = next((kind for kind in runs if kind in placeholder), "bert")  # a recurrent_depth run is a gpt one too
+        command = command.replace(placeholder, runs[kind])
     words = shlex.split(command.replace("~/", f"{scratch}/"))
     if words[0] == "make":
         return ["make", "-n", "-C", str(PROJECT_ROOT), *words[1:]]  # what it would run, and that the target exists
@@ -77,10 +80,12 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
 @pytest.mark.slow
 def test_every_documented_command_works_as_typed(tmp_path):
     runs = {}
-    for arch, overrides in (("bert", ["size=nano"]), ("gpt", ["arch=gpt", "size=nano", "data=tinyshakespeare"])):
+    gpt = ["arch=gpt", "size=nano", "data=tinyshakespeare"]
+    made_runs = {"recurrent_depth": [*gpt, "layers=recurrent_depth", "size.n_layers=3"], "bert": ["size=nano"], "gpt": gpt}
+    for kind, overrides in made_runs.items():
         made = run_in_process(["train.py", *overrides, *SHORT, f"output_root={tmp_path / 'made'}"], tmp_path)
         assert made.returncode == 0, made.stderr[-2000:]
-        runs[arch] = next(line.split(": ")[1] for line in made.stdout.splitlines() if line.startswith("done: "))
+        runs[kind] = next(line.split(": ")[1] for line in made.stdout.splitlines() if line.startswith("done: "))
     commands = documented_commands()
     assert len(commands) > 30
     ran = set()
