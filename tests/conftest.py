@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import DictConfig
@@ -81,6 +82,22 @@ def decoder_only(scheme: str) -> bool:
 
     scheme_class = LAYER_SCHEMES.get(scheme.removeprefix("layers=")) if scheme.startswith("layers=") else None
     return scheme_class is not None and scheme_class.decoder_only
+
+
+def each_once_in_the_fast_tier(cases: Sequence[tuple[str, Any]], name: Callable[[Any], str] = str) -> list:
+    """The cases of a test over every scheme (or recipe) in every variant (an architecture, a scale), as
+    `(variant, scheme)` parameters: the fast tier (`make test`) runs each scheme once, in a variant taken in turn
+    so that every variant is run too; the full tier (`make test-full`, CI) runs every case."""
+    schemes = list(dict.fromkeys(name(scheme) for _, scheme in cases))
+    variants = list(dict.fromkeys(variant for variant, _ in cases))
+    fast = set()
+    for turn, scheme in enumerate(schemes):
+        its = [variant for variant, other in cases if name(other) == scheme]
+        preferred = variants[turn % len(variants)]
+        fast.add((preferred if preferred in its else its[0], scheme))
+    return [pytest.param(variant, scheme, id=f"{variant}-{name(scheme)}",
+                         marks=() if (variant, name(scheme)) in fast else pytest.mark.slow)
+            for variant, scheme in cases]  # fmt: skip
 
 
 def train_in_process(argv: Sequence[str]) -> None:

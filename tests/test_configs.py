@@ -14,6 +14,7 @@ from sharebench.run.composing import GROUPS, compose, group_choices
 from sharebench.run.validation import validate
 from sharebench.sharing import SCHEMES
 from sharebench.train.tasks import run_task
+from tests.conftest import each_once_in_the_fast_tier
 
 SHARING = group_choices("sharing")
 ARCHS = group_choices("arch")
@@ -21,12 +22,10 @@ ARCHS = group_choices("arch")
 
 def test_every_sharing_yaml_names_a_registered_scheme():
     assert sorted(SHARING) == sorted(SCHEMES)
-    for name in SHARING:
-        cfg = compose([f"sharing={name}"])
-        assert cfg.sharing._target_.endswith(SCHEMES[name].__name__)
 
 
-@pytest.mark.parametrize("group", GROUPS)
+# A recipe (experiment=) composes at each of its scales in tests/test_sweeps.py.
+@pytest.mark.parametrize("group", [group for group in GROUPS if group != "experiment"])
 def test_every_group_option_composes(group):
     choices = group_choices(group)
     assert choices
@@ -36,14 +35,14 @@ def test_every_group_option_composes(group):
             overrides.append("arch=gpt")
         cfg = compose(overrides)
         own = OmegaConf.load(CONFIG_DIR / group / f"{choice}.yaml")  # what the option's file sets is what composed
-        composed = cfg if group == "experiment" else cfg[group]  # a recipe (@package _global_) sets keys anywhere
-        assert set(own) - {"defaults", "hydra"} <= set(composed), choice
+        assert set(own) - {"defaults", "hydra"} <= set(cfg[group]), choice
+        if group == "sharing":
+            assert cfg.sharing._target_.endswith(SCHEMES[choice].__name__)
         if group in ("arch", "size", "sharing"):
             validate(cfg, data=False)  # the option's own checks; the default data's are test_data's
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("sharing", SHARING)
+@pytest.mark.parametrize(("arch", "sharing"), each_once_in_the_fast_tier([(a, s) for s in SHARING for a in ARCHS]))
 def test_sharing_trains_on_nano(nano_cfg, tmp_path, arch, sharing):
     cfg = nano_cfg(f"arch={arch}", f"sharing={sharing}")
     record = run_task(cfg, tmp_path)

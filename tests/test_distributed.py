@@ -20,7 +20,7 @@ from sharebench.model.fsdp import fsdp_units, fsdp_wrap_policy
 from sharebench.run.build import build_model
 from sharebench.run.composing import compose, group_choices
 from sharebench.train.finetune import SequenceClassifier
-from tests.conftest import decoder_only, layers_for, spec_of
+from tests.conftest import decoder_only, each_once_in_the_fast_tier, layers_for, spec_of
 
 ARCHS = {"bert": ["arch=bert"], "gpt": ["arch=gpt", "data=tinyshakespeare"]}
 SCHEMES = [f"sharing={name}" for name in group_choices("sharing")] + [
@@ -119,7 +119,7 @@ def test_every_scheme_trains_on_two_processes_as_on_one(strategy, tmp_path):
             torch.testing.assert_close(tensor, single[name], atol=1e-5, rtol=1e-4, msg=f"{case} {name}")
 
 
-@pytest.mark.parametrize(("arch", "scheme"), sorted({(arch, scheme) for arch, scheme, _ in CASES}))
+@pytest.mark.parametrize(("arch", "scheme"), each_once_in_the_fast_tier(sorted({(a, s) for a, s, _ in CASES})))
 def test_fsdp_units_never_split_a_shared_tensor(arch, scheme):
     model = trainable(arch, scheme, "pretrain")
     units = fsdp_units(model)

@@ -81,7 +81,11 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
 def test_every_documented_command_works_as_typed(tmp_path):
     runs = {}
     gpt = ["arch=gpt", "size=nano", "data=tinyshakespeare"]
-    made_runs = {"recurrent_depth": [*gpt, "layers=recurrent_depth", "size.n_layers=3"], "bert": ["size=nano"], "gpt": gpt}
+    made_runs = {
+        "recurrent_depth": [*gpt, "layers=recurrent_depth", "size.n_layers=3"],
+        "bert": ["size=nano"],
+        "gpt": gpt,
+    }
     for kind, overrides in made_runs.items():
         made = run_in_process(["train.py", *overrides, *SHORT, f"output_root={tmp_path / 'made'}"], tmp_path)
         assert made.returncode == 0, made.stderr[-2000:]

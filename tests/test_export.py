@@ -17,7 +17,7 @@ from sharebench.model.export import export
 from sharebench.run.build import build_model
 from sharebench.run.composing import compose, group_choices
 from sharebench.train.tasks import run_task
-from tests.conftest import decoder_only, layers_for, run_in_process, spec_of
+from tests.conftest import decoder_only, each_once_in_the_fast_tier, layers_for, run_in_process, spec_of
 
 transformers = pytest.importorskip("transformers")
 ARCHS = {"bert": [], "gpt": ["arch=gpt", "data=tinyshakespeare"], "llama": ["arch=llama", "data=tinyshakespeare"]}
@@ -63,8 +63,10 @@ def loaded(folder: Path, info: dict, causal: bool) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     ("arch", "scheme"),
-    [(arch, scheme) for scheme in SCHEMES for arch in ARCHS if not (arch == "bert" and decoder_only(scheme[0]))],
-    ids=lambda value: value if isinstance(value, str) else value[0],
+    each_once_in_the_fast_tier(
+        [(arch, scheme) for scheme in SCHEMES for arch in ARCHS if not (arch == "bert" and decoder_only(scheme[0]))],
+        name=lambda scheme: scheme[0],
+    ),
 )
 def test_every_scheme_exports_with_the_suites_logits_and_shared_tensors_once(arch, scheme, trained, tmp_path,
                                                                                nano_overrides_for_module):  # fmt: skip

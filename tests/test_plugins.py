@@ -65,20 +65,27 @@ def test_the_docs_plugin_is_a_scheme_by_name(tmp_path):
     assert unshared["unique"] - plugin["unique"] == size.n_layers * (size.dim * size.dim + size.dim)
 
 
-def test_a_broken_or_clashing_plugin_is_left_out_in_one_line_each(tmp_path):
+def test_a_broken_or_clashing_plugin_is_left_out_in_one_line_each(tmp_path, monkeypatch, capsys):
+    """In this process: the entry points are read from the installed package's dist-info, as at import."""
+    from sharebench.layers import LAYER_SCHEMES, LayerSharing
+    from sharebench.registry import plugins
+    from sharebench.sharing import SCHEMES, AttentionSharing
+
     clash = ("from sharebench.sharing.gqa import GroupedQuery\n\n\nclass Mine(GroupedQuery):\n"
              "    name = 'gqa'\n")  # fmt: skip
-    env = installed(tmp_path, {"sharebench.sharing": {"broken": "no_such_module:Scheme", "mine": "clashing:Mine"},
-                               "sharebench.layers": {"odd": "clashing:Mine"}}, {"clashing": clash})  # fmt: skip
-    result = run(env, "-m", "sharebench", "params", "size=nano", "sharing=gqa")
-    assert result.returncode == 0 and json.loads(result.stdout)["sharing"] == "gqa"
-    lines = result.stderr.strip().splitlines()
+    installed(tmp_path, {"sharebench.sharing": {"broken": "no_such_module:Scheme", "mine": "clashing:Mine"},
+                         "sharebench.layers": {"odd": "clashing:Mine"}}, {"clashing": clash})  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugins("sharebench.sharing", AttentionSharing, SCHEMES) == {}
+    assert plugins("sharebench.layers", LayerSharing, LAYER_SCHEMES) == {}
+    lines = capsys.readouterr().err.strip().splitlines()
     assert any("plugin no_such_module:Scheme (sharebench.sharing) failed to import and is left out" in line
                for line in lines)  # fmt: skip
     assert any("plugin clashing:Mine (sharebench.sharing) is refused: 'gqa' is a built-in scheme's name" in line
                for line in lines)  # fmt: skip
     assert any("plugin clashing:Mine (sharebench.layers) is left out: it names no LayerSharing subclass" in line
                for line in lines)  # fmt: skip
+    assert len(lines) == 3  # one line each
 
 
 @pytest.mark.slow

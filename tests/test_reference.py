@@ -1,5 +1,6 @@
 """Speed work never changes results: the fast path of the model gives the loss of the plain reference path
-(materialised per-role projections, explicit softmax attention, logits at every position) for every scheme."""
+(materialised per-role projections, explicit softmax attention, logits at every position) for every scheme on
+every architecture (the fast tier: every scheme on one of them)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from sharebench.model.reference import reference_loss
 from sharebench.model.transformer import IGNORE_INDEX
 from sharebench.run.build import build_model
 from sharebench.sharing import SCHEMES
-from tests.conftest import layers_for, spec_of, within_layer_for
+from tests.conftest import each_once_in_the_fast_tier, layers_for, spec_of, within_layer_for
 
 VOCAB = 97
+ARCHS = ("bert", "gpt", "llama")
 SIZE = ["size.n_layers=4", "size.dim=48", "size.n_heads=4", "size.ffn_dim=96", "data.seq_len=24"]
 
 
@@ -53,8 +55,9 @@ def assert_same_loss(model, objective: str, padded: bool = False) -> None:
 RATIOS = {"partial_qk": 0.5, "shared_qkv": 0.5, "gqa": 0.5}
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt", "llama"])
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize(
+    ("arch", "scheme"), each_once_in_the_fast_tier([(arch, scheme) for scheme in sorted(SCHEMES) for arch in ARCHS])
+)
 def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, arch):
     ratio = [f"ratio={RATIOS[scheme]}"] if scheme in RATIOS else []
     model = model_with(f"arch={arch}", f"sharing={scheme}", *ratio)
@@ -64,14 +67,10 @@ def test_fast_path_matches_the_reference_for_every_within_layer_scheme(scheme, a
 
 
 @pytest.mark.parametrize(
-    ("layers", "arch"),
-    [
-        (layers, arch)
-        for layers in sorted(LAYER_SCHEMES)
-        for arch in ("bert", "gpt", "llama")
-        if not (arch == "bert" and LAYER_SCHEMES[layers].decoder_only)
-    ],  # fmt: skip
-)
+    ("arch", "layers"),
+    each_once_in_the_fast_tier([(arch, layers) for layers in sorted(LAYER_SCHEMES) for arch in ARCHS
+                                if not (arch == "bert" and LAYER_SCHEMES[layers].decoder_only)]),
+)  # fmt: skip
 def test_fast_path_matches_the_reference_for_every_cross_layer_scheme(layers, arch):
     ratio = ["layers.ratio=0.5"] if LAYER_SCHEMES[layers].ratio_range else []
     ratio += layers_for(f"layers={layers}")

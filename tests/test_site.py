@@ -26,6 +26,9 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+# Building the board's site, a page for each of its configurations, takes seconds: the tests that read it are in
+# the full tier (`make test-full`), and the fast tier keeps the refusal.
+@pytest.mark.slow
 def test_the_site_has_a_board_readme_and_page_per_configuration_with_plotly_written_once(site):
     groups = by_model(pretraining(find_configurations([BOARD / "runs"])))
     pages = sorted(p.name for p in (site / "leaderboard" / "config").glob("*.html"))
@@ -42,6 +45,7 @@ def test_the_site_has_a_board_readme_and_page_per_configuration_with_plotly_writ
     assert "Machine and code" in board and "hardware:" in board  # setting.md's section, as the footer
 
 
+@pytest.mark.slow
 def test_a_configuration_page_states_its_command_and_each_run(site):
     label = "arch=gpt,sharing=gqa,iso_baseline=false"
     configuration = next(c for c in find_configurations([BOARD / "runs"]) if c.label == label)

@@ -16,7 +16,14 @@ from sharebench.paths import PROJECT_ROOT
 from sharebench.report.collect import collect, csv_text, latex, table_rows
 from sharebench.report.results import find_configurations, mean_ci
 from sharebench.run.composing import compose
-from tests.conftest import FIXTURE_DATA, bert_vocab, run_in_process, sweep_grid, sweeper_params
+from tests.conftest import (
+    FIXTURE_DATA,
+    bert_vocab,
+    each_once_in_the_fast_tier,
+    run_in_process,
+    sweep_grid,
+    sweeper_params,
+)
 
 SWEEPS = sorted(p.stem for p in (PROJECT_ROOT / "sweeps").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "experiments").glob("*.yaml"))
@@ -38,8 +45,9 @@ def test_sweep_file_composes_into_its_grid(sweep):
     compose(runs[0])
 
 
-@pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize(
+    ("scale", "experiment"), each_once_in_the_fast_tier([(s, e) for e in EXPERIMENTS for s in SCALES])
+)
 def test_experiment_composes_at_each_scale(experiment, scale):
     overrides = [f"experiment={experiment}", f"scale={scale}"]
     cfg = compose(overrides)
