@@ -86,8 +86,9 @@ def decoder_only(scheme: str) -> bool:
 
 def each_once_in_the_fast_tier(cases: Sequence[tuple[str, Any]], name: Callable[[Any], str] = str) -> list:
     """The cases of a test over every scheme (or recipe) in every variant (an architecture, a scale), as
-    `(variant, scheme)` parameters: the fast tier (`make test`) runs each scheme once, in a variant taken in turn
-    so that every variant is run too; the full tier (`make test-full`, CI) runs every case."""
+    `(variant, scheme)` parameters: the fast tier (`make test`) runs each scheme once, in the variants taken in
+    turn (where a scheme lacks its turn's variant, its first), so that with as many schemes as variants each
+    variant runs too; the full tier (`make test-full`, CI) runs every case."""
     schemes = list(dict.fromkeys(name(scheme) for _, scheme in cases))
     variants = list(dict.fromkeys(variant for variant, _ in cases))
     fast = set()

@@ -20,7 +20,7 @@ SHARING = group_choices("sharing")
 ARCHS = group_choices("arch")
 
 
-def test_every_sharing_yaml_names_a_registered_scheme():
+def test_the_sharing_yamls_are_the_registered_schemes():  # and each names its class: every option composes, below
     assert sorted(SHARING) == sorted(SCHEMES)
 
 

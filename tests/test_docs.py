@@ -57,8 +57,8 @@ def as_run(command: str, scratch: Path, runs: dict[str, str]) -> list[str] | Non
         if placeholder == "<out>":
             command = command.replace(placeholder, str(scratch / "converted"))
             continue
-        kind = next((kind for kind in runs if kind in placeholder), "bert")  # a recurrent_depth run is a gpt one too
-        command = command.replace(placeholder, runs[kind])
+        named = next((kind for kind in runs if kind in placeholder), "bert")  # <gpt run>, <recurrent_depth run>, …
+        command = command.replace(placeholder, runs[named])
     words = shlex.split(command.replace("~/", f"{scratch}/"))
     if words[0] == "make":
         return ["make", "-n", "-C", str(PROJECT_ROOT), *words[1:]]  # what it would run, and that the target exists
