@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from sharebench import load_pretrained
 from sharebench.paths import CONFIG_DIR
-from sharebench.run.composing import GROUPS, compose, group_choices
+from sharebench.run.composing import GROUPS, choices_and_values, compose, group_choices, hydra_composed
 from sharebench.run.validation import validate
 from sharebench.sharing import SCHEMES
 from sharebench.train.tasks import run_task
@@ -40,6 +40,31 @@ def test_every_group_option_composes(group):
             assert cfg.sharing._target_.endswith(SCHEMES[choice].__name__)
         if group in ("arch", "size", "sharing"):
             validate(cfg, data=False)  # the option's own checks; the default data's are test_data's
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["arch=gpt", "sharing=partial_qk", "ratio=0.9", "seed=3"],
+        ["experiment=leaderboard", "scale=cpu", "arch=gpt", "layers=cycle", "iso_baseline=true", "optim.lr=0.002"],
+        ["size=nano", "data.seq_len=32", "optim.betas=[0.9,0.95]", "trainer={max_steps: 5}", "seed=1", "seed=2"],
+        ["arch=bert", "+sweep=demo", "+extra=1", "~callbacks"],  # an addition: Hydra composes them all
+    ],
+)
+def test_values_set_on_the_group_choices_composition_give_hydras_config(overrides):
+    config = compose(overrides)
+    whole = hydra_composed(tuple(overrides), with_hydra=False)
+    OmegaConf.resolve(whole)
+    assert OmegaConf.to_container(config) == OmegaConf.to_container(whole)
+
+
+def test_only_plain_values_are_set_after_composing():
+    assert choices_and_values(["arch=gpt", "seed=3", "data.seq_len=32", "hydra/launcher=joblib"]) == (
+        ("arch=gpt", "hydra/launcher=joblib"),
+        [("seed", 3), ("data.seq_len", 32)],
+    )
+    for addition_or_deletion in ("+extra=1", "++seed=1", "~seed", "seed=1,2", "seed=["):
+        assert choices_and_values(["arch=gpt", addition_or_deletion]) is None
 
 
 @pytest.mark.parametrize(("arch", "sharing"), each_once_in_the_fast_tier([(a, s) for s in SHARING for a in ARCHS]))

@@ -400,9 +400,10 @@ def test_damaged_pretrained_weights_are_named(nano_cfg, tmp_path):
         load_pretrained(tmp_path / "run")
 
 
-def test_a_sweeps_seeds_are_composed_once_and_checked_as_if_each_were(tmp_path):
-    """Composing is most of a sweep's check: the seeds of a configuration are composed once, and each run's spec is
-    the one its own composition gives."""
+def test_a_sweeps_values_are_composed_once_per_choice_of_groups_and_checked_as_if_each_were(tmp_path):
+    """Composing is most of a sweep's check: runs that differ only in values (ratio, seed) are composed once, each
+    run's spec is the one its own composition gives, and a value the config lacks is refused by Hydra's message."""
+    from sharebench.errors import ConfigError
     from sharebench.run.composing import compose
     from sharebench.run.sweep import check_overrides, sweep_runs
     from sharebench.run.validation import validate
@@ -413,8 +414,14 @@ def test_a_sweeps_seeds_are_composed_once_and_checked_as_if_each_were(tmp_path):
         composed.append(overrides)
         return compose(overrides)
 
-    runs = check_overrides(["sharing=partial_qk", "ratio=0.5,0.9", "seed=0,1,2", f"output_root={tmp_path}"])
+    runs = check_overrides(
+        ["arch=bert,gpt", "sharing=partial_qk", "ratio=0.5,0.9", "seed=0,1", f"output_root={tmp_path}"]
+    )
     checked = sweep_runs(runs, compose_run)
-    assert len(checked) == 6 and len(composed) == 2
+    assert len(checked) == 8 and composed == [["arch=bert", "sharing=partial_qk"], ["arch=gpt", "sharing=partial_qk"]]
     assert [spec for _, spec in checked] == [validate(compose(run)) for run, _ in checked]
-    assert [(spec.shares.ratio, spec.seed) for _, spec in checked] == [(r, s) for r in (0.5, 0.9) for s in (0, 1, 2)]
+    assert [(spec.arch.objective, spec.shares.ratio, spec.seed) for _, spec in checked] == [
+        (a, r, s) for a in ("mlm", "causal") for r in (0.5, 0.9) for s in (0, 1)
+    ]
+    with pytest.raises(ConfigError, match="trainer.max_stepz=5.*max_stepz"):
+        sweep_runs(check_overrides(["seed=0,1", "trainer.max_stepz=5"]), compose_run)

@@ -12,8 +12,11 @@ from dataclasses import fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType, ValueType
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sharebench.errors import ConfigError
 from sharebench.layers import LAYER_PLUGINS
@@ -54,7 +57,10 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
     try:
         if with_hydra:
             return hydra_composed(tuple(overrides), with_hydra=True)
-        config = copy.deepcopy(composed_files(tuple(overrides)))
+        choices, values = choices_and_values(overrides) or (tuple(overrides), [])
+        config = copy.deepcopy(composed_files(choices))
+        if not with_values(config, values):
+            config = copy.deepcopy(composed_files(tuple(overrides)))
         OmegaConf.resolve(config)  # here, not in the cached copy: interpolations read the environment (data_root)
     except Exception as error:
         message = f"cannot compose {' '.join(overrides) or 'the defaults'}: {one_line(innermost(error))}"
@@ -64,10 +70,43 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
 
 @functools.lru_cache(maxsize=256)
 def composed_files(overrides: tuple[str, ...]) -> DictConfig:
-    """Hydra's composition of the config files, unresolved, once per override list: it reads nothing but the files
-    (and the plugins registered at import), which do not change while a process runs, and it is a third of a
-    second that tests and tools composing the same configs pay once."""
+    """Hydra's composition of the config files, unresolved, once per list of choices (`choices_and_values`): it
+    reads nothing but the files (and the plugins registered at import), which do not change while a process runs,
+    and it is a third of a second that tests and tools composing the same configs pay once."""
     return hydra_composed(overrides, with_hydra=False)
+
+
+def choices_and_values(overrides: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, Any]]] | None:
+    """The overrides Hydra composes from the config files (group choices, Hydra's own settings), and the plain
+    `key=value` settings of values, which Hydra sets in order on the config it has composed from everything else.
+    So the choices' config given the values is the config Hydra composes from all of them, and configs that differ
+    only in values (a seed, a rate, a test's output folder) share one composition. None where an override adds or
+    deletes a value (`+key=`, `++key=`, `~key`), or sweeps, or does not parse: Hydra composes them all."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # Hydra says what is wrong when it composes them
+        return None
+    choices, values = [], []
+    for line, override in zip(overrides, parsed, strict=True):
+        key = override.key_or_group
+        if override.is_hydra_override() or override.package is not None or "/" in key or (CONFIG_DIR / key).is_dir():
+            choices.append(line)
+        elif override.type is OverrideType.CHANGE and override.value_type is ValueType.ELEMENT:
+            values.append((key, override.value()))
+        else:
+            return None
+    return tuple(choices), values
+
+
+def with_values(config: DictConfig, values: Sequence[tuple[str, Any]]) -> bool:
+    """Set each value as Hydra sets a command line's `key=value` (the key must exist); False where one does not
+    take, so that the caller composes everything with Hydra, which names the problem."""
+    try:
+        for key, value in values:
+            OmegaConf.update(config, key, value, merge=True)
+    except OmegaConfBaseException:
+        return False
+    return True
 
 
 def hydra_composed(overrides: tuple[str, ...], with_hydra: bool) -> DictConfig:

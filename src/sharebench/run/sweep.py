@@ -3,18 +3,18 @@ validated before the first starts."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import sharebench.run.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
 from sharebench.errors import ConfigError, RatioNotTaken
-from sharebench.run.composing import GROUPS, composed, group_choices
+from sharebench.run.composing import GROUPS, choices_and_values, composed, group_choices, with_values
 from sharebench.run.spec import RunSpec
 from sharebench.run.validation import validate
-from sharebench.tuning import SEED_KEY
 
 ComposeRun = Callable[[list[str]], DictConfig]  # Hydra's config loader, one run's overrides to its config
 
@@ -82,23 +82,20 @@ def sweep_runs(runs: Sequence[Sequence[str]], compose_run: ComposeRun) -> list[t
 
 
 def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[list[str]], RunSpec]:
-    """`validate(composed(compose_run, run))`, where runs that differ only in their seed are composed once: the seed
-    is a value, not a group choice, and Hydra resolves no interpolation while it composes, so another seed's config
-    is the first one's with `seed` set (Hydra's own settings aside, which validation leaves out). Composing is most
-    of a sweep's check (a third of a second a run), and the leaderboard runs each configuration at up to 14 seeds."""
+    """`validate(composed(compose_run, run))`, where runs that differ only in values (a seed, a rate, an
+    iso_baseline) are composed once: Hydra sets a command line's values on the config it composed from the group
+    choices, so another run's config is a copy of the first one's with its values set (`choices_and_values`).
+    Composing is most of a sweep's check (a third of a second a run), and the leaderboard runs each configuration
+    at several rates and up to 14 seeds."""
     configurations: dict[tuple[str, ...], DictConfig] = {}
-    parser = OverridesParser.create()
 
     def spec_of(run: list[str]) -> RunSpec:
-        seeds = [o for o in run if o.startswith(f"{SEED_KEY}=")]
-        if len(seeds) != 1:
-            return validate(composed(compose_run, run))
-        configuration = tuple(o for o in run if o not in seeds)
-        if configuration not in configurations:
-            configurations[configuration] = composed(compose_run, run)
-        config = configurations[configuration]  # no config leaves this function: each seed is set, then read
-        with open_dict(config):
-            config[SEED_KEY] = parser.parse_override(seeds[0]).value()
+        choices, values = choices_and_values(run) or (tuple(run), [])
+        if choices not in configurations:
+            configurations[choices] = composed(compose_run, list(choices))
+        config = copy.deepcopy(configurations[choices])
+        if not with_values(config, values):
+            config = composed(compose_run, run)  # Hydra names the value that does not take
         return validate(config)
 
     return spec_of
