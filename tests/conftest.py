@@ -160,11 +160,10 @@ def sweeper_params(overrides: list[str]) -> dict[str, str]:
 def sweep_grid(overrides: list[str]) -> list[list[str]]:
     """The runs the sweeper expands a command line into: each grid of the recipe with its common axes, the command
     line winning."""
-    from sharebench.run.sweep import check_overrides
+    from sharebench.run.sweep import grid_runs
 
     params, grids = sweeper_settings(overrides)
-    return [run for grid in grids for run in check_overrides([f"{k}={v}" for k, v in {**params, **grid}.items()]
-                                                             + overrides)]  # fmt: skip
+    return [run for grid in grids for run in grid_runs(params, grid, overrides)]
 
 
 def bert_vocab() -> Path:

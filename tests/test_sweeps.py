@@ -306,6 +306,18 @@ def test_wandb_logs_offline_one_run_per_job_and_finishes_failed_jobs(nano_cfg, t
 
 
 @pytest.mark.slow
+def test_a_grids_setting_of_its_option_leaves_runs_where_the_command_line_chose_another():
+    from sharebench.run.sweep import grid_runs
+
+    grid = {"size": "ladder-l4-d64", "layers": "mor", "layers.recursions": 2, "seed": "0,1"}
+    assert grid_runs({}, grid, ["experiment=scaling"])[0] == [
+        "size=ladder-l4-d64", "layers=mor", "layers.recursions=2", "seed=0", "experiment=scaling"
+    ]  # fmt: skip
+    assert grid_runs({}, grid, ["layers=none"]) == [[*["size=ladder-l4-d64", "layers=none"], f"seed={s}"] for s in "01"]
+    # the command line's own settings stay, as any override does
+    assert "layers.recursions=3" in grid_runs({}, grid, ["layers=none", "layers.recursions=3"])[0]
+
+
 def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path):
     result = train("-m", "experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]

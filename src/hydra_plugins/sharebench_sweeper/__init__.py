@@ -46,15 +46,11 @@ class SharebenchSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         from sharebench.errors import exit_on_config_error
-        from sharebench.run.sweep import check_overrides, sweep_runs
+        from sharebench.run.sweep import grid_runs, sweep_runs
         from sharebench.tuning import searches
 
         with exit_on_config_error():
-            runs = [
-                run
-                for grid in self.grids
-                for run in check_overrides([*(f"{k}={v}" for k, v in {**self.params, **grid}.items()), *arguments])
-            ]
+            runs = [run for grid in self.grids for run in grid_runs(self.params, grid, arguments)]
             checked = sweep_runs(runs, self.compose_run)
         plain = [run for run, spec in checked if spec.lr_grid.factors is None]
         tuned = searches([(run, spec) for run, spec in checked if spec.lr_grid.factors is not None])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
@@ -53,6 +54,25 @@ def check_overrides(overrides: Sequence[str]) -> list[list[str]]:
         else:
             per_override[prefix] = [f"{prefix}={value}" for value in values]
     return [list(combination) for combination in itertools.product(*per_override.values())]
+
+
+def grid_runs(params: Mapping[str, Any], grid: Mapping[str, Any], arguments: Sequence[str]) -> list[list[str]]:
+    """One grid of a sweep expanded into its runs: the sweep's common axes, the grid's, then the command line, which
+    wins. A grid's setting of its group option's own key (`layers.recursions: 2` beside `layers: mor`) is left out of
+    a run where the command line chose another option of that group, which may not have that key."""
+    runs = check_overrides([*(f"{k}={v}" for k, v in {**params, **grid}.items()), *arguments])
+    given = {o.split("=", 1)[0].lstrip("+~") for o in arguments}
+    options = {k: set(str(v).split(",")) for k, v in grid.items() if "." not in k}
+
+    def another_options_key(override: str, run: list[str]) -> bool:
+        key = override.split("=", 1)[0]
+        group, dot, _ = key.partition(".")
+        if not dot or key in given or key not in grid or group not in options:
+            return False
+        chosen = next(o.split("=", 1)[1] for o in run if o.startswith(f"{group}="))
+        return chosen not in options[group]
+
+    return [[o for o in run if not another_options_key(o, run)] for run in runs]
 
 
 def sweep_runs(runs: Sequence[Sequence[str]], compose_run: ComposeRun) -> list[tuple[list[str], RunSpec]]:
