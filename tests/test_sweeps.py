@@ -313,7 +313,7 @@ def test_a_grids_setting_of_its_option_leaves_runs_where_the_command_line_chose_
     assert grid_runs({}, grid, ["experiment=scaling"])[0] == [
         "size=ladder-l4-d64", "layers=mor", "layers.recursions=2", "seed=0", "experiment=scaling"
     ]  # fmt: skip
-    assert grid_runs({}, grid, ["layers=none"]) == [[*["size=ladder-l4-d64", "layers=none"], f"seed={s}"] for s in "01"]
+    assert grid_runs({}, grid, ["layers=none"]) == [["size=ladder-l4-d64", "layers=none", f"seed={s}"] for s in "01"]
     # the command line's own settings stay, as any override does
     assert "layers.recursions=3" in grid_runs({}, grid, ["layers=none", "layers.recursions=3"])[0]
 

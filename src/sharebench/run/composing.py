@@ -57,9 +57,8 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
     try:
         if with_hydra:
             return hydra_composed(tuple(overrides), with_hydra=True)
-        choices, values = choices_and_values(overrides) or (tuple(overrides), [])
-        config = copy.deepcopy(composed_files(choices))
-        if not with_values(config, values):
+        config = from_choices(overrides, composed_files)
+        if config is None:
             config = copy.deepcopy(composed_files(tuple(overrides)))
         OmegaConf.resolve(config)  # here, not in the cached copy: interpolations read the environment (data_root)
     except Exception as error:
@@ -98,15 +97,24 @@ def choices_and_values(overrides: Sequence[str]) -> tuple[tuple[str, ...], list[
     return tuple(choices), values
 
 
-def with_values(config: DictConfig, values: Sequence[tuple[str, Any]]) -> bool:
-    """Set each value as Hydra sets a command line's `key=value` (the key must exist); False where one does not
-    take, so that the caller composes everything with Hydra, which names the problem."""
+def from_choices(
+    overrides: Sequence[str], composed_choices: Callable[[tuple[str, ...]], DictConfig]
+) -> DictConfig | None:
+    """The config of `overrides`: a copy of its group choices' composition (`composed_choices`, which may cache it)
+    with its values set as Hydra sets a command line's `key=value` (the key must exist). None where Hydra must
+    compose them all: an override that is not a plain value (`choices_and_values`), or a value that does not take,
+    which Hydra's composition then names."""
+    split = choices_and_values(overrides)
+    if split is None:
+        return None
+    choices, values = split
+    config = copy.deepcopy(composed_choices(choices))
     try:
         for key, value in values:
             OmegaConf.update(config, key, value, merge=True)
     except OmegaConfBaseException:
-        return False
-    return True
+        return None
+    return config
 
 
 def hydra_composed(overrides: tuple[str, ...], with_hydra: bool) -> DictConfig:

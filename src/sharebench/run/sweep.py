@@ -3,7 +3,7 @@ validated before the first starts."""
 
 from __future__ import annotations
 
-import copy
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 import sharebench.run.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
 from sharebench.errors import ConfigError, RatioNotTaken
-from sharebench.run.composing import GROUPS, choices_and_values, composed, group_choices, with_values
+from sharebench.run.composing import GROUPS, composed, from_choices, group_choices
 from sharebench.run.spec import RunSpec
 from sharebench.run.validation import validate
 
@@ -69,7 +69,7 @@ def grid_runs(params: Mapping[str, Any], grid: Mapping[str, Any], arguments: Seq
         group, dot, _ = key.partition(".")
         if not dot or key in given or key not in grid or group not in options:
             return False
-        chosen = next(o.split("=", 1)[1] for o in run if o.startswith(f"{group}="))
+        chosen = next((o.split("=", 1)[1] for o in run if o.startswith(f"{group}=")), None)
         return chosen not in options[group]
 
     return [[o for o in run if not another_options_key(o, run)] for run in runs]
@@ -104,18 +104,16 @@ def sweep_runs(runs: Sequence[Sequence[str]], compose_run: ComposeRun) -> list[t
 def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[list[str]], RunSpec]:
     """`validate(composed(compose_run, run))`, where runs that differ only in values (a seed, a rate, an
     iso_baseline) are composed once: Hydra sets a command line's values on the config it composed from the group
-    choices, so another run's config is a copy of the first one's with its values set (`choices_and_values`).
+    choices, so another run's config is a copy of the first one's with its values set (`from_choices`).
     Composing is most of a sweep's check (a third of a second a run), and the leaderboard runs each configuration
     at several rates and up to 14 seeds."""
-    configurations: dict[tuple[str, ...], DictConfig] = {}
+
+    @functools.cache
+    def composed_choices(choices: tuple[str, ...]) -> DictConfig:
+        return composed(compose_run, list(choices))
 
     def spec_of(run: list[str]) -> RunSpec:
-        choices, values = choices_and_values(run) or (tuple(run), [])
-        if choices not in configurations:
-            configurations[choices] = composed(compose_run, list(choices))
-        config = copy.deepcopy(configurations[choices])
-        if not with_values(config, values):
-            config = composed(compose_run, run)  # Hydra names the value that does not take
-        return validate(config)
+        config = from_choices(run, composed_choices)
+        return validate(composed(compose_run, run) if config is None else config)
 
     return spec_of
