@@ -183,7 +183,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    for split, documents in (("train", 300), ("validation", 40)):
+    for split, documents in (("train", 300), ("validation", 16)):
         texts = [" ".join(sentence(rng) for _ in range(rng.randint(3, 8))) for _ in range(documents)]
         datasets.Dataset.from_dict({"id": list(range(documents)), "text": texts}).to_parquet(
             folder / f"{split}-00000-of-00001.parquet"

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from sharebench import load_pretrained
 from sharebench.paths import CONFIG_DIR
-from sharebench.run.composing import GROUPS, choices_and_values, compose, group_choices, hydra_composed
+from sharebench.run.composing import GROUPS, choices_and_values, compose, group_choices, hydra_composed, one_name
 from sharebench.run.validation import validate
 from sharebench.sharing import SCHEMES
 from sharebench.train.tasks import run_task
@@ -49,6 +49,7 @@ def test_every_group_option_composes(group):
         ["experiment=leaderboard", "scale=cpu", "arch=gpt", "layers=cycle", "iso_baseline=true", "optim.lr=0.002"],
         ["size=nano", "data.seq_len=32", "optim.betas=[0.9,0.95]", "trainer={max_steps: 5}", "seed=1", "seed=2"],
         ["arch=bert", "+sweep=demo", "+extra=1", "~callbacks"],  # an addition: Hydra composes them all
+        ["sharing=none", "size=nano", "data=wikipedia_excerpt", "arch=gpt", "seed=2"],  # defaults chosen, unsorted
     ],
 )
 def test_values_set_on_the_group_choices_composition_give_hydras_config(overrides):
@@ -56,6 +57,18 @@ def test_values_set_on_the_group_choices_composition_give_hydras_config(override
     whole = hydra_composed(tuple(overrides), with_hydra=False)
     OmegaConf.resolve(whole)
     assert OmegaConf.to_container(config) == OmegaConf.to_container(whole)
+
+
+def test_lists_hydra_composes_alike_have_one_name():
+    assert one_name(("sharing=none", "size=nano", "arch=gpt", "trainer.max_steps=5")) == (
+        "arch=gpt", "size=nano", "trainer.max_steps=5"
+    )  # fmt: skip
+    assert one_name(("arch=gpt",)) == one_name(("layers=none", "arch=gpt")) == ("arch=gpt",)
+    # a recipe or a sweep file overrides other groups' defaults (leaderboard: lr_grid; the demo: arch), an addition
+    # or a deletion is Hydra's to place, and a group chosen twice is Hydra's to refuse
+    for as_given in (("sharing=none", "experiment=leaderboard"), ("arch=bert", "+sweep=demo"), ("arch=bert", "~seed"),
+                     ("arch=gpt", "size=nano", "arch=bert")):  # fmt: skip
+        assert one_name(as_given) == as_given
 
 
 def test_only_plain_values_are_set_after_composing():

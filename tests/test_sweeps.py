@@ -318,7 +318,25 @@ def test_a_grids_setting_of_its_option_leaves_runs_where_the_command_line_chose_
     assert "layers.recursions=3" in grid_runs({}, grid, ["layers=none", "layers.recursions=3"])[0]
 
 
-def test_a_dry_run_lists_a_recipes_grids_validated_and_launches_nothing(tmp_path):
+def test_a_dry_run_lists_the_grids_given_validated_and_launches_nothing(tmp_path):
+    """The recipe narrowed on the command line to two of its configurations, as lanes/README.md runs it in parts:
+    each at 3 learning rates on its two searching seeds, then its other seeds (GPT's 12, BERT's 3) at its rate."""
+    grids = ("hydra.sweeper.grids=[{arch:gpt,data:wikipedia,sharing:none,seed:'range(0,14)'},"
+             "{arch:bert,data:wikipedia,layers:all,iso_baseline:true,iso_compute:true,seed:'range(0,5)'}]")  # fmt: skip
+    result = train("-m", "experiment=leaderboard", grids, "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = result.stdout.strip().splitlines()
+    assert runs[-1] == f"{2 * 6} runs, then {12 + 3} at the chosen learning rates, none launched (dry_run)"
+    assert [r.split()[:3] for r in runs[:6]] == [["arch=gpt", "data=wikipedia", "sharing=none"]] * 6
+    assert all(" iso_compute=True " in r and " layers=all " in r for r in runs[6:-1])
+    assert sorted(r.split()[-1] for r in runs[:-1]) == sorted(
+        f"optim.lr={rate}" for rate in ("0.0005", "0.001", "0.002") for _ in range(4)
+    )
+    assert not list(tmp_path.rglob("*"))  # nothing written
+
+
+@pytest.mark.slow
+def test_the_leaderboards_dry_run_lists_every_run_of_its_design(tmp_path):
     result = train("-m", "experiment=leaderboard", "hydra.sweeper.dry_run=true", f"output_root={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = result.stdout.strip().splitlines()

@@ -67,12 +67,50 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
     return config
 
 
-@functools.lru_cache(maxsize=256)
 def composed_files(overrides: tuple[str, ...]) -> DictConfig:
-    """Hydra's composition of the config files, unresolved, once per list of choices (`choices_and_values`): it
-    reads nothing but the files (and the plugins registered at import), which do not change while a process runs,
-    and it is a third of a second that tests and tools composing the same configs pay once."""
+    """Hydra's composition of the config files, unresolved, once per list of choices (`choices_and_values`) under
+    its one name (`one_name`): it reads nothing but the files (and the plugins registered at import), which do not
+    change while a process runs, and it is a third of a second that tests and tools composing the same configs pay
+    once."""
+    return composed_once(one_name(overrides))
+
+
+@functools.lru_cache(maxsize=256)
+def composed_once(overrides: tuple[str, ...]) -> DictConfig:
     return hydra_composed(overrides, with_hydra=False)
+
+
+def one_name(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """The one name of the composition of `overrides` among the lists Hydra composes alike: the groups' choices
+    first, sorted (Hydra applies them to the defaults list wherever they stand), without those that choose conf/
+    config.yaml's own default (`sharing=none`), then the other overrides in their order. Only where the others
+    are plain values, no choice's file overrides another group's default (a recipe, a sweep file) and no group is
+    chosen twice, which Hydra refuses: otherwise the list as given."""
+    keys = [o.partition("=")[0] for o in overrides]
+    choices = [o for o, key in zip(overrides, keys, strict=True) if key in GROUPS]
+    groups = [choice.partition("=")[0] for choice in choices]
+    if (any(key[:1] in "+~" or "/" in key or "@" in key for key in keys) or len(set(groups)) < len(groups)
+            or any(overridden_defaults(*c.split("=", 1)) for c in choices)):  # fmt: skip
+        return overrides
+    chosen = sorted(c for c in choices if primary_defaults().get(c.partition("=")[0]) != c.partition("=")[2])
+    return (*chosen, *(o for o in overrides if o.partition("=")[0] not in GROUPS))
+
+
+@functools.cache
+def overridden_defaults(group: str, choice: str) -> dict[str, str]:
+    """The other groups' defaults a group's option overrides (`override /sharing: partial_qk` in a recipe or a
+    sweep file)."""
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    entries = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.is_file() else []
+    return {name.removeprefix("override /"): value for entry in entries if isinstance(entry, dict)
+            for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
+
+
+@functools.cache
+def primary_defaults() -> dict[str, str]:
+    """conf/config.yaml's choice of each group."""
+    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))["defaults"]
+    return {name: value for entry in primary if isinstance(entry, dict) for name, value in entry.items()}
 
 
 def choices_and_values(overrides: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, Any]]] | None:

@@ -10,26 +10,16 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sharebench.paths import CONFIG_DIR, folder_name, machine_free, naming_rank
-from sharebench.run.composing import GROUPS, compose
+from sharebench.paths import folder_name, machine_free, naming_rank
+from sharebench.run.composing import (
+    GROUPS,
+    compose,
+    composed_files,
+    from_choices,
+    overridden_defaults,
+    primary_defaults,
+)
 from sharebench.run.spec import NAMED, role_of
-
-
-@functools.cache
-def overridden_defaults(group: str, choice: str) -> dict[str, str]:
-    """The other groups' defaults a group's option overrides (`override /sharing: partial_qk` in a recipe or a
-    sweep file)."""
-    path = CONFIG_DIR / group / f"{choice}.yaml"
-    entries = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.is_file() else []
-    return {name.removeprefix("override /"): value for entry in entries if isinstance(entry, dict)
-            for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
-
-
-@functools.cache
-def primary_defaults() -> dict[str, str]:
-    """conf/config.yaml's choice of each group."""
-    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))["defaults"]
-    return {name: value for entry in primary if isinstance(entry, dict) for name, value in entry.items()}
 
 
 def defaults_in_effect(choices: Mapping[str, str]) -> dict[str, str]:
@@ -94,16 +84,22 @@ def literal_default(config: DictConfig, key: str) -> tuple[Any, ...]:
     return (node,)
 
 
-@functools.lru_cache(maxsize=256)
 def composed_unresolved(overrides: tuple[str, ...]) -> DictConfig:
     """The config of these overrides, interpolations unresolved: inside a running Hydra app through its own
-    search path (plugins' config folders included), else as `compose` does."""
-    from hydra import compose as hydra_compose
+    search path (plugins' config folders included), else from the config files as `compose` composes them. Runs
+    that differ only in values (an output folder, a seed) share their group choices' composition (`from_choices`)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name="config", overrides=list(overrides))
-    return compose(overrides, with_hydra=True)
+    compose_choices = composed_in_app if GlobalHydra.instance().is_initialized() else composed_files
+    config = from_choices(overrides, compose_choices)
+    return config if config is not None else compose_choices(overrides)
+
+
+@functools.lru_cache(maxsize=256)
+def composed_in_app(overrides: tuple[str, ...]) -> DictConfig:
+    from hydra import compose as hydra_compose
+
+    return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 OmegaConf.register_new_resolver("sb.run_name", run_name, replace=True)

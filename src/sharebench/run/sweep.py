@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import sharebench.run.naming  # noqa: F401  (registers sb.run_name, which a run's folder name resolves)
 from sharebench.errors import ConfigError, RatioNotTaken
@@ -110,7 +110,12 @@ def specs_composed_once_per_configuration(compose_run: ComposeRun) -> Callable[[
 
     @functools.cache
     def composed_choices(choices: tuple[str, ...]) -> DictConfig:
-        return composed(compose_run, list(choices))
+        config = composed(compose_run, list(choices))
+        # Without Hydra's own settings, which each run's copy would copy and validate never reads; in struct mode,
+        # as Hydra composes it, so that a value for a key the config lacks is Hydra's error.
+        run_settings = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        OmegaConf.set_struct(run_settings, OmegaConf.is_struct(config))
+        return run_settings
 
     def spec_of(run: list[str]) -> RunSpec:
         config = from_choices(run, composed_choices)

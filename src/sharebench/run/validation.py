@@ -35,9 +35,8 @@ def validate(config: DictConfig | Mapping[str, Any], data: bool = True) -> RunSp
     sharing, comes from `pretrained`). `data=False` leaves out the data's files, for what needs none
     (`sharebench params`)."""
     if isinstance(config, DictConfig):  # a sweeper's composed run also holds Hydra's own settings, not the run's
-        config = OmegaConf.to_container(
-            OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True
-        )
+        config = {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node := config[key]) else node
+                  for key in config if key != "hydra"}  # fmt: skip
     spec = RunSpec.from_dict(config)
     if spec.trainer.accelerator == "cpu":  # on any machine; `auto` is checked where the run trains
         check_fsdp_on_a_gpu(spec)
