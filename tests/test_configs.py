@@ -64,11 +64,17 @@ def test_lists_hydra_composes_alike_have_one_name():
         "arch=gpt", "size=nano", "trainer.max_steps=5"
     )  # fmt: skip
     assert one_name(("arch=gpt",)) == one_name(("layers=none", "arch=gpt")) == ("arch=gpt",)
-    # a recipe or a sweep file overrides other groups' defaults (leaderboard: lr_grid; the demo: arch), an addition
-    # or a deletion is Hydra's to place, and a group chosen twice is Hydra's to refuse
-    for as_given in (("sharing=none", "experiment=leaderboard"), ("arch=bert", "+sweep=demo"), ("arch=bert", "~seed"),
-                     ("arch=gpt", "size=nano", "arch=bert")):  # fmt: skip
+    # a recipe or a sweep file overrides other groups' defaults (leaderboard: lr_grid, also where precision extends
+    # it; the demo: arch), an addition or a deletion is Hydra's to place, and a group chosen twice Hydra's to refuse
+    recipes = [("lr_grid=none", "experiment=leaderboard"), ("experiment=precision", "lr_grid=none")]
+    for as_given in [
+        *recipes,
+        ("arch=bert", "+sweep=demo"),
+        ("arch=bert", "~seed"),
+        ("arch=gpt", "size=nano", "arch=bert"),
+    ]:
         assert one_name(as_given) == as_given
+    assert compose(["experiment=precision", "lr_grid=none"]).lr_grid != compose(["experiment=precision"]).lr_grid
 
 
 def test_only_plain_values_are_set_after_composing():

@@ -84,26 +84,32 @@ def one_name(overrides: tuple[str, ...]) -> tuple[str, ...]:
     """The one name of the composition of `overrides` among the lists Hydra composes alike: the groups' choices
     first, sorted (Hydra applies them to the defaults list wherever they stand), without those that choose conf/
     config.yaml's own default (`sharing=none`), then the other overrides in their order. Only where the others
-    are plain values, no choice's file overrides another group's default (a recipe, a sweep file) and no group is
-    chosen twice, which Hydra refuses: otherwise the list as given."""
+    are plain values, no chosen file has a defaults list (a recipe or a sweep file overrides other groups'
+    defaults, also through a recipe it extends) and no group is chosen twice, which Hydra refuses: otherwise the
+    list as given."""
     keys = [o.partition("=")[0] for o in overrides]
     choices = [o for o, key in zip(overrides, keys, strict=True) if key in GROUPS]
     groups = [choice.partition("=")[0] for choice in choices]
     if (any(key[:1] in "+~" or "/" in key or "@" in key for key in keys) or len(set(groups)) < len(groups)
-            or any(overridden_defaults(*c.split("=", 1)) for c in choices)):  # fmt: skip
+            or any(option_defaults(*c.split("=", 1)) for c in choices)):  # fmt: skip
         return overrides
     chosen = sorted(c for c in choices if primary_defaults().get(c.partition("=")[0]) != c.partition("=")[2])
     return (*chosen, *(o for o in overrides if o.partition("=")[0] not in GROUPS))
 
 
 @functools.cache
+def option_defaults(group: str, choice: str) -> list[Any]:
+    """The defaults list of a group's option file (a recipe's `override /lr_grid: factor2`, a base it extends)."""
+    path = CONFIG_DIR / group / f"{choice}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.is_file() else []
+
+
+@functools.cache
 def overridden_defaults(group: str, choice: str) -> dict[str, str]:
     """The other groups' defaults a group's option overrides (`override /sharing: partial_qk` in a recipe or a
     sweep file)."""
-    path = CONFIG_DIR / group / f"{choice}.yaml"
-    entries = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []) if path.is_file() else []
-    return {name.removeprefix("override /"): value for entry in entries if isinstance(entry, dict)
-            for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
+    return {name.removeprefix("override /"): value for entry in option_defaults(group, choice)
+            if isinstance(entry, dict) for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
 
 
 @functools.cache
