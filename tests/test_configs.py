@@ -128,6 +128,9 @@ def test_a_choice_the_defaults_make_anyway_names_no_folder():
     assert run_name([*board, "scale=cpu"]) == run_name(board) == "experiment=leaderboard,arch=gpt,data=wikipedia"
     assert run_name(["experiment=scaling", "lr_grid=factor2"]) == "experiment=scaling"
     assert run_name(["experiment=scaling", "lr_grid=none"]) == "experiment=scaling,lr_grid=none"
+    # a recipe that extends another inherits its defaults (precision: the leaderboard's lr_grid=factor2)
+    assert run_name(["experiment=precision", "lr_grid=none"]) == "experiment=precision,lr_grid=none"
+    assert run_name(["experiment=precision", "lr_grid=factor2"]) == "experiment=precision"
     assert (
         run_name(["+sweep=share_ratio_grid", "sharing=partial_qk", "ratio=0.5"]) == "ratio=0.5,+sweep=share_ratio_grid"
     )

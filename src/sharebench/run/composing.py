@@ -107,9 +107,16 @@ def option_defaults(group: str, choice: str) -> list[Any]:
 @functools.cache
 def overridden_defaults(group: str, choice: str) -> dict[str, str]:
     """The other groups' defaults a group's option overrides (`override /sharing: partial_qk` in a recipe or a
-    sweep file)."""
-    return {name.removeprefix("override /"): value for entry in option_defaults(group, choice)
-            if isinstance(entry, dict) for name, value in entry.items() if name.startswith("override /")}  # fmt: skip
+    sweep file), also through the options of its own group it extends, which Hydra composes before it
+    (experiment=precision extends the leaderboard, and so searches rates with lr_grid=factor2)."""
+    overridden: dict[str, str] = {}
+    for entry in option_defaults(group, choice):
+        if isinstance(entry, str) and entry != "_self_":
+            overridden |= overridden_defaults(group, entry)
+        elif isinstance(entry, dict):
+            overridden |= {name.removeprefix("override /"): value for name, value in entry.items()
+                           if name.startswith("override /")}  # fmt: skip
+    return overridden
 
 
 @functools.cache
