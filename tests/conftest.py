@@ -4,12 +4,14 @@ and no network: they pass where a user's fresh clone stands."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import random
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from omegaconf import DictConfig
@@ -22,8 +24,9 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs p
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))  # share the cores, not oversubscribe them
 
 from sharebench.paths import PROJECT_ROOT  # noqa: E402
-from sharebench.run.composing import compose
-from sharebench.run.spec import RunSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from sharebench.run.spec import RunSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A data mirror in miniature (tests/fixtures/make_fixtures.py): wikipedia/, tinyshakespeare/, glue/ (the hub's
@@ -41,6 +44,7 @@ WORDS = (
 
 def spec_of(config: Sequence[str] | DictConfig) -> RunSpec:
     """The validated run spec of a config or of overrides, without looking at the data's files."""
+    from sharebench.run.composing import compose
     from sharebench.run.validation import validate
 
     return validate(config if isinstance(config, DictConfig) else compose(list(config)), data=False)
@@ -146,11 +150,23 @@ def run_in_process(argv: Sequence[str], cwd: Path) -> subprocess.CompletedProces
 
 def sweeper_settings(overrides: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
     """The sweep axes a recipe or sweep file sets: `hydra.sweeper.params`, and its `grids` ([{}] when it has none)."""
+    sweeper = composed_with_hydra(tuple(o for o in overrides if "," not in o))["hydra"]["sweeper"]
+    return sweeper["params"] or {}, sweeper["grids"] or [{}]
+
+
+def composed_with_hydra(overrides: tuple[str, ...]) -> dict:
+    """The config of `overrides` with Hydra's settings, unresolved, as a container: a copy of one composition per
+    test process (a third of a second that tests of one recipe would pay again)."""
+    return copy.deepcopy(hydra_composition(overrides))
+
+
+@functools.cache
+def hydra_composition(overrides: tuple[str, ...]) -> dict:
     from omegaconf import OmegaConf
 
-    cfg = compose([o for o in overrides if "," not in o], with_hydra=True)
-    sweeper = OmegaConf.to_container(cfg.hydra.sweeper)
-    return sweeper["params"] or {}, sweeper["grids"] or [{}]
+    from sharebench.run.composing import compose
+
+    return OmegaConf.to_container(compose(list(overrides), with_hydra=True), resolve=False)
 
 
 def sweeper_params(overrides: list[str]) -> dict[str, str]:
@@ -226,6 +242,8 @@ def nano_overrides(corpus: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def nano_cfg(nano_overrides: list[str]):
+    from sharebench.run.composing import compose
+
     def make(*overrides: str):
         return compose([*nano_overrides, *overrides])
 

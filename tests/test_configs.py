@@ -24,8 +24,13 @@ def test_the_sharing_yamls_are_the_registered_schemes():  # and each names its c
     assert sorted(SHARING) == sorted(SCHEMES)
 
 
-# A recipe (experiment=) composes at each of its scales in tests/test_sweeps.py.
-@pytest.mark.parametrize("group", [group for group in GROUPS if group != "experiment"])
+# A recipe (experiment=) composes at each of its scales in tests/test_sweeps.py. The fast tier composes every
+# option of `sharing` and `layers` in test_generate's decoding test too, so it leaves them to the full tier here.
+@pytest.mark.parametrize(
+    "group",
+    [pytest.param(group, marks=pytest.mark.slow) if group in ("sharing", "layers") else group
+     for group in GROUPS if group != "experiment"],
+)  # fmt: skip
 def test_every_group_option_composes(group):
     choices = group_choices(group)
     assert choices

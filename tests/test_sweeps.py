@@ -19,6 +19,7 @@ from sharebench.run.composing import compose
 from tests.conftest import (
     FIXTURE_DATA,
     bert_vocab,
+    composed_with_hydra,
     each_once_in_the_fast_tier,
     run_in_process,
     sweep_grid,
@@ -58,7 +59,7 @@ def test_experiment_composes_at_each_scale(experiment, scale):
         assert len({o for run in runs for o in run if o.startswith("seed=")}) >= 3
     assert len(runs) >= 3
     scale_file = PROJECT_ROOT / "experiments" / experiment / f"{scale}.yaml"
-    composed = OmegaConf.to_container(compose(overrides, with_hydra=True), resolve=False)
+    composed = composed_with_hydra(tuple(overrides))
     for key, value in leaves(OmegaConf.to_container(OmegaConf.load(scale_file), resolve=False)):
         assert lookup(composed, key) == value, f"{scale_file.name} sets {key} = {value!r}: the recipe's body won"
 
