@@ -169,3 +169,17 @@ def test_counting_parameters_does_not_load_lightning():
     script = "import sys, sharebench.cli, sharebench.run.build, sharebench.run.machine; print(*sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert "sharebench.run.build" in loaded and "lightning" not in loaded
+
+
+def test_the_test_controller_starts_its_workers_without_torch():
+    """`make test`'s controller imports tests/conftest.py before it starts its workers: without torch (3 s), as a
+    process outside a worker (no PYTEST_XDIST_WORKER_COUNT) imports it."""
+    import os
+    import subprocess
+    import sys
+
+    script = "import sys, tests.conftest; print(*sorted(sys.modules))"
+    controller = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER_COUNT"}
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=PROJECT_ROOT, env=controller).stdout.split()  # fmt: skip
+    assert "tests.conftest" in loaded and "torch" not in loaded
